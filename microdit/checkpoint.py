@@ -1,0 +1,184 @@
+"""Reading and writing denoiser weights: the authors' torch.save'd state_dicts and our safetensors files.
+
+Pickles are only ever read with torch.load(weights_only=True): a file that needs code to unpickle is refused.
+Writes go to a temporary file in the same directory and are renamed into place, so a crash never leaves half a file.
+"""
+import json
+import math
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from microdit.errors import UserError
+from microdit.models.dit import VARIANTS, MicroDiT, MicroDiTConfig, variant_config
+
+RECOMPUTABLE_BUFFERS = ("pos_embed", "mask_token")
+STRIPPED_PREFIXES = ("dit.", "_orig_mod.", "module.")
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used; the message is one line naming the file and the reason."""
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call write(tmp_path), then rename tmp_path onto path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_dit(dit: MicroDiT, path: str | os.PathLike, arch: str, kind: str = "raw", extra: dict | None = None) -> None:
+    """Denoiser weights as safetensors, with the architecture and config in the metadata (kind: 'raw' or 'ema')."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in dit.state_dict().items()}
+    metadata = {"format": "microdit", "arch": arch, "kind": kind, "config": json.dumps(asdict(dit.config))}
+    metadata.update({k: str(v) for k, v in (extra or {}).items()})
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
+    """(denoiser state_dict with prefixes removed, metadata). Metadata has at least 'format'."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: empty file")
+    if path.endswith(".safetensors"):
+        return _read_safetensors(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err) and _is_torch_zip(path):
+            raise CheckpointError(f"{path}: refused: the pickle needs to run code to load (only plain tensors and "
+                                  "containers are accepted)") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(err)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable or truncated ({_first_line(err)})") from None
+    return _extract_state_dict(obj, path), {"format": "torch.save"}
+
+
+def _is_torch_zip(path: str) -> bool:
+    return zipfile.is_zipfile(path)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+def _read_safetensors(path: str) -> tuple[dict, dict]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable or truncated safetensors ({_first_line(err)})") from None
+    metadata.setdefault("format", "safetensors")
+    return _strip_prefixes(state), metadata
+
+
+def _extract_state_dict(obj, path: str) -> dict:
+    """A plain DiT state_dict, a LatentDiffusion one (keys 'dit.*'), or a Composer checkpoint {'state': {'model'}}."""
+    if isinstance(obj, dict) and isinstance(obj.get("state"), dict) and isinstance(obj["state"].get("model"), dict):
+        obj = obj["state"]["model"]
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: not a state_dict (expected a mapping of parameter names to tensors)")
+    if any(k.startswith("dit.") for k in obj):
+        obj = {k: v for k, v in obj.items() if k.startswith("dit.")}
+    return _strip_prefixes(obj)
+
+
+def _strip_prefixes(state: dict) -> dict:
+    for prefix in STRIPPED_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def infer_config(state: dict, metadata: dict, latent_res: int | None = None) -> tuple[str, MicroDiTConfig]:
+    """(arch, config) of the model a state_dict belongs to.
+
+    Our safetensors carry the config. For the authors' files: architecture from the widths and depths, channels
+    from the patch embedding, resolution and pos_interp_scale from `pos_embed` when present, else from
+    `latent_res` with the paper's convention (scale = latent grid / 16)."""
+    if "config" in metadata:
+        config = json.loads(metadata["config"])
+        config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+        return metadata.get("arch", "custom"), MicroDiTConfig(**config)
+    try:
+        dim, in_channels = state["x_embedder.proj.weight"].shape[:2]
+        caption_channels = state["y_embedder.y_proj.fc1.weight"].shape[1]
+    except KeyError as err:
+        raise CheckpointError(f"not a MicroDiT state_dict: missing {err.args[0]!r}") from None
+    depth = _count_blocks(state, "blocks.")
+    mixer_depth = _count_blocks(state, "patch_mixer.")
+    mixer_dim = state["patch_mixer.0.norm1.weight"].shape[0] if mixer_depth else dim
+    arch = next((name for name, v in VARIANTS.items()
+                 if (v["dim"], v["depth"], v["patch_mixer_depth"], v["patch_mixer_dim"]) ==
+                 (dim, depth, mixer_depth, mixer_dim)), None)
+    if arch is None:
+        raise CheckpointError(f"unknown architecture: dim {dim}, depth {depth}, patch mixer {mixer_depth} x {mixer_dim}"
+                              f"; known: {sorted(VARIANTS)}")
+    patch = variant_config(arch).patch_size
+    if "pos_embed" in state:
+        grid = math.isqrt(state["pos_embed"].shape[1])
+        latent_res, scale = grid * patch, _pos_interp_scale(state["pos_embed"][0])
+    else:
+        latent_res = latent_res or 64
+        scale = latent_res / patch / 16
+    return arch, variant_config(arch, input_size=latent_res, in_channels=int(in_channels),
+                                caption_channels=int(caption_channels), pos_interp_scale=scale)
+
+
+def _count_blocks(state: dict, prefix: str) -> int:
+    indices = {int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)}
+    return max(indices) + 1 if indices else 0
+
+
+def _pos_interp_scale(pos_embed: torch.Tensor) -> float:
+    """Token 1 sits at column 1/scale; channel 0 is sin(col) and channel dim/4 is cos(col) (lowest frequency 1)."""
+    quarter = pos_embed.shape[1] // 4
+    column = math.atan2(float(pos_embed[1, 0]), float(pos_embed[1, quarter]))
+    return round(1.0 / column, 4)
+
+
+def load_dit_state(dit: MicroDiT, state: dict, source: str = "state_dict", max_listed: int = 5) -> None:
+    """Strict load. `pos_embed` and `mask_token` are recomputed buffers: used when present, kept when absent."""
+    expected = dit.state_dict()
+    missing = [k for k in expected if k not in state and k not in RECOMPUTABLE_BUFFERS]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+                   if k in state and state[k].shape != v.shape]
+    problems = ([f"missing {k}" for k in missing[:max_listed]] + [f"unexpected {k}" for k in unexpected[:max_listed]]
+                + [f"shape {s}" for s in wrong_shape[:max_listed]])
+    if problems:
+        counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong_shape)} wrong shape"
+        raise CheckpointError(f"{source}: does not match the model ({counts}): " + "; ".join(problems))
+    dit.load_state_dict({k: state.get(k, v) for k, v in expected.items()}, strict=True)
+
+
+def load_dit(path: str | os.PathLike, latent_res: int | None = None, device="cpu") -> tuple[str, MicroDiT, dict]:
+    """(arch, model, metadata) from any supported checkpoint file, after a strict load."""
+    state, metadata = read_checkpoint(path)
+    arch, config = infer_config(state, metadata, latent_res)
+    dit = MicroDiT(config)
+    load_dit_state(dit, state, source=str(path))
+    return arch, dit.to(device), metadata

@@ -1,0 +1,102 @@
+"""LatentDiffusion: the MicroDiT denoiser between a frozen VAE and a frozen text encoder, trained and sampled with EDM.
+
+    model = create_latent_diffusion(latent_res=64, in_channels=4, pos_interp_scale=2.0)
+    load_dit_weights(model.dit, "dit_4_channel_37M_real_and_synthetic_data.pt")
+    images = model.generate(prompt=["a corgi on a beach"], num_inference_steps=30, guidance_scale=5.0, seed=2024)
+"""
+import os
+
+import torch
+import torch.nn as nn
+
+from microdit.diffusion.edm import EDMConfig, edm_loss, heun_sampler
+from microdit.models.dit import MicroDiT, create_dit
+from microdit.models.encoders import VAE, create_text_encoder
+
+PAPER_VAE = "stabilityai/stable-diffusion-xl-base-1.0"
+PAPER_TEXT_ENCODER = "openclip:hf-hub:apple/DFN5B-CLIP-ViT-H-14-378"
+
+
+class LatentDiffusion(nn.Module):
+    def __init__(self, dit: MicroDiT, vae: VAE | None, text_encoder: nn.Module | None, edm: EDMConfig,
+                 train_mask_ratio: float = 0.0):
+        super().__init__()
+        self.dit, self.vae, self.text_encoder = dit, vae, text_encoder
+        self.edm, self.train_mask_ratio = edm, train_mask_ratio
+        for frozen in (vae, text_encoder):
+            if frozen is not None:
+                frozen.requires_grad_(False)
+
+    @property
+    def latent_res(self) -> int:
+        return self.dit.config.input_size
+
+    def loss(self, latents: torch.Tensor, caption_latents: torch.Tensor,
+             drop_caption_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """EDM loss on precomputed latents; dropped captions become the all-zero (null) embedding."""
+        if drop_caption_mask is not None:
+            caption_latents = caption_latents * drop_caption_mask.reshape(-1, *[1] * (caption_latents.dim() - 1))
+        mask_ratio = self.train_mask_ratio if self.dit.training else 0.0
+        return edm_loss(self.dit, latents.float(), caption_latents.float(), self.edm, mask_ratio)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        if self.text_encoder is None:
+            raise RuntimeError("this LatentDiffusion has no text encoder; pass caption embeddings instead")
+        return self.text_encoder.encode(list(prompts)).to(self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.dit.pos_embed.device
+
+    @torch.no_grad()
+    def generate(self, prompt: list[str] | None = None, caption_latents: torch.Tensor | None = None,
+                 guidance_scale: float = 5.0, num_inference_steps: int = 30, seed: int | None = None,
+                 return_only_latents: bool = False) -> torch.Tensor:
+        """Images (B,3,H,W) in [0,1] (or scaled latents). seed=None draws fresh noise; any integer, 0 included,
+        makes the result reproducible (the original ignored seed=0)."""
+        if caption_latents is None:
+            if prompt is None:
+                raise ValueError("generate() needs `prompt` (a list of strings) or `caption_latents`")
+            caption_latents = self.encode_prompts(prompt)
+        caption_latents = caption_latents.to(self.device)
+        generator = torch.Generator(device=self.device)
+        if seed is not None:
+            generator.manual_seed(int(seed))
+        else:
+            generator.seed()
+        shape = (caption_latents.shape[0], self.dit.in_channels, self.latent_res, self.latent_res)
+        noise = torch.randn(shape, generator=generator, device=self.device)
+        latents = heun_sampler(self.dit, noise, caption_latents.float(), self.edm, num_inference_steps,
+                               cfg=guidance_scale)
+        if return_only_latents:
+            return latents
+        if self.vae is None:
+            raise RuntimeError("this LatentDiffusion has no VAE; use return_only_latents=True")
+        return self.vae.decode(latents)
+
+
+def create_latent_diffusion(vae_name: str | None = PAPER_VAE, text_encoder_name: str | None = PAPER_TEXT_ENCODER,
+                            dit_arch: str = "MicroDiT_XL_2", latent_res: int = 32, in_channels: int | None = None,
+                            pos_interp_scale: float = 1.0, p_mean: float = -0.6, p_std: float = 1.2,
+                            train_mask_ratio: float = 0.0, vae_subfolder: str | None = "auto",
+                            caption_channels: int | None = None, **dit_overrides) -> LatentDiffusion:
+    """Build the whole model. `vae_subfolder="auto"` uses 'vae' for diffusers pipeline repos (the SDXL id) and none
+    for standalone VAE repos or local directories. `in_channels` / `caption_channels` default to the encoders'."""
+    vae = VAE(vae_name, _vae_subfolder(vae_name, vae_subfolder)) if vae_name else None
+    text_encoder = create_text_encoder(text_encoder_name) if text_encoder_name else None
+    in_channels = in_channels or (vae.latent_channels if vae else 4)
+    if vae is not None and vae.latent_channels != in_channels:
+        raise ValueError(f"in_channels={in_channels} but the VAE {vae_name!r} has {vae.latent_channels} latent channels")
+    caption_channels = caption_channels or (text_encoder.width if text_encoder else 1024)
+    dit = create_dit(dit_arch, input_size=latent_res, in_channels=in_channels, pos_interp_scale=pos_interp_scale,
+                     caption_channels=caption_channels, **dit_overrides)
+    return LatentDiffusion(dit, vae, text_encoder, EDMConfig(p_mean=p_mean, p_std=p_std), train_mask_ratio)
+
+
+def _vae_subfolder(name: str, subfolder: str | None) -> str | None:
+    if subfolder != "auto":
+        return subfolder
+    if os.path.isdir(name):
+        return "vae" if os.path.isdir(os.path.join(name, "vae")) else None
+    return "vae" if "stable-diffusion" in name else None
