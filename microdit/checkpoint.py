@@ -8,7 +8,6 @@ import math
 import os
 import pickle
 import tempfile
-import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -62,17 +61,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err) and _is_torch_zip(path):
+        if "Weights only load failed" in str(err):
             raise CheckpointError(f"{path}: refused: the pickle needs to run code to load (only plain tensors and "
                                   "containers are accepted)") from None
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(err)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: unreadable or truncated ({_first_line(err)})") from None
+    except Exception as err:  # the weights-only unpickler raises assorted errors on damaged input
+        raise CheckpointError(f"{path}: not a checkpoint, or truncated ({type(err).__name__}: {_first_line(err)})") from None
     return _extract_state_dict(obj, path), {"format": "torch.save"}
-
-
-def _is_torch_zip(path: str) -> bool:
-    return zipfile.is_zipfile(path)
 
 
 def _first_line(err: BaseException) -> str:
@@ -179,6 +174,12 @@ def load_dit(path: str | os.PathLike, latent_res: int | None = None, device="cpu
     """(arch, model, metadata) from any supported checkpoint file, after a strict load."""
     state, metadata = read_checkpoint(path)
     arch, config = infer_config(state, metadata, latent_res)
-    dit = MicroDiT(config)
+    metadata["resolution_from"] = "config" if "config" in metadata else (
+        "pos_embed" if "pos_embed" in state else "assumed (no pos_embed in the file)")
+    with torch.device("meta"):  # skip a random init that the load overwrites (seconds for XL)
+        dit = MicroDiT(config)
+    dit = dit.to_empty(device=device)
+    dit.mask_token.zero_()
+    dit.reset_pos_embed()
     load_dit_state(dit, state, source=str(path))
-    return arch, dit.to(device), metadata
+    return arch, dit, metadata

@@ -46,6 +46,18 @@ class VAE(nn.Module):
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
+def save_tiny_vae(directory: str | os.PathLike, seed: int = 0, latent_channels: int = 4) -> str:
+    """A small random AutoencoderKL (x4 downsampling, ~1 M parameters) written as a diffusers directory: the
+    offline stand-in for the SDXL VAE in the tiny preset and the tests."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    AutoencoderKL(block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3,
+                  up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=latent_channels,
+                  norm_num_groups=32).save_pretrained(directory)
+    return str(directory)
+
+
 class TextEncoder(nn.Module):
     """Prompts -> caption embeddings (N, 1, context_length, width); subclasses tokenize and encode token ids."""
 

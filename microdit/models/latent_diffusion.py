@@ -83,7 +83,7 @@ def create_latent_diffusion(vae_name: str | None = PAPER_VAE, text_encoder_name:
                             caption_channels: int | None = None, **dit_overrides) -> LatentDiffusion:
     """Build the whole model. `vae_subfolder="auto"` uses 'vae' for diffusers pipeline repos (the SDXL id) and none
     for standalone VAE repos or local directories. `in_channels` / `caption_channels` default to the encoders'."""
-    vae = VAE(vae_name, _vae_subfolder(vae_name, vae_subfolder)) if vae_name else None
+    vae = VAE(vae_name, resolve_vae_subfolder(vae_name, vae_subfolder)) if vae_name else None
     text_encoder = create_text_encoder(text_encoder_name) if text_encoder_name else None
     in_channels = in_channels or (vae.latent_channels if vae else 4)
     if vae is not None and vae.latent_channels != in_channels:
@@ -94,7 +94,7 @@ def create_latent_diffusion(vae_name: str | None = PAPER_VAE, text_encoder_name:
     return LatentDiffusion(dit, vae, text_encoder, EDMConfig(p_mean=p_mean, p_std=p_std), train_mask_ratio)
 
 
-def _vae_subfolder(name: str, subfolder: str | None) -> str | None:
+def resolve_vae_subfolder(name: str, subfolder: str | None) -> str | None:
     if subfolder != "auto":
         return subfolder
     if os.path.isdir(name):

@@ -1,0 +1,42 @@
+"""`microdit checkpoint info PATH`: what a checkpoint is, after a strict load; non-zero with one line if unusable."""
+import json
+
+from microdit.checkpoint import load_dit
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("checkpoint", help="inspect checkpoints")
+    sub = p.add_subparsers(dest="checkpoint_command", required=True, metavar="SUBCOMMAND")
+    info = sub.add_parser("info", help="architecture, channels, resolution, parameter count, EMA or raw, format")
+    info.add_argument("path")
+    info.add_argument("--resolution", type=int, help="image size assumed for files without pos_embed (default 512)")
+    info.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+    info.set_defaults(func=run_info)
+
+
+def describe(path: str, resolution: int | None = None) -> dict:
+    arch, dit, metadata = load_dit(path, latent_res=resolution // 8 if resolution else None)
+    cfg = dit.config
+    kind = metadata.get("kind", "unknown (the file does not say)")
+    return {
+        "path": path,
+        "format": "safetensors (microdit)" if metadata.get("format") == "microdit" else metadata["format"],
+        "architecture": arch,
+        "latent_channels": cfg.in_channels,
+        "caption_channels": cfg.caption_channels,
+        "resolution": cfg.input_size * int(metadata.get("vae_downsample", 8)),
+        "latent_res": cfg.input_size,
+        "pos_interp_scale": cfg.pos_interp_scale,
+        "resolution_from": metadata["resolution_from"],
+        "parameters": sum(p.numel() for p in dit.parameters()),
+        "weights": kind,
+    }
+
+
+def run_info(args) -> None:
+    info = describe(args.path, args.resolution)
+    if args.json:
+        print(json.dumps(info))
+        return
+    for key, value in info.items():
+        print(f"{key:>17}: {value:,}" if isinstance(value, int) else f"{key:>17}: {value}")

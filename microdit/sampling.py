@@ -1,0 +1,43 @@
+"""Sampling from a checkpoint: rebuild the pipeline around the stored denoiser, generate, write an image grid."""
+import math
+import os
+
+import torch
+
+from microdit.checkpoint import atomic_write, load_dit
+from microdit.diffusion.edm import EDMConfig
+from microdit.errors import UserError
+from microdit.models.encoders import VAE, create_text_encoder
+from microdit.models.latent_diffusion import PAPER_TEXT_ENCODER, PAPER_VAE, LatentDiffusion, resolve_vae_subfolder
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def pipeline_from_checkpoint(checkpoint: str, vae: str | None = None, text_encoder: str | None = None,
+                             latent_res: int | None = None, device: str = "auto") -> LatentDiffusion:
+    """Encoders come from the arguments, else from the checkpoint's metadata (our files record them), else the
+    paper's (SDXL VAE, DFN5B CLIP-H: these need the model hub or its cache)."""
+    device = pick_device(device)
+    _, dit, metadata = load_dit(checkpoint, latent_res=latent_res, device=device)
+    vae_name = vae or metadata.get("vae") or PAPER_VAE
+    text_name = text_encoder or metadata.get("text_encoder") or PAPER_TEXT_ENCODER
+    vae_module = VAE(vae_name, resolve_vae_subfolder(vae_name, metadata.get("vae_subfolder", "auto"))).to(device)
+    text_module = create_text_encoder(text_name).to(device)
+    if text_module.width != dit.config.caption_channels:
+        raise UserError(f"text encoder {text_name!r} gives width {text_module.width} but {checkpoint} expects "
+                        f"{dit.config.caption_channels}-wide caption embeddings")
+    dit.eval()
+    return LatentDiffusion(dit, vae_module, text_module, EDMConfig())
+
+
+def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:
+    """(B,3,H,W) in [0,1] -> one PNG, written atomically."""
+    from torchvision.utils import make_grid, save_image
+
+    nrow = nrow or math.ceil(math.sqrt(images.shape[0]))
+    grid = make_grid(images.float().cpu(), nrow=nrow, padding=2, pad_value=1.0)
+    atomic_write(path, lambda tmp: save_image(grid, tmp, format="PNG"))

@@ -1,0 +1,26 @@
+import os
+from pathlib import Path
+
+import pytest
+
+for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
+                     "WANDB_MODE": "disabled"}.items():
+    os.environ.setdefault(_key, _value)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MICRODIT_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    path = SHARED / "reference"
+    if not path.is_dir():
+        pytest.fail(f"reference artifacts not found at {path} (set MICRODIT_SHARED to the shared/ folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_dir(tmp_path_factory) -> Path:
+    from microdit.models.encoders import save_tiny_vae
+
+    return Path(save_tiny_vae(tmp_path_factory.mktemp("tiny_vae")))

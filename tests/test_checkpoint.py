@@ -1,0 +1,127 @@
+"""Checkpoint reading: the authors' torch.save'd state_dicts, our safetensors, and every kind of bad file."""
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from microdit.checkpoint import CheckpointError, load_dit, read_checkpoint, save_dit
+from microdit.cli import main
+from microdit.models.dit import create_dit
+from microdit.models.layers import sincos_pos_embed_2d
+
+
+def manifest_state_dict(manifest: dict, with_buffers: bool) -> dict:
+    """Tensors of the released shapes that cost one element of storage each (stride-0 views)."""
+    shapes = {**(manifest["buffers"] if with_buffers else {}), **manifest["params"]}
+    return {k: torch.full((), 0.01).expand(shape) for k, shape in shapes.items()}
+
+
+@pytest.mark.parametrize("with_buffers", [True, False])
+def test_authors_release_format_loads_strictly_into_xl(reference_dir, tmp_path, capsys, with_buffers):
+    manifest = json.loads((reference_dir / "microdit_xl2_c4_r64.json").read_text())
+    state = manifest_state_dict(manifest, with_buffers)
+    if with_buffers:  # a real pos_embed so the resolution is read from the file
+        state["pos_embed"] = sincos_pos_embed_2d(1024, 32, 2.0).unsqueeze(0)
+    path = tmp_path / "dit_4_channel_37M_real_and_synthetic_data.pt"
+    torch.save(state, path)
+    assert main(["checkpoint", "info", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["architecture"] == "MicroDiT_XL_2"
+    assert info["parameters"] == manifest["param_count_total"] == 1_165_442_320
+    assert (info["latent_channels"], info["resolution"], info["pos_interp_scale"]) == (4, 512, 2.0)
+    assert info["resolution_from"] == ("pos_embed" if with_buffers else "assumed (no pos_embed in the file)")
+    assert info["format"] == "torch.save" and info["weights"].startswith("unknown")
+
+
+def test_composer_checkpoint_keys_are_unprefixed(tmp_path):
+    dit = create_dit("MicroDiT_Nano_2", input_size=8)
+    state = {f"dit.{k}": v for k, v in dit.state_dict().items()} | {"vae.encoder.conv_in.weight": torch.zeros(1)}
+    torch.save({"state": {"model": state}, "rng": []}, tmp_path / "composer.pt")
+    _, loaded, _ = load_dit(tmp_path / "composer.pt")
+    for key, value in dit.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
+
+
+def test_safetensors_round_trip_keeps_config_and_kind(tmp_path):
+    torch.manual_seed(1)
+    dit = create_dit("MicroDiT_Nano_2", input_size=16, in_channels=16, caption_channels=32, pos_interp_scale=1.0)
+    save_dit(dit, tmp_path / "ema.safetensors", "MicroDiT_Nano_2", kind="ema", extra={"text_encoder": "minilm"})
+    arch, loaded, metadata = load_dit(tmp_path / "ema.safetensors")
+    assert arch == "MicroDiT_Nano_2" and loaded.config == dit.config
+    assert metadata["kind"] == "ema" and metadata["text_encoder"] == "minilm"
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in dit.state_dict().items())
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_mismatched_checkpoint_lists_first_mismatches(tmp_path):
+    state = create_dit("MicroDiT_Nano_2", input_size=8).state_dict()
+    state["blocks.0.attn.qkv.weight"] = torch.zeros(3, 3)
+    del state["final_layer.linear.bias"]
+    state["blocks.0.extra"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError) as err:
+        load_dit(tmp_path / "bad.pt")
+    message = str(err.value)
+    assert "1 missing, 1 unexpected, 1 wrong shape" in message
+    assert "final_layer.linear.bias" in message and "blocks.0.extra" in message and "(3, 3)" in message
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("writer", ["torch", "pickle"])
+def test_pickle_that_would_run_code_is_refused_and_never_run(tmp_path, capsys, writer):
+    marker, path = tmp_path / "ran", tmp_path / "evil.pt"
+    payload = {"x_embedder.proj.weight": _RunsCode(str(marker))}
+    if writer == "torch":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    assert main(["checkpoint", "info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and str(path) in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b"", "empty file"),
+    (b"hello, not a checkpoint\n", "not a checkpoint"),
+    ("truncated-pt", "not a checkpoint, or truncated"),
+    ("truncated-safetensors", "truncated safetensors"),
+    ("list", "not a state_dict"),
+])
+def test_bad_files_give_one_line_errors(tmp_path, capsys, content, reason):
+    path = tmp_path / ("x.safetensors" if content == "truncated-safetensors" else "x.pt")
+    if content == "truncated-pt":
+        torch.save(create_dit("MicroDiT_Nano_2", input_size=8).state_dict(), path)
+        path.write_bytes(path.read_bytes()[:5000])
+    elif content == "truncated-safetensors":
+        save_dit(create_dit("MicroDiT_Nano_2", input_size=8), path, "MicroDiT_Nano_2")
+        path.write_bytes(path.read_bytes()[:5000])
+    elif content == "list":
+        torch.save([torch.zeros(1)], path)
+    else:
+        path.write_bytes(content)
+    assert main(["checkpoint", "info", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert reason in err and str(path) in err and len(err.splitlines()) == 1
+
+
+def test_missing_file(capsys, tmp_path):
+    assert main(["checkpoint", "info", str(tmp_path / "nope.pt")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_read_checkpoint_reports_unknown_architecture(tmp_path):
+    state = create_dit("MicroDiT_Nano_2", input_size=8, depth=3).state_dict()
+    torch.save(state, tmp_path / "odd.pt")
+    read_checkpoint(tmp_path / "odd.pt")  # readable...
+    with pytest.raises(CheckpointError, match="unknown architecture"):
+        load_dit(tmp_path / "odd.pt")  # ...but not one of ours

@@ -1,0 +1,96 @@
+"""Encoders, the LatentDiffusion wrapper, and the `sample` / `bench` commands, all offline."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from microdit.checkpoint import save_dit
+from microdit.cli import main
+from microdit.models.encoders import VAE, create_text_encoder
+from microdit.models.latent_diffusion import create_latent_diffusion
+
+
+def test_openclip_token_states_agree_with_open_clip_pooled_text_features():
+    """Our all-token path (after ln_final), pooled at EOT and projected, is open_clip's own encode_text."""
+    encoder = create_text_encoder("openclip:ViT-B-32")
+    prompts = ["a photo of a corgi", "two red circles left of a blue square"]
+    tokens = encoder.tokenize(prompts)["input_ids"]
+    states = encoder.encode(prompts)
+    assert states.shape == (2, 1, 77, 512)
+    pooled = states[:, 0][torch.arange(2), tokens.argmax(dim=-1)] @ encoder.clip.text_projection
+    torch.testing.assert_close(pooled, encoder.clip.encode_text(tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_minilm_encoder_gives_per_token_states():
+    encoder = create_text_encoder("minilm")
+    states = encoder.encode(["a red circle", "a blue square"])
+    assert states.shape == (2, 1, 77, 384) and states.dtype == torch.float32
+    assert not torch.allclose(states[0], states[1])
+
+
+def test_unknown_text_encoder_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="expected 'openclip:<name>'"):
+        create_text_encoder("t5-someday")
+
+
+def test_vae_scaling_and_shift_round_trip(tiny_vae_dir):
+    vae = VAE(str(tiny_vae_dir))
+    assert (vae.latent_channels, vae.downsample) == (4, 4)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    latents = vae.encode(images, torch.Generator().manual_seed(0))
+    again = vae.encode(images, torch.Generator().manual_seed(0))
+    assert latents.shape == (2, 4, 8, 8) and torch.equal(latents, again)
+    raw = vae.vae.encode(images).latent_dist.sample(torch.Generator().manual_seed(0))
+    torch.testing.assert_close(latents, raw * vae.scaling_factor)
+    decoded = vae.decode(latents)
+    assert decoded.shape == (2, 3, 32, 32) and decoded.min() >= 0 and decoded.max() <= 1
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tiny_vae_dir):
+    torch.manual_seed(0)
+    model = create_latent_diffusion(vae_name=str(tiny_vae_dir), text_encoder_name="minilm",
+                                    dit_arch="MicroDiT_Nano_2", latent_res=8, pos_interp_scale=0.5)
+    for p in model.dit.final_layer.parameters():  # a non-zero output layer, so sampling depends on the prompt
+        torch.nn.init.normal_(p, std=0.05)
+    return model.eval()
+
+
+def test_generate_is_seeded_including_seed_zero(tiny_pipeline):
+    images = tiny_pipeline.generate(prompt=["a red circle", "a blue square"], num_inference_steps=4, seed=0)
+    assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+    again = tiny_pipeline.generate(prompt=["a red circle", "a blue square"], num_inference_steps=4, seed=0)
+    other = tiny_pipeline.generate(prompt=["a red circle", "a blue square"], num_inference_steps=4, seed=1)
+    assert torch.equal(images, again) and not torch.equal(images, other)
+
+
+def test_sample_command_writes_a_grid_from_our_checkpoint(tiny_pipeline, tiny_vae_dir, tmp_path, capsys):
+    path = tmp_path / "dit.safetensors"
+    save_dit(tiny_pipeline.dit, path, "MicroDiT_Nano_2", extra={"vae": str(tiny_vae_dir), "text_encoder": "minilm"})
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(path), "--prompt", "a red circle", "--prompt", "a blue square",
+                 "--images-per-prompt", "2", "--steps", "3", "--out", str(out), "--device", "cpu"]) == 0
+    with Image.open(out) as grid:
+        assert grid.format == "PNG" and grid.size == (2 * 32 + 3 * 2, 2 * 32 + 3 * 2)
+
+
+def test_sample_with_wrong_text_encoder_width_is_a_clear_error(tiny_pipeline, tiny_vae_dir, tmp_path, capsys):
+    path = tmp_path / "dit.safetensors"
+    save_dit(tiny_pipeline.dit, path, "MicroDiT_Nano_2", extra={"vae": str(tiny_vae_dir)})
+    code = main(["sample", "--checkpoint", str(path), "--prompt", "x", "--text-encoder", "openclip:ViT-B-32",
+                 "--out", str(tmp_path / "g.png"), "--device", "cpu"])
+    assert code == 2 and "width 512" in capsys.readouterr().err and not (tmp_path / "g.png").exists()
+
+
+def test_bench_prints_one_json_line_per_stage(capsys):
+    assert main(["bench", "--arch", "MicroDiT_Nano_2", "--stage", "1", "--stage", "2", "--microbatch", "1",
+                 "--steps", "1", "--warmup", "1", "--device", "cpu", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["stage"] for r in rows] == [1, 2]
+    for row in rows:
+        assert {"img_per_s", "step_s", "peak_mem_gib", "params", "mfu", "train_gflops_per_img", "warmup_s"} <= set(row)
+        assert row["img_per_s"] > 0 and row["params"] > 1e6 and row["mfu"] is None
+    # the masked stage counts fewer FLOPs: the backbone sees a quarter of the tokens
+    assert rows[0]["train_gflops_per_img"] < rows[1]["train_gflops_per_img"]

@@ -1,0 +1,21 @@
+"""The install recipe stays consistent: the conda env mirrors the pip pins; the CLI is wired."""
+import yaml
+
+from conftest import REPO
+from microdit.cli import build_parser
+
+
+def _pins(lines):
+    return sorted(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
+
+
+def test_conda_env_mirrors_pip_pins():
+    env = yaml.safe_load((REPO / "envs" / "microdit.yaml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    requirements = _pins((REPO / "envs" / "requirements.txt").read_text().splitlines())
+    assert _pins(p for p in pip_section if not p.startswith("-e")) == requirements
+
+
+def test_every_command_is_registered():
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert {"sample", "checkpoint", "bench", "demo"} <= set(commands)
