@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "microdit.commands.checkpoint_info",
     "microdit.bench",
     "microdit.demo",
+    "microdit.data.commands",
 )
 
 

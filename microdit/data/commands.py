@@ -1,0 +1,94 @@
+"""`microdit download | convert | precompute`: the data steps, each with explicit input and output paths.
+
+  microdit download SOURCE --out WDS_DIR [--subset small] [source options]
+  microdit convert --input WDS_DIR --out MDS_DIR [--min-side 256] [--resize-to 512] [--clean-captions]
+  microdit precompute --input MDS_DIR --out LATENTS_DIR --vae VAE_DIR --text-encoder NAME [--resolutions 256 512]
+
+Each prints a JSON summary on stdout; logs go to stderr.
+"""
+import json
+import logging
+
+from microdit.data.sources import SOURCES, load_source
+from microdit.data.sources.common import SUBSETS
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _print(summary: dict) -> int:
+    print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+def run_download(args) -> int:
+    _setup_logging()
+    return _print(load_source(args.source).download(args))
+
+
+def run_convert(args) -> int:
+    from microdit.data.convert import Rules, convert
+
+    _setup_logging()
+    rules = Rules(min_side=args.min_side, resize_to=args.resize_to, clean_captions=args.clean_captions)
+    return _print(convert(args.input, args.out, rules, workers=args.workers))
+
+
+def run_precompute(args) -> int:
+    from microdit.data.precompute import Config, precompute
+
+    _setup_logging()
+    config = Config(vae=args.vae, vae_subfolder=args.vae_subfolder, text_encoder=args.text_encoder,
+                    resolutions=tuple(args.resolutions), batch_size=args.batch_size, seed=args.seed,
+                    max_length=args.max_length, image_column=args.image_column, caption_column=args.caption_column)
+    return _print(precompute(args.input, args.out, config, processes=args.processes, device=args.device))
+
+
+def add_download(subparsers) -> None:
+    parser = subparsers.add_parser("download", help="fetch a dataset into img2dataset-layout shards (resumable)")
+    sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    for name in SOURCES:
+        source = load_source(name)
+        sub = sources.add_parser(name, help=source.HELP, description=source.__doc__)
+        sub.add_argument("--out", required=True, help="output directory (NNNNN.tar + NNNNN_stats.json)")
+        sub.add_argument("--subset", choices=sorted(SUBSETS), default="full", help="small = the first ~1%%")
+        source.add_arguments(sub)
+        sub.set_defaults(func=run_download)
+
+
+def add_convert(subparsers) -> None:
+    parser = subparsers.add_parser("convert", help="filter + resize download shards into an MDS image dataset")
+    parser.add_argument("--input", required=True, help="download directory (img2dataset webdataset layout)")
+    parser.add_argument("--out", required=True, help="MDS directory to create (must not exist)")
+    parser.add_argument("--min-side", type=int, default=256, help="skip images whose short side is smaller "
+                        "(512 for the min-res-512 split, 0 to keep all)")
+    parser.add_argument("--resize-to", type=int, default=512, help="resize the short side to this when larger "
+                        "(0 = never)")
+    parser.add_argument("--clean-captions", action="store_true", help="strip markup/URLs from alt-text (cc12m)")
+    parser.add_argument("--workers", type=int, default=1, help="writer processes")
+    parser.set_defaults(func=run_convert)
+
+
+def add_precompute(subparsers) -> None:
+    parser = subparsers.add_parser("precompute", help="VAE and text latents of an MDS image dataset (restartable)")
+    parser.add_argument("--input", required=True, help="MDS image dataset (from convert)")
+    parser.add_argument("--out", required=True, help="MDS latents directory (finished parts are kept on rerun)")
+    parser.add_argument("--vae", required=True, help="diffusers AutoencoderKL directory or hub id (4 or 16 channels)")
+    parser.add_argument("--vae-subfolder", default=None, help="e.g. 'vae' for a full pipeline repository")
+    parser.add_argument("--text-encoder", required=True, help="'minilm', 'openclip:<name>', 'hf:<dir or id>'")
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--max-length", type=int, default=77, help="caption tokens (transformers encoders)")
+    parser.add_argument("--image-column", default="jpg")
+    parser.add_argument("--caption-column", default="caption")
+    parser.add_argument("--processes", type=int, default=1, help="one per GPU; each writes its own parts")
+    parser.add_argument("--device", default=None, help="single-process device (default: cuda if available)")
+    parser.set_defaults(func=run_precompute)
+
+
+def register(subparsers) -> None:
+    add_download(subparsers)
+    add_convert(subparsers)
+    add_precompute(subparsers)

@@ -1,0 +1,127 @@
+"""Download shards (img2dataset layout) -> MDS image dataset, applying the SPEC §4.1 filter.
+
+Rules: skip an image whose short side is below `min_side` (256; 512 for the separate min-res-512 split); resize the
+short side to `resize_to` (512) with bicubic antialiasing when it is larger; never flip. width/height store the saved
+size (fixing the reference's CC12M bug, SPEC §7.10). Unreadable images and missing, empty or non-UTF-8 captions are
+skipped, logged and counted by reason in <out>/convert_stats.json.
+
+Workers take every n-th input tar and each writes <tmp>/<worker>/; the indexes are merged and the finished
+directory is renamed onto <out>, so <out> is either complete or absent.
+"""
+import io
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image
+from streaming import MDSWriter
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.functional import resize
+
+from microdit.data.captions import clean_caption, decode_caption
+from microdit.data.mds import SIZE_LIMIT, merge_parts
+from microdit.data.shards import IMAGE_EXTS, list_shards, read_shard
+from microdit.errors import UserError
+
+log = logging.getLogger(__name__)
+
+COLUMNS = {"key": "str", "width": "int32", "height": "int32", "jpg": "jpeg", "caption": "str"}
+STATS_FILE = "convert_stats.json"
+SKIP_REASONS = ("too_small", "bad_image", "no_image", "bad_caption")
+
+
+@dataclass(frozen=True)
+class Rules:
+    min_side: int = 256
+    resize_to: int = 512  # 0 = never resize
+    clean_captions: bool = False
+
+
+def load_image(data: bytes) -> Image.Image | None:
+    """A fully decoded RGB image, or None for empty, truncated or undecodable bytes."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()  # decode now: a truncated file fails here rather than inside the MDS writer
+        return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def resize_short_side(image: Image.Image, size: int) -> Image.Image:
+    return resize(image, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+
+
+def convert_sample(key: str, files: dict[str, bytes], rules: Rules) -> tuple[dict | None, str]:
+    """(MDS record, "kept" or "resized") for a kept sample, (None, skip reason) otherwise."""
+    caption = decode_caption(files.get("txt"))
+    if caption is not None and rules.clean_captions:
+        caption = clean_caption(caption) or None
+    if caption is None:
+        return None, "bad_caption"
+    data = next((files[ext] for ext in IMAGE_EXTS if ext in files), None)
+    if data is None:
+        return None, "no_image"
+    image = load_image(data)
+    if image is None:
+        return None, "bad_image"
+    if min(image.size) < rules.min_side:
+        return None, "too_small"
+    outcome = "kept"
+    if rules.resize_to and min(image.size) > rules.resize_to:
+        image, outcome = resize_short_side(image, rules.resize_to), "resized"
+    record = {"key": key, "width": image.width, "height": image.height, "jpg": image, "caption": caption}
+    return record, outcome
+
+
+def convert_part(tars: list[str], part_dir: str, rules: Rules) -> Counter:
+    """One worker (forked after the slow streaming/torchvision imports above): its tars into one MDS directory;
+    returns counts of kept/resized/skip reasons."""
+    counts: Counter = Counter()
+    with MDSWriter(out=part_dir, columns=COLUMNS, compression=None, size_limit=SIZE_LIMIT) as writer:
+        for tar in tars:
+            for key, files in read_shard(tar):
+                record, outcome = convert_sample(key, files, rules)
+                counts[outcome] += 1
+                if record is None:
+                    log_skip = log.debug if outcome == "too_small" else log.warning
+                    log_skip("%s: sample %s skipped: %s", tar, key, outcome)
+                    continue
+                writer.write(record)
+    return counts
+
+
+def summarize(counts: Counter, num_tars: int, rules: Rules) -> dict:
+    return {"input_shards": num_tars, "kept": counts["kept"] + counts["resized"], "resized": counts["resized"],
+            "skipped": {reason: counts[reason] for reason in SKIP_REASONS}, "rules": asdict(rules)}
+
+
+def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, rules: Rules = Rules(), workers: int = 1) -> dict:
+    tars = [str(t) for t in list_shards(in_dir)]
+    out = Path(out_dir)
+    if out.exists():
+        raise UserError(f"{out}: already exists; remove it to convert again")
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)  # leftovers of an interrupted run
+    workers = max(1, min(workers, len(tars)))
+    parts = [tmp / str(w) for w in range(workers)]
+    assignments = [tars[w::workers] for w in range(workers)]
+    try:
+        if workers == 1:
+            results = [convert_part(assignments[0], str(parts[0]), rules)]
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                results = list(pool.map(convert_part, assignments, map(str, parts), [rules] * workers))
+        merge_parts(tmp, parts)
+        stats = summarize(sum(results, Counter()), len(tars), rules)
+        (tmp / STATS_FILE).write_text(json.dumps(stats, indent=1))
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("%s: kept %d of %d samples", out, stats["kept"], stats["kept"] + sum(stats["skipped"].values()))
+    return stats

@@ -1,0 +1,111 @@
+"""Training batches from precomputed latents (SPEC §4.4): one StreamingDataset over several latents datasets.
+
+Without proportions every dataset contributes its natural size per epoch, as the reference; with proportions the
+streams are mixed in those ratios. Streaming shards the samples over ranks (RANK/WORLD_SIZE) and dataloader
+workers, and StreamingDataLoader.state_dict()/load_state_dict() resume mid-epoch.
+
+Each sample: image_latents (C, h, w) float32 at the chosen resolution, caption_latents (1, L, W) float32, and
+drop_caption_mask (0.0 = caption dropped for classifier-free guidance, else 1.0), the argument of
+LatentDiffusion.loss. The drop is drawn from (seed, epoch, sample id), so a resumed run drops the same captions.
+"""
+import glob
+import logging
+import os
+import re
+from typing import Sequence
+
+import numpy as np
+import torch
+from streaming import Stream, StreamingDataLoader, StreamingDataset
+from streaming.base.util import clean_stale_shared_memory as streaming_clean_stale_shared_memory
+
+from microdit.data.mds import read_index
+
+log = logging.getLogger(__name__)
+
+REFERENCE_CAPTION_SHAPE = (1, 77, 1024)  # only used for datasets that store caption_latents as raw bytes
+REFERENCE_VAE_DOWNSAMPLE = 8
+STREAMING_SHM = re.compile(r"/dev/shm/\d{6}_\w+")
+
+
+def shared_memory_in_use() -> bool:
+    """Whether a live process (of ours: others' /proc entries are unreadable) maps a streaming shared-memory block."""
+    for maps in glob.glob("/proc/[0-9]*/maps"):
+        try:
+            with open(maps) as f:
+                if STREAMING_SHM.search(f.read()):
+                    return True
+        except OSError:  # the process exited meanwhile, or is not ours
+            continue
+    return False
+
+
+def clean_stale_shared_memory() -> bool:
+    """Remove the blocks a killed run left in /dev/shm (they make the next StreamingDataset fail or hang).
+    streaming's cleaner unlinks every block it finds, even a live job's, so it only runs when none is in use."""
+    if shared_memory_in_use():
+        log.info("streaming shared memory in use by a live process: stale-memory cleanup skipped")
+        return False
+    streaming_clean_stale_shared_memory()
+    return True
+
+
+def to_array(value, shape: tuple) -> np.ndarray:
+    """Our ndarray columns decode with their shape; the reference's are raw fp16 bytes."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return np.frombuffer(value, dtype=np.float16).reshape(shape)
+    return value
+
+
+class LatentsDataset(StreamingDataset):
+    def __init__(self, datadirs: Sequence[str], resolution: int, cap_drop_prob: float = 0.0,
+                 proportions: Sequence[float] | None = None, batch_size: int | None = None, shuffle: bool = True,
+                 seed: int = 9176, caption_shape: tuple = REFERENCE_CAPTION_SHAPE, **streaming_kwargs):
+        if not 0.0 <= cap_drop_prob <= 1.0:
+            raise ValueError(f"cap_drop_prob {cap_drop_prob}: expected a probability in [0, 1]")
+        if proportions is not None and len(proportions) != len(datadirs):
+            raise ValueError(f"{len(proportions)} proportions for {len(datadirs)} datasets")
+        for datadir in datadirs:
+            read_index(datadir)  # a missing index.json names the directory instead of a streaming RuntimeError
+        streams = [Stream(local=os.fspath(d), proportion=None if proportions is None else proportions[i])
+                   for i, d in enumerate(datadirs)]
+        super().__init__(streams=streams, batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed,
+                         **streaming_kwargs)
+        self.column = f"latents_{resolution}"
+        side = resolution // REFERENCE_VAE_DOWNSAMPLE
+        self.latent_shape = (-1, side, side)
+        self.caption_shape = caption_shape
+        self.cap_drop_prob = cap_drop_prob
+        self.seed = seed
+
+    def drop_mask(self, sample_id: int) -> float:
+        draw = np.random.default_rng([self.seed, self.next_epoch, sample_id]).random()
+        return 0.0 if draw < self.cap_drop_prob else 1.0
+
+    def get_item(self, sample_id: int, retry: int = 7) -> dict:
+        sample = super().get_item(sample_id, retry)
+        if self.column not in sample:
+            raise KeyError(f"sample {sample_id} has no {self.column}; columns: {sorted(sample)}")
+        # decoded arrays are read-only views of the shard: copy before handing them to torch
+        latents = np.array(to_array(sample[self.column], self.latent_shape), dtype=np.float32)
+        caption = np.array(to_array(sample["caption_latents"], self.caption_shape), dtype=np.float32)
+        return {"image_latents": torch.from_numpy(latents), "caption_latents": torch.from_numpy(caption),
+                "drop_caption_mask": torch.tensor(self.drop_mask(sample_id), dtype=torch.float32)}
+
+
+def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
+    return {key: torch.stack([s[key] for s in samples]).float() for key in samples[0]}
+
+
+def build_latents_loader(datadirs: Sequence[str], resolution: int, batch_size: int, cap_drop_prob: float = 0.0,
+                         proportions: Sequence[float] | None = None, shuffle: bool = True, seed: int = 9176,
+                         num_workers: int = 2, drop_last: bool = True, clean_shared_memory: bool = True,
+                         **streaming_kwargs) -> StreamingDataLoader:
+    """A StreamingDataLoader of per-rank batches; state_dict()/load_state_dict() resume mid-epoch."""
+    if clean_shared_memory:
+        clean_stale_shared_memory()
+    dataset = LatentsDataset(datadirs, resolution, cap_drop_prob, proportions, batch_size, shuffle, seed,
+                             **streaming_kwargs)
+    return StreamingDataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
+                               drop_last=drop_last, persistent_workers=num_workers > 0,
+                               prefetch_factor=2 if num_workers > 0 else None)

@@ -1,0 +1,185 @@
+"""MDS image dataset -> MDS latents dataset (SPEC §4.3): the only data training reads.
+
+Per sample and resolution r: Resize(r, bicubic, antialias) of the short side, CenterCrop(r), [-1, 1], one VAE posterior
+sample times the scaling factor (stored fp16, shape (C, r/f, r/f)); the caption through the text encoder (fp16,
+(1, L, W)). Columns: caption, caption_latents, latents_<r>.
+
+Work unit = one input shard. Unit u goes to process u % world and is written to <out>/<u:05d>/ through a temporary
+directory, so a finished unit is never recomputed after a crash. Its noise generator is seeded with seed + u (not
+seed + rank as the reference), which keeps the output byte-identical whatever the number of processes or restarts.
+When every unit exists, the unit indexes are merged into <out>/index.json and throughput goes to
+<out>/precompute_stats.json.
+"""
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from microdit.data.mds import SIZE_LIMIT, iter_samples, merge_parts, shard_path, shard_readers
+from microdit.errors import UserError
+
+log = logging.getLogger(__name__)
+
+STATS_FILE = "precompute_stats.json"
+UNIT_STATS = "unit_stats.json"
+
+
+@dataclass(frozen=True)
+class Config:
+    vae: str  # a diffusers AutoencoderKL directory or hub id; 4- or 16-channel
+    text_encoder: str  # a microdit.models.encoders.create_text_encoder name
+    vae_subfolder: str | None = None
+    resolutions: tuple[int, ...] = (256, 512)
+    batch_size: int = 32
+    seed: int = 2024
+    max_length: int = 77
+    image_column: str = "jpg"
+    caption_column: str = "caption"
+
+
+def unit_dir(out: Path, unit: int) -> Path:
+    return out / f"{unit:05d}"
+
+
+def image_transform(resolution: int):
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
+        transforms.CenterCrop(resolution), transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
+
+
+class Encoders:
+    """The frozen VAE and text encoder on one device; the VAE runs in bf16 on a GPU, fp32 on CPU."""
+
+    def __init__(self, config: Config, device: str):
+        from microdit.models.encoders import VAE, create_text_encoder
+
+        self.device = torch.device(device)
+        self.vae = VAE(config.vae, config.vae_subfolder).to(self.device)
+        if self.device.type == "cuda":
+            self.vae.vae.to(torch.bfloat16)
+        self.text = create_text_encoder(config.text_encoder, config.max_length).to(self.device)
+        self.transforms = {r: image_transform(r) for r in config.resolutions}
+        for r in config.resolutions:
+            if r % self.vae.downsample:
+                raise UserError(f"resolution {r}: not a multiple of the VAE's downsampling {self.vae.downsample}")
+
+    def columns(self) -> dict[str, str]:
+        c, f = self.vae.latent_channels, self.vae.downsample
+        caption_shape = f"1,{self.text.context_length},{self.text.width}"
+        columns = {"caption": "str", "caption_latents": f"ndarray:float16:{caption_shape}"}
+        columns.update({f"latents_{r}": f"ndarray:float16:{c},{r // f},{r // f}" for r in self.transforms})
+        return columns
+
+    def encode(self, images: list, captions: list[str], generator: torch.Generator) -> dict[str, np.ndarray]:
+        batch = {"caption_latents": self.text.encode(captions).to(torch.float16).cpu().numpy()}
+        for r, transform in self.transforms.items():
+            pixels = torch.stack([transform(image) for image in images]).to(self.device)
+            batch[f"latents_{r}"] = self.vae.encode(pixels, generator).to(torch.float16).cpu().numpy()
+        return batch
+
+
+def valid_pair(sample: dict, config: Config) -> tuple[object, str] | str:
+    """(RGB image, caption), or the skip reason."""
+    caption = sample.get(config.caption_column)
+    if not isinstance(caption, str) or not caption.strip():
+        return "bad_caption"
+    try:
+        return sample[config.image_column].convert("RGB"), caption
+    except (KeyError, OSError, ValueError, AttributeError):
+        return "bad_image"
+
+
+def encode_unit(reader, encoders: Encoders, config: Config, unit: int, out: Path, progress) -> dict:
+    """Encode one input shard into <out>/<unit>/ (temp directory, then rename); returns its counts."""
+    from streaming import MDSWriter
+
+    tmp = out / f".{unit:05d}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    generator = torch.Generator(encoders.device).manual_seed(config.seed + unit)
+    counts: Counter = Counter()
+    start = time.perf_counter()
+
+    def flush(images, captions, writer) -> None:
+        batch = encoders.encode(images, captions, generator)
+        for i, caption in enumerate(captions):
+            writer.write({"caption": caption, **{k: v[i] for k, v in batch.items()}})
+        counts["images"] += len(captions)
+        progress.update(len(captions))
+
+    with MDSWriter(out=str(tmp), columns=encoders.columns(), compression=None, size_limit=SIZE_LIMIT) as writer:
+        images, captions = [], []
+        for i, sample in enumerate(iter_samples(reader)):
+            pair = valid_pair(sample, config)
+            if isinstance(pair, str):
+                counts[pair] += 1
+                log.warning("%s: sample %d skipped: %s", shard_path(reader), i, pair)
+                continue
+            images.append(pair[0])
+            captions.append(pair[1])
+            if len(images) == config.batch_size:
+                flush(images, captions, writer)
+                images, captions = [], []
+        if images:
+            flush(images, captions, writer)
+    counts["seconds"] = time.perf_counter() - start
+    (tmp / UNIT_STATS).write_text(json.dumps(dict(counts)))
+    os.replace(tmp, unit_dir(out, unit))
+    return dict(counts)
+
+
+def run_rank(in_dir: str, out_dir: str, config: Config, rank: int = 0, world: int = 1, device: str = "cpu") -> int:
+    """Encode this rank's unfinished units; returns how many it encoded."""
+    readers = shard_readers(in_dir)
+    out = Path(out_dir)
+    todo = [u for u in range(rank, len(readers), world) if not (unit_dir(out, u) / "index.json").is_file()]
+    if not todo:
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    encoders = Encoders(config, device)
+    total = sum(readers[u].samples for u in todo)
+    with torch.inference_mode(), tqdm(total=total, unit="img", desc=f"precompute rank {rank}") as progress:
+        for unit in todo:
+            encode_unit(readers[unit], encoders, config, unit, out, progress)
+    return len(todo)
+
+
+def merge(in_dir: str, out_dir: str, config: Config) -> dict:
+    """<out>/index.json over all units (all must be finished) and the throughput stats."""
+    out = Path(out_dir)
+    units = [unit_dir(out, u) for u in range(len(shard_readers(in_dir)))]
+    missing = [str(u) for u in units if not (u / "index.json").is_file()]
+    if missing:
+        raise UserError(f"{out}: {len(missing)} unit(s) not finished yet, e.g. {missing[0]}; rerun precompute")
+    totals: Counter = Counter()
+    for unit in units:
+        totals.update(json.loads((unit / UNIT_STATS).read_text()))
+    merge_parts(out, units)
+    seconds, images = totals.pop("seconds", 0.0), totals.pop("images", 0)
+    stats = {"images": images, "skipped": dict(totals), "encode_seconds": round(seconds, 3),
+             "images_per_second": round(images / seconds, 2) if seconds else None, "config": asdict(config)}
+    (out / STATS_FILE).write_text(json.dumps(stats, indent=1))
+    return stats
+
+
+def _spawned_rank(rank: int, world: int, in_dir: str, out_dir: str, config: Config) -> None:
+    device = f"cuda:{rank}" if torch.cuda.is_available() else "cpu"
+    run_rank(in_dir, out_dir, config, rank, world, device)
+
+
+def precompute(in_dir: str, out_dir: str, config: Config, processes: int = 1, device: str | None = None) -> dict:
+    """All units with `processes` workers (one per GPU when there are GPUs), then the merge."""
+    if processes > 1:
+        torch.multiprocessing.spawn(_spawned_rank, args=(processes, in_dir, out_dir, config), nprocs=processes)
+    else:
+        run_rank(in_dir, out_dir, config, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return merge(in_dir, out_dir, config)

@@ -1,0 +1,55 @@
+"""Network access for sources: plain HTTP files and Hugging Face hub files. Nothing here runs in the tests."""
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from microdit.checkpoint import atomic_write
+from microdit.errors import UserError
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "HF_TOKEN"
+
+
+def http_download(url: str, dest: str | os.PathLike, timeout: float = 60.0) -> Path:
+    """Stream url into dest (temp file, then rename); an existing dest is kept, so reruns resume per file."""
+    import requests
+
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+
+    def write(tmp: str) -> None:
+        with requests.get(url, stream=True, timeout=timeout) as response:
+            response.raise_for_status()
+            with open(tmp, "wb") as f:
+                shutil.copyfileobj(response.raw, f, length=1 << 20)
+
+    log.info("downloading %s", url.split("?")[0])  # signed links carry credentials in the query: never logged
+    atomic_write(dest, write)
+    return dest
+
+
+def hub_token(required: bool) -> str | None:
+    """The Hugging Face token from the environment; its value is never printed or logged."""
+    token = os.environ.get(TOKEN_ENV) or None
+    if required and token is None:
+        raise UserError(f"this dataset is gated: accept its terms on huggingface.co and export {TOKEN_ENV}=<token>")
+    return token
+
+
+def hub_download(repo_id: str, filename: str, cache_dir: str | os.PathLike, token_required: bool = False,
+                 revision: str | None = None) -> Path:
+    """A dataset repo file through huggingface_hub (which resumes partial files itself)."""
+    from huggingface_hub import hf_hub_download
+
+    path = hf_hub_download(repo_id, filename, repo_type="dataset", local_dir=str(cache_dir), revision=revision,
+                           token=hub_token(token_required))
+    return Path(path)
+
+
+def hub_files(repo_id: str, token_required: bool = False, revision: str | None = None) -> list[str]:
+    from huggingface_hub import HfApi
+
+    return HfApi().list_repo_files(repo_id, repo_type="dataset", revision=revision, token=hub_token(token_required))

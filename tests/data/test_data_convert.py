@@ -1,0 +1,93 @@
+"""Convert: the SPEC §4.1 size rules on crafted sizes, bad samples counted, the MDS round trip, atomic output."""
+import json
+
+import pytest
+
+from data_helpers import jpeg_bytes, run, write_wds
+from microdit.data import mds
+from microdit.data.captions import clean_caption
+from microdit.data.convert import Rules, convert, convert_sample
+from microdit.data.shards import Sample, tar_path
+from microdit.errors import UserError
+
+SIZES = {"tiny": (100, 300), "edge": (256, 256), "mid": (300, 400), "big": (600, 800), "wide": (2000, 520)}
+
+
+def crafted(tmp_path):
+    samples = [Sample(key=k, image=jpeg_bytes(w, h), caption=f"photo {k}") for k, (w, h) in SIZES.items()]
+    return write_wds(tmp_path / "wds", samples)
+
+
+def read_all(mds_dir) -> dict[str, dict]:
+    return {s["key"]: s for r in mds.shard_readers(mds_dir) for s in mds.iter_samples(r)}
+
+
+def test_size_rules_on_crafted_sizes(tmp_path):
+    stats = convert(crafted(tmp_path), tmp_path / "mds")
+    samples = read_all(tmp_path / "mds")
+    assert sorted(samples) == ["big", "edge", "mid", "wide"]
+    sizes = {k: (int(s["width"]), int(s["height"])) for k, s in samples.items()}
+    assert sizes == {"edge": (256, 256), "mid": (300, 400), "big": (512, 682), "wide": (1969, 512)}
+    assert all(s["jpg"].size == sizes[k] for k, s in samples.items())  # width/height = the stored image's size
+    assert stats["kept"] == 4 and stats["resized"] == 2 and stats["skipped"]["too_small"] == 1
+    assert json.loads((tmp_path / "mds" / "convert_stats.json").read_text()) == json.loads(json.dumps(stats))
+
+
+def test_min_res_512_split_and_no_resize_mode(tmp_path):
+    wds = crafted(tmp_path)
+    convert(wds, tmp_path / "m512", Rules(min_side=512))
+    assert sorted(read_all(tmp_path / "m512")) == ["big", "wide"]
+    convert(wds, tmp_path / "raw", Rules(min_side=0, resize_to=0))
+    kept = read_all(tmp_path / "raw")
+    assert {k: s["jpg"].size for k, s in kept.items()} == SIZES  # TextCaps/COCO: neither filtered nor resized
+
+
+def test_bad_samples_are_counted_skips(tmp_path):
+    good = jpeg_bytes(300, 300)
+    samples = [Sample("ok", good, "fine"), Sample("truncated", good[: len(good) // 2], "x"),
+               Sample("empty_file", b"", "x"), Sample("empty_caption", good, "   ")]
+    write_wds(tmp_path / "wds", samples)
+    stats = convert(tmp_path / "wds", tmp_path / "mds")
+    assert stats["kept"] == 1 and stats["skipped"] == {"too_small": 0, "bad_image": 2, "no_image": 0,
+                                                       "bad_caption": 1}
+
+
+def test_non_utf8_caption_is_skipped():
+    record, reason = convert_sample("latin1", {"jpg": jpeg_bytes(300, 300), "txt": "caf\xe9".encode("latin-1")},
+                                    Rules())
+    assert record is None and reason == "bad_caption"
+
+
+def test_parallel_workers_merge_into_one_dataset(tmp_path):
+    for shard in range(3):
+        write_wds(tmp_path / "wds", [Sample(f"s{shard}_{i}", jpeg_bytes(260, 270), f"c{i}") for i in range(4)], shard)
+    stats = convert(tmp_path / "wds", tmp_path / "mds", workers=2)
+    assert stats["kept"] == 12 and mds.count(tmp_path / "mds") == 12
+    assert sorted((tmp_path / "mds").iterdir()) == [tmp_path / "mds" / n for n in ("0", "1", "convert_stats.json",
+                                                                                    "index.json")]
+    assert len(read_all(tmp_path / "mds")) == 12
+
+
+def test_truncated_tar_fails_naming_it_and_leaves_no_output(tmp_path):
+    wds = crafted(tmp_path)
+    data = tar_path(wds, 0).read_bytes()
+    tar_path(wds, 0).write_bytes(data[: len(data) // 3])
+    with pytest.raises(UserError, match="00000.tar"):
+        convert(wds, tmp_path / "mds")
+    assert not (tmp_path / "mds").exists() and not (tmp_path / ".mds.partial").exists()
+
+
+def test_unfinished_shards_are_left_out_and_missing_input_is_an_error(tmp_path):
+    wds = crafted(tmp_path)
+    tar_path(wds, 1).write_bytes(b"no stats file: still being written")
+    assert convert(wds, tmp_path / "mds")["input_shards"] == 1
+    with pytest.raises(UserError, match="already exists"):
+        convert(wds, tmp_path / "mds")
+    with pytest.raises(UserError, match="no such directory"):
+        convert(tmp_path / "nope", tmp_path / "other")
+    assert run(["convert", "--input", str(wds), "--out", str(tmp_path / "cli"), "--min-side", "512"]) == 0
+
+
+def test_caption_cleaning():
+    assert clean_caption('  <b>Red&amp;amp;Blue</b> shoes https://shop.example/x?y=1   sale ') == "Red&Blue shoes sale"
+    assert clean_caption("plain caption") == "plain caption"

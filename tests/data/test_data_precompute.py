@@ -1,0 +1,93 @@
+"""Precompute with a tiny random AutoencoderKL and the MiniLM text encoder: shapes, determinism, restart, bad input."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from data_helpers import run
+from microdit.data import mds
+from microdit.data.convert import Rules, convert
+from microdit.data.precompute import Config, merge, precompute, run_rank
+from microdit.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def images_mds(tmp_path_factory):
+    """6 synthetic images in 3 MDS shards (3 convert workers), i.e. 3 precompute units."""
+    root = tmp_path_factory.mktemp("images")
+    assert run(["download", "synthetic", "--out", str(root / "wds"), "--num-samples", "6", "--shard-size", "2",
+                "--min-size", "24", "--max-size", "48"]) == 0
+    convert(root / "wds", root / "mds", Rules(min_side=0, resize_to=0), workers=3)
+    return root / "mds"
+
+
+def config(vae_dir: str) -> Config:
+    return Config(vae=vae_dir, text_encoder="minilm", resolutions=(16, 32), batch_size=2, max_length=8, seed=7)
+
+
+def shard_bytes(out) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("*/shard.*.mds"))}
+
+
+def test_cli_columns_shapes_and_stats(images_mds, tiny_vae_dirs, tmp_path, capsys):
+    assert run(["precompute", "--input", str(images_mds), "--out", str(tmp_path / "lat"), "--vae", tiny_vae_dirs[4],
+                "--text-encoder", "minilm", "--resolutions", "16", "32", "--max-length", "8", "--batch-size", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 6
+    stats = json.loads((tmp_path / "lat" / "precompute_stats.json").read_text())
+    assert stats["images"] == 6 and stats["images_per_second"] > 0
+    samples = [s for r in mds.shard_readers(tmp_path / "lat") for s in mds.iter_samples(r)]
+    captions = [s["caption"] for r in mds.shard_readers(images_mds) for s in mds.iter_samples(r)]
+    assert [s["caption"] for s in samples] == captions
+    first = samples[0]
+    assert first["caption_latents"].shape == (1, 8, 384) and first["caption_latents"].dtype == np.float16
+    assert first["latents_16"].shape == (4, 8, 8) and first["latents_32"].shape == (4, 16, 16)
+    assert first["latents_32"].dtype == np.float16 and np.isfinite(first["latents_32"]).all()
+
+
+def test_sixteen_channel_vae(images_mds, tiny_vae_dirs, tmp_path):
+    precompute(str(images_mds), str(tmp_path / "lat"), config(tiny_vae_dirs[16]))
+    sample = next(mds.iter_samples(mds.shard_readers(tmp_path / "lat")[0]))
+    assert sample["latents_16"].shape == (16, 8, 8)
+
+
+def test_deterministic_whatever_the_split_and_restartable(images_mds, tiny_vae_dirs, tmp_path, monkeypatch):
+    cfg = config(tiny_vae_dirs[4])
+    precompute(str(images_mds), str(tmp_path / "one"), cfg)
+    reference = shard_bytes(tmp_path / "one")
+    assert len(reference) == 3
+
+    # two ranks writing their own units, merged afterwards: the same bytes as one process
+    assert run_rank(str(images_mds), str(tmp_path / "two"), cfg, rank=1, world=2) == 1
+    with pytest.raises(UserError, match="not finished"):
+        merge(str(images_mds), str(tmp_path / "two"), cfg)
+    assert run_rank(str(images_mds), str(tmp_path / "two"), cfg, rank=0, world=2) == 2
+    merge(str(images_mds), str(tmp_path / "two"), cfg)
+    assert shard_bytes(tmp_path / "two") == reference
+
+    # a crash mid-unit: the unit's directory is missing, a partial one lies around; only that unit is redone
+    out = tmp_path / "one"
+    for path in (out / "00001").iterdir():
+        path.unlink()
+    (out / "00001").rmdir()
+    (out / ".00001.partial").mkdir()
+    (out / ".00001.partial" / "shard.00000.mds").write_bytes(b"garbage")
+    before = {u: os.stat(out / u / "index.json").st_mtime_ns for u in ("00000", "00002")}
+    assert run_rank(str(images_mds), str(out), cfg) == 1
+    merge(str(images_mds), str(out), cfg)
+    assert {u: os.stat(out / u / "index.json").st_mtime_ns for u in before} == before
+    assert shard_bytes(out) == reference and not (out / ".00001.partial").exists()
+    assert mds.count(out) == 6
+
+
+def test_missing_index_and_truncated_shard_are_named(images_mds, tiny_vae_dirs, tmp_path):
+    cfg = config(tiny_vae_dirs[4])
+    with pytest.raises(UserError, match="index.json: missing"):
+        precompute(str(tmp_path), str(tmp_path / "lat"), cfg)
+    broken = tmp_path / "broken"
+    convert(images_mds.parent / "wds", broken, Rules(min_side=0, resize_to=0))
+    shard = broken / "0" / "shard.00000.mds"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(UserError, match="shard.00000.mds: truncated"):
+        precompute(str(broken), str(tmp_path / "lat"), cfg)
+    assert not (tmp_path / "lat").exists()

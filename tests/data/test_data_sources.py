@@ -1,0 +1,141 @@
+"""The network-free parts of the hub/web sources: subsets, resume, metadata parsing and caption pairing."""
+import io
+import json
+import tarfile
+import zipfile
+
+import pandas as pd
+import pytest
+
+from data_helpers import jpeg_bytes, parse
+from microdit.data.shards import finished_shards, read_shard, tar_path
+from microdit.data.sources import SOURCES, cc12m, coco2014, diffdb, jdb, sa1b, textcaps
+from microdit.data.sources.common import iter_tar_images, iter_zip_images, run_shards, select_subset, \
+    write_paired_shard
+from microdit.data.sources.fetch import hub_token
+from microdit.data.sources.synthetic import shard_samples
+from microdit.data.shards import write_shard
+from microdit.errors import UserError
+
+
+def make_tar(path, members: dict[str, bytes], mode="w"):
+    with tarfile.open(path, mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_every_source_has_a_download_command():
+    for name in SOURCES:
+        args = parse(["download", name, "--out", "x", "--subset", "small"] +
+                     (["--links", "l", "--captions", "c"] if name == "sa1b" else []))
+        assert args.source == name and args.subset == "small" and callable(args.func)
+
+
+def test_small_subset_is_about_one_percent():
+    assert select_subset(list(range(2176)), "small") == list(range(22))
+    assert select_subset(list(range(1, 14001)), "small") == list(range(1, 141))
+    assert select_subset([7], "small") == [7] and select_subset([1, 2], "full") == [1, 2]
+    with pytest.raises(UserError):
+        select_subset([1], "tiny")
+
+
+def test_finished_shards_are_skipped_and_half_written_ones_redone(tmp_path):
+    def make(i):
+        return write_shard(tmp_path, i, shard_samples(i, 2, 6, 0, 32, 32))
+
+    run_shards(tmp_path, [0, 1], make)
+    tar_path(tmp_path, 2).write_bytes(b"half a tar")  # killed before its stats file
+    (tmp_path / ".00002.tar.abc.tmp").write_bytes(b"")
+    made = []
+    summary = run_shards(tmp_path, [0, 1, 2], lambda i: made.append(i) or make(i))
+    assert made == [2] and summary == {"done": 1, "skipped_finished": 2}
+    assert finished_shards(tmp_path) == {0, 1, 2} and len(list(read_shard(tar_path(tmp_path, 2)))) == 2
+
+
+def test_sa1b_links_and_caption_pairing(tmp_path):
+    links = tmp_path / "links.txt"
+    links.write_text("file_name\tcdn_link\nsa_000000.tar\thttps://x/a?sig=1\n\nsa_000001.tar\thttps://x/b\n")
+    assert sa1b.parse_links(str(links)) == [("sa_000000.tar", "https://x/a?sig=1"), ("sa_000001.tar", "https://x/b")]
+    links.write_text("sa_000000.tar https://x/a\n")
+    with pytest.raises(UserError, match="links.txt:1"):
+        sa1b.parse_links(str(links))
+
+    captions = tmp_path / "captions"
+    captions.mkdir()
+    (captions / "sa_1.txt").write_text("a dog on a beach\n")
+    (captions / "sa_3.txt").write_bytes(b"\xff\xfe bad")  # not UTF-8 -> skipped
+    src = make_tar(tmp_path / "sa.tar", {"sa_1.jpg": jpeg_bytes(8, 8), "sa_1.json": b"{}", "sa_2.jpg": jpeg_bytes(8, 8),
+                                          "sa_3.jpg": jpeg_bytes(8, 8)})
+    with open(src, "rb") as f:
+        stats = write_paired_shard(tmp_path / "out", 0, iter_tar_images(f), sa1b.caption_lookup(str(captions)))
+    assert stats == {"count": 3, "successes": 1, "skipped": {"no_caption": 2}}
+    [(key, files)] = list(read_shard(tar_path(tmp_path / "out", 0)))
+    assert key == "sa_1" and files["txt"] == b"a dog on a beach"
+
+
+def test_jdb_archive_ids_from_listing_and_prompts(tmp_path, monkeypatch):
+    files = ["data/train/imgs/000.tgz", "data/train/imgs/001.tgz", "data/valid/imgs/000.tgz", "README.md"]
+    assert jdb.archive_ids(files, "train") == [0, 1] and jdb.archive_ids(files, "valid") == [0]
+    rows = [{"img_path": "./train/imgs/000/abc.jpg", "prompt": " a castle, 4k ", "caption": "no"},
+            {"img_path": "./train/imgs/000/def.jpg", "prompt": ""}]
+    jsonl = "\n".join(json.dumps(r) for r in rows).encode()
+    anno = make_tar(tmp_path / "anno.jsonl.tgz", {"train_anno_realease_repath.jsonl": jsonl}, mode="w:gz")
+    assert jdb.load_prompts(anno) == {"abc": "a castle, 4k"}
+    bad = make_tar(tmp_path / "bad.tgz", {"x.jsonl": b'{"img_path": "a.jpg", "prompt": "p"}\nnot json\n'}, "w:gz")
+    with pytest.raises(UserError, match="x.jsonl:2"):
+        jdb.load_prompts(bad)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(UserError, match="HF_TOKEN"):
+        hub_token(required=True)
+
+
+def test_diffdb_nsfw_filter_and_zip_pairing(tmp_path):
+    pd.DataFrame({"image_name": ["a.webp", "b.webp", "c.webp", "d.webp"], "prompt": ["cat", "dog", "gore", None],
+                  "image_nsfw": [0.1, 0.2, 0.9, 0.0], "prompt_nsfw": [0.0, 0.05, 0.1, 0.0]}
+                 ).to_parquet(tmp_path / "meta.parquet")
+    prompts, dropped = diffdb.safe_prompts(tmp_path / "meta.parquet", 0.2)
+    assert prompts == {"a": "cat", "b": "dog"} and dropped == 1
+    assert diffdb.archive_name(1) == "diffusiondb-large-part-1/part-000001.zip"
+    assert diffdb.archive_name(10001) == "diffusiondb-large-part-2/part-010001.zip"
+    with zipfile.ZipFile(tmp_path / "part.zip", "w") as z:
+        for name in ("a.webp", "c.webp", "part-000001.json"):
+            z.writestr(name, b"img")
+    stats = write_paired_shard(tmp_path / "out", 1, iter_zip_images(tmp_path / "part.zip"), prompts.get)
+    assert stats["successes"] == 1 and stats["skipped"] == {"no_caption": 1}
+    assert next(read_shard(tar_path(tmp_path / "out", 1)))[1].keys() == {"webp", "txt", "json"}
+
+
+def test_coco_first_caption_in_annotation_order():
+    annotations = {"images": [{"id": 1, "file_name": "COCO_val2014_000000000001.jpg"},
+                              {"id": 2, "file_name": "COCO_val2014_000000000002.jpg"}],
+                   "annotations": [{"image_id": 2, "caption": "second image, first"},
+                                   {"image_id": 1, "caption": " first image "},
+                                   {"image_id": 2, "caption": "second image, later"}]}
+    assert coco2014.first_captions(annotations) == {"COCO_val2014_000000000001": "first image",
+                                                    "COCO_val2014_000000000002": "second image, first"}
+    with pytest.raises(UserError, match="images"):
+        coco2014.first_captions({"annotations": []}, "captions_val2014.json")
+    assert coco2014.image_shards([f"{i}.jpg" for i in range(250)], "small", 2) == [["0.jpg", "1.jpg"], ["10.jpg"]]
+
+
+def test_textcaps_parquet_rows(tmp_path):
+    assert textcaps.parquet_files(["data/train-0.parquet", "x/validation/0.parquet", "x/test/0.parquet"]) == \
+        ["data/train-0.parquet", "x/validation/0.parquet"]
+    pd.DataFrame({"image": [{"bytes": jpeg_bytes(8, 8), "path": None}, {"bytes": jpeg_bytes(8, 8), "path": None}],
+                  "image_id": ["i1", "i2"], "reference_strs": [["a sign saying STOP", "other"], []]}
+                 ).to_parquet(tmp_path / "t.parquet")
+    stats = textcaps.parquet_shard(tmp_path / "out", 0, tmp_path / "t.parquet")
+    assert stats["successes"] == 1 and stats["skipped"] == {"no_caption": 1}
+    assert next(read_shard(tar_path(tmp_path / "out", 0)))[1]["txt"] == b"a sign saying STOP"
+
+
+def test_cc12m_small_url_list_is_stable(tmp_path):
+    pd.DataFrame({"url": [f"http://h/{i}.jpg" for i in range(300)], "caption": ["c"] * 300}
+                 ).to_csv(tmp_path / "cc12m.tsv", sep="\t", index=False)
+    path = cc12m.url_list_for_subset(str(tmp_path / "cc12m.tsv"), "url", "caption", "small", tmp_path)
+    assert list(pd.read_parquet(path)["url"]) == ["http://h/0.jpg", "http://h/1.jpg", "http://h/2.jpg"]
+    with pytest.raises(UserError, match="missing column"):
+        cc12m.read_url_list(str(tmp_path / "cc12m.tsv"), "URL", "caption")
