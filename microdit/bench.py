@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from microdit.diffusion.edm import EDMConfig, edm_loss
 from microdit.models.dit import MicroDiT, variant_config
+from microdit.train.metrics import peak_flops, train_flops_per_sample
 
 
 @dataclass(frozen=True)
@@ -39,17 +39,7 @@ STAGES = {
     4: StageShape(512, 0.0, 16, 0.5, 0.0, 0.6, 2.0),
 }
 
-# Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, most specific first.
-PEAK_BF16 = (("H100 PCIe", 756e12), ("H100", 989.4e12), ("H200", 989.4e12), ("GH200", 989.4e12),
-             ("A100", 312e12), ("L40S", 362e12))
 CAPTION_TOKENS = 77
-
-
-def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for fragment, peak in PEAK_BF16 if fragment in name), None)
 
 
 def _batch(config, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,10 +52,9 @@ def training_flops_per_image(config, stage: StageShape) -> float:
     with torch.device("meta"):
         dit = MicroDiT(config)
         latents, captions = _batch(config, 1, "meta")
-    counter = FlopCounterMode(display=False)
-    with counter:
-        edm_loss(dit, latents, captions, EDMConfig(p_mean=stage.p_mean, p_std=stage.p_std), stage.mask_ratio).backward()
-    return float(counter.get_total_flops())
+    edm = EDMConfig(p_mean=stage.p_mean, p_std=stage.p_std)
+    return train_flops_per_sample(lambda b: edm_loss(dit, b["latents"], captions, edm, stage.mask_ratio),
+                                  {"latents": latents})
 
 
 def peak_memory_gib(device: torch.device) -> float:

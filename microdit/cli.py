@@ -15,6 +15,8 @@ COMMAND_MODULES = (
     "microdit.bench",
     "microdit.demo",
     "microdit.data.commands",
+    "microdit.tiny_vae",
+    "microdit.train.commands",
 )
 
 

@@ -1,0 +1,271 @@
+"""Stage configs: one YAML file per training stage, loaded into typed dataclasses and validated up front.
+
+Every error names the file and the dotted field (`stage1.yaml: optim.lr: expected a number, got 'fast'`), so a bad
+config fails in the launching shell rather than minutes later on a cluster node.
+"""
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from microdit.errors import UserError
+from microdit.models.dit import VARIANTS
+
+SCHEDULES = ("cosine_warmup", "constant", "constant_warmup")
+CLUSTERS = ("slurm", "local", "debug")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "MicroDiT_XL_2"
+    latent_res: int = 32
+    in_channels: int = 4
+    caption_channels: int = 1024
+    pos_interp_scale: float = 1.0
+    train_mask_ratio: float = 0.0
+    p_mean: float = -0.6
+    p_std: float = 1.2
+    overrides: dict = field(default_factory=dict)  # any other MicroDiTConfig field, e.g. depth for tiny test models
+
+
+@dataclass
+class DataConfig:
+    kind: str = "random"          # random: seeded synthetic latents; mds: microdit.data.loader (streaming shards)
+    caption_len: int = 77
+    cap_drop_prob: float = 0.1
+    options: dict = field(default_factory=dict)  # passed through to the mds loader (directories, image size, ...)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2.4e-4
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    moe_half_lr: bool = True      # the reference meant to do this but its name filter matched nothing (SPEC §7.1)
+    grad_clip: float = 0.25       # max global grad norm; 0 disables clipping
+
+
+@dataclass
+class ScheduleConfig:
+    kind: str = "constant"
+    warmup_steps: int = 0
+    alpha_f: float = 0.0          # cosine end value, as a fraction of lr
+    alpha: float = 1.0            # constant value, as a fraction of lr
+
+
+@dataclass
+class EMAConfig:
+    decay: float = 0.9999
+    start_step: int = 0           # global step from which the average starts; before it the EMA copies the weights
+    every: int = 1
+
+
+@dataclass
+class InitConfig:
+    from_: str = ""               # YAML key `from`: a stage output directory or a checkpoint file
+    mode: str = "full"            # full: weights + optimizer + clock + data position; weights: model weights only
+
+
+@dataclass
+class SamplesConfig:
+    every: int = 0                # 0 disables sample grids
+    num: int = 8
+    steps: int = 30
+    guidance_scale: float = 5.0
+    seed: int = 18
+    captions: str = ""            # safetensors with 'caption_latents' (N,1,L,W) of fixed prompts; empty: null captions
+    vae: str = ""                 # diffusers VAE name or directory to decode the grid; empty: show latent channels
+
+
+@dataclass
+class LaunchConfig:
+    cluster: str = "debug"
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int = 1
+    cpus_per_task: int = 2
+    mem_gb: int = 0               # 0 leaves the cluster default
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    timeout_min: int = 60
+    max_requeues: int = 10        # preemptions / time limits survived by requeueing
+    sbatch_extra: list = field(default_factory=list)  # extra "--key=value" sbatch lines, passed as a list, no shell
+
+
+@dataclass
+class StageConfig:
+    name: str
+    steps: int                    # optimizer steps in this stage (a full-state init continues the global clock)
+    global_batch: int
+    micro_batch: int
+    out_dir: str = "runs/stage"
+    seed: int = 18
+    precision: str = "bf16"       # bf16 autocast with fp32 master weights, or fp32
+    compile: bool = False
+    strategy: str = "ddp"         # ddp, or fsdp (FSDP2 fully_shard, reshard_after_forward=False ~ SHARD_GRAD_OP)
+    log_every: int = 50
+    save_every: int = 2500
+    keep_checkpoints: int = 2
+    progress: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    ema: EMAConfig | None = None
+    init: InitConfig | None = None
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    def accumulation(self, world_size: int) -> int:
+        """Microbatches per rank per step that make up the global batch on `world_size` ranks."""
+        per_step = self.micro_batch * world_size
+        if self.global_batch % per_step:
+            raise UserError(f"global_batch {self.global_batch} is not a multiple of micro_batch {self.micro_batch} "
+                            f"x {world_size} ranks; change micro_batch or the number of GPUs")
+        return self.global_batch // per_step
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def load_stage_config(path: str | Path, overrides: list[str] = ()) -> StageConfig:
+    """Read a stage YAML, apply `key.sub=value` overrides (values parsed as YAML), build and validate."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of stage settings at the top level")
+    for item in overrides:
+        apply_override(raw, item)
+    return stage_config_from_dict(raw, source=path.name)
+
+
+def apply_override(raw: dict, item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set {item!r}: expected key=value (e.g. optim.lr=1e-4)")
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {item!r}: {part} is not a section")
+    node[leaf] = yaml.safe_load(value)
+
+
+def stage_config_from_dict(raw: dict, source: str = "config") -> StageConfig:
+    cfg = _build(StageConfig, raw, f"{source}: ")
+    _validate(cfg, f"{source}: ")
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    """Plain dict in the YAML layout (the inverse of stage_config_from_dict)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out[_yaml_key(f.name)] = to_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def _yaml_key(name: str) -> str:
+    return name.rstrip("_")  # `from_` is spelled `from` in YAML
+
+
+def _build(cls, raw, where: str):
+    if not isinstance(raw, dict):
+        raise UserError(f"{where.rstrip(': ')}: expected a mapping, got {raw!r}")
+    fields = {_yaml_key(f.name): f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise UserError(f"{where}unknown field {unknown[0]!r}; expected one of {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, f in fields.items():
+        if key not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise UserError(f"{where}missing required field {key!r}")
+            continue
+        kwargs[f.name] = _coerce(hints[f.name], raw[key], f"{where}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, where: str):
+    optional = isinstance(hint, types.UnionType) and type(None) in hint.__args__
+    if optional:
+        if value is None:
+            return None
+        hint = next(a for a in hint.__args__ if a is not type(None))
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{where}.")
+    if hint is float and isinstance(value, str):
+        value = _number(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+    ok = {bool: isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          str: isinstance(value, str),
+          list: isinstance(value, list),
+          dict: isinstance(value, dict)}[hint]
+    if not ok:
+        expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+                    dict: "a mapping"}[hint]
+        raise UserError(f"{where}: expected {expected}, got {value!r}")
+    return float(value) if hint is float else value
+
+
+def _number(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _check(condition: bool, where: str, message: str) -> None:
+    if not condition:
+        raise UserError(f"{where}{message}")
+
+
+def _validate(cfg: StageConfig, w: str) -> None:
+    _check(cfg.steps > 0, w, f"steps: must be > 0, got {cfg.steps}")
+    _check(cfg.micro_batch > 0, w, f"micro_batch: must be > 0, got {cfg.micro_batch}")
+    _check(cfg.global_batch > 0 and cfg.global_batch % cfg.micro_batch == 0, w,
+           f"global_batch: must be a positive multiple of micro_batch {cfg.micro_batch}, got {cfg.global_batch}")
+    _check(cfg.precision in ("bf16", "fp32"), w, f"precision: expected bf16 or fp32, got {cfg.precision!r}")
+    _check(cfg.strategy in ("ddp", "fsdp"), w, f"strategy: expected ddp or fsdp, got {cfg.strategy!r}")
+    for name in ("log_every", "save_every", "keep_checkpoints"):
+        _check(getattr(cfg, name) > 0, w, f"{name}: must be > 0, got {getattr(cfg, name)}")
+    m = cfg.model
+    _check(m.arch in VARIANTS, w, f"model.arch: unknown {m.arch!r}; expected one of {sorted(VARIANTS)}")
+    _check(m.latent_res > 0 and m.latent_res % 2 == 0, w, f"model.latent_res: must be even and > 0, got {m.latent_res}")
+    _check(0.0 <= m.train_mask_ratio < 1.0, w, f"model.train_mask_ratio: must be in [0, 1), got {m.train_mask_ratio}")
+    _check(m.p_std >= 0, w, f"model.p_std: must be >= 0, got {m.p_std}")
+    d = cfg.data
+    _check(d.kind in ("random", "mds"), w, f"data.kind: expected random or mds, got {d.kind!r}")
+    _check(0.0 <= d.cap_drop_prob <= 1.0, w, f"data.cap_drop_prob: must be in [0, 1], got {d.cap_drop_prob}")
+    o = cfg.optim
+    _check(o.lr > 0, w, f"optim.lr: must be > 0, got {o.lr}")
+    _check(len(o.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o.betas), w,
+           f"optim.betas: expected two numbers in [0, 1), got {o.betas}")
+    _check(o.grad_clip >= 0, w, f"optim.grad_clip: must be >= 0, got {o.grad_clip}")
+    s = cfg.schedule
+    _check(s.kind in SCHEDULES, w, f"schedule.kind: expected one of {list(SCHEDULES)}, got {s.kind!r}")
+    _check(s.warmup_steps >= 0, w, f"schedule.warmup_steps: must be >= 0, got {s.warmup_steps}")
+    if cfg.ema is not None:
+        _check(0.0 < cfg.ema.decay < 1.0, w, f"ema.decay: must be in (0, 1), got {cfg.ema.decay}")
+        _check(cfg.ema.every > 0, w, f"ema.every: must be > 0, got {cfg.ema.every}")
+    if cfg.init is not None:
+        _check(bool(cfg.init.from_), w, "init.from: a stage directory or checkpoint file is required")
+        _check(cfg.init.mode in ("full", "weights"), w, f"init.mode: expected full or weights, got {cfg.init.mode!r}")
+    launch = cfg.launch
+    _check(launch.cluster in CLUSTERS, w, f"launch.cluster: expected one of {list(CLUSTERS)}, got {launch.cluster!r}")
+    _check(launch.nodes > 0 and launch.tasks_per_node > 0, w, "launch.nodes and launch.tasks_per_node must be > 0")
+    _check(all(isinstance(x, str) and x.startswith("--") for x in launch.sbatch_extra), w,
+           "launch.sbatch_extra: expected a list of '--key=value' strings")

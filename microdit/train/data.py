@@ -1,0 +1,112 @@
+"""Where training batches come from: a small protocol, a seeded synthetic source, and the hook to the MDS loader.
+
+A source yields this rank's microbatches in order, {"latents" (B,C,H,W), "caption_latents" (B,1,L,W),
+"drop_caption_mask" (B,)}, and can save / restore its position so a resumed run continues mid-epoch.
+"""
+import importlib
+from typing import Iterator, Protocol
+
+import torch
+
+from microdit.errors import UserError
+from microdit.train.config import StageConfig
+
+MDS_LOADER_MODULE = "microdit.data.loader"
+_SEED_STRIDE = 0x9E3779B97F4A7C15  # odd 64-bit constant: consecutive sample ids map to well-spread generator seeds
+
+
+class LatentsSource(Protocol):
+    def __iter__(self) -> Iterator[dict]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class RandomLatents:
+    """Deterministic synthetic latents for smoke runs and tests.
+
+    Sample i of the global stream depends only on (seed, i), and microbatch k of rank r at step s holds the samples of
+    global microbatch (s * world + r) * accumulation + k. So the global batch of a step is the same whatever the world
+    size, and the position (steps consumed) is the whole resumable state.
+    """
+
+    def __init__(self, latent_shape: tuple, caption_shape: tuple, micro_batch: int, accumulation: int, rank: int,
+                 world_size: int, seed: int, cap_drop_prob: float):
+        self.latent_shape, self.caption_shape = tuple(latent_shape), tuple(caption_shape)
+        self.micro_batch, self.accumulation = micro_batch, accumulation
+        self.rank, self.world_size, self.seed, self.cap_drop_prob = rank, world_size, seed, cap_drop_prob
+        self.step = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            first = (self.step * self.world_size + self.rank) * self.accumulation
+            batches = [self._microbatch(first + k) for k in range(self.accumulation)]
+            self.step += 1  # before yielding, so a checkpoint taken after the step records the next position
+            yield from batches
+
+    def _microbatch(self, index: int) -> dict:
+        samples = [self._sample(index * self.micro_batch + b) for b in range(self.micro_batch)]
+        return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
+
+    def _sample(self, i: int) -> dict:
+        g = torch.Generator().manual_seed((self.seed + i * _SEED_STRIDE) % 2 ** 63)
+        return {"latents": torch.randn(self.latent_shape, generator=g),
+                "caption_latents": torch.randn(self.caption_shape, generator=g),
+                "drop_caption_mask": (torch.rand((), generator=g) >= self.cap_drop_prob).float()}
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def build_source(cfg: StageConfig, rank: int, world_size: int, accumulation: int) -> LatentsSource:
+    m, d = cfg.model, cfg.data
+    if d.kind == "random":
+        return RandomLatents((m.in_channels, m.latent_res, m.latent_res), (1, d.caption_len, m.caption_channels),
+                             cfg.micro_batch, accumulation, rank, world_size, cfg.seed, d.cap_drop_prob)
+    return build_mds_source(cfg, rank, world_size)
+
+
+def build_mds_source(cfg: StageConfig, rank: int, world_size: int) -> LatentsSource:
+    """Hook to the streaming MDS latents loader (microdit/data/loader.py), imported only when a stage asks for it.
+    `data.options` go to its build_latents_loader (datadirs, resolution, proportions, num_workers, ...); rank and
+    world size reach mosaicml-streaming through the environment (microdit.train.distributed exports them)."""
+    try:
+        loader = importlib.import_module(MDS_LOADER_MODULE)
+    except ModuleNotFoundError as err:
+        if err.name is not None and MDS_LOADER_MODULE.startswith(err.name):
+            raise UserError(f"data.kind: mds needs {MDS_LOADER_MODULE}, which is not installed in this tree; "
+                            "use data.kind: random or add the data pipeline") from None
+        raise
+    build = getattr(loader, "build_latents_loader", None)
+    if build is None:
+        raise UserError(f"{MDS_LOADER_MODULE} has no build_latents_loader(); cannot use data.kind: mds")
+    try:
+        batches = build(batch_size=cfg.micro_batch, cap_drop_prob=cfg.data.cap_drop_prob, seed=cfg.seed,
+                        **cfg.data.options)
+    except TypeError as err:
+        raise UserError(f"data.options: {err}") from None
+    return RenamedLatents(batches)
+
+
+class RenamedLatents:
+    """The MDS loader names image latents `image_latents` (as the reference does); the trainer reads `latents`."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict]:
+        for batch in self.loader:
+            batch = dict(batch)
+            if "image_latents" in batch:
+                batch["latents"] = batch.pop("image_latents")
+            yield batch
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state)

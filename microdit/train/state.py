@@ -1,0 +1,129 @@
+"""Full training state on disk: model, optimizer, EMA, clock, schedule, RNG of every rank, data position.
+
+One file per save, `<out>/checkpoints/step_<N>.pt`, written by rank 0 through a temporary file and a rename, newest K
+kept. Files are read back with torch.load(weights_only=True), so they hold only tensors and plain containers.
+"""
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from microdit.checkpoint import RECOMPUTABLE_BUFFERS, CheckpointError, atomic_write, load_dit_state, read_checkpoint
+from microdit.errors import UserError
+from microdit.train.distributed import DistInfo, gather_objects, unwrap
+
+CHECKPOINT_DIR = "checkpoints"
+_NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+# --------------------------------------------------------------------------------------------------- files
+def checkpoint_path(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / CHECKPOINT_DIR / f"step_{step:09d}.pt"
+
+
+def list_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Full-state checkpoints of a stage directory, oldest first."""
+    folder = Path(out_dir) / CHECKPOINT_DIR
+    found = [(int(m.group(1)), p) for p in folder.glob("step_*.pt") if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def newest_checkpoint(out_dir: str | Path) -> Path | None:
+    found = list_checkpoints(out_dir)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(out_dir: str | Path, keep: int) -> None:
+    for old in list_checkpoints(out_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------- RNG
+def capture_rng() -> dict:
+    """Every generator's state as plain Python values (all_gather_object cannot carry tensors in this torch)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
+             "torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+
+
+# -------------------------------------------------------------------------------------------- save / load
+def save_full_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema, source, clock: dict,
+                    info: DistInfo) -> None:
+    """Collective: every rank calls it; rank 0 writes. `clock` holds step, stage_start and stage name. Names are
+    the plain model's (no DDP `module.`), so a state saved on N ranks resumes on M."""
+    model_state, optim_state = get_state_dict(unwrap(model), optimizer,
+                                              options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    ema_state = ema.state_dict() if ema is not None else None
+    rng = gather_objects(capture_rng())
+    loader = gather_objects(source.state_dict())
+    if info.is_main:
+        payload = {**clock, "world_size": info.world_size, "model": model_state, "optimizer": optim_state,
+                   "ema": ema_state, "rng": rng, "loader": loader}
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def read_full_state(path: str | Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable file is reported the same way, as the one line below
+        raise CheckpointError(f"{path}: not a readable training checkpoint ({str(err).splitlines()[0][:200]})") \
+            from None
+    if not isinstance(state, dict) or "optimizer" not in state or "step" not in state:
+        raise CheckpointError(f"{path}: not a full training state (no optimizer / step); use init.mode: weights")
+    return state
+
+
+def load_full_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, source, info: DistInfo,
+                    restore_rank_state: bool) -> None:
+    """Weights and optimizer moments always; this rank's RNG and data position only when resuming the same stage
+    (another stage reads different data with a different batch layout). The EMA is the trainer's to restore."""
+    set_state_dict(unwrap(model), optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(full_state_dict=True))
+    if restore_rank_state:
+        same_layout = state["world_size"] == info.world_size
+        if same_layout:
+            restore_rng(state["rng"][info.rank])
+        # on a different world size, rank 0's position is the best guess (the synthetic source's is global)
+        source.load_state_dict(state["loader"][info.rank if same_layout else 0])
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Denoiser weights only, from a full-state checkpoint, a safetensors file or any file microdit.checkpoint reads.
+    pos_embed and mask_token are left to the model: they follow its resolution, not the source's."""
+    path = Path(path)
+    if path.suffix == ".pt" and path.parent.name == CHECKPOINT_DIR:
+        weights = read_full_state(path)["model"]
+    else:
+        weights, _ = read_checkpoint(path)
+    weights = {k: v for k, v in weights.items() if k not in RECOMPUTABLE_BUFFERS}
+    load_dit_state(model, weights, source=str(path))
+
+
+def resolve_init(source: str, mode: str) -> Path:
+    """A stage directory means its newest full state (mode full) or its final.safetensors (mode weights)."""
+    path = Path(source)
+    if path.is_dir():
+        found = newest_checkpoint(path) if mode == "full" else path / "final.safetensors"
+        if found is None or not found.exists():
+            what = "full-state checkpoint" if mode == "full" else "final.safetensors"
+            raise UserError(f"init.from: {path} has no {what}; has the previous stage finished?")
+        return found
+    if not path.is_file():
+        raise UserError(f"init.from: {path}: no such file or directory")
+    return path

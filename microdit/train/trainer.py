@@ -1,0 +1,231 @@
+"""The training loop of one stage: build, initialise or resume, step, log, checkpoint, export.
+
+    stats = Trainer(load_stage_config("config/stages/tiny/stage1.yaml"), init_distributed()).run()
+
+A step = `accumulation` microbatches per rank (global batch / (micro batch x world size)), their gradients averaged,
+clipped, one AdamW step, then the EMA. The noise of every microbatch is seeded from (seed, step, global microbatch
+index), so a step's result does not depend on how many ranks share it or on where a run was resumed.
+"""
+import contextlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from microdit.checkpoint import save_dit
+from microdit.diffusion.edm import EDMConfig, edm_loss
+from microdit.errors import UserError
+from microdit.models.dit import MicroDiT, create_dit
+from microdit.train import state as ckpt
+from microdit.train.config import StageConfig, to_dict
+from microdit.train.data import build_source
+from microdit.train.distributed import (
+    DistInfo, barrier, full_tensor, gradient_sync, mean_across_ranks, wrap_model,
+)
+from microdit.train.ema import EMA
+from microdit.train.metrics import MetricsLog, Throughput, memory_gib, peak_flops, train_flops_per_sample, write_json
+from microdit.train.optim import build_optimizer, set_lr
+from microdit.train.schedules import lr_factor
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class StepContext:
+    """What a callback sees after each optimizer step (on every rank; callbacks decide who does the work)."""
+    step: int
+    end_step: int
+    loss: float
+    trainer: "Trainer"
+
+
+def build_model(cfg: StageConfig) -> MicroDiT:
+    m = cfg.model
+    return create_dit(m.arch, input_size=m.latent_res, in_channels=m.in_channels, caption_channels=m.caption_channels,
+                      pos_interp_scale=m.pos_interp_scale, **m.overrides)
+
+
+def noise_seed(seed: int, step: int, microbatch: int) -> int:
+    return ((seed * 1_000_003 + step) * 65_537 + microbatch) % 2 ** 63
+
+
+def denoising_loss(model: nn.Module, batch: dict, edm: EDMConfig, mask_ratio: float) -> torch.Tensor:
+    """EDM loss of one microbatch; a dropped caption becomes the all-zero (null) embedding."""
+    keep = batch["drop_caption_mask"].reshape(-1, 1, 1, 1)
+    return edm_loss(model, batch["latents"].float(), batch["caption_latents"].float() * keep, edm, mask_ratio)
+
+
+def example_batch(cfg: StageConfig, device: torch.device) -> dict:
+    m = cfg.model
+    return {"latents": torch.randn(1, m.in_channels, m.latent_res, m.latent_res, device=device),
+            "caption_latents": torch.randn(1, 1, cfg.data.caption_len, m.caption_channels, device=device),
+            "drop_caption_mask": torch.ones(1, device=device)}
+
+
+class Trainer:
+    def __init__(self, cfg: StageConfig, info: DistInfo, resume: str = "auto", callbacks=()):
+        self.cfg, self.info, self.callbacks = cfg, info, list(callbacks)
+        self.out_dir = Path(cfg.out_dir)
+        self.accumulation = cfg.accumulation(info.world_size)
+        self.edm = EDMConfig(p_mean=cfg.model.p_mean, p_std=cfg.model.p_std)
+        self.step = self.stage_start = 0
+        self.wall_time_before = 0.0
+        self.last_checkpoint: Path | None = None
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        # the model itself; `self.model` is what trains (DDP around it, or the same object sharded in place by FSDP)
+        self.raw = build_model(cfg).to(info.device)
+        self.flops_per_sample = self._measure_flops()
+        resume_from = ckpt.newest_checkpoint(self.out_dir) if resume == "auto" else None
+        init = None if resume_from else cfg.init
+        if init is not None and init.mode == "weights":
+            ckpt.load_weights(self.raw, ckpt.resolve_init(init.from_, "weights"))
+        if cfg.compile:
+            self.raw.compile()  # in place: parameter names stay free of `_orig_mod.`
+        self.model = wrap_model(self.raw, cfg.strategy, info)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.source = build_source(cfg, info.rank, info.world_size, self.accumulation)
+        full_state = None
+        if resume_from is not None:
+            full_state = ckpt.read_full_state(resume_from)
+        elif init is not None and init.mode == "full":
+            full_state = ckpt.read_full_state(ckpt.resolve_init(init.from_, "full"))
+        if full_state is not None:
+            self._load_full_state(full_state, same_stage=resume_from is not None)
+            self.last_checkpoint = resume_from
+        with torch.no_grad():
+            self.raw.reset_pos_embed()  # a function of this stage's resolution, never taken from another stage
+        self.ema = EMA(self.raw, cfg.ema) if cfg.ema is not None else None
+        if self.ema is not None and full_state is not None and full_state.get("ema"):
+            self.ema.load_state_dict(full_state["ema"])
+        self.end_step = self.stage_start + cfg.steps
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl", info.is_main)
+
+    def _measure_flops(self) -> float | None:
+        batch = example_batch(self.cfg, self.info.device)
+        flops = train_flops_per_sample(lambda b: denoising_loss(self.raw, b, self.edm, self.cfg.model.train_mask_ratio),
+                                       batch)
+        self.raw.zero_grad(set_to_none=True)
+        return flops
+
+    def _load_full_state(self, state: dict, same_stage: bool) -> None:
+        ckpt.load_full_state(state, self.model, self.optimizer, self.source, self.info, restore_rank_state=same_stage)
+        self.step = int(state["step"])
+        # resuming this stage keeps its start; continuing another stage's state starts this stage at its step
+        self.stage_start = int(state["stage_start"]) if same_stage else self.step
+        self.wall_time_before = float(state.get("wall_time", 0.0)) if same_stage else 0.0
+
+    # ------------------------------------------------------------------------------------------------- loop
+    def run(self) -> dict:
+        """Train to the end of the stage and export; a stage already finished just returns its stats."""
+        cfg, info = self.cfg, self.info
+        stats_path = self.out_dir / "train_stats.json"
+        if self.step >= self.end_step and stats_path.exists() and (self.out_dir / "final.safetensors").exists():
+            return json.loads(stats_path.read_text())
+        throughput = Throughput(self.flops_per_sample, peak_flops(info.device), info.world_size)
+        batches = iter(self.source)
+        progress = self._progress_bar()
+        window, loss = [], math.nan
+        self.model.train()
+        while self.step < self.end_step:
+            lr = cfg.optim.lr * lr_factor(cfg.schedule, self.step, self.end_step)
+            loss, grad_norm = self._train_step(batches, lr)
+            self.step += 1
+            throughput.add(cfg.global_batch)
+            window.append(loss)
+            if self.ema is not None:
+                self.ema.update(self.raw, self.step)
+            if self.step % cfg.log_every == 0 or self.step == self.end_step:
+                self.log.write({"step": self.step, "loss": sum(window) / len(window), "lr": lr, "grad_norm": grad_norm,
+                                **throughput.report(), "memory_gib": memory_gib(info.device)})
+                window = []
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            if self.step % cfg.save_every == 0 or self.step == self.end_step:
+                self.save_checkpoint(throughput.elapsed())
+            for callback in self.callbacks:
+                callback(StepContext(self.step, self.end_step, loss, self))
+        if progress is not None:
+            progress.close()
+        return self._finish(throughput, loss)
+
+    def _train_step(self, batches, lr: float) -> tuple[float, float]:
+        set_lr(self.optimizer, lr)
+        losses = []
+        for k in range(self.accumulation):
+            batch = {key: value.to(self.info.device, non_blocking=True) for key, value in next(batches).items()}
+            torch.manual_seed(noise_seed(self.cfg.seed, self.step, self.info.rank * self.accumulation + k))
+            with gradient_sync(self.model, enabled=k == self.accumulation - 1), self.autocast():
+                micro_loss = denoising_loss(self.model, batch, self.edm, self.cfg.model.train_mask_ratio)
+                (micro_loss / self.accumulation).backward()
+            losses.append(micro_loss.detach().float())
+        loss = mean_across_ranks(torch.stack(losses).mean()).item()
+        if not math.isfinite(loss):
+            where = self.last_checkpoint or "none saved yet"
+            raise TrainingDiverged(f"loss is {loss} at step {self.step + 1}; last good checkpoint: {where}")
+        clip = self.cfg.optim.grad_clip or math.inf
+        grad_norm = float(full_tensor(nn.utils.clip_grad_norm_(self.model.parameters(), clip)))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm
+
+    def autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _progress_bar(self):
+        if not (self.cfg.progress and self.info.is_main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.end_step - self.stage_start, initial=self.step - self.stage_start,
+                    desc=self.cfg.name, unit="step", dynamic_ncols=True)
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, elapsed: float) -> None:
+        path = ckpt.checkpoint_path(self.out_dir, self.step)
+        clock = {"step": self.step, "stage_start": self.stage_start, "stage": self.cfg.name,
+                 "wall_time": self.wall_time_before + elapsed, "config": to_dict(self.cfg)}
+        ckpt.save_full_state(path, self.model, self.optimizer, self.ema, self.source, clock, self.info)
+        if self.info.is_main:
+            ckpt.prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints)
+        barrier()
+        self.last_checkpoint = path
+
+    def export_model(self, use_ema: bool = False) -> MicroDiT | None:
+        """A plain CPU copy of the denoiser (its EMA weights if asked) on rank 0, None elsewhere. Collective."""
+        weights = get_model_state_dict(self.raw, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        ema = self.ema.state_dict() if use_ema and self.ema is not None else {}
+        if not self.info.is_main:
+            return None
+        copy = build_model(self.cfg)
+        copy.load_state_dict({**weights, **ema})
+        return copy.eval()
+
+    def _finish(self, throughput: Throughput, loss: float) -> dict:
+        raw = self.export_model()
+        ema = self.export_model(use_ema=True) if self.ema is not None else None
+        stats = {"stage": self.cfg.name, "steps": self.end_step - self.stage_start, "global_step": self.step,
+                 "images_seen": (self.end_step - self.stage_start) * self.cfg.global_batch,
+                 "wall_time_s": self.wall_time_before + throughput.elapsed(),
+                 "gpu_count": self.info.world_size if self.info.device.type == "cuda" else 0,
+                 "world_size": self.info.world_size, "mean_img_per_s": throughput.mean_rate(),
+                 "mfu": throughput.mfu(throughput.mean_rate()), "final_loss": loss,
+                 "flops_per_image": self.flops_per_sample}
+        if self.info.is_main:
+            save_dit(raw, self.out_dir / "final.safetensors", self.cfg.model.arch, kind="raw",
+                     extra={"step": self.step})
+            if ema is not None:
+                save_dit(ema, self.out_dir / "ema.safetensors", self.cfg.model.arch, kind="ema",
+                         extra={"step": self.step})
+            write_json(self.out_dir / "train_stats.json", stats)
+        barrier()
+        return stats

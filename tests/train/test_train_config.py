@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+
+from microdit.errors import UserError
+from microdit.train.config import load_stage_config, stage_config_from_dict, to_dict
+from train_helpers import BASE, tiny_config
+
+STAGES = Path(__file__).resolve().parents[2] / "config" / "stages"
+
+
+@pytest.mark.parametrize("path", sorted(STAGES.glob("*/stage*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_stage_configs_validate(path):
+    cfg = load_stage_config(path)
+    assert cfg.accumulation(cfg.launch.tasks_per_node * cfg.launch.nodes) >= 1
+    assert stage_config_from_dict(to_dict(cfg)) == cfg
+
+
+def test_all_eight_stage_configs_exist():
+    assert len(list(STAGES.glob("paper/stage*.yaml"))) == 4 and len(list(STAGES.glob("tiny/stage*.yaml"))) == 4
+
+
+def test_paper_stages_follow_the_spec():
+    s1, s2, s3, s4 = (load_stage_config(STAGES / "paper" / f"stage{i}.yaml") for i in (1, 2, 3, 4))
+    assert [s.steps for s in (s1, s2, s3, s4)] == [250_000, 30_000, 50_000, 5_000]
+    assert [s.optim.lr for s in (s1, s2, s3, s4)] == [2.4e-4, 8e-5, 8e-5, 8e-5]
+    assert [s.model.train_mask_ratio for s in (s1, s2, s3, s4)] == [0.75, 0.0, 0.75, 0.0]
+    assert [s.init and s.init.mode for s in (s1, s2, s3, s4)] == [None, "full", "weights", "full"]
+    assert s4.init.from_.endswith("stage3")  # not the reference's stage-2 placeholder (SPEC §7.4)
+    assert (s3.model.latent_res, s3.model.pos_interp_scale) == (64, 2.0)
+    assert (s3.ema.decay, s3.ema.start_step) == (0.99975, 25000)
+    assert all(s.optim.moe_half_lr and s.global_batch == 2048 for s in (s1, s2, s3, s4))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"optim": {"lr": "fast"}}, "optim.lr: expected a number"),
+    ({"model": {"arch": "MicroDiT_Huge"}}, "model.arch: unknown"),
+    ({"schedule": {"kind": "linear"}}, "schedule.kind"),
+    ({"data": {"kind": "webdataset"}}, "data.kind"),
+    ({"launch": {"cluster": "k8s"}}, "launch.cluster"),
+    ({"global_batch": 5}, "global_batch"),
+    ({"optim": {"learning_rate": 1.0}}, "unknown field 'learning_rate'"),
+    ({"init": {"from": "x", "mode": "partial"}}, "init.mode"),
+])
+def test_bad_fields_are_named(tmp_path, change, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        tiny_config(tmp_path, **change)
+
+
+def test_yaml_overrides_and_missing_fields(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: x\nsteps: 3\nglobal_batch: 8\nmicro_batch: 2\n")
+    cfg = load_stage_config(path, ["optim.lr=1e-4", "launch.cluster=local", "init.from=runs/a"])
+    assert (cfg.optim.lr, cfg.launch.cluster, cfg.init.from_, cfg.init.mode) == (1e-4, "local", "runs/a", "full")
+    path.write_text("name: x\nsteps: 3\n")
+    with pytest.raises(UserError, match="missing required field 'global_batch'"):
+        load_stage_config(path)
+
+
+def test_global_batch_must_divide_over_ranks(tmp_path):
+    cfg = tiny_config(tmp_path, global_batch=8, micro_batch=2)
+    assert (cfg.accumulation(1), cfg.accumulation(2), cfg.accumulation(4)) == (4, 2, 1)
+    with pytest.raises(UserError, match="not a multiple of micro_batch 2 x 3 ranks"):
+        cfg.accumulation(3)
+    assert BASE["global_batch"] == 4

@@ -1,0 +1,73 @@
+"""submitit launch: a 2-task `local` job over gloo trains the nano model, writes the stage outputs, and matches one
+process on the same global batch (the data and noise of a step do not depend on how many ranks share it)."""
+import json
+
+import pytest
+import torch
+
+from microdit.train import commands
+from microdit.train.distributed import DistInfo
+from microdit.train.launch import executor_parameters, failure_reason, launch
+from microdit.train.trainer import Trainer
+from train_helpers import tiny_config, weights
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_local_two_tasks_match_one_process(tmp_path, monkeypatch, strategy):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    changes = dict(steps=3, save_every=3, ema={"decay": 0.9, "start_step": 1})
+    two = tiny_config(tmp_path / "two", strategy=strategy,
+                      launch={"cluster": "local", "tasks_per_node": 2, "cpus_per_task": 1}, **changes)
+    assert launch(two) == 0
+    stats = json.loads((tmp_path / "two" / "train_stats.json").read_text())
+    assert (stats["world_size"], stats["global_step"], stats["images_seen"]) == (2, 3, 12)
+
+    one = Trainer(tiny_config(tmp_path / "one", **changes), DistInfo())
+    assert one.accumulation == 2
+    one.run()
+    for name in ("final.safetensors", "ema.safetensors"):
+        a, b = weights(tmp_path / "one" / name), weights(tmp_path / "two" / name)
+        assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), name
+
+
+def test_failed_job_returns_1_with_log_path(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, launch={"cluster": "local"}, data={"kind": "mds"})
+    assert launch(cfg) == 1
+    err = capsys.readouterr().err
+    assert "failed (" in err and "log: " in err and str(tmp_path / "submitit") in err
+
+
+def test_missing_previous_stage_fails_before_submitting(tmp_path):
+    cfg = tiny_config(tmp_path / "s2", init={"from": str(tmp_path / "s1"), "mode": "full"})
+    with pytest.raises(Exception, match="no such file or directory"):
+        launch(cfg)
+    assert not (tmp_path / "s2" / "submitit").exists()
+
+
+def test_slurm_parameters():
+    cfg = tiny_config("runs/x", launch={"cluster": "slurm", "nodes": 2, "gpus_per_node": 8, "tasks_per_node": 8,
+                                        "partition": "gpu", "account": "proj", "qos": "high", "mem_gb": 400,
+                                        "constraint": "h100", "timeout_min": 600,
+                                        "sbatch_extra": ["--exclusive", "--mail-type=END"]})
+    params = executor_parameters(cfg)
+    assert params["slurm_partition"] == "gpu" and params["slurm_account"] == "proj" and params["mem_gb"] == 400
+    assert (params["nodes"], params["gpus_per_node"], params["tasks_per_node"]) == (2, 8, 8)
+    assert params["slurm_additional_parameters"] == {"exclusive": True, "mail-type": "END"}
+
+
+def test_failure_reason_is_the_exception_line():
+    text = ("Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent call "
+            "last):\n  File x\nValueError: boom\n\n----------------------\nYou can check full logs at:\n - a.err\n")
+    assert failure_reason(text) == "ValueError: boom"
+
+
+def test_train_command_parses(tmp_path):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "--config", "c.yaml", "--resume", "none", "--out", str(tmp_path),
+                              "--set", "optim.lr=1e-4", "--set", "launch.cluster=debug"])
+    assert (args.resume, args.out, args.overrides, args.func) == ("none", str(tmp_path),
+                                                                  ["optim.lr=1e-4", "launch.cluster=debug"],
+                                                                  commands.run)

@@ -1,0 +1,117 @@
+"""The loop on CPU, in process: resume bit-exactness, accumulation equivalence, stage chaining, NaN stop."""
+import pytest
+import torch
+
+import microdit.train.trainer as trainer_module
+from microdit.models.dit import create_dit
+from microdit.train.distributed import DistInfo
+from microdit.train.trainer import Trainer, TrainingDiverged
+from train_helpers import tiny_config, weights
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_after(step):
+    def callback(ctx):
+        if ctx.step == step:
+            raise Killed
+    return callback
+
+
+def run(cfg, **kwargs):
+    return Trainer(cfg, DistInfo(), **kwargs).run()
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path):
+    changes = dict(steps=6, ema={"decay": 0.8, "start_step": 2})
+    run(tiny_config(tmp_path / "straight", **changes))
+    interrupted = tiny_config(tmp_path / "resumed", **changes)
+    with pytest.raises(Killed):
+        run(interrupted, callbacks=[kill_after(5)])  # dies after step 5; newest checkpoint is step 4
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == \
+        ["step_000000002.pt", "step_000000004.pt"]
+    resumed = Trainer(interrupted, DistInfo())
+    assert resumed.step == 4
+    stats = resumed.run()
+    assert stats["global_step"] == 6
+    for name in ("final.safetensors", "ema.safetensors"):
+        a, b = weights(tmp_path / "straight" / name), weights(tmp_path / "resumed" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    # keep newest K: step 2 pruned once step 6 was saved
+    assert [p.name for p in sorted((tmp_path / "resumed" / "checkpoints").iterdir())] == \
+        ["step_000000004.pt", "step_000000006.pt"]
+
+
+def deterministic_loss(model, batch, edm, mask_ratio):
+    """A noise-free loss, so that only the batch split differs between runs."""
+    sigma = torch.full((batch["latents"].shape[0],), 0.5)
+    out = model(batch["latents"], sigma, batch["caption_latents"] * batch["drop_caption_mask"].reshape(-1, 1, 1, 1))
+    return (out["sample"] - batch["latents"]).pow(2).mean()
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "denoising_loss", deterministic_loss)
+    results = []
+    for micro in (4, 2, 1):
+        out = tmp_path / f"micro{micro}"
+        trainer = Trainer(tiny_config(out, micro_batch=micro, steps=3, model={"train_mask_ratio": 0.0}), DistInfo())
+        assert trainer.accumulation == 4 // micro
+        trainer.run()
+        results.append(weights(out / "final.safetensors"))
+    for other in results[1:]:
+        assert all(torch.allclose(results[0][k], other[k], rtol=1e-4, atol=1e-6) for k in results[0])
+
+
+def test_weights_only_chaining_resets_clock_and_optimizer_and_recomputes_pos_embed(tmp_path):
+    run(tiny_config(tmp_path / "s2", steps=2))
+    stage3 = tiny_config(tmp_path / "s3", steps=2, init={"from": str(tmp_path / "s2"), "mode": "weights"},
+                         model={"latent_res": 16, "pos_interp_scale": 2.0},
+                         schedule={"kind": "constant_warmup", "warmup_steps": 1})
+    trainer = Trainer(stage3, DistInfo())
+    assert (trainer.step, trainer.stage_start, trainer.end_step) == (0, 0, 2)
+    assert trainer.optimizer.state_dict()["state"] == {}
+    previous = weights(tmp_path / "s2" / "final.safetensors")
+    loaded = trainer.raw.state_dict()
+    fresh = create_dit("MicroDiT_Nano_2", input_size=16, caption_channels=32, pos_interp_scale=2.0, depth=3,
+                       patch_mixer_depth=2)
+    assert torch.equal(loaded["pos_embed"], fresh.pos_embed) and loaded["pos_embed"].shape[1] == 64
+    assert all(torch.equal(loaded[k], v) for k, v in previous.items() if k != "pos_embed")
+    assert trainer.run()["global_step"] == 2
+
+
+def test_full_chaining_continues_clock_and_moments_with_new_lr(tmp_path):
+    run(tiny_config(tmp_path / "s1", steps=4))
+    stage2 = tiny_config(tmp_path / "s2", steps=2, init={"from": str(tmp_path / "s1"), "mode": "full"},
+                         optim={"lr": 2e-4}, schedule={"kind": "constant"}, model={"train_mask_ratio": 0.0})
+    trainer = Trainer(stage2, DistInfo())
+    assert (trainer.step, trainer.stage_start, trainer.end_step) == (4, 4, 6)
+    saved = torch.load(tmp_path / "s1" / "checkpoints" / "step_000000004.pt", weights_only=True)
+    moments = trainer.optimizer.state_dict()["state"]
+    assert moments and all(int(s["step"]) == 4 for s in moments.values())
+    assert torch.equal(saved["optimizer"]["state"]["x_embedder.proj.weight"]["exp_avg"],
+                       trainer.optimizer.state[trainer.raw.x_embedder.proj.weight]["exp_avg"])
+    stats = trainer.run()
+    assert (stats["global_step"], stats["steps"], stats["images_seen"]) == (6, 2, 8)
+    lrs = {line["lr"] for line in map(eval_json, (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines())}
+    assert lrs == {2e-4}
+
+
+def eval_json(line):
+    import json
+    return json.loads(line)
+
+
+def test_nan_loss_stops_naming_step_and_last_checkpoint(tmp_path, monkeypatch):
+    real = trainer_module.denoising_loss
+    calls = {"n": 0}
+
+    def poisoned(model, batch, edm, mask_ratio):
+        calls["n"] += 1
+        loss = real(model, batch, edm, mask_ratio)
+        return loss * float("nan") if calls["n"] > 2 * 2 + 1 else loss  # 2 microbatches per step; NaN in step 3
+
+    monkeypatch.setattr(trainer_module, "denoising_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 3; last good checkpoint: .*step_000000002\.pt"):
+        run(tiny_config(tmp_path, steps=6))
