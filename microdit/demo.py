@@ -14,7 +14,8 @@ from PIL import Image, ImageDraw
 from microdit.checkpoint import atomic_write, save_dit
 from microdit.diffusion.edm import EDMConfig
 from microdit.models.dit import create_dit
-from microdit.models.encoders import VAE, create_text_encoder, save_tiny_vae
+from microdit.models.encoders import VAE, create_text_encoder
+from microdit.tiny_vae import save_tiny_vae
 from microdit.models.latent_diffusion import LatentDiffusion
 from microdit.sampling import save_image_grid
 

@@ -21,6 +21,6 @@ def reference_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_vae_dir(tmp_path_factory) -> Path:
-    from microdit.models.encoders import save_tiny_vae
+    from microdit.tiny_vae import save_tiny_vae
 
     return Path(save_tiny_vae(tmp_path_factory.mktemp("tiny_vae")))

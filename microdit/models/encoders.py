@@ -13,6 +13,8 @@ import torch.nn as nn
 
 OPENCLIP_PREFIX, HF_PREFIX, MINILM = "openclip:", "hf:", "minilm"
 
+from microdit.tiny_vae import save_tiny_vae  # noqa: E402,F401  (re-exported while callers move to microdit.tiny_vae)
+
 
 class VAE(nn.Module):
     """Image <-> latent with the VAE's own scaling (and optional shift) factor: z = (sample - shift) * scale."""
@@ -44,18 +46,6 @@ class VAE(nn.Module):
         """scaled latents -> images in [0, 1]."""
         images = self.vae.decode((latents / self.scaling_factor + self.shift_factor).to(self.vae.dtype)).sample
         return (images.float() / 2 + 0.5).clamp(0, 1)
-
-
-def save_tiny_vae(directory: str | os.PathLike, seed: int = 0, latent_channels: int = 4) -> str:
-    """A small random AutoencoderKL (x4 downsampling, ~1 M parameters) written as a diffusers directory: the
-    offline stand-in for the SDXL VAE in the tiny preset and the tests."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    AutoencoderKL(block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3,
-                  up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=latent_channels,
-                  norm_num_groups=32).save_pretrained(directory)
-    return str(directory)
 
 
 class TextEncoder(nn.Module):
