@@ -3,8 +3,11 @@
 One file per save, `<out>/checkpoints/step_<N>.pt`, written by rank 0 through a temporary file and a rename, newest K
 kept. Files are read back with torch.load(weights_only=True), so they hold only tensors and plain containers.
 """
+import hashlib
+import json
 import random
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,10 @@ from microdit.errors import UserError
 from microdit.train.distributed import DistInfo, gather_objects, unwrap
 
 CHECKPOINT_DIR = "checkpoints"
+FINGERPRINT = "config.sha256"
+# Settings that change how a run is watched or placed, not what it computes: editing them keeps the checkpoints.
+COSMETIC_FIELDS = ("name", "out_dir", "log_every", "progress", "save_every", "keep_checkpoints", "samples", "launch",
+                   "compile")
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
@@ -40,6 +47,27 @@ def newest_checkpoint(out_dir: str | Path) -> Path | None:
 def prune_checkpoints(out_dir: str | Path, keep: int) -> None:
     for old in list_checkpoints(out_dir)[:-keep]:
         old.unlink(missing_ok=True)
+
+
+def config_fingerprint(settings: dict) -> str:
+    """sha256 of the settings that determine the trained weights (a stage config as a dict, cosmetic keys dropped)."""
+    relevant = {k: v for k, v in settings.items() if k not in COSMETIC_FIELDS}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def claim_checkpoints(out_dir: str | Path, fingerprint: str) -> Path | None:
+    """Make the checkpoint folder belong to this config. Checkpoints written under another config (the user changed
+    the lr, the data, ...) must not be resumed: they are moved aside, never deleted. Returns where they went."""
+    folder = Path(out_dir) / CHECKPOINT_DIR
+    marker = folder / FINGERPRINT
+    stale = None
+    if folder.is_dir() and list_checkpoints(out_dir) and (not marker.exists() or marker.read_text() != fingerprint):
+        stale = folder.with_name(f"{CHECKPOINT_DIR}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        folder.rename(stale)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not marker.exists() or marker.read_text() != fingerprint:
+        atomic_write(marker, lambda tmp: Path(tmp).write_text(fingerprint))
+    return stale
 
 
 # ----------------------------------------------------------------------------------------------------- RNG

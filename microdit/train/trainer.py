@@ -9,6 +9,7 @@ index), so a step's result does not depend on how many ranks share it or on wher
 import contextlib
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,12 @@ class Trainer:
         # the model itself; `self.model` is what trains (DDP around it, or the same object sharded in place by FSDP)
         self.raw = build_model(cfg).to(info.device)
         self.flops_per_sample = self._measure_flops()
+        if info.is_main:
+            stale = ckpt.claim_checkpoints(self.out_dir, ckpt.config_fingerprint(to_dict(cfg)))
+            if stale is not None:
+                print(f"{self.out_dir}: the config changed since its checkpoints were written; they were moved to "
+                      f"{stale} and the stage starts afresh", file=sys.stderr, flush=True)
+        barrier()
         resume_from = ckpt.newest_checkpoint(self.out_dir) if resume == "auto" else None
         init = None if resume_from else cfg.init
         if init is not None and init.mode == "weights":

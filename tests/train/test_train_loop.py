@@ -5,6 +5,7 @@ import torch
 import microdit.train.trainer as trainer_module
 from microdit.models.dit import create_dit
 from microdit.train.distributed import DistInfo
+from microdit.train.state import list_checkpoints
 from microdit.train.trainer import Trainer, TrainingDiverged
 from train_helpers import tiny_config, weights
 
@@ -30,8 +31,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     interrupted = tiny_config(tmp_path / "resumed", **changes)
     with pytest.raises(Killed):
         run(interrupted, callbacks=[kill_after(5)])  # dies after step 5; newest checkpoint is step 4
-    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == \
-        ["step_000000002.pt", "step_000000004.pt"]
+    assert [p.name for p in list_checkpoints(tmp_path / "resumed")] == ["step_000000002.pt", "step_000000004.pt"]
     resumed = Trainer(interrupted, DistInfo())
     assert resumed.step == 4
     stats = resumed.run()
@@ -40,8 +40,18 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
         a, b = weights(tmp_path / "straight" / name), weights(tmp_path / "resumed" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     # keep newest K: step 2 pruned once step 6 was saved
-    assert [p.name for p in sorted((tmp_path / "resumed" / "checkpoints").iterdir())] == \
-        ["step_000000004.pt", "step_000000006.pt"]
+    assert [p.name for p in list_checkpoints(tmp_path / "resumed")] == ["step_000000004.pt", "step_000000006.pt"]
+
+
+def test_checkpoints_of_another_config_are_set_aside_not_resumed(tmp_path):
+    with pytest.raises(Killed):
+        run(tiny_config(tmp_path, steps=6), callbacks=[kill_after(5)])
+    cosmetic = Trainer(tiny_config(tmp_path, steps=6, log_every=3), DistInfo())
+    assert cosmetic.step == 4  # watching the run differently keeps its checkpoints
+    changed = Trainer(tiny_config(tmp_path, steps=6, optim={"lr": 5e-4}), DistInfo())
+    assert changed.step == 0 and list_checkpoints(tmp_path) == []
+    (stale,) = tmp_path.glob("checkpoints.stale-*")
+    assert sorted(p.name for p in stale.glob("*.pt")) == ["step_000000002.pt", "step_000000004.pt"]
 
 
 def deterministic_loss(model, batch, edm, mask_ratio):
