@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "microdit.data.commands",
     "microdit.tiny_vae",
     "microdit.train.commands",
+    "microdit.eval.commands",
 )
 
 

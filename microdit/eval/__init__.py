@@ -1,0 +1,1 @@
+"""Evaluation: COCO captions, resumable sampling, clean-fid Fréchet distances, GenEval layout and summary."""

@@ -1,0 +1,67 @@
+"""The evaluation captions: a seeded sample of N images, one caption each, written to a declared JSONL file
+(`{"index": i, "image_id": ..., "caption": ...}` per line) so the exact prompt set of a score is reproducible.
+
+Input: a directory of webdataset shards (what `microdit download coco2014` writes: the first caption of each image),
+or COCO's own `captions_val2014.json`.
+"""
+import json
+import os
+import random
+import tarfile
+from pathlib import Path
+
+from microdit.data.shards import finished_shards, tar_path
+from microdit.errors import UserError
+
+
+def shard_captions(wds_dir: str | os.PathLike) -> dict[str, str]:
+    """image key -> caption from the `<key>.txt` members of the finished shards."""
+    wds_dir = Path(wds_dir)
+    captions: dict[str, str] = {}
+    for shard_id in sorted(finished_shards(wds_dir)):
+        try:
+            with tarfile.open(tar_path(wds_dir, shard_id)) as tar:
+                for member in tar:
+                    if member.isfile() and member.name.endswith(".txt"):
+                        captions[member.name[:-4]] = tar.extractfile(member).read().decode("utf-8").strip()
+        except (tarfile.TarError, UnicodeDecodeError) as err:
+            raise UserError(f"{tar_path(wds_dir, shard_id)}: unreadable shard ({err})") from None
+    return captions
+
+
+def annotation_captions(path: str | os.PathLike) -> dict[str, str]:
+    from microdit.data.sources.coco2014 import first_captions
+
+    try:
+        annotations = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not a readable JSON file ({err})") from None
+    return first_captions(annotations, str(path))
+
+
+def read_source_captions(source: str | os.PathLike) -> dict[str, str]:
+    captions = shard_captions(source) if Path(source).is_dir() else annotation_captions(source)
+    captions = {key: text for key, text in captions.items() if text}
+    if not captions:
+        raise UserError(f"{source}: no captions found (expected finished webdataset shards or a COCO captions JSON)")
+    return captions
+
+
+def sample_captions(captions: dict[str, str], num: int, seed: int) -> list[dict]:
+    """num images drawn without replacement, in draw order; the result depends only on (the key set, num, seed)."""
+    if num > len(captions):
+        raise UserError(f"asked for {num} captions but the source has only {len(captions)} captioned images")
+    keys = random.Random(seed).sample(sorted(captions), num)
+    return [{"index": i, "image_id": key, "caption": captions[key]} for i, key in enumerate(keys)]
+
+
+def read_caption_file(path: str | os.PathLike) -> list[dict]:
+    """The rows of a caption file, checked to be numbered 0..N-1 in order (generation names images by index)."""
+    try:
+        rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not a caption JSONL file ({err})") from None
+    if not rows or any(not isinstance(r, dict) or r.get("index") != i or not isinstance(r.get("caption"), str)
+                       for i, r in enumerate(rows)):
+        raise UserError(f"{path}: expected lines {{\"index\": 0, 1, ..., \"caption\": str}} in order")
+    return rows

@@ -1,0 +1,281 @@
+"""`microdit eval-captions | generate | fid-stats | fid | clip-score | geneval-metadata | geneval-generate |
+geneval-summary | report`: the evaluation steps, each with explicit input and output paths, as the Snakemake rules call them."""
+import json
+from pathlib import Path
+
+from microdit.errors import UserError
+from microdit.eval.io import read_json, sha256_file, write_json, write_jsonl
+
+MANIFEST = "generation.json"
+
+
+def register(subparsers) -> None:
+    for add in (add_captions, add_generate, add_fid_stats, add_fid, add_clip_score, add_geneval_metadata, add_geneval_generate,
+                add_geneval_summary, add_report):
+        add(subparsers)
+
+
+def add_sampling_args(p) -> None:
+    p.add_argument("--checkpoint", required=True, help="DiT weights (.pt or .safetensors)")
+    p.add_argument("--vae", help="AutoencoderKL id or directory (default: from the checkpoint, else the paper's)")
+    p.add_argument("--text-encoder", help="openclip:<name>, hf:<dir>, minilm (default: from the checkpoint)")
+    p.add_argument("--resolution", type=int, help="image size in pixels (checked against the model; needed for "
+                                                  "files without pos_embed)")
+    p.add_argument("--steps", type=int, default=30, help="EDM Heun steps (default 30)")
+    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
+    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch; part of the protocol (seeds are "
+                                                              "per batch)")
+    p.add_argument("--rank", type=int, help="this process's share (default: RANK or SLURM_PROCID, else 0)")
+    p.add_argument("--world-size", type=int, help="number of processes (default: WORLD_SIZE or SLURM_NTASKS)")
+    p.add_argument("--device", default="auto", help="auto (this rank's GPU, else CPU), cpu, cuda:1, ...")
+
+
+def add_feature_args(p) -> None:
+    from microdit.eval.fid import FEATURES, MODES
+
+    p.add_argument("--features", choices=FEATURES, default="inception",
+                   help="inception (FID) or efficientnet-lite0 (offline Fréchet distance, not an FID)")
+    p.add_argument("--mode", choices=MODES, default="clean", help="clean-fid resizing mode (default clean)")
+    p.add_argument("--inception-weights", help="a local copy of clean-fid's Inception file, used when offline")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+
+
+def add_captions(subparsers) -> None:
+    p = subparsers.add_parser("eval-captions", help="seeded sample of N captions, one per image")
+    p.add_argument("--source", required=True, help="webdataset shard directory (download coco2014) or COCO's "
+                                                   "captions_val2014.json")
+    p.add_argument("--out", required=True, help="caption JSONL to write")
+    p.add_argument("--num", type=int, required=True, help="number of captions (30000 in the paper preset)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_captions)
+
+
+def run_captions(args) -> None:
+    from microdit.eval.captions import read_source_captions, sample_captions
+
+    rows = sample_captions(read_source_captions(args.source), args.num, args.seed)
+    write_jsonl(rows, args.out)
+    print(json.dumps({"captions": len(rows), "out": args.out}))
+
+
+def add_generate(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="one PNG per caption (resumable, split over ranks)")
+    p.add_argument("--captions", required=True, help="caption JSONL from eval-captions")
+    p.add_argument("--out", required=True, help="directory of <index>.png and generation.json")
+    add_sampling_args(p)
+    p.set_defaults(func=run_generate)
+
+
+def load_sampler(args):
+    """(pipeline, generation settings for the manifest, rank, world size)."""
+    from microdit.eval.generate import distributed_rank, local_device
+    from microdit.sampling import pipeline_from_checkpoint
+
+    latent_res = args.resolution // 8 if args.resolution else None  # only read for files without pos_embed
+    model = pipeline_from_checkpoint(args.checkpoint, args.vae, args.text_encoder, latent_res,
+                                     local_device(args.device))
+    resolution = model.latent_res * model.vae.downsample
+    if args.resolution and args.resolution != resolution:
+        raise UserError(f"--resolution {args.resolution}: {args.checkpoint} with this VAE generates {resolution} px")
+    settings = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
+                "resolution": resolution, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+                "batch_size": args.batch_size, "sampler": "EDM Heun"}
+    rank, world_size = distributed_rank(args.rank, args.world_size)
+    return model, settings, rank, world_size
+
+
+def sampling_kwargs(settings: dict, rank: int, world_size: int) -> dict:
+    return {"steps": settings["steps"], "guidance": settings["guidance"], "seed": settings["seed"],
+            "batch_size": settings["batch_size"], "rank": rank, "world_size": world_size}
+
+
+def run_generate(args) -> None:
+    from microdit.eval.captions import read_caption_file
+    from microdit.eval.generate import generate_images, image_name
+
+    rows = read_caption_file(args.captions)
+    model, settings, rank, world_size = load_sampler(args)
+    out = Path(args.out)
+    # every rank writes the same manifest, so any rank may finish last
+    write_json({**settings, "captions": str(args.captions), "captions_sha256": sha256_file(args.captions),
+                "num_images": len(rows)}, out / MANIFEST)
+    stats = generate_images(model, [r["caption"] for r in rows], lambda i: out / image_name(i),
+                            **sampling_kwargs(settings, rank, world_size))
+    print(json.dumps({**stats, "rank": rank, "world_size": world_size, "out": str(out)}))
+
+
+def add_fid_stats(subparsers) -> None:
+    p = subparsers.add_parser("fid-stats", help="reference feature statistics (.npz) for fid")
+    p.add_argument("--images", required=True, help="directory of reference images or webdataset shards")
+    p.add_argument("--out", required=True, help=".npz to write (in the results tree)")
+    p.add_argument("--resolution", type=int, required=True, help="center-crop size = the evaluation resolution")
+    p.add_argument("--captions", help="caption JSONL: use only the images it names (default: all)")
+    add_feature_args(p)
+    p.set_defaults(func=run_fid_stats)
+
+
+def run_fid_stats(args) -> None:
+    from microdit.eval.captions import read_caption_file
+    from microdit.eval.fid import build_extractor
+    from microdit.eval.generate import local_device
+    from microdit.eval.reference_stats import compute_reference_stats
+
+    device = local_device(args.device)
+    keys = {row["image_id"] for row in read_caption_file(args.captions)} if args.captions else None
+    extractor = build_extractor(args.features, args.mode, device, args.inception_weights)
+    meta = compute_reference_stats(args.images, args.out, extractor, args.mode, args.resolution, device,
+                                   args.batch_size, keys)
+    print(json.dumps({**meta, "out": args.out}))
+
+
+def add_fid(subparsers) -> None:
+    p = subparsers.add_parser("fid", help="Fréchet distance of generated images -> fid.json")
+    p.add_argument("--samples", required=True, help="directory written by generate (with generation.json)")
+    p.add_argument("--reference-stats", required=True, help=".npz from fid-stats")
+    p.add_argument("--out", required=True, help="fid.json to write")
+    add_feature_args(p)
+    p.set_defaults(func=run_fid)
+
+
+def run_fid(args) -> None:
+    from microdit.eval.fid import build_extractor, score_folder
+    from microdit.eval.generate import local_device
+
+    manifest = read_json(Path(args.samples) / MANIFEST, "generation manifest")
+    found = len(list(Path(args.samples).glob("*.png")))
+    if found != manifest["num_images"]:
+        raise UserError(f"{args.samples}: {found} of {manifest['num_images']} images written; rerun generate")
+    device = local_device(args.device)
+    extractor = build_extractor(args.features, args.mode, device, args.inception_weights)
+    value = score_folder(args.samples, args.reference_stats, extractor, args.mode, manifest["resolution"], device,
+                         args.batch_size)
+    result = {"metric": extractor.metric, "value": value, "mode": args.mode, "feature_extractor": extractor.name,
+              "reference_stats": str(args.reference_stats), "samples": str(args.samples), **manifest}
+    write_json(result, args.out)
+    print(json.dumps({"metric": extractor.metric, "value": value, "out": args.out}, ensure_ascii=False))
+
+
+def add_clip_score(subparsers) -> None:
+    p = subparsers.add_parser("clip-score", help="CLIP score of generated images vs their captions -> clip.json")
+    p.add_argument("--samples", required=True, help="directory written by generate")
+    p.add_argument("--captions", required=True, help="the caption JSONL the samples were drawn from")
+    p.add_argument("--out", required=True, help="clip.json to write")
+    p.add_argument("--model", default="ViT-L-14", help="open_clip architecture (default ViT-L-14)")
+    p.add_argument("--pretrained", default="openai", help="open_clip weights tag; '' for random weights (tests)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=run_clip_score)
+
+
+def run_clip_score(args) -> None:
+    from microdit.eval.captions import read_caption_file
+    from microdit.eval.clip_score import clip_score
+    from microdit.eval.generate import image_name, local_device
+
+    rows = read_caption_file(args.captions)
+    paths = [Path(args.samples) / image_name(r["index"]) for r in rows]
+    absent = [p.name for p in paths if not p.is_file()]
+    if absent:
+        raise UserError(f"{args.samples}: {len(absent)} images missing (first {absent[0]}); rerun generate")
+    value = clip_score(paths, [r["caption"] for r in rows], args.model, args.pretrained,
+                       local_device(args.device), args.batch_size)
+    write_json({"metric": "CLIP score", "value": value, "model": args.model, "pretrained": args.pretrained or None,
+                "num_images": len(rows), "samples": str(args.samples), "captions": str(args.captions)}, args.out)
+    print(json.dumps({"clip_score": value, "out": args.out}))
+
+
+def add_geneval_metadata(subparsers) -> None:
+    p = subparsers.add_parser("geneval-metadata", help="GenEval's evaluation_metadata.jsonl, pinned by sha256")
+    p.add_argument("--out", required=True)
+    p.add_argument("--source", help="a local copy to check and use instead of downloading")
+    p.set_defaults(func=run_geneval_metadata)
+
+
+def run_geneval_metadata(args) -> None:
+    from microdit.eval.geneval import UPSTREAM_COMMIT, fetch_metadata
+
+    print(json.dumps({"out": str(fetch_metadata(args.out, args.source)), "commit": UPSTREAM_COMMIT}))
+
+
+def add_geneval_generate(subparsers) -> None:
+    p = subparsers.add_parser("geneval-generate", help="images in GenEval's layout for its official evaluator")
+    p.add_argument("--metadata", required=True, help="evaluation_metadata.jsonl (from geneval-metadata)")
+    p.add_argument("--out", required=True, help="image directory: <5-digit>/metadata.jsonl, samples/<4-digit>.png")
+    p.add_argument("--images-per-prompt", type=int, default=4)
+    p.add_argument("--num-prompts", type=int, help="only the first N prompts (tiny preset); default all 553")
+    add_sampling_args(p)
+    p.set_defaults(func=run_geneval_generate)
+
+
+def run_geneval_generate(args) -> None:
+    from microdit.eval.geneval import generate_geneval, read_metadata
+
+    metadata = read_metadata(args.metadata)[: args.num_prompts]
+    model, settings, rank, world_size = load_sampler(args)
+    out = Path(args.out)
+    # outside the numbered folders, where the evaluator does not look
+    write_json({**settings, "metadata_sha256": sha256_file(args.metadata), "num_prompts": len(metadata),
+                "images_per_prompt": args.images_per_prompt}, out / MANIFEST)
+    stats = generate_geneval(model, metadata, out, args.images_per_prompt,
+                             **sampling_kwargs(settings, rank, world_size))
+    print(json.dumps({**stats, "rank": rank, "world_size": world_size, "out": str(out)}))
+
+
+def add_geneval_summary(subparsers) -> None:
+    p = subparsers.add_parser("geneval-summary", help="per-task and overall scores from GenEval's results.jsonl")
+    p.add_argument("--results", required=True, help="results.jsonl written by GenEval's evaluate_images.py")
+    p.add_argument("--out", required=True, help="geneval.json to write")
+    p.add_argument("--manifest", help="the generation.json of the images, copied into the summary")
+    p.set_defaults(func=run_geneval_summary)
+
+
+def run_geneval_summary(args) -> None:
+    from microdit.eval.geneval import summarize
+
+    summary = summarize(args.results)
+    if args.manifest:
+        summary["generation"] = read_json(args.manifest, "generation manifest")
+    write_json(summary, args.out)
+    print(json.dumps({"overall": summary["overall"], "out": args.out}))
+
+
+def parse_pairs(pairs: list[str] | None, option: str) -> dict[str, Path]:
+    """['stage1=path', ...] -> {'stage1': Path('path')}."""
+    result = {}
+    for pair in pairs or []:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"{option} {pair!r}: expected NAME=PATH")
+        result[name] = Path(path)
+    return result
+
+
+def add_report(subparsers) -> None:
+    from microdit.report.ledger import PAPER_PRICE_PER_GPU_HOUR
+
+    p = subparsers.add_parser("report", help="self-contained report.html of a run")
+    p.add_argument("--out", required=True, help="report.html to write")
+    p.add_argument("--title", default="MicroDiT run")
+    p.add_argument("--stages", nargs="+", required=True, help="stage names, in order")
+    for option, what in (("--metrics", "metrics JSONL"), ("--train-stats", "train_stats.json"),
+                         ("--grid", "sample grid PNG")):
+        p.add_argument(option, action="append", metavar="STAGE=PATH", help=f"a stage's {what} (repeatable)")
+    p.add_argument("--fid", action="append", metavar="LABEL=PATH", help="fid.json of an evaluated model")
+    p.add_argument("--geneval", action="append", metavar="LABEL=PATH", help="geneval.json of an evaluated model")
+    p.add_argument("--price-per-gpu-hour", type=float, default=PAPER_PRICE_PER_GPU_HOUR,
+                   help=f"dollars per GPU-hour for the ledger (default: the paper's {PAPER_PRICE_PER_GPU_HOUR})")
+    p.set_defaults(func=run_report)
+
+
+def run_report(args) -> None:
+    from microdit.report.report import ReportInputs, write_report
+
+    inputs = ReportInputs(title=args.title, stages=args.stages, metrics=parse_pairs(args.metrics, "--metrics"),
+                          train_stats=parse_pairs(args.train_stats, "--train-stats"),
+                          grids=parse_pairs(args.grid, "--grid"), fid=parse_pairs(args.fid, "--fid"),
+                          geneval=parse_pairs(args.geneval, "--geneval"),
+                          price_per_gpu_hour=args.price_per_gpu_hour)
+    write_report(inputs, args.out)
+    print(json.dumps({"out": args.out}))

@@ -1,0 +1,35 @@
+"""Small file helpers every evaluation step shares: atomic JSON / JSONL writes and file hashes."""
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from microdit.checkpoint import atomic_write
+from microdit.errors import UserError
+
+
+def write_json(obj, path: str | os.PathLike) -> None:
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file"):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not a valid {what} ({err})") from None
+
+
+def write_jsonl(rows: list[dict], path: str | os.PathLike) -> None:
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,61 @@
+import base64
+import json
+import re
+
+import pytest
+
+from eval_helpers import png_bytes, smooth_images
+from microdit.errors import UserError
+from microdit.report.report import ReportInputs, write_report
+
+@pytest.fixture
+def run_dir(tmp_path):
+    for stage, (gpus, hours) in {"stage1": (8, 10.0), "stage2": (4, 2.5)}.items():
+        lines = [{"step": s, "loss": 1.0 / (1 + s), "lr": 1e-4 * min(1, s / 5)} for s in range(1, 21)]
+        lines.insert(3, {"step": 4, "val_loss": 0.5})  # a non-training line is ignored
+        (tmp_path / f"{stage}_metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        (tmp_path / f"{stage}_stats.json").write_text(json.dumps({
+            "steps": 1000, "images_seen": 2_048_000, "wall_time_s": hours * 3600, "gpus": gpus,
+            "mean_img_per_s": 56.9, "mfu": 0.31, "final_loss": 0.1234}))
+    (tmp_path / "stage1_grid.png").write_bytes(png_bytes(smooth_images(1, 24, seed=0)[0]))
+    (tmp_path / "fid.json").write_text(json.dumps({
+        "metric": "Fréchet distance (EfficientNet-Lite0 features)", "value": 42.125, "num_images": 64,
+        "resolution": 64, "steps": 30, "guidance": 5.0}))
+    tasks = {t: {"accuracy": 0.5} for t in ("single_object", "two_object", "counting", "colors", "position",
+                                             "color_attr")}
+    (tmp_path / "geneval.json").write_text(json.dumps({"overall": 0.5, "tasks": tasks, "correct_images": 0.25,
+                                                       "correct_prompts": 0.75}))
+    return tmp_path
+
+def test_report_has_curves_grids_scores_and_costs(run_dir):
+    inputs = ReportInputs(
+        title="tiny run", stages=["stage1", "stage2"],
+        metrics={s: run_dir / f"{s}_metrics.jsonl" for s in ("stage1", "stage2")},
+        train_stats={s: run_dir / f"{s}_stats.json" for s in ("stage1", "stage2")},
+        grids={"stage1": run_dir / "stage1_grid.png"},
+        fid={"stage2": run_dir / "fid.json"}, geneval={"stage2": run_dir / "geneval.json"})
+    out = run_dir / "report.html"
+    write_report(inputs, out)
+    text = out.read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
+    assert len(images) == 3  # two curve figures and one grid, all inlined
+    assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert "no samples" in text  # stage2 has no grid
+    assert "12.72" in text and "13.26" in text and "0.52" in text  # the paper's column
+    assert "42.12" in text and "EfficientNet-Lite0" in text
+    # 8 GPUs x 10 h = 80 GPU-h -> $300.00; 4 x 2.5 h = 10 GPU-h -> $37.50; total $337.50 at $3.75
+    for number in ("80.00", "$300.00", "10.00", "$37.50", "$337.50", "31.0 %"):
+        assert number in text
+    assert "$1,890" in text
+
+    write_report(ReportInputs(title="t", stages=["stage1"], train_stats={"stage1": run_dir / "stage1_stats.json"},
+                              price_per_gpu_hour=2.0), out)
+    text = out.read_text()
+    assert "$160.00" in text and "no metrics" in text and "no evaluation results" in text
+
+def test_named_but_broken_inputs_are_errors(run_dir):
+    with pytest.raises(UserError, match="cannot read"):
+        write_report(ReportInputs(title="t", stages=["s"], grids={"s": run_dir / "absent.png"}), run_dir / "r.html")
+    with pytest.raises(UserError, match="not in --stages"):
+        write_report(ReportInputs(title="t", stages=["s"], grids={"x": run_dir / "a.png"}), run_dir / "r.html")
+    assert not (run_dir / "r.html").exists()
