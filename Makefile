@@ -26,8 +26,9 @@ test: $(STAMP)
 	$(BIN)/pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# The rules call `microdit`, so the venv's bin goes first on PATH.
 demo: $(STAMP)
-	$(BIN)/snakemake --profile profiles/local --configfile config/tiny.yaml
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/local --configfile config/tiny.yaml
 
 clean-demo:
 	rm -rf results/tiny

@@ -1,18 +1,47 @@
-# microdit workflow: validates the config, includes the rules, defines the targets. All logic is in `microdit`.
+# microdit workflow: validate the config, include the rules, define the targets. All logic is in `microdit`.
+#   snakemake --profile profiles/local --configfile config/tiny.yaml          (make demo)
+#   snakemake --profile profiles/slurm --configfile config/paper.yaml         (the paper)
 from snakemake.utils import validate
 
 
-configfile: "config/tiny.yaml"
-
-
+if not config:
+    raise ValueError("no configuration: pass --configfile config/tiny.yaml or --configfile config/paper.yaml")
 validate(config, "config/schema.yaml")
 
-RUN = f"results/{config['run']}"
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+include: "rules/convert.smk"
+include: "rules/vae.smk"
+include: "rules/precompute.smk"
+include: "rules/train.smk"
+include: "rules/sample.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
-include: "rules/demo.smk"
+TRAINING_DATASETS = sorted({d for spec in config["stages"].values() for d in spec["datasets"]})
 
 
 rule all:
     input:
-        f"{RUN}/demo/grid.png",
+        f"{RUN}/report.html",
+
+
+rule eval:
+    input:
+        list(evaluation_outputs().values()),
+
+
+rule data:
+    input:
+        [f"{latents_dir(d)}/index.json" for d in TRAINING_DATASETS],
+
+
+for _stage in STAGES:  # named targets: snakemake stage1 ... stage4
+
+    rule:
+        name:
+            _stage
+        input:
+            f"{stage_dir(_stage)}/final.safetensors",

@@ -1,0 +1,20 @@
+# A source -> img2dataset-layout shards (NNNNN.tar + NNNNN_stats.json). Resumable: finished shards are kept.
+rule download:
+    output:
+        summary=f"{RUN}/data/downloads/{{download}}/download.json",
+    params:
+        out=lambda w: f"{RUN}/data/downloads/{w.download}",
+        source=lambda w: config["downloads"][w.download]["source"],
+        subset=lambda w: config["downloads"][w.download].get("subset", "full"),
+        options=lambda w: cli_options(config["downloads"][w.download].get("options", {})),
+    log:
+        f"{RUN}/logs/download/{{download}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/download/{{download}}.tsv"
+    resources:
+        runtime=1440,
+    conda:
+        "../envs/microdit.yaml"
+    shell:
+        "microdit download {params.source:q} --out {params.out:q} --subset {params.subset:q} {params.options}"
+        " > {output.summary:q} 2> {log:q}"

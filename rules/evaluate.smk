@@ -1,0 +1,153 @@
+# Evaluation of one stage's final weights: a seeded caption sample, generated images, reference statistics of the
+# real images, the Fréchet distance (FID with Inception; the tiny preset uses EfficientNet-Lite0 features and says
+# so), and GenEval where configured (its detector runs in GenEval's own environment on a GPU node).
+rule eval_captions:
+    input:
+        eval_source,
+    output:
+        f"{EVAL}/captions.jsonl",
+    params:
+        source=lambda w, input: os.path.dirname(input[0]),
+        num=config["eval"]["num_captions"],
+        seed=config["eval"]["caption_seed"],
+    log:
+        f"{RUN}/logs/eval/captions.log",
+    conda:
+        "../envs/microdit.yaml"
+    shell:
+        "microdit eval-captions --source {params.source:q} --out {output:q} --num {params.num} --seed {params.seed}"
+        " > {log:q} 2>&1"
+
+
+rule fid_reference_stats:
+    input:
+        source=eval_source,
+        captions=f"{EVAL}/captions.jsonl",
+    output:
+        f"{EVAL}/reference_stats.npz",
+    params:
+        images=lambda w, input: os.path.dirname(input.source),
+        resolution=config["eval"]["resolution"],
+        features=feature_options,
+    log:
+        f"{RUN}/logs/eval/reference_stats.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/reference_stats.tsv"
+    resources:
+        gpus=config["eval"].get("gpus", 0),
+    conda:
+        "../envs/microdit.yaml"
+    shell:
+        "microdit fid-stats --images {params.images:q} --captions {input.captions:q} --resolution {params.resolution}"
+        " --out {output:q} {params.features} > {log:q} 2>&1"
+
+
+rule generate_eval_samples:
+    input:
+        checkpoint=f"{RUN}/train/{config['eval']['stage']}/final.safetensors",
+        captions=f"{EVAL}/captions.jsonl",
+        vae=vae_input(),
+    output:
+        manifest=f"{EVAL}/samples/generation.json",
+    params:
+        out=lambda w, output: os.path.dirname(output.manifest),
+        sampling=sampling_options,
+    log:
+        f"{RUN}/logs/eval/generate.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/generate.tsv"
+    resources:
+        gpus=config["eval"].get("gpus", 0),
+    conda:
+        "../envs/microdit.yaml"
+    shell:
+        "microdit generate --captions {input.captions:q} --out {params.out:q} --checkpoint {input.checkpoint:q}"
+        " {params.sampling} > {log:q} 2>&1"
+
+
+rule fid:
+    input:
+        manifest=f"{EVAL}/samples/generation.json",
+        reference=f"{EVAL}/reference_stats.npz",
+    output:
+        report(f"{EVAL}/fid.json", caption="../config/report_caption_fid.rst", category="Evaluation"),
+    params:
+        samples=lambda w, input: os.path.dirname(input.manifest),
+        features=feature_options,
+    log:
+        f"{RUN}/logs/eval/fid.log",
+    resources:
+        gpus=config["eval"].get("gpus", 0),
+    conda:
+        "../envs/microdit.yaml"
+    shell:
+        "microdit fid --samples {params.samples:q} --reference-stats {input.reference:q} --out {output:q}"
+        " {params.features} > {log:q} 2>&1"
+
+
+rule geneval_metadata:
+    output:
+        f"{EVAL}/geneval/evaluation_metadata.jsonl",
+    log:
+        f"{RUN}/logs/eval/geneval_metadata.log",
+    conda:
+        "../envs/microdit.yaml"
+    shell:
+        "microdit geneval-metadata --out {output:q} > {log:q} 2>&1"
+
+
+rule geneval_generate:
+    input:
+        checkpoint=f"{RUN}/train/{config['eval']['stage']}/final.safetensors",
+        metadata=f"{EVAL}/geneval/evaluation_metadata.jsonl",
+        vae=vae_input(),
+    output:
+        manifest=f"{EVAL}/geneval/images/generation.json",
+    params:
+        out=lambda w, output: os.path.dirname(output.manifest),
+        sampling=sampling_options,
+        per_prompt=config["eval"].get("geneval", {}).get("images_per_prompt", 4),
+    log:
+        f"{RUN}/logs/eval/geneval_generate.log",
+    resources:
+        gpus=config["eval"].get("gpus", 0),
+    conda:
+        "../envs/microdit.yaml"
+    shell:
+        "microdit geneval-generate --metadata {input.metadata:q} --out {params.out:q} --checkpoint {input.checkpoint:q}"
+        " --images-per-prompt {params.per_prompt} {params.sampling} > {log:q} 2>&1"
+
+
+rule geneval_score:
+    input:
+        f"{EVAL}/geneval/images/generation.json",
+    output:
+        f"{EVAL}/geneval/results.jsonl",
+    params:
+        images=lambda w, input: os.path.dirname(input[0]),
+        evaluator=lambda w: os.path.join(config["eval"]["geneval"]["repo"], "evaluation", "evaluate_images.py"),
+        detector=lambda w: config["eval"]["geneval"]["detector"],
+    log:
+        f"{RUN}/logs/eval/geneval_score.log",
+    resources:
+        gpus=1,
+    conda:
+        "../envs/geneval.yaml"
+    shell:
+        "python {params.evaluator:q} {params.images:q} --outfile {output:q} --model-path {params.detector:q}"
+        " > {log:q} 2>&1"
+
+
+rule geneval_summary:
+    input:
+        results=f"{EVAL}/geneval/results.jsonl",
+        manifest=f"{EVAL}/geneval/images/generation.json",
+    output:
+        report(f"{EVAL}/geneval.json", caption="../config/report_caption_geneval.rst", category="Evaluation"),
+    log:
+        f"{RUN}/logs/eval/geneval_summary.log",
+    conda:
+        "../envs/microdit.yaml"
+    shell:
+        "microdit geneval-summary --results {input.results:q} --out {output:q} --manifest {input.manifest:q}"
+        " > {log:q} 2>&1"

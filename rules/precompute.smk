@@ -1,0 +1,29 @@
+# MDS images -> MDS latents (VAE posterior sample x scale, text-encoder token states). Restartable: finished parts
+# are kept, so the declared output is the index written last, not the directory (Snakemake would delete it).
+rule precompute:
+    input:
+        mds=f"{RUN}/data/{{dataset}}/mds",
+        vae=vae_input(),
+    output:
+        index=f"{RUN}/data/{{dataset}}/latents/index.json",
+    params:
+        out=lambda w: latents_dir(w.dataset),
+        vae=vae_argument,
+        vae_subfolder=cli_options({"vae-subfolder": config["vae"]["subfolder"]}) if config["vae"].get("subfolder") else "",
+        text_encoder=config["text_encoder"]["name"],
+        resolutions=" ".join(str(int(r)) for r in config["latents"]["resolutions"]),
+        batch_size=config["latents"]["batch_size"],
+        seed=config["latents"]["seed"],
+    log:
+        f"{RUN}/logs/precompute/{{dataset}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/precompute/{{dataset}}.tsv"
+    threads: 2
+    resources:
+        gpus=config["latents"].get("gpus", 0),
+    conda:
+        "../envs/microdit.yaml"
+    shell:
+        "microdit precompute --input {input.mds:q} --out {params.out:q} --vae {params.vae:q} {params.vae_subfolder}"
+        " --text-encoder {params.text_encoder:q} --resolutions {params.resolutions} --batch-size {params.batch_size}"
+        " --seed {params.seed} > {log:q} 2>&1"
