@@ -13,7 +13,6 @@ COMMAND_MODULES = (
     "microdit.commands.sample",
     "microdit.commands.checkpoint_info",
     "microdit.bench",
-    "microdit.demo",
     "microdit.data.commands",
     "microdit.tiny_vae",
     "microdit.train.commands",

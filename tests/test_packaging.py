@@ -18,4 +18,6 @@ def test_conda_env_mirrors_pip_pins():
 
 def test_every_command_is_registered():
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert {"sample", "checkpoint", "bench", "demo"} <= set(commands)
+    assert {"sample", "checkpoint", "bench", "download", "convert", "precompute", "train-vae", "stage-config",
+            "train", "eval-captions", "generate", "fid-stats", "fid", "geneval-metadata", "geneval-generate",
+            "geneval-summary", "report"} <= set(commands)

@@ -13,8 +13,6 @@ import torch.nn as nn
 
 OPENCLIP_PREFIX, HF_PREFIX, MINILM = "openclip:", "hf:", "minilm"
 
-from microdit.tiny_vae import save_tiny_vae  # noqa: E402,F401  (re-exported while callers move to microdit.tiny_vae)
-
 
 class VAE(nn.Module):
     """Image <-> latent with the VAE's own scaling (and optional shift) factor: z = (sample - shift) * scale."""
