@@ -34,7 +34,7 @@ rule fid_reference_stats:
     benchmark:
         f"{RUN}/benchmarks/eval/reference_stats.tsv"
     resources:
-        gpus=config["eval"].get("gpus", 0),
+        gpu=config["eval"].get("gpus", 0),
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -57,7 +57,7 @@ rule generate_eval_samples:
     benchmark:
         f"{RUN}/benchmarks/eval/generate.tsv"
     resources:
-        gpus=config["eval"].get("gpus", 0),
+        gpu=config["eval"].get("gpus", 0),
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -77,7 +77,7 @@ rule fid:
     log:
         f"{RUN}/logs/eval/fid.log",
     resources:
-        gpus=config["eval"].get("gpus", 0),
+        gpu=config["eval"].get("gpus", 0),
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -110,7 +110,7 @@ rule geneval_generate:
     log:
         f"{RUN}/logs/eval/geneval_generate.log",
     resources:
-        gpus=config["eval"].get("gpus", 0),
+        gpu=config["eval"].get("gpus", 0),
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -130,7 +130,7 @@ rule geneval_score:
     log:
         f"{RUN}/logs/eval/geneval_score.log",
     resources:
-        gpus=1,
+        gpu=1,
     conda:
         "../envs/geneval.yaml"
     shell:

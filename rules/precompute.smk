@@ -20,7 +20,7 @@ rule precompute:
         f"{RUN}/benchmarks/precompute/{{dataset}}.tsv"
     threads: 2
     resources:
-        gpus=config["latents"].get("gpus", 0),
+        gpu=config["latents"].get("gpus", 0),
     conda:
         "../envs/microdit.yaml"
     shell:

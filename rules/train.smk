@@ -1,6 +1,8 @@
-# One training stage. The resolved stage config is an artifact of its own, so only a change to what a stage
-# computes reruns it. Training launches its own job with submitit (SLURM, local processes or in-process) and
-# waits, so the rule runs where Snakemake runs (localrule). An interrupted stage resumes from its newest checkpoint.
+# One training stage. The resolved stage config is an artifact of its own, so a config change reaches only the
+# stages it touches. The trainer decides what a rerun costs: checkpoints written under the same settings of what it
+# computes (cosmetic changes: logging, launch) are resumed, so the stage is only re-exported; a real change (lr,
+# data, ...) sets them aside and retrains. Training launches its own job with submitit (SLURM, local processes or
+# in-process) and waits, so the rule runs where Snakemake runs (localrule).
 rule stage_config:
     input:
         base=lambda w: workflow_path(config["stages"][w.stage]["config"]),

@@ -93,17 +93,24 @@ def build_mds_source(cfg: StageConfig, rank: int, world_size: int) -> LatentsSou
 
 
 class RenamedLatents:
-    """The MDS loader names image latents `image_latents` (as the reference does); the trainer reads `latents`."""
+    """Endless batches from the MDS loader, epoch after epoch (a stage is measured in steps, not epochs). The loader
+    names image latents `image_latents` (as the reference does); the trainer reads `latents`."""
 
     def __init__(self, loader):
         self.loader = loader
 
     def __iter__(self) -> Iterator[dict]:
-        for batch in self.loader:
-            batch = dict(batch)
-            if "image_latents" in batch:
-                batch["latents"] = batch.pop("image_latents")
-            yield batch
+        while True:
+            empty = True
+            for batch in self.loader:  # each pass is the next epoch; streaming reshuffles and tracks the position
+                empty = False
+                batch = dict(batch)
+                if "image_latents" in batch:
+                    batch["latents"] = batch.pop("image_latents")
+                yield batch
+            if empty:
+                raise UserError("data: the datasets hold fewer samples than one batch per rank "
+                                "(micro_batch x ranks); nothing to train on")
 
     def state_dict(self) -> dict:
         return self.loader.state_dict()

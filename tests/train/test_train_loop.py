@@ -125,3 +125,14 @@ def test_nan_loss_stops_naming_step_and_last_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_module, "denoising_loss", poisoned)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 3; last good checkpoint: .*step_000000002\.pt"):
         run(tiny_config(tmp_path, steps=6))
+
+
+def test_mds_batches_continue_across_epochs_and_an_empty_dataset_is_an_error():
+    from microdit.errors import UserError
+    from microdit.train.data import RenamedLatents
+
+    epoch = [{"image_latents": torch.full((1,), float(i))} for i in range(3)]
+    batches = iter(RenamedLatents(epoch))
+    assert [next(batches)["latents"].item() for _ in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    with pytest.raises(UserError, match="fewer samples than one batch"):
+        next(iter(RenamedLatents([])))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from safetensors import safe_open
 
 from conftest import REPO
 
@@ -47,3 +48,72 @@ def test_invalid_config_is_refused_naming_the_key(tmp_path):
     result = snakemake("-n", "--configfile", str(tmp_path / "bad.yaml"), cwd=tmp_path, check=False)
     assert result.returncode != 0
     assert "sixty-four" in result.stdout + result.stderr and "resolutions" in result.stdout + result.stderr
+
+
+def miniature_config(tmp_path: Path) -> Path:
+    """The tiny preset cut to seconds per step: fewer images, a few VAE and training steps, in-process training."""
+    config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    config["downloads"]["synthetic"]["options"].update({"num-samples": 48, "shard-size": 24})
+    config["vae"]["train"].update({"steps": 3, "batch-size": 8})
+    config["latents"]["batch_size"] = 16
+    config["launch"] = {"cluster": "debug"}
+    for stage in config["stages"].values():
+        stage["set"] = {"steps": 2, "save_every": 1, "progress": False}
+    path = tmp_path / "miniature.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def artifact_digests(run_dir: Path) -> dict:
+    """sha256 of every data, latent, VAE and weight file, and the training metrics without timings."""
+    digests = {}
+    patterns = ["data/downloads/*/*.tar", "data/*/mds/**/*.mds", "data/*/latents/**/*.mds", "vae/*.safetensors"]
+    for pattern in patterns:
+        for path in sorted(run_dir.glob(pattern)):
+            digests[str(path.relative_to(run_dir))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    for path in sorted(run_dir.glob("train/*/final.safetensors")):
+        # safetensors stores its metadata in a hash map whose order varies between processes: compare content
+        with safe_open(str(path), framework="pt") as f:
+            content = hashlib.sha256(json.dumps(sorted((f.metadata() or {}).items())).encode())
+            for key in sorted(f.keys()):
+                content.update(key.encode() + f.get_tensor(key).numpy().tobytes())
+        digests[str(path.relative_to(run_dir))] = content.hexdigest()
+    for metrics in sorted(run_dir.glob("train/*/metrics.jsonl")):
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        digests[str(metrics.relative_to(run_dir))] = [(r["step"], r["loss"], r["grad_norm"], r["lr"]) for r in rows]
+    return digests
+
+
+def test_two_runs_give_byte_identical_data_latents_and_weights(tmp_path):
+    config = miniature_config(tmp_path)
+    runs = []
+    for name in ("first", "second"):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        snakemake("stage2", "--configfile", str(config), "--cores", "2", cwd=workdir)
+        runs.append(artifact_digests(workdir / "results" / "tiny"))
+    first, second = runs
+    assert any(k.startswith("data/synthetic/latents/") for k in first)
+    assert {"train/stage1/final.safetensors", "train/stage2/final.safetensors", "vae/diffusion_pytorch_model.safetensors",
+            "train/stage2/metrics.jsonl"} <= set(first)
+    assert first == second
+
+    # a cosmetic change to stage 2 (its progress bar) re-exports it from its last checkpoint without training; a
+    # real one (its lr) sets the old checkpoints aside and trains it again
+    workdir, run_dir = tmp_path / "first", tmp_path / "first" / "results" / "tiny"
+    metrics = run_dir / "train" / "stage2" / "metrics.jsonl"
+    trained_lines = metrics.read_text()
+    overlay = yaml.safe_load(config.read_text())
+    overlay["stages"]["stage2"]["set"]["progress"] = True
+    config.write_text(yaml.safe_dump(overlay))
+    snakemake("stage2", "--configfile", str(config), "--cores", "2", cwd=workdir)
+    assert metrics.read_text() == trained_lines
+    assert artifact_digests(run_dir) == first
+    assert not list((run_dir / "train" / "stage2").glob("checkpoints.stale-*"))
+
+    overlay["stages"]["stage2"]["set"]["optim.lr"] = 1e-5
+    config.write_text(yaml.safe_dump(overlay))
+    snakemake("stage2", "--configfile", str(config), "--cores", "2", cwd=workdir)
+    assert len(metrics.read_text().splitlines()) > len(trained_lines.splitlines())
+    assert list((run_dir / "train" / "stage2").glob("checkpoints.stale-*"))
+    assert artifact_digests(run_dir)["train/stage1/final.safetensors"] == first["train/stage1/final.safetensors"]
