@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 PAPER_PRICE_PER_GPU_HOUR = 3.75
 PAPER_TOTAL_DOLLARS = 1890.0
-STATS_FIELDS = ("steps", "images_seen", "wall_time_s", "gpus", "mean_img_per_s", "mfu", "final_loss")
 
 
 @dataclass(frozen=True)
@@ -30,10 +29,10 @@ class LedgerRow:
 
 
 def ledger_row(stage: str, stats: dict, price_per_gpu_hour: float) -> LedgerRow:
-    missing = [k for k in ("wall_time_s", "gpus") if k not in stats]
+    missing = [k for k in ("wall_time_s", "gpu_count") if k not in stats]
     if missing:
         raise ValueError(f"train_stats of {stage} lacks {missing}")
-    return LedgerRow(stage=stage, gpus=int(stats["gpus"]), wall_hours=float(stats["wall_time_s"]) / 3600,
+    return LedgerRow(stage=stage, gpus=int(stats["gpu_count"]), wall_hours=float(stats["wall_time_s"]) / 3600,
                      steps=int(stats.get("steps", 0)), images_seen=int(stats.get("images_seen", 0)),
                      img_per_s=float(stats.get("mean_img_per_s", 0.0)),
                      mfu=None if stats.get("mfu") is None else float(stats["mfu"]),

@@ -15,7 +15,7 @@ def run_dir(tmp_path):
         lines.insert(3, {"step": 4, "val_loss": 0.5})  # a non-training line is ignored
         (tmp_path / f"{stage}_metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
         (tmp_path / f"{stage}_stats.json").write_text(json.dumps({
-            "steps": 1000, "images_seen": 2_048_000, "wall_time_s": hours * 3600, "gpus": gpus,
+            "steps": 1000, "images_seen": 2_048_000, "wall_time_s": hours * 3600, "gpu_count": gpus,
             "mean_img_per_s": 56.9, "mfu": 0.31, "final_loss": 0.1234}))
     (tmp_path / "stage1_grid.png").write_bytes(png_bytes(smooth_images(1, 24, seed=0)[0]))
     (tmp_path / "fid.json").write_text(json.dumps({

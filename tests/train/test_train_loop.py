@@ -136,3 +136,14 @@ def test_mds_batches_continue_across_epochs_and_an_empty_dataset_is_an_error():
     assert [next(batches)["latents"].item() for _ in range(7)] == [0, 1, 2, 0, 1, 2, 0]
     with pytest.raises(UserError, match="fewer samples than one batch"):
         next(iter(RenamedLatents([])))
+
+
+def test_train_stats_feed_the_report_ledger(tmp_path):
+    import json
+
+    from microdit.report.ledger import ledger_row
+
+    run(tiny_config(tmp_path, steps=2))
+    row = ledger_row("stage1", json.loads((tmp_path / "train_stats.json").read_text()), price_per_gpu_hour=3.75)
+    assert (row.steps, row.gpus, row.dollars) == (2, 0, 0.0)  # CPU: no GPU-hours are billed
+    assert row.images_seen == 2 * 4 and row.wall_hours > 0
