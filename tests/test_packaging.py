@@ -1,8 +1,11 @@
 """The install recipe stays consistent: the conda env mirrors the pip pins; the CLI is wired."""
+from pathlib import Path
+
 import yaml
 
-from conftest import REPO
 from microdit.cli import build_parser
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _pins(lines):

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[2]
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
