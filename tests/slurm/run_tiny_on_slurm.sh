@@ -8,7 +8,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 # shellcheck disable=SC1091
 source "${MICRODIT_SLURM_DIR:-/tmp/microdit-slurm}/env"
 rm -rf results/tiny-slurm
-snakemake --profile profiles/slurm --configfile config/tiny.yaml tests/slurm/tiny_on_slurm.yaml stage2
+snakemake stage2 --profile profiles/slurm --configfile config/tiny.yaml tests/slurm/tiny_on_slurm.yaml
 python - <<'PY'
 import json
 from pathlib import Path
