@@ -8,9 +8,14 @@ export PATH="$PWD/.venv/bin:$PATH"
 # shellcheck disable=SC1091
 source "${MICRODIT_SLURM_DIR:-/tmp/microdit-slurm}/env"
 rm -rf results/tiny-slurm
-snakemake stage2 --profile profiles/slurm --configfile config/tiny.yaml tests/slurm/tiny_on_slurm.yaml
-python - <<'PY'
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+snakemake stage2 --profile profiles/slurm --configfile config/tiny.yaml tests/slurm/tiny_on_slurm.yaml 2>&1 | tee "$log"
+SNAKEMAKE_LOG="$log" python - <<'PY'
 import json
+import os
+import re
+import subprocess
 from pathlib import Path
 
 run = Path("results/tiny-slurm")
@@ -19,9 +24,15 @@ for stage in ("stage1", "stage2"):
     assert (run / "train" / stage / "final.safetensors").stat().st_size > 0, stage
     jobs = list((run / "train" / stage / "submitit").glob("*/*_submitted.pkl"))
     assert jobs, f"{stage}: no submitit job folder"
-    print(f"{stage}: {stats['steps']} steps, final loss {stats['final_loss']:.4f}, submitit job {jobs[0].parent.name}")
+    job_id = jobs[0].parent.name
+    state = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert state == ["COMPLETED"], f"{stage}: SLURM job {job_id} is {state}"
+    print(f"{stage}: {stats['steps']} steps, final loss {stats['final_loss']:.4f}, SLURM job {job_id} COMPLETED")
 assert (run / "data" / "synthetic" / "latents" / "index.json").exists()
-slurm_logs = list(Path(".snakemake/slurm_logs").glob("rule_*/**/*.log"))
-assert slurm_logs, "the data rules did not go through the SLURM executor"
-print(f"ok: {len(slurm_logs)} executor job logs")
+# the executor plugin deletes the logs of successful jobs; its submissions are in Snakemake's own output
+submitted = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", Path(os.environ["SNAKEMAKE_LOG"]).read_text())
+rules = {rule for _, rule in submitted}
+assert {"download", "convert", "train_vae", "precompute"} <= rules, f"rules through the SLURM executor: {rules}"
+print(f"ok: {len(submitted)} executor jobs ({', '.join(sorted(rules))}) and 2 submitit training jobs")
 PY
