@@ -7,13 +7,12 @@ import json
 import math
 import os
 import pickle
-import tempfile
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 
 from microdit.errors import UserError
+from microdit.files import atomic_write
 from microdit.models.dit import VARIANTS, MicroDiT, MicroDiTConfig, variant_config
 
 RECOMPUTABLE_BUFFERS = ("pos_embed", "mask_token")
@@ -22,21 +21,6 @@ STRIPPED_PREFIXES = ("dit.", "_orig_mod.", "module.")
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message is one line naming the file and the reason."""
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call write(tmp_path), then rename tmp_path onto path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_dit(dit: MicroDiT, path: str | os.PathLike, arch: str, kind: str = "raw", extra: dict | None = None) -> None:

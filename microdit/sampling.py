@@ -4,17 +4,22 @@ import os
 
 import torch
 
-from microdit.checkpoint import atomic_write, load_dit
+from microdit.checkpoint import load_dit
 from microdit.diffusion.edm import EDMConfig
 from microdit.errors import UserError
+from microdit.files import atomic_write
 from microdit.models.encoders import VAE, create_text_encoder
 from microdit.models.latent_diffusion import PAPER_TEXT_ENCODER, PAPER_VAE, LatentDiffusion, resolve_vae_subfolder
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """'auto' -> this process's GPU (LOCAL_RANK / SLURM_LOCALID) when there is one, else the CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
+    return torch.device(f"cuda:{local % torch.cuda.device_count()}")
 
 
 def pipeline_from_checkpoint(checkpoint: str, vae: str | None = None, text_encoder: str | None = None,

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from microdit.data.mds import iter_samples, shard_readers
+from microdit.data.precompute import image_transform
 from microdit.errors import UserError
 
 
@@ -35,11 +36,7 @@ def save_tiny_vae(directory: str | os.PathLike, seed: int = 0, latent_channels: 
 
 def load_images(mds_dir: str | os.PathLike, resolution: int, column: str = "jpg", limit: int | None = None):
     """Images of an MDS dataset, short side resized and center-cropped to `resolution`, in [-1, 1]."""
-    from torchvision import transforms
-
-    to_tensor = transforms.Compose([
-        transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
-        transforms.CenterCrop(resolution), transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
+    to_tensor = image_transform(resolution)  # exactly what precompute feeds the VAE
     images = []
     for reader in shard_readers(mds_dir):
         for sample in iter_samples(reader):

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from microdit.data.mds import SIZE_LIMIT, iter_samples, merge_parts, shard_path, shard_readers
 from microdit.errors import UserError
+from microdit.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def merge(in_dir: str, out_dir: str, config: Config) -> dict:
     seconds, images = totals.pop("seconds", 0.0), totals.pop("images", 0)
     stats = {"images": images, "skipped": dict(totals), "encode_seconds": round(seconds, 3),
              "images_per_second": round(images / seconds, 2) if seconds else None, "config": asdict(config)}
-    (out / STATS_FILE).write_text(json.dumps(stats, indent=1))
+    write_json(stats, out / STATS_FILE)
     return stats
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from microdit.checkpoint import atomic_write
+from microdit.files import atomic_write
 from microdit.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from microdit.errors import UserError
-from microdit.eval.io import read_json, sha256_file, write_json, write_jsonl
+from microdit.files import read_json, sha256_file, write_json, write_jsonl
 
 MANIFEST = "generation.json"
 
@@ -70,12 +70,11 @@ def add_generate(subparsers) -> None:
 
 def load_sampler(args):
     """(pipeline, generation settings for the manifest, rank, world size)."""
-    from microdit.eval.generate import distributed_rank, local_device
+    from microdit.eval.generate import distributed_rank
     from microdit.sampling import pipeline_from_checkpoint
 
     latent_res = args.resolution // 8 if args.resolution else None  # only read for files without pos_embed
-    model = pipeline_from_checkpoint(args.checkpoint, args.vae, args.text_encoder, latent_res,
-                                     local_device(args.device))
+    model = pipeline_from_checkpoint(args.checkpoint, args.vae, args.text_encoder, latent_res, args.device)
     resolution = model.latent_res * model.vae.downsample
     if args.resolution and args.resolution != resolution:
         raise UserError(f"--resolution {args.resolution}: {args.checkpoint} with this VAE generates {resolution} px")
@@ -119,10 +118,10 @@ def add_fid_stats(subparsers) -> None:
 def run_fid_stats(args) -> None:
     from microdit.eval.captions import read_caption_file
     from microdit.eval.fid import build_extractor
-    from microdit.eval.generate import local_device
     from microdit.eval.reference_stats import compute_reference_stats
+    from microdit.sampling import pick_device
 
-    device = local_device(args.device)
+    device = pick_device(args.device)
     keys = {row["image_id"] for row in read_caption_file(args.captions)} if args.captions else None
     extractor = build_extractor(args.features, args.mode, device, args.inception_weights)
     meta = compute_reference_stats(args.images, args.out, extractor, args.mode, args.resolution, device,
@@ -141,13 +140,13 @@ def add_fid(subparsers) -> None:
 
 def run_fid(args) -> None:
     from microdit.eval.fid import build_extractor, score_folder
-    from microdit.eval.generate import local_device
+    from microdit.sampling import pick_device
 
     manifest = read_json(Path(args.samples) / MANIFEST, "generation manifest")
     found = len(list(Path(args.samples).glob("*.png")))
     if found != manifest["num_images"]:
         raise UserError(f"{args.samples}: {found} of {manifest['num_images']} images written; rerun generate")
-    device = local_device(args.device)
+    device = pick_device(args.device)
     extractor = build_extractor(args.features, args.mode, device, args.inception_weights)
     value = score_folder(args.samples, args.reference_stats, extractor, args.mode, manifest["resolution"], device,
                          args.batch_size)
@@ -172,7 +171,8 @@ def add_clip_score(subparsers) -> None:
 def run_clip_score(args) -> None:
     from microdit.eval.captions import read_caption_file
     from microdit.eval.clip_score import clip_score
-    from microdit.eval.generate import image_name, local_device
+    from microdit.eval.generate import image_name
+    from microdit.sampling import pick_device
 
     rows = read_caption_file(args.captions)
     paths = [Path(args.samples) / image_name(r["index"]) for r in rows]
@@ -180,7 +180,7 @@ def run_clip_score(args) -> None:
     if absent:
         raise UserError(f"{args.samples}: {len(absent)} images missing (first {absent[0]}); rerun generate")
     value = clip_score(paths, [r["caption"] for r in rows], args.model, args.pretrained,
-                       local_device(args.device), args.batch_size)
+                       pick_device(args.device), args.batch_size)
     write_json({"metric": "CLIP score", "value": value, "model": args.model, "pretrained": args.pretrained or None,
                 "num_images": len(rows), "samples": str(args.samples), "captions": str(args.captions)}, args.out)
     print(json.dumps({"clip_score": value, "out": args.out}))

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from microdit.checkpoint import atomic_write
+from microdit.files import atomic_write
 from microdit.errors import UserError
 
 FEATURES = ("inception", "efficientnet-lite0")

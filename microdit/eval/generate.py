@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from microdit.checkpoint import atomic_write
+from microdit.files import atomic_write
 
 SEED_STRIDE = 1 << 20  # batches per seed before two seeds' noise could coincide
 
@@ -66,13 +66,3 @@ def distributed_rank(rank: int | None = None, world_size: int | None = None) -> 
     if world_size is None:
         world_size = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", 1)))
     return rank, world_size
-
-
-def local_device(name: str) -> str:
-    """'auto' -> this process's GPU (LOCAL_RANK / SLURM_LOCALID) when there is one, else the CPU."""
-    if name != "auto":
-        return name
-    if not torch.cuda.is_available():
-        return "cpu"
-    local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
-    return f"cuda:{local % torch.cuda.device_count()}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from microdit.errors import UserError
 from microdit.eval.generate import generate_images
-from microdit.eval.io import sha256_file
+from microdit.files import sha256_file
 
 UPSTREAM_COMMIT = "af4902f24d3ca90ebbb446dd9891a59e0f82725f"
 METADATA_URL = (f"https://raw.githubusercontent.com/djghosh13/geneval/{UPSTREAM_COMMIT}"

@@ -11,10 +11,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from microdit.checkpoint import atomic_write
+from microdit.files import atomic_write
 from microdit.errors import UserError
 from microdit.eval.geneval import TASKS
-from microdit.eval.io import read_json
+from microdit.files import read_json
 from microdit.report.ledger import PAPER_PRICE_PER_GPU_HOUR, PAPER_TOTAL_DOLLARS, ledger_row, totals
 
 # The README's scores for the four released checkpoints, in its order (SPEC §3.8).

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_stage_config(args: argparse.Namespace) -> None:
-    from microdit.checkpoint import atomic_write
+    from microdit.files import atomic_write
 
     cfg = load_stage_config(args.base, args.overrides)
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)

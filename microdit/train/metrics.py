@@ -72,9 +72,3 @@ class Throughput:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
-
-
-def write_json(path: Path, data: dict) -> None:
-    from microdit.checkpoint import atomic_write
-
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))

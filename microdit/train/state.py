@@ -15,8 +15,9 @@ import torch
 import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from microdit.checkpoint import RECOMPUTABLE_BUFFERS, CheckpointError, atomic_write, load_dit_state, read_checkpoint
+from microdit.checkpoint import RECOMPUTABLE_BUFFERS, CheckpointError, load_dit_state, read_checkpoint
 from microdit.errors import UserError
+from microdit.files import atomic_write
 from microdit.train.distributed import DistInfo, gather_objects, unwrap
 
 CHECKPOINT_DIR = "checkpoints"

@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from microdit.checkpoint import save_dit
 from microdit.diffusion.edm import EDMConfig, edm_loss
 from microdit.errors import UserError
+from microdit.files import write_json
 from microdit.models.dit import MicroDiT, create_dit
 from microdit.train import state as ckpt
 from microdit.train.config import StageConfig, to_dict
@@ -28,7 +29,7 @@ from microdit.train.distributed import (
     DistInfo, barrier, full_tensor, gradient_sync, mean_across_ranks, wrap_model,
 )
 from microdit.train.ema import EMA
-from microdit.train.metrics import MetricsLog, Throughput, memory_gib, peak_flops, train_flops_per_sample, write_json
+from microdit.train.metrics import MetricsLog, Throughput, memory_gib, peak_flops, train_flops_per_sample
 from microdit.train.optim import build_optimizer, set_lr
 from microdit.train.schedules import lr_factor
 
@@ -233,6 +234,6 @@ class Trainer:
             if ema is not None:
                 save_dit(ema, self.out_dir / "ema.safetensors", self.cfg.model.arch, kind="ema",
                          extra={"step": self.step})
-            write_json(self.out_dir / "train_stats.json", stats)
+            write_json(stats, self.out_dir / "train_stats.json")
         barrier()
         return stats

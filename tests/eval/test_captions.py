@@ -4,7 +4,7 @@ import pytest
 
 from microdit.errors import UserError
 from microdit.eval.captions import read_caption_file, read_source_captions, sample_captions
-from microdit.eval.io import write_jsonl
+from microdit.files import write_jsonl
 from eval_helpers import smooth_images, write_shards
 
 

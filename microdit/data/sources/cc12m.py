@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from microdit.checkpoint import atomic_write
+from microdit.files import atomic_write
 from microdit.data.shards import STATS_SUFFIX, count_samples, tar_path, write_stats
 from microdit.data.sources.common import run_shards, select_subset
 from microdit.errors import UserError

@@ -4,7 +4,7 @@ import os
 import shutil
 from pathlib import Path
 
-from microdit.checkpoint import atomic_write
+from microdit.files import atomic_write
 from microdit.errors import UserError
 
 log = logging.getLogger(__name__)

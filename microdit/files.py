@@ -1,11 +1,27 @@
-"""Small file helpers every evaluation step shares: atomic JSON / JSONL writes and file hashes."""
+"""File helpers every step shares. Writes go to a temporary file in the same directory and are renamed into place,
+so a crash never leaves half a file."""
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
-from microdit.checkpoint import atomic_write
 from microdit.errors import UserError
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call write(tmp_path), then rename tmp_path onto path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def write_json(obj, path: str | os.PathLike) -> None:
