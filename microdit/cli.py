@@ -12,7 +12,7 @@ from microdit.errors import UserError
 COMMAND_MODULES = (
     "microdit.commands.sample",
     "microdit.commands.checkpoint_info",
-    "microdit.bench",
+    "microdit.bench.command",
     "microdit.data.commands",
     "microdit.tiny_vae",
     "microdit.train.commands",

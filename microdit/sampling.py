@@ -10,6 +10,7 @@ from microdit.errors import UserError
 from microdit.files import atomic_write
 from microdit.models.encoders import VAE, create_text_encoder
 from microdit.models.latent_diffusion import PAPER_TEXT_ENCODER, PAPER_VAE, LatentDiffusion, resolve_vae_subfolder
+from microdit.models.speed import SpeedOptions, apply_speed_options
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -23,9 +24,11 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def pipeline_from_checkpoint(checkpoint: str, vae: str | None = None, text_encoder: str | None = None,
-                             latent_res: int | None = None, device: str = "auto") -> LatentDiffusion:
+                             latent_res: int | None = None, device: str = "auto", precision: str = "auto",
+                             compile_mode: str = "none") -> LatentDiffusion:
     """Encoders come from the arguments, else from the checkpoint's metadata (our files record them), else the
-    paper's (SDXL VAE, DFN5B CLIP-H: these need the model hub or its cache)."""
+    paper's (SDXL VAE, DFN5B CLIP-H: these need the model hub or its cache). precision "auto" samples under bf16
+    autocast on a GPU and in fp32 on the CPU (where bf16 is slower)."""
     device = pick_device(device)
     _, dit, metadata = load_dit(checkpoint, latent_res=latent_res, device=device)
     vae_name = vae or metadata.get("vae") or PAPER_VAE
@@ -36,7 +39,14 @@ def pipeline_from_checkpoint(checkpoint: str, vae: str | None = None, text_encod
         raise UserError(f"text encoder {text_name!r} gives width {text_module.width} but {checkpoint} expects "
                         f"{dit.config.caption_channels}-wide caption embeddings")
     dit.eval()
-    return LatentDiffusion(dit, vae_module, text_module, EDMConfig())
+    apply_speed_options(dit, SpeedOptions(compile=compile_mode))
+    return LatentDiffusion(dit, vae_module, text_module, EDMConfig(), precision=resolve_precision(precision, device))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
 
 
 def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:

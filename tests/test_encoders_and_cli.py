@@ -83,14 +83,34 @@ def test_sample_with_wrong_text_encoder_width_is_a_clear_error(tiny_pipeline, ti
     assert code == 2 and "width 512" in capsys.readouterr().err and not (tmp_path / "g.png").exists()
 
 
-def test_bench_prints_one_json_line_per_stage(capsys):
-    assert main(["bench", "--arch", "MicroDiT_Nano_2", "--stage", "1", "--stage", "2", "--microbatch", "1",
-                 "--steps", "1", "--warmup", "1", "--device", "cpu", "--json"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    rows = [json.loads(line) for line in lines]
+def _json_lines(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+
+
+def test_bench_train_prints_one_json_line_per_stage(capsys):
+    assert main(["bench", "train", "--arch", "MicroDiT_Nano_2", "--stage", "1", "--stage", "2", "--microbatch", "1",
+                 "--steps", "1", "--warmup", "1", "--device", "cpu"]) == 0
+    rows = _json_lines(capsys)
     assert [r["stage"] for r in rows] == [1, 2]
     for row in rows:
-        assert {"img_per_s", "step_s", "peak_mem_gib", "params", "mfu", "train_gflops_per_img", "warmup_s"} <= set(row)
+        assert {"img_per_s", "step_s", "first_step_s", "peak_mem_gib", "params", "mfu", "train_gflops_per_img",
+                "compile", "checkpoint_blocks", "low_precision_norm", "moe_dispatch"} <= set(row)
         assert row["img_per_s"] > 0 and row["params"] > 1e6 and row["mfu"] is None
     # the masked stage counts fewer FLOPs: the backbone sees a quarter of the tokens
     assert rows[0]["train_gflops_per_img"] < rows[1]["train_gflops_per_img"]
+
+
+def test_bench_memory_prediction_falls_with_activation_checkpointing(capsys):
+    for blocks in ("0", "8"):
+        assert main(["bench", "memory", "--arch", "MicroDiT_Nano_2", "--stage", "2", "--microbatch", "4",
+                     "--checkpoint-blocks", blocks]) == 0
+    stored, recomputed = _json_lines(capsys)
+    assert stored["resident_gib"] == recomputed["resident_gib"] > stored["params_gib"] > 0
+    assert recomputed["peak_gib"] < stored["peak_gib"]
+
+
+def test_bench_sample_times_the_sampler(capsys):
+    assert main(["bench", "sample", "--arch", "MicroDiT_Nano_2", "--resolution", "64", "--batch", "2", "--steps", "2",
+                 "--repeats", "1", "--precision", "fp32", "--device", "cpu"]) == 0
+    (row,) = _json_lines(capsys)
+    assert row["resolution"] == 64 and row["img_per_s"] > 0 and row["state_dtype"] == "fp32"

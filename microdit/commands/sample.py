@@ -1,4 +1,5 @@
 """`microdit sample`: images from a checkpoint (the authors' .pt or our .safetensors) for a few prompts."""
+from microdit.eval.commands import add_speed_args
 from microdit.sampling import pipeline_from_checkpoint, save_image_grid
 
 
@@ -17,12 +18,14 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--images-per-prompt", type=int, default=1)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    add_speed_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> None:
     latent_res = args.resolution // 8 if args.resolution else None
-    model = pipeline_from_checkpoint(args.checkpoint, args.vae, args.text_encoder, latent_res, args.device)
+    model = pipeline_from_checkpoint(args.checkpoint, args.vae, args.text_encoder, latent_res, args.device,
+                                     args.precision, args.compile)
     prompts = [p for p in args.prompt for _ in range(args.images_per_prompt)]
     images = model.generate(prompt=prompts, num_inference_steps=args.steps, guidance_scale=args.guidance,
                             seed=args.seed)

@@ -100,12 +100,14 @@ def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
 def build_latents_loader(datadirs: Sequence[str], resolution: int, batch_size: int, cap_drop_prob: float = 0.0,
                          proportions: Sequence[float] | None = None, shuffle: bool = True, seed: int = 9176,
                          num_workers: int = 2, drop_last: bool = True, clean_shared_memory: bool = True,
-                         **streaming_kwargs) -> StreamingDataLoader:
-    """A StreamingDataLoader of per-rank batches; state_dict()/load_state_dict() resume mid-epoch."""
+                         pin_memory: bool | None = None, **streaming_kwargs) -> StreamingDataLoader:
+    """A StreamingDataLoader of per-rank batches; state_dict()/load_state_dict() resume mid-epoch. Batches are
+    pinned when a GPU is present (pin_memory=None), so the trainer's non-blocking copy overlaps the step."""
     if clean_shared_memory:
         clean_stale_shared_memory()
     dataset = LatentsDataset(datadirs, resolution, cap_drop_prob, proportions, batch_size, shuffle, seed,
                              **streaming_kwargs)
     return StreamingDataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
                                drop_last=drop_last, persistent_workers=num_workers > 0,
-                               prefetch_factor=2 if num_workers > 0 else None)
+                               prefetch_factor=2 if num_workers > 0 else None,
+                               pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)

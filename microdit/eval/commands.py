@@ -29,6 +29,16 @@ def add_sampling_args(p) -> None:
     p.add_argument("--rank", type=int, help="this process's share (default: RANK or SLURM_PROCID, else 0)")
     p.add_argument("--world-size", type=int, help="number of processes (default: WORLD_SIZE or SLURM_NTASKS)")
     p.add_argument("--device", default="auto", help="auto (this rank's GPU, else CPU), cpu, cuda:1, ...")
+    add_speed_args(p)
+
+
+def add_speed_args(p) -> None:
+    from microdit.models.speed import COMPILE_MODES
+
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="the denoiser's precision: auto = bf16 autocast on a GPU, fp32 on the CPU")
+    p.add_argument("--compile", choices=COMPILE_MODES, default="none",
+                   help="torch.compile the denoiser: model or blocks (pays off over many batches of one shape)")
 
 
 def add_feature_args(p) -> None:
@@ -74,13 +84,14 @@ def load_sampler(args):
     from microdit.sampling import pipeline_from_checkpoint
 
     latent_res = args.resolution // 8 if args.resolution else None  # only read for files without pos_embed
-    model = pipeline_from_checkpoint(args.checkpoint, args.vae, args.text_encoder, latent_res, args.device)
+    model = pipeline_from_checkpoint(args.checkpoint, args.vae, args.text_encoder, latent_res, args.device,
+                                     args.precision, args.compile)
     resolution = model.latent_res * model.vae.downsample
     if args.resolution and args.resolution != resolution:
         raise UserError(f"--resolution {args.resolution}: {args.checkpoint} with this VAE generates {resolution} px")
     settings = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
                 "resolution": resolution, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
-                "batch_size": args.batch_size, "sampler": "EDM Heun"}
+                "batch_size": args.batch_size, "sampler": "EDM Heun", "precision": model.precision}
     rank, world_size = distributed_rank(args.rank, args.world_size)
     return model, settings, rank, world_size
 

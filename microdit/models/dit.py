@@ -8,9 +8,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from microdit.models.layers import (
-    CrossAttention, ExpertChoiceMoE, Mlp, PatchEmbed, SelfAttention, SwiGLU, TimestepEmbedder, layer_norm, modulate,
+    CrossAttention, ExpertChoiceMoE, LayerNorm, Mlp, PatchEmbed, SelfAttention, SwiGLU, TimestepEmbedder, layer_norm, modulate,
     random_token_mask, round_up, sincos_pos_embed_2d,
 )
 
@@ -58,13 +59,14 @@ class DiTBlock(nn.Module):
         attn_hidden = dim if qkv_ratio == 1 else round_up(int(dim * qkv_ratio), 2 * head_dim)
         ffn_hidden = int(dim * mlp_ratio)
         self.norm1 = layer_norm(dim, eps)
-        self.attn = SelfAttention(dim, attn_hidden // head_dim, attn_hidden, eps)
-        self.cross_attn = CrossAttention(dim, dim // head_dim, dim, eps)
+        self.attn = SelfAttention(dim, head_dim, attn_hidden, eps)
+        self.cross_attn = CrossAttention(dim, head_dim, dim, eps)
         self.norm2 = layer_norm(dim, eps)
         self.norm3 = layer_norm(dim, eps)
         self.mlp = (ExpertChoiceMoE(dim, ffn_hidden, multiple_of, num_experts, capacity) if use_moe
                     else SwiGLU(dim, ffn_hidden, multiple_of))
         self.adaLN_modulation = nn.Sequential(nn.GELU(approximate="tanh"), nn.Linear(cond_dim, 6 * dim))
+        self.recompute_in_backward = False  # activation checkpointing; see MicroDiT.set_activation_checkpointing
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
@@ -79,7 +81,7 @@ class PromptBlock(nn.Module):
     def __init__(self, dim: int, head_dim: int, multiple_of: int, eps: float):
         super().__init__()
         self.norm1 = layer_norm(dim, eps)
-        self.attn = SelfAttention(dim, dim // head_dim, dim, eps)
+        self.attn = SelfAttention(dim, head_dim, dim, eps)
         self.norm2 = layer_norm(dim, eps)
         self.mlp = SwiGLU(dim, 4 * dim, multiple_of)
 
@@ -171,7 +173,7 @@ class MicroDiT(nn.Module):
         x = self.patch_mixer_map_xin(x)
         y_mixer = self.patch_mixer_map_y(y)
         for block in self.patch_mixer:
-            x = block(x, y_mixer, c)
+            x = run_block(block, x, y_mixer, c)
 
         mask = None
         if mask_ratio > 0:  # deferred masking: the mixer saw every token, the backbone sees only the kept ones
@@ -179,7 +181,7 @@ class MicroDiT(nn.Module):
             x = x.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         x = self.patch_mixer_map_xout(x)
         for block in self.blocks:
-            x = block(x, y, c)
+            x = run_block(block, x, y, c)
         x = self.final_layer(x, c)
 
         if mask is not None:
@@ -201,6 +203,41 @@ class MicroDiT(nn.Module):
         p, c, g = self.config.patch_size, self.config.in_channels, self.config.grid_size
         x = x.reshape(x.shape[0], g, g, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, g * p, g * p)
+
+    # ------------------------------------------------------------------------------------ speed / memory switches
+    # None of these changes a parameter name or the math beyond bf16 rounding: checkpoints load either way.
+    def set_low_precision_norms(self, enabled: bool) -> None:
+        """Run every LayerNorm in the autocast dtype (the authors' training setting) instead of fp32."""
+        for module in self.modules():
+            if isinstance(module, LayerNorm):
+                module.low_precision = enabled
+
+    def set_activation_checkpointing(self, num_blocks: int) -> None:
+        """Recompute the activations of the first `num_blocks` DiT blocks (mixer first, then backbone) in backward
+        instead of storing them: a memory / speed knob, 0 = store everything."""
+        for i, block in enumerate(self.dit_blocks()):
+            block.recompute_in_backward = i < num_blocks
+
+    def set_moe_dispatch(self, dispatch: str) -> None:
+        if dispatch not in ExpertChoiceMoE.DISPATCHES:
+            raise ValueError(f"MoE dispatch {dispatch!r}; expected one of {ExpertChoiceMoE.DISPATCHES}")
+        for module in self.modules():
+            if isinstance(module, ExpertChoiceMoE):
+                module.dispatch = dispatch
+
+    def compile_blocks(self, **options) -> None:
+        """Regional compilation: each transformer block compiled in place (names stay free of `_orig_mod.`), the
+        glue between them left eager. Small graphs keep the compiler's partitioner cheap and let activation
+        checkpointing wrap whole compiled blocks. Layer-wise scaling gives most blocks their own widths, hence their
+        own graph (27 for XL): the recompile limit is raised to the block count, since past it the remaining blocks
+        would silently run eagerly. Restarts reuse the graphs from the compile cache (see train/trainer.py)."""
+        blocks = (*self.dit_blocks(), self.y_emb_preprocess)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(blocks))
+        for block in blocks:
+            block.compile(**options)
+
+    def dit_blocks(self) -> list[DiTBlock]:
+        return [*self.patch_mixer, *self.blocks]
 
     # -------------------------------------------------------------------------------------------------------- init
     def reset_pos_embed(self) -> None:
@@ -239,6 +276,12 @@ class MicroDiT(nn.Module):
 
         nn.init.zeros_(self.final_layer.adaLN_modulation[1].weight)
         nn.init.zeros_(self.final_layer.linear.weight)
+
+
+def run_block(block: DiTBlock, x: torch.Tensor, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    if block.recompute_in_backward and torch.is_grad_enabled():
+        return checkpoint(block, x, y, c, use_reentrant=False)
+    return block(x, y, c)
 
 
 def _init_block(block: DiTBlock, out_std: float) -> None:

@@ -15,14 +15,18 @@ from microdit.models.encoders import VAE, create_text_encoder
 
 PAPER_VAE = "stabilityai/stable-diffusion-xl-base-1.0"
 PAPER_TEXT_ENCODER = "openclip:hf-hub:apple/DFN5B-CLIP-ViT-H-14-378"
+PRECISIONS = ("fp32", "bf16")
 
 
 class LatentDiffusion(nn.Module):
     def __init__(self, dit: MicroDiT, vae: VAE | None, text_encoder: nn.Module | None, edm: EDMConfig,
-                 train_mask_ratio: float = 0.0):
+                 train_mask_ratio: float = 0.0, precision: str = "fp32"):
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}; expected one of {PRECISIONS}")
         self.dit, self.vae, self.text_encoder = dit, vae, text_encoder
         self.edm, self.train_mask_ratio = edm, train_mask_ratio
+        self.precision = precision  # the denoiser's, when sampling: fp32, or bf16 autocast
         for frozen in (vae, text_encoder):
             if frozen is not None:
                 frozen.requires_grad_(False)
@@ -67,8 +71,9 @@ class LatentDiffusion(nn.Module):
             generator.seed()
         shape = (caption_latents.shape[0], self.dit.in_channels, self.latent_res, self.latent_res)
         noise = torch.randn(shape, generator=generator, device=self.device)
-        latents = heun_sampler(self.dit, noise, caption_latents.float(), self.edm, num_inference_steps,
-                               cfg=guidance_scale)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            latents = heun_sampler(self.dit, noise, caption_latents.float(), self.edm, num_inference_steps,
+                                   cfg=guidance_scale)
         if return_only_latents:
             return latents
         if self.vae is None:

@@ -13,14 +13,35 @@ import torch.nn.functional as F
 NORM_EPS = 1e-6
 
 
-def layer_norm(dim: int, eps: float = NORM_EPS) -> nn.LayerNorm:
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm that can run in the autocast dtype, as the authors trained (Composer's low-precision LayerNorm).
+
+    Autocast otherwise runs every norm in fp32 and hands an fp32 activation to the next matmul: an extra cast and an
+    fp32 copy of each normalised tensor kept for backward. Switched per model by `MicroDiT.set_low_precision_norms`.
+    """
+
+    low_precision = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x.shape[-1:] rather than self.normalized_shape: a shape, not a constant, to the compiler (compile_blocks)
+        device, weight, bias = x.device.type, self.weight, self.bias
+        if not (self.low_precision and torch.is_autocast_enabled(device)):
+            return F.layer_norm(x, x.shape[-1:], weight, bias, self.eps)
+        dtype = torch.get_autocast_dtype(device)
+        weight = None if weight is None else weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        with torch.autocast(device, enabled=False):
+            return F.layer_norm(x.to(dtype), x.shape[-1:], weight, bias, self.eps)
+
+
+def layer_norm(dim: int, eps: float = NORM_EPS) -> LayerNorm:
     """The LayerNorm used everywhere in MicroDiT: a weight, no bias."""
-    return nn.LayerNorm(dim, eps=eps, bias=False)
+    return LayerNorm(dim, eps=eps, bias=False)
 
 
-def qk_norm(dim: int, eps: float = NORM_EPS) -> nn.LayerNorm:
+def qk_norm(dim: int, eps: float = NORM_EPS) -> LayerNorm:
     """Affine-free LayerNorm over the whole q (or k) vector, all heads jointly."""
-    return nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+    return LayerNorm(dim, eps=eps, elementwise_affine=False)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -31,9 +52,11 @@ def round_up(value: int, multiple: int) -> int:
     return multiple * math.ceil(value / multiple)
 
 
-def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+def _split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    # heads follow from the width: with layer-wise scaling the head count varies per block, the head size does not,
+    # so blocks of different widths can share one compiled graph (MicroDiT.compile_blocks)
     batch, tokens, width = x.shape
-    return x.view(batch, tokens, num_heads, width // num_heads).transpose(1, 2)
+    return x.view(batch, tokens, width // head_dim, head_dim).transpose(1, 2)
 
 
 def _merge_heads(x: torch.Tensor) -> torch.Tensor:
@@ -44,9 +67,9 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
 class SelfAttention(nn.Module):
     """Multi-head self-attention; q and k are normalised over the full hidden width before splitting heads."""
 
-    def __init__(self, dim: int, num_heads: int, hidden_dim: int, eps: float = NORM_EPS):
+    def __init__(self, dim: int, head_dim: int, hidden_dim: int, eps: float = NORM_EPS):
         super().__init__()
-        self.num_heads = num_heads
+        self.head_dim = head_dim
         self.qkv = nn.Linear(dim, 3 * hidden_dim, bias=False)
         self.q_norm = qk_norm(hidden_dim, eps)
         self.k_norm = qk_norm(hidden_dim, eps)
@@ -55,16 +78,16 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = (_split_heads(t, self.num_heads) for t in (q, k, v))
+        q, k, v = (_split_heads(t, self.head_dim) for t in (q, k, v))
         return self.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
 
 
 class CrossAttention(nn.Module):
     """Image tokens attend to all caption tokens (padding included, no mask), with the same QK-norm."""
 
-    def __init__(self, dim: int, num_heads: int, hidden_dim: int, eps: float = NORM_EPS):
+    def __init__(self, dim: int, head_dim: int, hidden_dim: int, eps: float = NORM_EPS):
         super().__init__()
-        self.num_heads = num_heads
+        self.head_dim = head_dim
         self.q_linear = nn.Linear(dim, hidden_dim, bias=False)
         self.kv_linear = nn.Linear(dim, 2 * hidden_dim, bias=False)
         self.q_norm = qk_norm(hidden_dim, eps)
@@ -74,7 +97,7 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         k, v = self.kv_linear(context).chunk(2, dim=-1)
         q, k = self.q_norm(self.q_linear(x)), self.k_norm(k)
-        q, k, v = (_split_heads(t, self.num_heads) for t in (q, k, v))
+        q, k, v = (_split_heads(t, self.head_dim) for t in (q, k, v))
         return self.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
 
 
@@ -96,13 +119,17 @@ class ExpertChoiceMoE(nn.Module):
     """Expert-choice mixture of GELU experts (Zhou et al. 2022): each expert picks its top-k tokens of each image.
 
     k = int(capacity * tokens / num_experts). Dispatch is index based (gather, batched matmul over experts,
-    scatter-add), never the dense one-hot [batch, experts, k, tokens] tensor, which dominates memory at 512 px.
+    scatter-add). `dispatch = "one_hot"` selects the authors' dense form instead (a one-hot [batch, experts, k,
+    tokens] tensor and einsums; same values): kept as the reference for tests and `microdit bench --dispatch`.
     """
+
+    DISPATCHES = ("index", "one_hot")
 
     def __init__(self, dim: int, hidden_dim: int, multiple_of: int, num_experts: int, capacity: float):
         super().__init__()
         hidden = round_up(hidden_dim, multiple_of)  # no 2/3 rule here, unlike SwiGLU
         self.num_experts, self.capacity = num_experts, capacity
+        self.dispatch = "index"
         self.w1 = nn.Parameter(torch.ones(num_experts, dim, hidden))
         self.w2 = nn.Parameter(torch.ones(num_experts, hidden, dim))
         self.gate = nn.Linear(dim, num_experts, bias=False)
@@ -114,8 +141,13 @@ class ExpertChoiceMoE(nn.Module):
         return probs.transpose(1, 2).topk(tokens_per_expert, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, dim = x.shape
         gates, index = self.route(x)
+        if self.dispatch == "one_hot":
+            return self._one_hot_forward(x, gates, index)
+        return self._index_forward(x, gates, index)
+
+    def _index_forward(self, x: torch.Tensor, gates: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
         k = index.shape[-1]
         flat_index = index.reshape(batch, self.num_experts * k, 1).expand(-1, -1, dim)
         chosen = x.gather(1, flat_index).view(batch, self.num_experts, k, dim)
@@ -124,6 +156,13 @@ class ExpertChoiceMoE(nn.Module):
         out = out.view(self.num_experts, batch, k, dim).transpose(0, 1) * gates.unsqueeze(-1).to(out.dtype)
         combined = out.new_zeros(batch, tokens, dim)
         return combined.scatter_add(1, flat_index, out.reshape(batch, self.num_experts * k, dim))
+
+    def _one_hot_forward(self, x: torch.Tensor, gates: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        dispatch = F.one_hot(index, x.shape[1]).to(x.dtype)  # (batch, experts, k, tokens)
+        chosen = torch.einsum("nekt,ntd->nekd", dispatch, x)
+        hidden = F.gelu(torch.einsum("nekd,edh->nekh", chosen, self.w1))
+        out = torch.einsum("nekh,ehd->nekd", hidden, self.w2)
+        return torch.einsum("nekt,nek,nekd->ntd", dispatch, gates.to(out.dtype), out)
 
 
 class Mlp(nn.Module):

@@ -13,6 +13,7 @@ import yaml
 
 from microdit.errors import UserError
 from microdit.models.dit import VARIANTS
+from microdit.models.speed import COMPILE_MODES, SpeedOptions
 
 SCHEDULES = ("cosine_warmup", "constant", "constant_warmup")
 CLUSTERS = ("slurm", "local", "debug")
@@ -107,7 +108,9 @@ class StageConfig:
     out_dir: str = "runs/stage"
     seed: int = 18
     precision: str = "bf16"       # bf16 autocast with fp32 master weights, or fp32
-    compile: bool = False
+    compile: str = "none"         # none, model (whole denoiser) or blocks (regional; see MicroDiT.compile_blocks)
+    low_precision_norm: bool = False  # LayerNorms in bf16 under autocast, as the authors trained
+    checkpoint_blocks: int = 0    # DiT blocks (mixer first) whose activations are recomputed in backward
     strategy: str = "ddp"         # ddp, or fsdp (FSDP2 fully_shard, reshard_after_forward=False ~ SHARD_GRAD_OP)
     log_every: int = 50
     save_every: int = 2500
@@ -121,6 +124,10 @@ class StageConfig:
     init: InitConfig | None = None
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    def speed_options(self) -> SpeedOptions:
+        return SpeedOptions(compile=self.compile, low_precision_norm=self.low_precision_norm,
+                            checkpoint_blocks=self.checkpoint_blocks)
 
     def accumulation(self, world_size: int) -> int:
         """Microbatches per rank per step that make up the global batch on `world_size` ranks."""
@@ -239,6 +246,8 @@ def _validate(cfg: StageConfig, w: str) -> None:
     _check(cfg.global_batch > 0 and cfg.global_batch % cfg.micro_batch == 0, w,
            f"global_batch: must be a positive multiple of micro_batch {cfg.micro_batch}, got {cfg.global_batch}")
     _check(cfg.precision in ("bf16", "fp32"), w, f"precision: expected bf16 or fp32, got {cfg.precision!r}")
+    _check(cfg.compile in COMPILE_MODES, w, f"compile: expected one of {list(COMPILE_MODES)}, got {cfg.compile!r}")
+    _check(cfg.checkpoint_blocks >= 0, w, f"checkpoint_blocks: must be >= 0, got {cfg.checkpoint_blocks}")
     _check(cfg.strategy in ("ddp", "fsdp"), w, f"strategy: expected ddp or fsdp, got {cfg.strategy!r}")
     for name in ("log_every", "save_every", "keep_checkpoints"):
         _check(getattr(cfg, name) > 0, w, f"{name}: must be > 0, got {getattr(cfg, name)}")

@@ -9,6 +9,7 @@ index), so a step's result does not depend on how many ranks share it or on wher
 import contextlib
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from microdit.diffusion.edm import EDMConfig, edm_loss
 from microdit.errors import UserError
 from microdit.files import write_json
 from microdit.models.dit import MicroDiT, create_dit
+from microdit.models.speed import apply_speed_options
 from microdit.train import state as ckpt
 from microdit.train.config import StageConfig, to_dict
 from microdit.train.data import build_source
@@ -94,8 +96,10 @@ class Trainer:
         init = None if resume_from else cfg.init
         if init is not None and init.mode == "weights":
             ckpt.load_weights(self.raw, ckpt.resolve_init(init.from_, "weights"))
-        if cfg.compile:
-            self.raw.compile()  # in place: parameter names stay free of `_orig_mod.`
+        if cfg.compile != "none":
+            # a restart (a requeue may land on another node) reuses the compiled graphs instead of compiling again
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((self.out_dir / "compile_cache").resolve()))
+        apply_speed_options(self.raw, cfg.speed_options())  # compiles in place: names stay free of `_orig_mod.`
         self.model = wrap_model(self.raw, cfg.strategy, info)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.source = build_source(cfg, info.rank, info.world_size, self.accumulation)

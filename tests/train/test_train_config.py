@@ -30,6 +30,8 @@ def test_paper_stages_follow_the_spec():
     assert (s3.model.latent_res, s3.model.pos_interp_scale) == (64, 2.0)
     assert (s3.ema.decay, s3.ema.start_step) == (0.99975, 25000)
     assert all(s.optim.moe_half_lr and s.global_batch == 2048 for s in (s1, s2, s3, s4))
+    # the authors compiled the denoiser and ran every LayerNorm in bf16 (SPEC §3.5)
+    assert all(s.compile == "model" and s.low_precision_norm for s in (s1, s2, s3, s4))
 
 
 @pytest.mark.parametrize("change, message", [
@@ -41,6 +43,9 @@ def test_paper_stages_follow_the_spec():
     ({"global_batch": 5}, "global_batch"),
     ({"optim": {"learning_rate": 1.0}}, "unknown field 'learning_rate'"),
     ({"init": {"from": "x", "mode": "partial"}}, "init.mode"),
+    ({"compile": True}, "compile: expected a string"),
+    ({"compile": "everything"}, "compile: expected one of"),
+    ({"checkpoint_blocks": -1}, "checkpoint_blocks: must be >= 0"),
 ])
 def test_bad_fields_are_named(tmp_path, change, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):

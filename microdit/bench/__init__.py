@@ -1,0 +1,1 @@
+"""Speed and memory measurements of MicroDiT at the paper's shapes (`microdit bench`)."""

@@ -1,0 +1,13 @@
+"""`python -m microdit.bench MODE ...`: the bench command on its own. It needs only torch and numpy, not the data,
+workflow or evaluation stack, so it runs on a GPU machine that has PyTorch but none of this package's other pins."""
+import argparse
+import sys
+
+from microdit.bench.command import add_modes
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m microdit.bench",
+                                     description="microdit bench on its own (needs only torch and numpy)")
+    add_modes(parser)
+    args = parser.parse_args()
+    sys.exit(int(args.func(args) or 0))

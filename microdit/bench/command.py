@@ -1,0 +1,160 @@
+"""`microdit bench {train,memory,sample,suite}`: speed and memory at the paper's shapes, one JSON line per measurement.
+
+train   times full training steps per stage (img/s, first-step/compile seconds, peak memory, MFU);
+memory  predicts a training step's peak memory on fake tensors: runs anywhere, no GPU, in seconds;
+sample  times the 30-step Heun sampler with guidance at a resolution and batch;
+suite   runs the prepared list of all of the above within a time budget (the one-call GPU run).
+Timings belong in docs/benchmarks.md, never in tests.
+"""
+import argparse
+import json
+from dataclasses import replace
+
+import torch
+
+from microdit.bench.training_step import (
+    STAGES, fit_checkpointing, predicted_memory, stage_config, time_training_step, training_flops_per_image,
+)
+from microdit.models.layers import ExpertChoiceMoE
+from microdit.models.speed import COMPILE_MODES, SpeedOptions
+
+
+def _speed_arguments(p) -> None:
+    p.add_argument("--arch", default="MicroDiT_XL_2")
+    p.add_argument("--compile", choices=COMPILE_MODES, default="none",
+                   help="none; model (whole denoiser, one graph); blocks (regional: each transformer block)")
+    p.add_argument("--low-precision-norm", action="store_true", help="LayerNorms in bf16 (the authors' setting)")
+    p.add_argument("--checkpoint-blocks", type=int, default=0,
+                   help="recompute the activations of this many DiT blocks in backward (default 0)")
+    p.add_argument("--dispatch", choices=ExpertChoiceMoE.DISPATCHES, default="index",
+                   help="MoE dispatch: index (ours) or one_hot (the authors' dense form)")
+    p.add_argument("--device", default="auto")
+
+
+def _options(args) -> SpeedOptions:
+    return SpeedOptions(compile=args.compile, low_precision_norm=args.low_precision_norm,
+                        checkpoint_blocks=args.checkpoint_blocks, moe_dispatch=args.dispatch)
+
+
+def _stage_arguments(p) -> None:
+    p.add_argument("--stage", type=int, action="append", choices=sorted(STAGES),
+                   help="stage shape to use; repeat for several (default: all four)")
+    p.add_argument("--microbatch", type=int, help="per-device batch (default: the authors' per stage)")
+
+
+def register(subparsers) -> None:
+    add_modes(subparsers.add_parser("bench", help="speed and memory at the paper's shapes (JSON lines)",
+                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+
+
+def add_modes(bench) -> None:
+    modes = bench.add_subparsers(dest="mode", required=True, metavar="MODE")
+
+    p = modes.add_parser("train", help="time training steps at each stage's shape")
+    _speed_arguments(p)
+    _stage_arguments(p)
+    p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first, the first one timed alone (default 3)")
+    p.add_argument("--predict-memory", action="store_true", help="also print the fake-tensor memory prediction")
+    p.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU when the device is not in the table")
+    p.set_defaults(func=run_train)
+
+    p = modes.add_parser("memory", help="predict a training step's peak memory without running it (any machine)")
+    _speed_arguments(p)
+    _stage_arguments(p)
+    p.add_argument("--fit-gib", type=float, help="find the fewest --checkpoint-blocks whose predicted peak fits this "
+                                                 "many GiB (leave a margin for the allocator: see docs/benchmarks.md)")
+    p.set_defaults(func=run_memory)
+
+    p = modes.add_parser("sample", help="time the Heun sampler with classifier-free guidance")
+    _speed_arguments(p)
+    p.add_argument("--resolution", type=int, action="append", help="image side in px; repeat (default 256 and 512)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--state-dtype", choices=("fp32", "fp64"), default="fp32", help="dtype of the sampler's x")
+    p.add_argument("--repeats", type=int, default=2, help="timed batches after one warm-up batch")
+    p.set_defaults(func=run_sample)
+
+    p = modes.add_parser("suite", help="the prepared GPU run: every stage and variant, one process each, in a "
+                                       "time budget (docs/benchmarks.md)")
+    p.add_argument("--out", required=True, help="JSON lines file; results are appended as they come")
+    p.add_argument("--budget-s", type=float, default=480, help="wall-clock seconds for the whole suite")
+    p.add_argument("--arch", default="MicroDiT_XL_2")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=run_suite_command)
+
+
+def _device(args) -> torch.device:
+    from microdit.sampling import pick_device
+
+    return pick_device(args.device)
+
+
+def _header(args, device: torch.device, **extra) -> dict:
+    return {"arch": args.arch, **extra, **_options(args).__dict__, "device": _device_name(device),
+            "torch": torch.__version__}
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _emit(record: dict) -> None:
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}), flush=True)
+
+
+def run_train(args) -> None:
+    from microdit.train.metrics import peak_flops
+
+    device = _device(args)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(device)
+    for stage_id in args.stage or sorted(STAGES):
+        stage = STAGES[stage_id]
+        microbatch = args.microbatch or stage.microbatch
+        measured = time_training_step(args.arch, stage, microbatch, _options(args), args.steps, args.warmup, device)
+        flops = training_flops_per_image(stage_config(args.arch, stage), stage)
+        img_per_s = microbatch / measured["step_s"]
+        record = {**_header(args, device, stage=stage_id, microbatch=microbatch),
+                  "dtype": "bf16-autocast" if device.type == "cuda" else "fp32", **measured,
+                  "img_per_s": img_per_s, "train_gflops_per_img": flops / 1e9,
+                  "mfu": flops * img_per_s / peak if peak else None}
+        if args.predict_memory:
+            record["predicted_peak_gib"] = predicted_memory(args.arch, stage, microbatch, _options(args))["peak_gib"]
+        _emit(record)
+
+
+def run_memory(args) -> None:
+    for stage_id in args.stage or sorted(STAGES):
+        stage = STAGES[stage_id]
+        microbatch = args.microbatch or stage.microbatch
+        options = _options(args)
+        extra = {}
+        if args.fit_gib:
+            blocks, fits, prediction = fit_checkpointing(args.arch, stage, microbatch, options, args.fit_gib)
+            options = replace(options, checkpoint_blocks=blocks)
+            extra = {"fit_gib": args.fit_gib, "fits": fits}
+        else:
+            prediction = predicted_memory(args.arch, stage, microbatch, options)
+        _emit({"arch": args.arch, "stage": stage_id, "microbatch": microbatch, **options.__dict__,
+               "torch": torch.__version__, **prediction, **extra})
+
+
+def run_sample(args) -> None:
+    from microdit.bench.sampling import time_sampling
+
+    device = _device(args)
+    for resolution in args.resolution or (256, 512):
+        measured = time_sampling(args.arch, resolution, args.batch, args.steps, args.guidance, args.precision,
+                                 args.state_dtype, _options(args), args.repeats, device)
+        _emit({**_header(args, device, resolution=resolution, batch=args.batch, steps=args.steps,
+                         guidance=args.guidance, precision=args.precision, state_dtype=args.state_dtype),
+               **measured})
+
+
+def run_suite_command(args) -> None:
+    from microdit.bench.suite import PAPER_SUITE, run_suite
+
+    counts = run_suite(PAPER_SUITE, args.out, args.budget_s, ["--arch", args.arch, "--device", args.device])
+    print(json.dumps({"suite": args.out, **counts}))

@@ -1,0 +1,77 @@
+"""`microdit bench suite`: the prepared GPU run — every stage and variant of docs/benchmarks.md in one call.
+
+Each measurement runs in its own process (an out-of-memory or a crash costs that line only, and the allocator
+starts clean), in priority order, within a wall-clock budget: what did not fit is recorded as skipped. Each result
+is appended to the output file as one complete JSON line the moment it exists, so a run killed at its time limit
+keeps everything measured so far.
+"""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# (label, `python -m microdit.bench` arguments), most important first. Stage 1-2 at microbatch 256 and stages 3-4
+# at 4x the authors' are the memory goal of issue #7; checkpoint_blocks come from `bench memory --fit-gib`.
+PAPER_SUITE = (
+    ("s1 eager", ["train", "--stage", "1"]),
+    ("s1 eager authors-dispatch", ["train", "--stage", "1", "--dispatch", "one_hot"]),
+    ("s1 blocks lpnorm", ["train", "--stage", "1", "--compile", "blocks", "--low-precision-norm"]),
+    ("s2 eager mb64", ["train", "--stage", "2"]),
+    ("s2 eager mb256 lpnorm ckpt12", ["train", "--stage", "2", "--microbatch", "256", "--low-precision-norm",
+                                      "--checkpoint-blocks", "12", "--predict-memory"]),
+    ("s3 eager mb128 lpnorm", ["train", "--stage", "3", "--microbatch", "128", "--low-precision-norm",
+                               "--predict-memory"]),
+    ("s4 eager mb64 lpnorm ckpt", ["train", "--stage", "4", "--microbatch", "64", "--low-precision-norm",
+                                   "--checkpoint-blocks", "12", "--predict-memory"]),
+    ("sample authors-like", ["sample", "--batch", "128", "--resolution", "256", "--precision", "fp32",
+                             "--state-dtype", "fp64"]),
+    ("sample bf16", ["sample", "--batch", "128", "--resolution", "256", "--precision", "bf16"]),
+    ("sample bf16 512", ["sample", "--batch", "64", "--resolution", "512", "--precision", "bf16"]),
+    ("s2 blocks mb64 lpnorm", ["train", "--stage", "2", "--compile", "blocks", "--low-precision-norm"]),
+    ("s1 model-compile", ["train", "--stage", "1", "--compile", "model"]),
+    ("s2 eager mb256 lpnorm ckpt20", ["train", "--stage", "2", "--microbatch", "256", "--low-precision-norm",
+                                      "--checkpoint-blocks", "20", "--predict-memory"]),
+    ("sample bf16 blocks", ["sample", "--batch", "128", "--resolution", "256", "--compile", "blocks"]),
+)
+
+MIN_ITEM_S = 20.0  # below this much budget an item cannot even build the model: record it as skipped
+
+
+def run_suite(items, out: Path, budget_s: float, extra_args: list[str] = (), python: str = sys.executable) -> dict:
+    """Run `items` within `budget_s` seconds, appending one JSON line per result to `out`; counts by outcome."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + budget_s
+    counts = {"measured": 0, "failed": 0, "skipped": 0}
+    for label, args in items:
+        remaining = deadline - time.monotonic()
+        if remaining < MIN_ITEM_S:
+            _append(out, {"label": label, "args": args, "skipped": "time budget spent"})
+            counts["skipped"] += 1
+            continue
+        for record in _run_item(python, [*args, *extra_args], remaining):
+            _append(out, {"label": label, **record})
+            counts["failed" if "error" in record else "measured"] += 1
+    return counts
+
+
+def _run_item(python: str, args: list[str], timeout_s: float) -> list[dict]:
+    command = [python, "-m", "microdit.bench", *args]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return [{"args": args, "error": f"timed out after {timeout_s:.0f} s (time budget)"}]
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        error = next((line for line in reversed(lines) if "OutOfMemoryError" in line), lines[-1])
+        records.append({"args": args, "error": error[-500:], "returncode": done.returncode})
+    return records
+
+
+def _append(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+    print(json.dumps(record), flush=True)

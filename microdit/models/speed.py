@@ -1,0 +1,38 @@
+"""Runtime switches that trade memory, speed and compile warm-up, shared by the trainer and `microdit bench`.
+
+None of them renames a parameter, so checkpoints load whatever was switched; only low-precision norms change the
+numbers (bf16 rounding of the normalised activations, as the authors trained).
+"""
+from dataclasses import dataclass
+
+from microdit.models.dit import MicroDiT
+from microdit.models.layers import ExpertChoiceMoE
+
+COMPILE_MODES = ("none", "model", "blocks")
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    compile: str = "none"             # none; model (one graph of the whole denoiser); blocks (regional, see below)
+    low_precision_norm: bool = False  # LayerNorms in the autocast dtype
+    checkpoint_blocks: int = 0        # DiT blocks whose activations are recomputed in backward (mixer first)
+    moe_dispatch: str = "index"       # index, or one_hot (the authors' dense form; for comparison)
+
+    def __post_init__(self):
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile {self.compile!r}; expected one of {COMPILE_MODES}")
+        if self.moe_dispatch not in ExpertChoiceMoE.DISPATCHES:
+            raise ValueError(f"moe_dispatch {self.moe_dispatch!r}; expected one of {ExpertChoiceMoE.DISPATCHES}")
+        if self.checkpoint_blocks < 0:
+            raise ValueError(f"checkpoint_blocks must be >= 0, got {self.checkpoint_blocks}")
+
+
+def apply_speed_options(dit: MicroDiT, options: SpeedOptions) -> None:
+    """Switch `dit` in place; compilation last, so that it sees the other switches."""
+    dit.set_low_precision_norms(options.low_precision_norm)
+    dit.set_activation_checkpointing(options.checkpoint_blocks)
+    dit.set_moe_dispatch(options.moe_dispatch)
+    if options.compile == "model":
+        dit.compile()  # in place: parameter names stay free of `_orig_mod.`
+    elif options.compile == "blocks":
+        dit.compile_blocks()

@@ -1,0 +1,212 @@
+"""Speed and memory switches change nothing they should not: same values and gradients as the reference path
+(fp32 on the CPU), same parameter names; and the fake-tensor memory predictor counts bytes exactly."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from microdit.bench.memory import LiveBytes, estimate_training_memory
+from microdit.diffusion.edm import EDMConfig, edm_loss
+from microdit.models.dit import MicroDiT, create_dit, variant_config
+from microdit.models.layers import LayerNorm
+from microdit.models.speed import SpeedOptions, apply_speed_options
+
+
+def _nano(**overrides) -> MicroDiT:
+    torch.manual_seed(0)
+    dit = create_dit("MicroDiT_Nano_2", input_size=8, **overrides)
+    with torch.no_grad():  # give the zero-initialised output layers weights, so every path carries gradient
+        for p in dit.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return dit
+
+
+def _loss_and_grads(dit: MicroDiT, mask_ratio: float, autocast: bool = False):
+    data = torch.Generator().manual_seed(1)
+    x, y = torch.randn(3, 4, 8, 8, generator=data), torch.randn(3, 1, 77, 1024, generator=data)
+    torch.manual_seed(2)  # same noise levels and token mask for every variant
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = edm_loss(dit.train(), x, y, EDMConfig(), mask_ratio)
+    grads = torch.autograd.grad(loss, list(dit.parameters()), allow_unused=True)
+    return loss.detach(), grads
+
+
+def _assert_same(a, b, atol=1e-6, rtol=1e-5):
+    torch.testing.assert_close(a[0], b[0], atol=atol, rtol=rtol)
+    for ga, gb in zip(a[1], b[1]):
+        assert (ga is None) == (gb is None)
+        if ga is not None:
+            torch.testing.assert_close(ga, gb, atol=atol, rtol=rtol)
+
+
+def test_low_precision_norm_runs_in_bf16_under_autocast_and_is_plain_layer_norm_otherwise():
+    torch.manual_seed(0)
+    norm = LayerNorm(64, eps=1e-6, bias=False)
+    torch.nn.init.normal_(norm.weight)
+    norm.low_precision = True
+    x = torch.randn(4, 16, 64)
+    assert torch.equal(norm(x), F.layer_norm(x, (64,), norm.weight, None, 1e-6))  # no autocast: untouched
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = norm(x)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), F.layer_norm(x, (64,), norm.weight, None, 1e-6), atol=0.05, rtol=0.02)
+
+
+def test_low_precision_norms_keep_names_and_stay_within_bf16_tolerance():
+    reference, low = _nano(), _nano()
+    low.set_low_precision_norms(True)
+    assert list(low.state_dict()) == list(reference.state_dict())
+    assert all(m.low_precision for m in low.modules() if isinstance(m, LayerNorm))
+    ref_loss, _ = _loss_and_grads(reference, 0.5, autocast=True)
+    low_loss, _ = _loss_and_grads(low, 0.5, autocast=True)
+    torch.testing.assert_close(low_loss, ref_loss, rtol=0.02, atol=0)
+
+
+@pytest.mark.parametrize("mask_ratio", [0.0, 0.5])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(mask_ratio):
+    reference = _nano()
+    recomputed = _nano()
+    recomputed.set_activation_checkpointing(5)
+    assert [b.recompute_in_backward for b in recomputed.dit_blocks()] == [True] * 5 + [False] * 3
+    _assert_same(_loss_and_grads(recomputed, mask_ratio), _loss_and_grads(reference, mask_ratio))
+
+
+def test_regional_compile_traces_every_block_whole_and_matches_eager():
+    """fullgraph=True fails on any graph break; the eager backend runs the captured graphs as they were traced,
+    without code generation. Tiny has more distinct block shapes than dynamo's default recompile limit (8): every
+    one of them must get its own graph instead of silently falling back to eager."""
+    from torch._dynamo.utils import counters
+
+    def tiny() -> MicroDiT:
+        torch.manual_seed(0)
+        dit = create_dit("MicroDiT_Tiny_2", input_size=4)
+        with torch.no_grad():
+            for p in dit.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+        return dit
+
+    reference, compiled = tiny(), tiny()
+    shapes = {(type(b.mlp), tuple(p.shape for p in b.parameters())) for b in compiled.dit_blocks()}
+    assert len(shapes) > 8
+    compiled.set_activation_checkpointing(3)
+    counters.clear()
+    compiled.compile_blocks(backend="eager", fullgraph=True)
+    data = torch.Generator().manual_seed(1)
+    x, y = torch.randn(2, 4, 4, 4, generator=data), torch.randn(2, 1, 77, 1024, generator=data)
+    results = []
+    for dit in (compiled, reference):
+        torch.manual_seed(2)
+        loss = edm_loss(dit.train(), x, y, EDMConfig(), 0.5)
+        results.append((loss.detach(), torch.autograd.grad(loss, list(dit.parameters()))))
+    _assert_same(*results, atol=1e-5, rtol=1e-4)
+    assert counters["stats"]["unique_graphs"] > len(shapes)  # every block shape compiled, plus the prompt block
+    assert list(compiled.state_dict()) == list(reference.state_dict())
+
+
+def test_speed_options_are_validated():
+    for bad in (dict(compile="yes"), dict(moe_dispatch="dense"), dict(checkpoint_blocks=-1)):
+        with pytest.raises(ValueError):
+            SpeedOptions(**bad)
+    dit = _nano()
+    apply_speed_options(dit, SpeedOptions(low_precision_norm=True, checkpoint_blocks=3, moe_dispatch="one_hot"))
+    assert sum(b.recompute_in_backward for b in dit.dit_blocks()) == 3
+    with pytest.raises(ValueError, match="dispatch"):
+        dit.set_moe_dispatch("dense")
+
+
+# --------------------------------------------------------------------------------------------- memory prediction
+def test_live_bytes_counts_storages_once_and_frees_them():
+    with FakeTensorMode(), LiveBytes() as live:
+        a = torch.empty(1024, 256)          # 1 MiB
+        view = a.t()[:10]                   # a view: no new storage
+        b = torch.empty(512, dtype=torch.bfloat16)
+        assert live.now == 2 ** 20 + 1024
+        del a, view
+        assert live.now == 1024 and live.peak == 2 ** 20 + 1024
+        del b
+        assert live.now == 0
+
+
+def test_estimate_counts_parameters_optimizer_state_and_activations_exactly():
+    width, batch = 256, 32
+
+    def build():
+        with torch.device("meta"):
+            return torch.nn.Sequential(torch.nn.Linear(width, width, bias=False), torch.nn.ReLU())
+
+    def step(model, optimizer):
+        model(torch.empty(batch, width)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    used = estimate_training_memory(build, step)
+    weight = width * width * 4
+    assert used["params"] == weight
+    assert used["resident"] == 3 * weight + 4  # AdamW's exp_avg, exp_avg_sq and its float32 step count
+    activation = batch * width * 4
+    # at least: resident + the gradient + the input and ReLU output kept for backward
+    assert used["peak"] >= used["resident"] + weight + 2 * activation
+
+
+def test_predicted_memory_equals_live_bytes_of_a_real_step():
+    """The fake-tensor prediction and the same count over real CPU tensors agree (within 0.1 %: a few scalars)."""
+    from microdit.bench.training_step import STAGES, make_train_step, random_batch
+
+    stage, config = STAGES[1], variant_config("MicroDiT_Nano_2", input_size=8)
+
+    def build():
+        with torch.device("meta"):
+            return MicroDiT(config)
+
+    def step(model, optimizer):
+        torch.manual_seed(0)
+        latents, captions = random_batch(config, 2, "cpu")
+        make_train_step(stage, latents, captions, autocast=True)(model, optimizer)
+
+    predicted = estimate_training_memory(build, step)
+
+    model = MicroDiT(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    live = LiveBytes()
+    for p in model.parameters():
+        live.track(p)
+    with live:
+        step(model, optimizer)
+        live.reset_peak()
+        step(model, optimizer)
+    assert predicted["resident"] == live.now
+    assert predicted["peak"] == pytest.approx(live.peak, rel=1e-3)
+
+
+# ------------------------------------------------------------------------------------------- the prepared GPU run
+def test_bench_runs_with_only_torch_and_numpy(tmp_path):
+    """The GPU machines have PyTorch but none of our other pins: `python -m microdit.bench` must not need them."""
+    import subprocess
+    import sys
+
+    blocked = ["streaming", "diffusers", "transformers", "open_clip", "snakemake", "submitit", "yaml", "cleanfid",
+               "torchvision", "PIL", "pandas"]
+    code = (f"import sys, runpy; sys.modules.update({{name: None for name in {blocked!r}}}); "
+            "sys.argv = ['microdit.bench', 'memory', '--arch', 'MicroDiT_Nano_2', '--stage', '1', '--microbatch', '1'];"
+            " runpy.run_module('microdit.bench', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["peak_gib"] > 0
+
+
+def test_suite_appends_results_failures_and_skips_within_its_budget(tmp_path):
+    from microdit.bench.suite import run_suite
+
+    items = [("memory", ["memory", "--stage", "1", "--microbatch", "1"]),
+             ("bad", ["memory", "--stage", "9"]),                       # argparse refuses: recorded, not fatal
+             ("late", ["memory", "--stage", "2", "--microbatch", "1"])]
+    out = tmp_path / "bench.jsonl"
+    out.write_text('{"label": "an earlier run"}\n')  # appended to, never truncated
+    counts = run_suite(items[:2], out, budget_s=600, extra_args=["--arch", "MicroDiT_Nano_2"])
+    counts_late = run_suite(items[2:], out, budget_s=1, extra_args=["--arch", "MicroDiT_Nano_2"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert counts == {"measured": 1, "failed": 1, "skipped": 0} and counts_late["skipped"] == 1
+    assert [r["label"] for r in rows] == ["an earlier run", "memory", "bad", "late"]
+    assert rows[1]["peak_gib"] > 0 and "invalid choice" in rows[2]["error"] and "budget" in rows[3]["skipped"]
