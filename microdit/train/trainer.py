@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,10 +146,16 @@ class Trainer:
         progress = self._progress_bar()
         window, loss = [], math.nan
         self.model.train()
+        first_step_s = None
         while self.step < self.end_step:
             lr = cfg.optim.lr * lr_factor(cfg.schedule, self.step, self.end_step)
+            started = time.perf_counter()
             loss, grad_norm = self._train_step(batches, lr)
             self.step += 1
+            if first_step_s is None:  # what this (re)start paid before full speed: compilation, allocator warm-up
+                first_step_s = time.perf_counter() - started
+                if info.is_main:
+                    print(f"{cfg.name}: first step took {first_step_s:.1f} s", file=sys.stderr, flush=True)
             throughput.add(cfg.global_batch)
             window.append(loss)
             if self.ema is not None:
@@ -166,7 +173,7 @@ class Trainer:
                 callback(StepContext(self.step, self.end_step, loss, self))
         if progress is not None:
             progress.close()
-        return self._finish(throughput, loss)
+        return self._finish(throughput, loss, first_step_s)
 
     def _train_step(self, batches, lr: float) -> tuple[float, float]:
         set_lr(self.optimizer, lr)
@@ -222,7 +229,7 @@ class Trainer:
         copy.load_state_dict({**weights, **ema})
         return copy.eval()
 
-    def _finish(self, throughput: Throughput, loss: float) -> dict:
+    def _finish(self, throughput: Throughput, loss: float, first_step_s: float | None) -> dict:
         raw = self.export_model()
         ema = self.export_model(use_ema=True) if self.ema is not None else None
         stats = {"stage": self.cfg.name, "steps": self.end_step - self.stage_start, "global_step": self.step,
@@ -231,7 +238,7 @@ class Trainer:
                  "gpu_count": self.info.world_size if self.info.device.type == "cuda" else 0,
                  "world_size": self.info.world_size, "mean_img_per_s": throughput.mean_rate(),
                  "mfu": throughput.mfu(throughput.mean_rate()), "final_loss": loss,
-                 "flops_per_image": self.flops_per_sample}
+                 "flops_per_image": self.flops_per_sample, "first_step_s": first_step_s}
         if self.info.is_main:
             save_dit(raw, self.out_dir / "final.safetensors", self.cfg.model.arch, kind="raw",
                      extra={"step": self.step})

@@ -144,6 +144,8 @@ def test_train_stats_feed_the_report_ledger(tmp_path):
     from microdit.report.ledger import ledger_row
 
     run(tiny_config(tmp_path, steps=2))
-    row = ledger_row("stage1", json.loads((tmp_path / "train_stats.json").read_text()), price_per_gpu_hour=3.75)
+    stats = json.loads((tmp_path / "train_stats.json").read_text())
+    assert 0 < stats["first_step_s"] < stats["wall_time_s"]  # the (re)start's warm-up, compilation included
+    row = ledger_row("stage1", stats, price_per_gpu_hour=3.75)
     assert (row.steps, row.gpus, row.dollars) == (2, 0, 0.0)  # CPU: no GPU-hours are billed
     assert row.images_seen == 2 * 4 and row.wall_hours > 0
