@@ -48,6 +48,8 @@ def test_checkpoints_of_another_config_are_set_aside_not_resumed(tmp_path):
         run(tiny_config(tmp_path, steps=6), callbacks=[kill_after(5)])
     cosmetic = Trainer(tiny_config(tmp_path, steps=6, log_every=3), DistInfo())
     assert cosmetic.step == 4  # watching the run differently keeps its checkpoints
+    recomputing = Trainer(tiny_config(tmp_path, steps=6, checkpoint_blocks=3), DistInfo())
+    assert recomputing.step == 4  # so does a memory switch that leaves the math alone
     changed = Trainer(tiny_config(tmp_path, steps=6, optim={"lr": 5e-4}), DistInfo())
     assert changed.step == 0 and list_checkpoints(tmp_path) == []
     (stale,) = tmp_path.glob("checkpoints.stale-*")
