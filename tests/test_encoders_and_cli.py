@@ -89,8 +89,11 @@ def _json_lines(capsys) -> list[dict]:
 
 def test_bench_train_prints_one_json_line_per_stage(capsys):
     assert main(["bench", "train", "--arch", "MicroDiT_Nano_2", "--stage", "1", "--stage", "2", "--microbatch", "1",
-                 "--steps", "1", "--warmup", "1", "--device", "cpu"]) == 0
+                 "--steps", "1", "--warmup", "1", "--device", "cpu", "--profile"]) == 0
     rows = _json_lines(capsys)
+    ops = rows[0]["top_ops"]
+    assert 0 < len(ops) <= 15 and sum(op["share"] for op in ops) <= 1.0001
+    assert "aten::mm" in {op["op"] for op in ops}  # the linear layers, the bulk of the work
     assert [r["stage"] for r in rows] == [1, 2]
     for row in rows:
         assert {"img_per_s", "step_s", "first_step_s", "peak_mem_gib", "params", "mfu", "train_gflops_per_img",

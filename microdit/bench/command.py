@@ -56,6 +56,7 @@ def add_modes(bench) -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first, the first one timed alone (default 3)")
     p.add_argument("--predict-memory", action="store_true", help="also print the fake-tensor memory prediction")
+    p.add_argument("--profile", action="store_true", help="also print the top operators of three profiled steps")
     p.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU when the device is not in the table")
     p.set_defaults(func=run_train)
 
@@ -113,7 +114,8 @@ def run_train(args) -> None:
     for stage_id in args.stage or sorted(STAGES):
         stage = STAGES[stage_id]
         microbatch = args.microbatch or stage.microbatch
-        measured = time_training_step(args.arch, stage, microbatch, _options(args), args.steps, args.warmup, device)
+        measured = time_training_step(args.arch, stage, microbatch, _options(args), args.steps, args.warmup, device,
+                                      args.profile)
         flops = training_flops_per_image(stage_config(args.arch, stage), stage)
         img_per_s = microbatch / measured["step_s"]
         record = {**_header(args, device, stage=stage_id, microbatch=microbatch),

@@ -15,10 +15,10 @@ from pathlib import Path
 # at 4x the authors' are the memory goal of issue #7; checkpoint_blocks come from `bench memory --fit-gib`, and the
 # predicted peaks of these very items are in docs/benchmarks.md (predicting on the GPU machine would cost its time).
 PAPER_SUITE = (
-    ("s1 eager", ["train", "--stage", "1"]),
+    ("s1 eager", ["train", "--stage", "1", "--profile"]),
     ("s1 eager authors-dispatch", ["train", "--stage", "1", "--dispatch", "one_hot"]),
     ("s1 blocks lpnorm", ["train", "--stage", "1", "--compile", "blocks", "--low-precision-norm"]),
-    ("s2 eager mb64", ["train", "--stage", "2"]),
+    ("s2 eager mb64", ["train", "--stage", "2", "--profile"]),
     ("s2 eager mb256 lpnorm ckpt12", ["train", "--stage", "2", "--microbatch", "256", "--low-precision-norm",
                                       "--checkpoint-blocks", "12"]),
     ("s3 eager mb128 lpnorm", ["train", "--stage", "3", "--microbatch", "128", "--low-precision-norm"]),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from microdit.bench.memory import estimate_training_memory
+from microdit.bench.profile import top_operators
 from microdit.diffusion.edm import EDMConfig, edm_loss
 from microdit.models.dit import MicroDiT, variant_config
 from microdit.models.speed import SpeedOptions, apply_speed_options
@@ -129,8 +130,9 @@ def _sync(device: torch.device) -> None:
 
 
 def time_training_step(arch: str, stage: StageShape, microbatch: int, options: SpeedOptions, steps: int,
-                       warmup: int, device: torch.device) -> dict:
-    """Measured seconds per step, first-step (compile) seconds and peak allocated memory on `device`."""
+                       warmup: int, device: torch.device, profile: bool = False) -> dict:
+    """Measured seconds per step, first-step (compile) seconds and peak allocated memory on `device`; with
+    `profile`, also the top operators of three more steps (after the timing, so it does not disturb it)."""
     config = stage_config(arch, stage)
     torch.manual_seed(0)
     with device:  # initialise on the device: an XL initialised on the CPU costs more than the measurement
@@ -154,5 +156,8 @@ def time_training_step(arch: str, stage: StageShape, microbatch: int, options: S
         step(dit, optimizer)
     _sync(device)
     step_s = (time.perf_counter() - start) / steps
-    return {"params": sum(p.numel() for p in dit.parameters()), "step_s": step_s, "first_step_s": first_step_s,
-            "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None}
+    measured = {"params": sum(p.numel() for p in dit.parameters()), "step_s": step_s, "first_step_s": first_step_s,
+                "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None}
+    if profile:
+        measured["top_ops"] = top_operators(lambda: step(dit, optimizer), device)
+    return measured
