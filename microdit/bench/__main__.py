@@ -4,10 +4,15 @@ import argparse
 import sys
 
 from microdit.bench.command import add_modes
+from microdit.errors import UserError
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m microdit.bench",
                                      description="microdit bench on its own (needs only torch and numpy)")
     add_modes(parser)
     args = parser.parse_args()
-    sys.exit(int(args.func(args) or 0))
+    try:
+        sys.exit(int(args.func(args) or 0))
+    except UserError as err:
+        print(f"python -m microdit.bench: error: {err}", file=sys.stderr)
+        sys.exit(2)

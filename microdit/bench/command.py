@@ -8,13 +8,14 @@ Timings belong in docs/benchmarks.md, never in tests.
 """
 import argparse
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import torch
 
 from microdit.bench.training_step import (
     STAGES, fit_checkpointing, predicted_memory, stage_config, time_training_step, training_flops_per_image,
 )
+from microdit.errors import UserError
 from microdit.models.layers import ExpertChoiceMoE
 from microdit.models.speed import COMPILE_MODES, SpeedOptions
 
@@ -94,7 +95,7 @@ def _device(args) -> torch.device:
 
 
 def _header(args, device: torch.device, **extra) -> dict:
-    return {"arch": args.arch, **extra, **_options(args).__dict__, "device": _device_name(device),
+    return {"arch": args.arch, **extra, **asdict(_options(args)), "device": _device_name(device),
             "torch": torch.__version__}
 
 
@@ -128,6 +129,9 @@ def run_train(args) -> None:
 
 
 def run_memory(args) -> None:
+    if args.compile != "none":
+        raise UserError("bench memory predicts eager steps only (the compiler cannot run on fake tensors under "
+                        "the byte counter); drop --compile")
     for stage_id in args.stage or sorted(STAGES):
         stage = STAGES[stage_id]
         microbatch = args.microbatch or stage.microbatch
@@ -139,7 +143,7 @@ def run_memory(args) -> None:
             extra = {"fit_gib": args.fit_gib, "fits": fits}
         else:
             prediction = predicted_memory(args.arch, stage, microbatch, options)
-        _emit({"arch": args.arch, "stage": stage_id, "microbatch": microbatch, **options.__dict__,
+        _emit({"arch": args.arch, "stage": stage_id, "microbatch": microbatch, **asdict(options),
                "torch": torch.__version__, **prediction, **extra})
 
 
