@@ -13,7 +13,7 @@ COMPILE_MODES = ("none", "model", "blocks")
 
 @dataclass(frozen=True)
 class SpeedOptions:
-    compile: str = "none"             # none; model (one graph of the whole denoiser); blocks (regional, see below)
+    compile: str = "none"             # none; model (one graph of the whole denoiser); blocks (MicroDiT.compile_blocks)
     low_precision_norm: bool = False  # LayerNorms in the autocast dtype
     checkpoint_blocks: int = 0        # DiT blocks whose activations are recomputed in backward (mixer first)
     moe_dispatch: str = "index"       # index, or one_hot (the authors' dense form; for comparison)
