@@ -75,19 +75,19 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(mask_ratio):
 
 def test_regional_compile_traces_every_block_whole_and_matches_eager():
     """fullgraph=True fails on any graph break; the eager backend runs the captured graphs as they were traced,
-    without code generation. Tiny has more distinct block shapes than dynamo's default recompile limit (8): every
-    one of them must get its own graph instead of silently falling back to eager."""
+    without code generation. A 7-layer Nano has 9 distinct block shapes, more than dynamo's default recompile
+    limit (8), like XL (27): every one of them must get its own graph instead of silently falling back to eager."""
     from torch._dynamo.utils import counters
 
-    def tiny() -> MicroDiT:
+    def deep_nano() -> MicroDiT:
         torch.manual_seed(0)
-        dit = create_dit("MicroDiT_Tiny_2", input_size=4)
+        dit = create_dit("MicroDiT_Nano_2", input_size=4, depth=7)
         with torch.no_grad():
             for p in dit.parameters():
                 p.add_(0.02 * torch.randn_like(p))
         return dit
 
-    reference, compiled = tiny(), tiny()
+    reference, compiled = deep_nano(), deep_nano()
     shapes = {(type(b.mlp), tuple(p.shape for p in b.parameters())) for b in compiled.dit_blocks()}
     assert len(shapes) > 8
     compiled.set_activation_checkpointing(3)
