@@ -11,8 +11,8 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from microdit.models.layers import (
-    CrossAttention, ExpertChoiceMoE, LayerNorm, Mlp, PatchEmbed, SelfAttention, SwiGLU, TimestepEmbedder, layer_norm, modulate,
-    random_token_mask, round_up, sincos_pos_embed_2d,
+    CrossAttention, ExpertChoiceMoE, LayerNorm, Mlp, PatchEmbed, SelfAttention, SwiGLU, TimestepEmbedder, layer_norm,
+    modulate, random_token_mask, round_up, sincos_pos_embed_2d,
 )
 
 
@@ -173,7 +173,7 @@ class MicroDiT(nn.Module):
         x = self.patch_mixer_map_xin(x)
         y_mixer = self.patch_mixer_map_y(y)
         for block in self.patch_mixer:
-            x = run_block(block, x, y_mixer, c)
+            x = _run_block(block, x, y_mixer, c)
 
         mask = None
         if mask_ratio > 0:  # deferred masking: the mixer saw every token, the backbone sees only the kept ones
@@ -181,7 +181,7 @@ class MicroDiT(nn.Module):
             x = x.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         x = self.patch_mixer_map_xout(x)
         for block in self.blocks:
-            x = run_block(block, x, y, c)
+            x = _run_block(block, x, y, c)
         x = self.final_layer(x, c)
 
         if mask is not None:
@@ -278,7 +278,7 @@ class MicroDiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.weight)
 
 
-def run_block(block: DiTBlock, x: torch.Tensor, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+def _run_block(block: DiTBlock, x: torch.Tensor, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     if block.recompute_in_backward and torch.is_grad_enabled():
         return checkpoint(block, x, y, c, use_reentrant=False)
     return block(x, y, c)

@@ -16,8 +16,8 @@ NORM_EPS = 1e-6
 class LayerNorm(nn.LayerNorm):
     """nn.LayerNorm that can run in the autocast dtype, as the authors trained (Composer's low-precision LayerNorm).
 
-    Autocast otherwise runs every norm in fp32 and hands an fp32 activation to the next matmul: an extra cast and an
-    fp32 copy of each normalised tensor kept for backward. Switched per model by `MicroDiT.set_low_precision_norms`.
+    CUDA autocast otherwise runs layer_norm in fp32, so a bf16 input comes out fp32 and the elementwise op after it
+    (adaLN modulation) keeps that fp32 copy for backward. Switched per model by `MicroDiT.set_low_precision_norms`.
     """
 
     low_precision = False
