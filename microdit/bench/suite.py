@@ -11,13 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-# (label, `python -m microdit.bench` arguments), most important first. Stage 1-2 at microbatch 256 and stages 3-4
-# at 4x the authors' are the memory goal of issue #7; checkpoint_blocks come from `bench memory --fit-gib`, and the
-# predicted peaks of these very items are in docs/benchmarks.md (predicting on the GPU machine would cost its time).
+# (label, `python -m microdit.bench` arguments), most important first: the eager baselines and the memory goals
+# (cheap, about 20-40 s each), the sampler, then the compiled runs whose warm-up may take minutes. Stages 1-2 at
+# microbatch 256 and stages 3-4 at 4x the authors' are the memory goal of issue #7; checkpoint_blocks come from
+# `bench memory --fit-gib`, and the predicted peaks of these very items are in docs/benchmarks.md (predicting on
+# the GPU machine would cost its time).
 PAPER_SUITE = (
     ("s1 eager", ["train", "--stage", "1", "--profile"]),
     ("s1 eager authors-dispatch", ["train", "--stage", "1", "--dispatch", "one_hot"]),
-    ("s1 blocks lpnorm", ["train", "--stage", "1", "--compile", "blocks", "--low-precision-norm"]),
     ("s2 eager mb64", ["train", "--stage", "2", "--profile"]),
     ("s2 eager mb256 lpnorm ckpt12", ["train", "--stage", "2", "--microbatch", "256", "--low-precision-norm",
                                       "--checkpoint-blocks", "12"]),
@@ -28,10 +29,11 @@ PAPER_SUITE = (
                              "--state-dtype", "fp64", "--repeats", "1"]),
     ("sample bf16", ["sample", "--batch", "128", "--resolution", "256", "--precision", "bf16", "--repeats", "1"]),
     ("sample bf16 512", ["sample", "--batch", "64", "--resolution", "512", "--precision", "bf16", "--repeats", "1"]),
-    ("s2 blocks mb64 lpnorm", ["train", "--stage", "2", "--compile", "blocks", "--low-precision-norm"]),
-    ("s1 model-compile", ["train", "--stage", "1", "--compile", "model"]),
     ("s2 eager mb256 lpnorm ckpt20", ["train", "--stage", "2", "--microbatch", "256", "--low-precision-norm",
                                       "--checkpoint-blocks", "20"]),
+    ("s1 blocks lpnorm", ["train", "--stage", "1", "--compile", "blocks", "--low-precision-norm"]),
+    ("s2 blocks mb64 lpnorm", ["train", "--stage", "2", "--compile", "blocks", "--low-precision-norm"]),
+    ("s1 model-compile", ["train", "--stage", "1", "--compile", "model"]),
     ("sample bf16 blocks", ["sample", "--batch", "128", "--resolution", "256", "--compile", "blocks",
                             "--repeats", "1"]),
 )
