@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from microdit.bench.memory import LiveBytes, estimate_training_memory
+from microdit.bench.memory import LiveBytes, cuda_autocast_policy, estimate_training_memory
 from microdit.diffusion.edm import EDMConfig, edm_loss
 from microdit.models.dit import MicroDiT, create_dit, variant_config
 from microdit.models.layers import LayerNorm
@@ -132,6 +132,25 @@ def test_live_bytes_counts_storages_once_and_frees_them():
         assert live.now == 0
 
 
+def test_cuda_autocast_policy_runs_norms_and_softmax_in_fp32_like_cuda():
+    from torch.utils.checkpoint import checkpoint
+
+    x = torch.randn(4, 8, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert F.layer_norm(x, (8,)).dtype == torch.bfloat16 and x.softmax(-1).dtype == torch.bfloat16  # CPU's rule
+        with cuda_autocast_policy():
+            assert F.layer_norm(x, (8,)).dtype == torch.float32 and x.softmax(-1).dtype == torch.float32
+            assert (x @ x.t()).dtype == torch.bfloat16  # matmuls keep autocast's bf16
+            norm = LayerNorm(8, bias=False)
+            norm.low_precision = True
+            assert norm(x).dtype == torch.bfloat16  # low-precision norms opt out, as on CUDA
+            # recomputation in backward sees the same rule (a TorchFunctionMode would not be active there)
+            out = checkpoint(lambda t: F.layer_norm(t @ t.t(), (4,)).sum(), x, use_reentrant=False)
+        with cuda_autocast_policy():
+            out.backward()
+    assert x.grad is not None and F.layer_norm(x, (8,)).dtype == torch.bfloat16  # restored
+
+
 def test_estimate_counts_parameters_optimizer_state_and_activations_exactly():
     width, batch = 256, 32
 
@@ -175,7 +194,7 @@ def test_predicted_memory_equals_live_bytes_of_a_real_step():
     live = LiveBytes()
     for p in model.parameters():
         live.track(p)
-    with live:
+    with live, cuda_autocast_policy():
         step(model, optimizer)
         live.reset_peak()
         step(model, optimizer)
