@@ -14,9 +14,9 @@ from microdit.models.layers import LayerNorm
 from microdit.models.speed import SpeedOptions, apply_speed_options
 
 
-def _nano(**overrides) -> MicroDiT:
+def _nano(input_size: int = 8, **overrides) -> MicroDiT:
     torch.manual_seed(0)
-    dit = create_dit("MicroDiT_Nano_2", input_size=8, **overrides)
+    dit = create_dit("MicroDiT_Nano_2", input_size=input_size, **overrides)
     with torch.no_grad():  # give the zero-initialised output layers weights, so every path carries gradient
         for p in dit.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -79,15 +79,7 @@ def test_regional_compile_traces_every_block_whole_and_matches_eager():
     limit (8), like XL (27): every one of them must get its own graph instead of silently falling back to eager."""
     from torch._dynamo.utils import counters
 
-    def deep_nano() -> MicroDiT:
-        torch.manual_seed(0)
-        dit = create_dit("MicroDiT_Nano_2", input_size=4, depth=7)
-        with torch.no_grad():
-            for p in dit.parameters():
-                p.add_(0.02 * torch.randn_like(p))
-        return dit
-
-    reference, compiled = deep_nano(), deep_nano()
+    reference, compiled = _nano(input_size=4, depth=7), _nano(input_size=4, depth=7)
     shapes = {(type(b.mlp), tuple(p.shape for p in b.parameters())) for b in compiled.dit_blocks()}
     assert len(shapes) > 8
     compiled.set_activation_checkpointing(3)

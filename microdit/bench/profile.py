@@ -5,6 +5,8 @@ One GPU session is short; printing the kernel breakdown next to the timing saves
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from microdit.bench import synchronize
+
 
 def top_operators(run_step, device: torch.device, steps: int = 3, top: int = 15) -> list[dict]:
     """Run `run_step()` `steps` times under torch.profiler; the `top` operators by self time on the device (the CPU
@@ -13,8 +15,7 @@ def top_operators(run_step, device: torch.device, steps: int = 3, top: int = 15)
     with profile(activities=activities) as prof:
         for _ in range(steps):
             run_step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
     field = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     events = [e for e in prof.key_averages() if getattr(e, field) > 0]
     total = sum(getattr(e, field) for e in events) or 1.0

@@ -7,10 +7,12 @@ from contextlib import nullcontext
 
 import torch
 
+from microdit.bench import synchronize
 from microdit.bench.training_step import random_batch
 from microdit.diffusion.edm import EDMConfig, heun_sampler
 from microdit.models.dit import MicroDiT, variant_config
 from microdit.models.speed import SpeedOptions, apply_speed_options
+from microdit.train.metrics import memory_gib
 
 STATE_DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
 
@@ -28,8 +30,7 @@ def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: 
     def sample() -> None:
         with autocast:
             heun_sampler(dit, noise, captions, EDMConfig(), steps, cfg=guidance, state_dtype=STATE_DTYPES[state_dtype])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -41,4 +42,4 @@ def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: 
         sample()
     batch_s = (time.perf_counter() - start) / repeats
     return {"batch_s": batch_s, "first_batch_s": first_s, "img_per_s": batch / batch_s,
-            "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None}
+            "peak_mem_gib": memory_gib(device)}

@@ -15,12 +15,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from microdit.bench import synchronize
 from microdit.bench.memory import estimate_training_memory
 from microdit.bench.profile import top_operators
 from microdit.diffusion.edm import EDMConfig, edm_loss
 from microdit.models.dit import MicroDiT, variant_config
 from microdit.models.speed import SpeedOptions, apply_speed_options
-from microdit.train.metrics import train_flops_per_sample
+from microdit.train.metrics import memory_gib, train_flops_per_sample
 
 
 @dataclass(frozen=True)
@@ -124,11 +125,6 @@ def fit_checkpointing(arch: str, stage: StageShape, microbatch: int, options: Sp
     return low, True, predictions[low]  # `high` only ever takes values whose peak was predicted
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_training_step(arch: str, stage: StageShape, microbatch: int, options: SpeedOptions, steps: int,
                        warmup: int, device: torch.device, profile: bool = False) -> dict:
     """Measured seconds per step, first-step (compile) seconds and peak allocated memory on `device`; with
@@ -147,17 +143,17 @@ def time_training_step(arch: str, stage: StageShape, microbatch: int, options: S
 
     start = time.perf_counter()
     step(dit, optimizer)
-    _sync(device)
+    synchronize(device)
     first_step_s = time.perf_counter() - start
     for _ in range(warmup - 1):
         step(dit, optimizer)
     start = time.perf_counter()
     for _ in range(steps):
         step(dit, optimizer)
-    _sync(device)
+    synchronize(device)
     step_s = (time.perf_counter() - start) / steps
     measured = {"params": sum(p.numel() for p in dit.parameters()), "step_s": step_s, "first_step_s": first_step_s,
-                "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None}
+                "peak_mem_gib": memory_gib(device)}
     if profile:
         measured["top_ops"] = top_operators(lambda: step(dit, optimizer), device)
     return measured
