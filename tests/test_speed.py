@@ -218,12 +218,14 @@ def test_suite_appends_results_failures_and_skips_within_its_budget(tmp_path):
              ("late", ["memory", "--stage", "2", "--microbatch", "1"])]
     out = tmp_path / "bench.jsonl"
     out.write_text('{"label": "an earlier run"}\n')  # appended to, never truncated
-    counts = run_suite(items[:2], out, budget_s=600, extra_args=["--arch", "MicroDiT_Nano_2"])
+    log = tmp_path / "stderr.log"
+    counts = run_suite(items[:2], out, budget_s=600, extra_args=["--arch", "MicroDiT_Nano_2"], log=log)
     counts_late = run_suite(items[2:], out, budget_s=1, extra_args=["--arch", "MicroDiT_Nano_2"])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert counts == {"measured": 1, "failed": 1, "skipped": 0} and counts_late["skipped"] == 1
     assert [r["label"] for r in rows] == ["an earlier run", "memory", "bad", "late"]
     assert rows[1]["peak_gib"] > 0 and "invalid choice" in rows[2]["error"] and "budget" in rows[3]["skipped"]
+    assert "===== bad" in log.read_text() and "invalid choice" in log.read_text()  # the whole reason is kept
 
 
 def test_every_prepared_suite_item_parses():

@@ -76,13 +76,14 @@ def add_modes(bench) -> None:
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--state-dtype", choices=("fp32", "fp64"), default="fp32", help="dtype of the sampler's x")
-    p.add_argument("--repeats", type=int, default=2, help="timed batches after one warm-up batch")
+    p.add_argument("--repeats", type=int, default=2, help="timed batches after a 3-step warm-up")
     p.set_defaults(func=run_sample)
 
     p = modes.add_parser("suite", help="the prepared GPU run: every stage and variant, one process each, in a "
                                        "time budget (docs/benchmarks.md)")
     p.add_argument("--out", required=True, help="JSON lines file; results are appended as they come")
     p.add_argument("--budget-s", type=float, default=480, help="wall-clock seconds for the whole suite")
+    p.add_argument("--log", help="append each item's stderr here (warnings, why a compile failed)")
     p.add_argument("--arch", default="MicroDiT_XL_2")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=run_suite_command)
@@ -162,5 +163,6 @@ def run_sample(args) -> None:
 def run_suite_command(args) -> None:
     from microdit.bench.suite import PAPER_SUITE, run_suite
 
-    counts = run_suite(PAPER_SUITE, args.out, args.budget_s, ["--arch", args.arch, "--device", args.device])
+    counts = run_suite(PAPER_SUITE, args.out, args.budget_s, ["--arch", args.arch, "--device", args.device],
+                       log=args.log)
     print(json.dumps({"suite": args.out, **counts}))
