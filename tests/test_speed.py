@@ -100,6 +100,41 @@ def test_regional_compile_traces_every_block_whole_and_matches_eager():
     assert list(compiled.state_dict()) == list(reference.state_dict())
 
 
+@pytest.mark.parametrize("guidance", [1.0, 4.0])
+def test_precomputed_caption_context_gives_the_same_output(guidance):
+    dit = _nano().eval()
+    data = torch.Generator().manual_seed(3)
+    x, t, y = torch.randn(2, 4, 8, 8, generator=data), torch.randn(2, generator=data), torch.randn(2, 1, 77, 1024,
+                                                                                                    generator=data)
+    with torch.no_grad():
+        reference = dit(x, t, y, cfg=guidance)["sample"]
+        cached = dit(x, t, dit.caption_context(y, guided=guidance != 1.0), cfg=guidance)["sample"]
+    torch.testing.assert_close(cached, reference, atol=1e-6, rtol=1e-5)
+    assert reference.abs().mean() > 1e-3  # the caption path carries signal (output layers are not zero)
+
+
+def test_heun_sampler_precomputes_the_caption_side_once_with_the_same_result():
+    from microdit.diffusion.edm import heun_sampler
+
+    class PerCallCaptions(torch.nn.Module):  # hides caption_context: the sampler re-encodes at every call
+        def __init__(self, dit):
+            super().__init__()
+            self.dit = dit
+
+        def forward(self, *args, **kwargs):
+            return self.dit(*args, **kwargs)
+
+    dit = _nano().eval()
+    calls = []
+    dit.y_emb_preprocess.register_forward_hook(lambda *_: calls.append(1))
+    noise, y = torch.randn(2, 4, 8, 8), torch.randn(2, 1, 77, 1024)
+    cached = heun_sampler(dit, noise, y, EDMConfig(), num_steps=4, cfg=3.0)
+    assert len(calls) == 1
+    per_call = heun_sampler(PerCallCaptions(dit), noise, y, EDMConfig(), num_steps=4, cfg=3.0)
+    assert len(calls) == 1 + 7  # 2N - 1 network calls
+    torch.testing.assert_close(cached, per_call, atol=1e-5, rtol=1e-5)
+
+
 def test_speed_options_are_validated():
     for bad in (dict(compile="yes"), dict(moe_dispatch="dense"), dict(checkpoint_blocks=-1)):
         with pytest.raises(ValueError):

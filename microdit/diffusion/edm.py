@@ -76,6 +76,8 @@ def heun_sampler(dit, noise: torch.Tensor, y: torch.Tensor, edm: EDMConfig, num_
     tests/test_edm.py, and float64 is slow on GPUs); the network sees float32 inputs, autocast or not."""
     sigmas = karras_sigmas(num_steps, edm).to(noise.device)
     guidance = cfg if cfg > 1.0 else 1.0
+    if hasattr(dit, "caption_context"):  # a MicroDiT: its caption side once, not at each of the 2N-1 calls
+        y = dit.caption_context(y, guided=guidance != 1.0)
 
     def slope(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         denoised, _ = denoise(dit, x.float(), sigma.float(), y, edm.sigma_data, cfg=guidance)

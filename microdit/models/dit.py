@@ -68,7 +68,8 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.GELU(approximate="tanh"), nn.Linear(cond_dim, 6 * dim))
         self.recompute_in_backward = False  # activation checkpointing; see MicroDiT.set_activation_checkpointing
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y, c: torch.Tensor) -> torch.Tensor:
+        """y: caption tokens, or their cross-attention keys and values (CaptionContext)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
         x = x + self.cross_attn(self.norm2(x), y)
@@ -97,6 +98,15 @@ class CaptionProjection(nn.Module):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return self.y_proj(y)
+
+
+@dataclass
+class CaptionContext:
+    """The caption side of the network: the pooled caption embedding (added to the timestep's) and what each
+    block's cross-attention reads, the caption tokens or, precomputed for sampling, their keys and values."""
+    pooled: torch.Tensor
+    mixer: list
+    backbone: list
 
 
 class FinalLayer(nn.Module):
@@ -157,31 +167,32 @@ class MicroDiT(nn.Module):
         return self.config.in_channels
 
     # ----------------------------------------------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg: float = 1.0,
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: "torch.Tensor | CaptionContext", cfg: float = 1.0,
                 mask_ratio: float = 0.0) -> dict:
-        """{'sample': F (N,C,H,W), 'mask': (N,T) with 1 = dropped, or None}. cfg != 1 runs classifier-free guidance."""
+        """{'sample': F (N,C,H,W), 'mask': (N,T) with 1 = dropped, or None}. cfg != 1 runs classifier-free guidance.
+        `y`: caption embeddings, or their `caption_context` computed once for many calls."""
         if cfg != 1.0:
             return self.forward_with_cfg(x, t, y, cfg)
         return self.forward_without_cfg(x, t, y, mask_ratio)
 
-    def forward_without_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, mask_ratio: float = 0.0) -> dict:
+    def forward_without_cfg(self, x: torch.Tensor, t: torch.Tensor, y: "torch.Tensor | CaptionContext",
+                            mask_ratio: float = 0.0) -> dict:
         batch = x.shape[0]
+        caption = y if isinstance(y, CaptionContext) else self.encode_caption(y)
         x = self.x_embedder(x) + self.pos_embed
-        y = self.y_emb_preprocess(self.y_embedder(y.flatten(1, -2) if y.dim() == 4 else y))
-        c = self.t_embedder(t.reshape(-1).expand(batch)) + self.pooled_y_emb_process(y.mean(dim=1))
+        c = self.t_embedder(t.reshape(-1).expand(batch)) + caption.pooled
 
         x = self.patch_mixer_map_xin(x)
-        y_mixer = self.patch_mixer_map_y(y)
-        for block in self.patch_mixer:
-            x = _run_block(block, x, y_mixer, c)
+        for block, context in zip(self.patch_mixer, caption.mixer):
+            x = _run_block(block, x, context, c)
 
         mask = None
         if mask_ratio > 0:  # deferred masking: the mixer saw every token, the backbone sees only the kept ones
             mask, ids_keep, ids_restore = random_token_mask(batch, x.shape[1], mask_ratio, x.device)
             x = x.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         x = self.patch_mixer_map_xout(x)
-        for block in self.blocks:
-            x = _run_block(block, x, y, c)
+        for block, context in zip(self.blocks, caption.backbone):
+            x = _run_block(block, x, context, c)
         x = self.final_layer(x, c)
 
         if mask is not None:
@@ -190,13 +201,35 @@ class MicroDiT(nn.Module):
             x = x.gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         return {"sample": self.unpatchify(x), "mask": mask}
 
-    def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg: float) -> dict:
-        """Guidance on the raw network output with the all-zero caption embedding as the null condition."""
+    def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: "torch.Tensor | CaptionContext",
+                         cfg: float) -> dict:
+        """Guidance on the raw network output with the all-zero caption embedding as the null condition. A
+        CaptionContext `y` must come from `caption_context(y, guided=True)` (null half included)."""
         t = t.reshape(-1)
         t = t if t.numel() == 1 else torch.cat([t, t])
-        out = self.forward_without_cfg(torch.cat([x, x]), t, torch.cat([y, torch.zeros_like(y)]))["sample"]
+        y = y if isinstance(y, CaptionContext) else _with_null_caption(y)
+        out = self.forward_without_cfg(torch.cat([x, x]), t, y)["sample"]
         cond, uncond = out.chunk(2)
         return {"sample": uncond + cfg * (cond - uncond), "mask": None}
+
+    def encode_caption(self, y: torch.Tensor) -> CaptionContext:
+        """Caption embeddings (N,1,L,D) or (N,L,D) -> projected, refined and pooled; every block reads the tokens."""
+        tokens = self.y_emb_preprocess(self.y_embedder(y.flatten(1, -2) if y.dim() == 4 else y))
+        pooled = self.pooled_y_emb_process(tokens.mean(dim=1))
+        mixer_tokens = self.patch_mixer_map_y(tokens)
+        return CaptionContext(pooled, [mixer_tokens] * len(self.patch_mixer), [tokens] * len(self.blocks))
+
+    @torch.no_grad()
+    def caption_context(self, y: torch.Tensor, guided: bool) -> CaptionContext:
+        """For a sampler: the caption side computed once per batch rather than at each network call (59 of them at
+        30 Heun steps), every block's cross-attention keys and values included; with `guided`, for the batch
+        doubled with the null caption as `forward_with_cfg` runs it. Training never uses it: the keys and values
+        would then be kept for backward outside the blocks (and outside activation checkpointing)."""
+        caption = self.encode_caption(_with_null_caption(y) if guided else y)
+        return CaptionContext(
+            caption.pooled,
+            [block.cross_attn.context_kv(tokens) for block, tokens in zip(self.patch_mixer, caption.mixer)],
+            [block.cross_attn.context_kv(tokens) for block, tokens in zip(self.blocks, caption.backbone)])
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(N, T, p*p*C) with (p_row, p_col, channel) per token -> (N, C, H, W)."""
@@ -278,7 +311,11 @@ class MicroDiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.weight)
 
 
-def _run_block(block: DiTBlock, x: torch.Tensor, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+def _with_null_caption(y: torch.Tensor) -> torch.Tensor:
+    return torch.cat([y, torch.zeros_like(y)])
+
+
+def _run_block(block: DiTBlock, x: torch.Tensor, y, c: torch.Tensor) -> torch.Tensor:
     if block.recompute_in_backward and torch.is_grad_enabled():
         return checkpoint(block, x, y, c, use_reentrant=False)
     return block(x, y, c)

@@ -94,11 +94,17 @@ class CrossAttention(nn.Module):
         self.k_norm = qk_norm(hidden_dim, eps)
         self.proj = nn.Linear(hidden_dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        k, v = self.kv_linear(context).chunk(2, dim=-1)
-        q, k = self.q_norm(self.q_linear(x)), self.k_norm(k)
-        q, k, v = (_split_heads(t, self.head_dim) for t in (q, k, v))
+    def forward(self, x: torch.Tensor, context: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """`context`: the caption tokens, or their keys and values from `context_kv` (a sampler computes those once:
+        they depend on neither the image nor the noise level)."""
+        k, v = context if isinstance(context, tuple) else self.context_kv(context)
+        q = _split_heads(self.q_norm(self.q_linear(x)), self.head_dim)
         return self.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
+
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised keys and values of the caption tokens, split into heads."""
+        k, v = self.kv_linear(context).chunk(2, dim=-1)
+        return _split_heads(self.k_norm(k), self.head_dim), _split_heads(v, self.head_dim)
 
 
 class SwiGLU(nn.Module):
