@@ -113,6 +113,21 @@ def test_precomputed_caption_context_gives_the_same_output(guidance):
     assert reference.abs().mean() > 1e-3  # the caption path carries signal (output layers are not zero)
 
 
+def test_caption_context_traces_whole_under_the_compiler():
+    """The compiled sampler passes a CaptionContext: dynamo must take it in one graph, whole model or per block
+    (backend "eager": tracing only, the compiler's code generation is covered by the regional-compile test)."""
+    dit = _nano().eval()
+    x, t, y = torch.randn(2, 4, 8, 8), torch.randn(2), torch.randn(2, 1, 77, 1024)
+    with torch.no_grad():
+        reference = dit(x, t, y, cfg=3.0)["sample"]
+        context = dit.caption_context(y, guided=True)
+        whole = torch.compile(dit, backend="eager", fullgraph=True)(x, t, context, cfg=3.0)["sample"]
+        dit.compile_blocks(backend="eager", fullgraph=True)
+        per_block = dit(x, t, context, cfg=3.0)["sample"]
+    torch.testing.assert_close(whole, reference, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(per_block, reference, atol=1e-6, rtol=1e-5)
+
+
 def test_heun_sampler_precomputes_the_caption_side_once_with_the_same_result():
     from microdit.diffusion.edm import heun_sampler
 
