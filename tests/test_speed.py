@@ -114,17 +114,24 @@ def test_precomputed_caption_context_gives_the_same_output(guidance):
 
 
 def test_caption_context_traces_whole_under_the_compiler():
-    """The compiled sampler passes a CaptionContext: dynamo must take it in one graph, whole model or per block
-    (backend "eager": tracing only, the compiler's code generation is covered by the regional-compile test)."""
-    dit = _nano().eval()
+    """The compiled sampler passes a CaptionContext: dynamo must take it in one graph, whole model or per block, and
+    per-block graphs for sampling must fit beside the training ones in one process (the trainer's sample grids);
+    fullgraph=True fails on a graph break and on the recompile limit. Backend "eager": tracing only (code generation
+    is covered by the regional-compile test)."""
+    torch._dynamo.reset()  # dynamo's recompile count is per code object: start clear of other tests' graphs
+    dit = _nano()
     x, t, y = torch.randn(2, 4, 8, 8), torch.randn(2), torch.randn(2, 1, 77, 1024)
     with torch.no_grad():
-        reference = dit(x, t, y, cfg=3.0)["sample"]
+        reference = dit.eval()(x, t, y, cfg=3.0)["sample"]
         context = dit.caption_context(y, guided=True)
         whole = torch.compile(dit, backend="eager", fullgraph=True)(x, t, context, cfg=3.0)["sample"]
-        dit.compile_blocks(backend="eager", fullgraph=True)
-        per_block = dit(x, t, context, cfg=3.0)["sample"]
     torch.testing.assert_close(whole, reference, atol=1e-6, rtol=1e-5)
+
+    torch._dynamo.reset()
+    dit.compile_blocks(backend="eager", fullgraph=True)
+    edm_loss(dit.train(), x, y, EDMConfig(), 0.5).backward()  # the training graphs first, masked
+    with torch.no_grad():
+        per_block = dit.eval()(x, t, dit.caption_context(y, guided=True), cfg=3.0)["sample"]
     torch.testing.assert_close(per_block, reference, atol=1e-6, rtol=1e-5)
 
 

@@ -1,8 +1,9 @@
-"""`microdit bench {train,memory,sample,suite}`: speed and memory at the paper's shapes, one JSON line per measurement.
+"""`microdit bench {train,memory,sample,loader,suite}`: speed and memory at the paper's shapes, one JSON line per measurement.
 
 train   times full training steps per stage (img/s, first-step/compile seconds, peak memory, MFU);
 memory  predicts a training step's peak memory on fake tensors: runs anywhere, no GPU, in seconds;
 sample  times the 30-step Heun sampler with guidance at a resolution and batch;
+loader  times the training data loader over MDS shards (synthetic ones with the paper's layout by default);
 suite   runs the prepared list of all of the above within a time budget (the one-call GPU run).
 Timings belong in docs/benchmarks.md, never in tests.
 """
@@ -78,6 +79,19 @@ def add_modes(bench) -> None:
     p.add_argument("--state-dtype", choices=("fp32", "fp64"), default="fp32", help="dtype of the sampler's x")
     p.add_argument("--repeats", type=int, default=2, help="timed batches after a 3-step warm-up")
     p.set_defaults(func=run_sample)
+
+    p = modes.add_parser("loader", help="time the training data loader over MDS shards (synthetic paper-layout "
+                                        "ones unless --datadir)")
+    p.add_argument("--datadir", help="MDS shards with caption_latents and latents_<resolution>")
+    p.add_argument("--synthetic-dir", default="results/bench/loader_shards",
+                   help="where synthetic shards are written when no --datadir (kept for the next run)")
+    p.add_argument("--samples", type=int, default=4096, help="synthetic samples to write (default 4096)")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--workers", type=int, action="append", help="loader workers; repeat (default 2)")
+    p.add_argument("--batches", type=int, default=10, help="timed batches (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed batches first (default 2)")
+    p.set_defaults(func=run_loader)
 
     p = modes.add_parser("suite", help="the prepared GPU run: every stage and variant, one process each, in a "
                                        "time budget (docs/benchmarks.md)")
@@ -158,6 +172,16 @@ def run_sample(args) -> None:
         _emit({**_header(args, device, resolution=resolution, batch=args.batch, steps=args.steps,
                          guidance=args.guidance, precision=args.precision, state_dtype=args.state_dtype),
                **measured})
+
+
+def run_loader(args) -> None:
+    from microdit.bench.loader import time_loader, write_synthetic_shards
+
+    datadir = args.datadir or write_synthetic_shards(args.synthetic_dir, args.samples, args.resolution)
+    for workers in args.workers or [2]:
+        measured = time_loader(datadir, args.resolution, args.batch, workers, args.batches, args.warmup)
+        _emit({"datadir": str(datadir), "resolution": args.resolution, "batch": args.batch, "workers": workers,
+               "torch": torch.__version__, **measured})
 
 
 def run_suite_command(args) -> None:

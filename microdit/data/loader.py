@@ -86,15 +86,17 @@ class LatentsDataset(StreamingDataset):
         sample = super().get_item(sample_id, retry)
         if self.column not in sample:
             raise KeyError(f"sample {sample_id} has no {self.column}; columns: {sorted(sample)}")
-        # decoded arrays are read-only views of the shard: copy before handing them to torch
-        latents = np.array(to_array(sample[self.column], self.latent_shape), dtype=np.float32)
-        caption = np.array(to_array(sample["caption_latents"], self.caption_shape), dtype=np.float32)
+        # decoded arrays are read-only views of the shard: copy before handing them to torch. They stay in their
+        # stored dtype (float16): half the bytes through workers, collation and pinning; the trainer converts on
+        # the device, where it costs nothing (docs/benchmarks.md, `bench loader`)
+        latents = np.array(to_array(sample[self.column], self.latent_shape))
+        caption = np.array(to_array(sample["caption_latents"], self.caption_shape))
         return {"image_latents": torch.from_numpy(latents), "caption_latents": torch.from_numpy(caption),
                 "drop_caption_mask": torch.tensor(self.drop_mask(sample_id), dtype=torch.float32)}
 
 
 def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
-    return {key: torch.stack([s[key] for s in samples]).float() for key in samples[0]}
+    return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
 
 
 def build_latents_loader(datadirs: Sequence[str], resolution: int, batch_size: int, cap_drop_prob: float = 0.0,

@@ -262,10 +262,13 @@ class MicroDiT(nn.Module):
         """Regional compilation: each transformer block compiled in place (names stay free of `_orig_mod.`), the
         glue between them left eager. Small graphs keep the compiler's partitioner cheap and let activation
         checkpointing wrap whole compiled blocks. Layer-wise scaling gives most blocks their own widths, hence their
-        own graph (27 for XL): the recompile limit is raised to the block count, since past it the remaining blocks
-        would silently run eagerly. Restarts reuse the graphs from the compile cache (see train/trainer.py)."""
+        own graph (27 for XL), and one process may also sample with them (no-grad, guided batch, precomputed caption
+        keys and values: another graph each). Past dynamo's recompile limit the remaining blocks would silently run
+        eagerly, so it is raised to cover those uses. Restarts reuse the graphs from the compile cache (see
+        train/trainer.py)."""
         blocks = (*self.dit_blocks(), self.y_emb_preprocess)
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(blocks))
+        uses = 4  # training, sampling during training, and headroom for an evaluation batch shape
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, uses * len(blocks))
         for block in blocks:
             block.compile(**options)
 

@@ -1,4 +1,4 @@
-"""The training loader: natural-size and proportional mixing, caption dropout, float batches, mid-epoch resume."""
+"""The training loader: natural-size and proportional mixing, caption dropout, float16 batches, mid-epoch resume."""
 import gc
 from collections import Counter
 
@@ -47,7 +47,9 @@ def test_natural_size_mixing_batches_and_caption_dropout(tmp_path, loader_factor
     batches = list(loader)
     first = batches[0]
     assert first["image_latents"].shape == (16, 4, 2, 2) and first["caption_latents"].shape == (16, 1, 4, 8)
-    assert all(v.dtype == torch.float32 for v in first.values()) and first["drop_caption_mask"].shape == (16,)
+    # latents stay in their stored float16 (half the bytes through the workers); the trainer converts on the device
+    assert first["image_latents"].dtype == first["caption_latents"].dtype == torch.float16
+    assert first["drop_caption_mask"].dtype == torch.float32 and first["drop_caption_mask"].shape == (16,)
     assert Counter(s for s, _ in ids(batches)) == {0: 120, 1: 40}
     masks = torch.cat([b["drop_caption_mask"] for b in batches])
     assert set(masks.tolist()) == {0.0, 1.0} and 0.15 < 1 - masks.mean().item() < 0.35
@@ -89,3 +91,18 @@ def test_stale_cleanup_skipped_while_a_dataset_is_alive(tmp_path, loader_factory
     loader = loader_factory([latents_dataset(tmp_path / "a", 8, 0)], 16, batch_size=4)
     next(iter(loader))
     assert clean_stale_shared_memory() is False
+
+
+def test_bench_loader_times_synthetic_paper_layout_shards(tmp_path, isolated_streaming, capsys):
+    import json
+
+    from microdit.cli import main
+
+    args = ["bench", "loader", "--synthetic-dir", str(tmp_path / "shards"), "--samples", "48", "--resolution", "64",
+            "--batch", "8", "--workers", "0", "--batches", "3", "--warmup", "1"]
+    assert main(args) == 0
+    assert main(args) == 0  # the shards are reused, not rewritten
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(rows) == 2 and all(r["img_per_s"] > 0 and r["batches"] == 3 for r in rows)
+    # float16 caption (1x77x1024) and latents (4x8x8) and a float32 caption-drop flag: the paper's bytes per image
+    assert rows[0]["batch_bytes_per_img"] == 2 * (77 * 1024 + 4 * 8 * 8) + 4
