@@ -83,8 +83,8 @@ def add_modes(bench) -> None:
     p = modes.add_parser("loader", help="time the training data loader over MDS shards (synthetic paper-layout "
                                         "ones unless --datadir)")
     p.add_argument("--datadir", help="MDS shards with caption_latents and latents_<resolution>")
-    p.add_argument("--synthetic-dir", default="results/bench/loader_shards",
-                   help="where synthetic shards are written when no --datadir (kept for the next run)")
+    p.add_argument("--synthetic-dir", help="where synthetic shards are written when no --datadir, kept for the next "
+                                          "run (default results/bench/loader_shards_<resolution>px)")
     p.add_argument("--samples", type=int, default=4096, help="synthetic samples to write (default 4096)")
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--batch", type=int, default=256)
@@ -177,7 +177,8 @@ def run_sample(args) -> None:
 def run_loader(args) -> None:
     from microdit.bench.loader import time_loader, write_synthetic_shards
 
-    datadir = args.datadir or write_synthetic_shards(args.synthetic_dir, args.samples, args.resolution)
+    synthetic_dir = args.synthetic_dir or f"results/bench/loader_shards_{args.resolution}px"
+    datadir = args.datadir or write_synthetic_shards(synthetic_dir, args.samples, args.resolution)
     for workers in args.workers or [2]:
         measured = time_loader(datadir, args.resolution, args.batch, workers, args.batches, args.warmup)
         _emit({"datadir": str(datadir), "resolution": args.resolution, "batch": args.batch, "workers": workers,

@@ -5,17 +5,21 @@ over a directory of MDS shards, or over synthetic shards with the paper's sample
 SDXL latents (4 x r/8 x r/8) and DFN5B caption latents (1 x 77 x 1024), float16, about 166 KB a sample at 256 px,
 so the bytes moved per image are the real ones. Compare img/s with `bench train` at the same stage.
 """
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from microdit.errors import UserError
+
 PAPER_CAPTION_SHAPE = (1, 77, 1024)
 
 
 def write_synthetic_shards(out: Path, samples: int, resolution: int, seed: int = 0) -> Path:
-    """`samples` random paper-layout samples as uncompressed MDS shards in `out` (skipped when already there)."""
+    """`samples` random paper-layout samples as uncompressed MDS shards in `out` (reused when already there;
+    written to a temporary directory, then renamed, so an interrupted run leaves nothing that looks complete)."""
     from streaming import MDSWriter
 
     from microdit.data.mds import SIZE_LIMIT
@@ -23,15 +27,18 @@ def write_synthetic_shards(out: Path, samples: int, resolution: int, seed: int =
     out = Path(out)
     if (out / "index.json").exists():
         return out
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
     side = resolution // 8
     columns = {"caption": "str", "caption_latents": "ndarray:float16:" + ",".join(map(str, PAPER_CAPTION_SHAPE)),
                f"latents_{resolution}": f"ndarray:float16:4,{side},{side}"}
     rng = np.random.default_rng(seed)
-    with MDSWriter(out=str(out), columns=columns, compression=None, size_limit=SIZE_LIMIT) as writer:
+    with MDSWriter(out=str(tmp), columns=columns, compression=None, size_limit=SIZE_LIMIT) as writer:
         for i in range(samples):
             writer.write({"caption": f"synthetic {i}",
                           "caption_latents": rng.standard_normal(PAPER_CAPTION_SHAPE).astype(np.float16),
                           f"latents_{resolution}": rng.standard_normal((4, side, side)).astype(np.float16)})
+    tmp.rename(out)
     return out
 
 
@@ -41,7 +48,8 @@ def time_loader(datadir: Path, resolution: int, batch: int, workers: int, batche
 
     loader = build_latents_loader([str(datadir)], resolution, batch, cap_drop_prob=0.1, num_workers=workers,
                                   seed=0)
-    batches_seen, images, nbytes, start = 0, 0, 0, None
+    batches_seen, images, nbytes = 0, 0, 0
+    start = time.perf_counter() if warmup == 0 else None
     for item in loader:
         batches_seen += 1
         if batches_seen == warmup:
@@ -52,7 +60,7 @@ def time_loader(datadir: Path, resolution: int, batch: int, workers: int, batche
             if batches_seen == warmup + batches:
                 break
     if start is None or images == 0:
-        raise ValueError(f"{datadir}: fewer than {warmup + 1} batches of {batch}; write more samples")
+        raise UserError(f"{datadir}: fewer than {warmup + 1} batches of {batch}; write more samples (--samples)")
     seconds = time.perf_counter() - start
     return {"img_per_s": images / seconds, "batches": batches_seen - warmup, "batch_bytes_per_img": nbytes / images,
             "pinned": bool(item["caption_latents"].is_pinned()) if torch.cuda.is_available() else False}
