@@ -19,12 +19,14 @@ class SpeedOptions:
     moe_dispatch: str = "index"       # index, or one_hot (the authors' dense form; for comparison)
 
     def __post_init__(self):
+        # worded as field errors: a stage config reports them under its file name (train/config.py)
         if self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile {self.compile!r}; expected one of {COMPILE_MODES}")
+            raise ValueError(f"compile: expected one of {list(COMPILE_MODES)}, got {self.compile!r}")
         if self.moe_dispatch not in ExpertChoiceMoE.DISPATCHES:
-            raise ValueError(f"moe_dispatch {self.moe_dispatch!r}; expected one of {ExpertChoiceMoE.DISPATCHES}")
+            raise ValueError(f"moe_dispatch: expected one of {list(ExpertChoiceMoE.DISPATCHES)}, "
+                             f"got {self.moe_dispatch!r}")
         if self.checkpoint_blocks < 0:
-            raise ValueError(f"checkpoint_blocks must be >= 0, got {self.checkpoint_blocks}")
+            raise ValueError(f"checkpoint_blocks: must be >= 0, got {self.checkpoint_blocks}")
 
 
 def apply_speed_options(dit: MicroDiT, options: SpeedOptions) -> None:

@@ -13,7 +13,7 @@ import yaml
 
 from microdit.errors import UserError
 from microdit.models.dit import VARIANTS
-from microdit.models.speed import COMPILE_MODES, SpeedOptions
+from microdit.models.speed import SpeedOptions
 
 SCHEDULES = ("cosine_warmup", "constant", "constant_warmup")
 CLUSTERS = ("slurm", "local", "debug")
@@ -246,8 +246,10 @@ def _validate(cfg: StageConfig, w: str) -> None:
     _check(cfg.global_batch > 0 and cfg.global_batch % cfg.micro_batch == 0, w,
            f"global_batch: must be a positive multiple of micro_batch {cfg.micro_batch}, got {cfg.global_batch}")
     _check(cfg.precision in ("bf16", "fp32"), w, f"precision: expected bf16 or fp32, got {cfg.precision!r}")
-    _check(cfg.compile in COMPILE_MODES, w, f"compile: expected one of {list(COMPILE_MODES)}, got {cfg.compile!r}")
-    _check(cfg.checkpoint_blocks >= 0, w, f"checkpoint_blocks: must be >= 0, got {cfg.checkpoint_blocks}")
+    try:
+        cfg.speed_options()
+    except ValueError as err:
+        raise UserError(f"{w}{err}") from None
     _check(cfg.strategy in ("ddp", "fsdp"), w, f"strategy: expected ddp or fsdp, got {cfg.strategy!r}")
     for name in ("log_every", "save_every", "keep_checkpoints"):
         _check(getattr(cfg, name) > 0, w, f"{name}: must be > 0, got {getattr(cfg, name)}")

@@ -1,5 +1,6 @@
 """The training loader: natural-size and proportional mixing, caption dropout, float16 batches, mid-epoch resume."""
 import gc
+import json
 from collections import Counter
 
 import numpy as np
@@ -94,8 +95,6 @@ def test_stale_cleanup_skipped_while_a_dataset_is_alive(tmp_path, loader_factory
 
 
 def test_bench_loader_times_synthetic_paper_layout_shards(tmp_path, isolated_streaming, capsys):
-    import json
-
     from microdit.cli import main
 
     args = ["bench", "loader", "--synthetic-dir", str(tmp_path / "shards"), "--samples", "48", "--resolution", "64",
