@@ -1,6 +1,7 @@
 """Speed and memory switches change nothing they should not: same values and gradients as the reference path
 (fp32 on the CPU), same parameter names; and the fake-tensor memory predictor counts bytes exactly."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -298,3 +299,30 @@ def test_every_prepared_suite_item_parses():
     assert len(set(labels)) == len(labels)
     for _, args in PAPER_SUITE:
         assert parser.parse_args([*args, "--arch", "MicroDiT_XL_2", "--device", "cuda"]).func is not None
+
+
+def test_suite_items_start_cold_and_a_timeout_kills_the_whole_item(tmp_path):
+    """Each item gets a compile cache of its own (a compiled item measures a cold start, not the previous item's
+    cache), and an item past its time kills its process group: precompile workers must not outlive it on the GPU."""
+    import os
+    import subprocess
+    import sys
+
+    from microdit.bench.suite import _run_group, run_suite
+
+    fake_python = tmp_path / "python"
+    fake_python.write_text('#!/bin/sh\necho "{\\"cache\\": \\"$TORCHINDUCTOR_CACHE_DIR\\"}"\n')
+    fake_python.chmod(0o755)
+    out = tmp_path / "bench.jsonl"
+    run_suite([("a", ["train"]), ("b", ["train"])], out, budget_s=600, python=str(fake_python))
+    caches = [json.loads(line)["cache"] for line in out.read_text().splitlines()]
+    assert len(set(caches)) == 2 and all("microdit-compile-cache-" in c and not os.path.exists(c) for c in caches)
+
+    pid_file = tmp_path / "grandchild.pid"
+    script = (f"import subprocess, time; p = subprocess.Popen(['sleep', '60'], stdout=subprocess.DEVNULL, "
+              f"stderr=subprocess.DEVNULL); "
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    with pytest.raises(subprocess.TimeoutExpired):
+        _run_group([sys.executable, "-c", script], timeout_s=3, env=dict(os.environ))
+    stat = Path(f"/proc/{int(pid_file.read_text())}/stat")
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"  # gone, or dead and unreaped

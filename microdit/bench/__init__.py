@@ -6,3 +6,11 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work, so that wall-clock time measures it (a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def compile_cache_counts() -> dict:
+    """This process's compile-cache lookups so far: hits mean graphs found compiled (a restart, or precompiled)."""
+    from torch._dynamo.utils import counters
+
+    cache = counters["aot_autograd"]
+    return {"compile_cache_hits": cache["autograd_cache_hit"], "compile_cache_misses": cache["autograd_cache_miss"]}

@@ -31,6 +31,8 @@ def _speed_arguments(p) -> None:
     p.add_argument("--dispatch", choices=ExpertChoiceMoE.DISPATCHES, default="index",
                    help="MoE dispatch: index (ours) or one_hot (the authors' dense form)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precompile-workers", type=int, default=0,
+                   help="with --compile blocks: compile the block graphs in this many processes first (0: off)")
 
 
 def _options(args) -> SpeedOptions:
@@ -131,7 +133,7 @@ def run_train(args) -> None:
         stage = STAGES[stage_id]
         microbatch = args.microbatch or stage.microbatch
         measured = time_training_step(args.arch, stage, microbatch, _options(args), args.steps, args.warmup, device,
-                                      args.profile)
+                                      args.profile, args.precompile_workers)
         flops = training_flops_per_image(stage_config(args.arch, stage), stage)
         img_per_s = microbatch / measured["step_s"]
         record = {**_header(args, device, stage=stage_id, microbatch=microbatch),
@@ -168,7 +170,7 @@ def run_sample(args) -> None:
     device = _device(args)
     for resolution in args.resolution or (256, 512):
         measured = time_sampling(args.arch, resolution, args.batch, args.steps, args.guidance, args.precision,
-                                 args.state_dtype, _options(args), args.repeats, device)
+                                 args.state_dtype, _options(args), args.repeats, device, args.precompile_workers)
         _emit({**_header(args, device, resolution=resolution, batch=args.batch, steps=args.steps,
                          guidance=args.guidance, precision=args.precision, state_dtype=args.state_dtype),
                **measured})

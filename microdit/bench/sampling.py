@@ -7,10 +7,11 @@ from contextlib import nullcontext
 
 import torch
 
-from microdit.bench import synchronize
+from microdit.bench import compile_cache_counts, synchronize
 from microdit.bench.training_step import random_batch
 from microdit.diffusion.edm import EDMConfig, heun_sampler
 from microdit.models.dit import MicroDiT, variant_config
+from microdit.models.precompile import precompile_blocks
 from microdit.models.speed import SpeedOptions, apply_speed_options
 from microdit.train.metrics import memory_gib
 
@@ -19,7 +20,8 @@ STATE_DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
 
 
 def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: float, precision: str,
-                  state_dtype: str, options: SpeedOptions, repeats: int, device: torch.device) -> dict:
+                  state_dtype: str, options: SpeedOptions, repeats: int, device: torch.device,
+                  precompile_workers: int = 0) -> dict:
     config = variant_config(arch, input_size=resolution // 8, pos_interp_scale=resolution / 256)
     torch.manual_seed(0)
     with device:
@@ -37,14 +39,20 @@ def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
+    precompiled = {}
+    if precompile_workers:  # the block graphs compiled in other processes first (models/precompile.py)
+        graphs = precompile_blocks(dit, options, lambda: sample(1), grad=False, workers=precompile_workers)["graphs"]
+        precompiled = {"precompile_s": time.perf_counter() - start, "precompiled_graphs": graphs}
     # Three steps run every code path (Heun steps and the final Euler one) and pay any compile cost; a whole
     # warm-up batch would double the cost of an eager measurement.
     sample(min(steps, WARMUP_STEPS))
     warmup_s = time.perf_counter() - start
+    if options.compile != "none":
+        precompiled.update(compile_cache_counts())
     start = time.perf_counter()
     for _ in range(repeats):
         sample(steps)
     batch_s = (time.perf_counter() - start) / repeats
-    return {"batch_s": batch_s, "warmup_s": warmup_s, "warmup_steps": min(steps, WARMUP_STEPS),
+    return {"batch_s": batch_s, "warmup_s": warmup_s, **precompiled, "warmup_steps": min(steps, WARMUP_STEPS),
             "img_per_s": batch / batch_s,
             "peak_mem_gib": memory_gib(device)}

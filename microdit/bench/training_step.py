@@ -15,11 +15,12 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from microdit.bench import synchronize
+from microdit.bench import compile_cache_counts, synchronize
 from microdit.bench.memory import estimate_training_memory
 from microdit.bench.profile import top_operators
 from microdit.diffusion.edm import EDMConfig, edm_loss
 from microdit.models.dit import MicroDiT, variant_config
+from microdit.models.precompile import precompile_blocks
 from microdit.models.speed import SpeedOptions, apply_speed_options
 from microdit.train.metrics import memory_gib, train_flops_per_sample
 
@@ -55,14 +56,23 @@ def random_batch(config, batch: int, device) -> tuple[torch.Tensor, torch.Tensor
     return latents, captions
 
 
+def make_loss(stage: StageShape, latents: torch.Tensor, captions: torch.Tensor, autocast: bool):
+    """loss(model): the EDM loss of a fixed batch under the bench's autocast."""
+    edm = EDMConfig(p_mean=stage.p_mean, p_std=stage.p_std)
+
+    def loss(model) -> torch.Tensor:
+        with torch.autocast(latents.device.type, dtype=torch.bfloat16, enabled=autocast):
+            return edm_loss(model, latents, captions, edm, stage.mask_ratio)
+
+    return loss
+
+
 def make_train_step(stage: StageShape, latents: torch.Tensor, captions: torch.Tensor, autocast: bool):
     """step(model, optimizer): one full training step on a fixed batch, the same code the estimator runs."""
-    edm = EDMConfig(p_mean=stage.p_mean, p_std=stage.p_std)
-    device_type = latents.device.type
+    loss_of = make_loss(stage, latents, captions, autocast)
 
     def step(model, optimizer) -> None:
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
-            loss = edm_loss(model, latents, captions, edm, stage.mask_ratio)
+        loss = loss_of(model)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), stage.grad_clip)
         optimizer.step()
@@ -126,9 +136,11 @@ def fit_checkpointing(arch: str, stage: StageShape, microbatch: int, options: Sp
 
 
 def time_training_step(arch: str, stage: StageShape, microbatch: int, options: SpeedOptions, steps: int,
-                       warmup: int, device: torch.device, profile: bool = False) -> dict:
+                       warmup: int, device: torch.device, profile: bool = False, precompile_workers: int = 0) -> dict:
     """Measured seconds per step, first-step (compile) seconds and peak allocated memory on `device`; with
-    `profile`, also the top operators of three more steps (after the timing, so it does not disturb it)."""
+    `profile`, also the top operators of three more steps (after the timing, so it does not disturb it). With
+    `precompile_workers` (compile: blocks), the block graphs are first compiled in that many processes
+    (models/precompile.py); that time is part of the first step's."""
     config = stage_config(arch, stage)
     torch.manual_seed(0)
     with device:  # initialise on the device: an XL initialised on the CPU costs more than the measurement
@@ -142,9 +154,17 @@ def time_training_step(arch: str, stage: StageShape, microbatch: int, options: S
         torch.cuda.reset_peak_memory_stats(device)
 
     start = time.perf_counter()
+    precompiled = {}
+    if precompile_workers:
+        loss_of = make_loss(stage, latents, captions, autocast=device.type == "cuda")
+        precompiled = precompile_blocks(dit, options, lambda: loss_of(dit), grad=True, workers=precompile_workers)
+        precompiled = {"precompile_s": time.perf_counter() - start, "precompiled_graphs": precompiled["graphs"],
+                       "precompile_failures": len(precompiled["failed"])}
     step(dit, optimizer)
     synchronize(device)
     first_step_s = time.perf_counter() - start
+    if options.compile != "none":  # whether the first step compiled or found its graphs in the compile cache
+        precompiled.update(compile_cache_counts())
     for _ in range(warmup - 1):
         step(dit, optimizer)
     start = time.perf_counter()
@@ -153,7 +173,7 @@ def time_training_step(arch: str, stage: StageShape, microbatch: int, options: S
     synchronize(device)
     step_s = (time.perf_counter() - start) / steps
     measured = {"params": sum(p.numel() for p in dit.parameters()), "step_s": step_s, "first_step_s": first_step_s,
-                "peak_mem_gib": memory_gib(device)}
+                **precompiled, "peak_mem_gib": memory_gib(device)}
     if profile:
         measured["top_ops"] = top_operators(lambda: step(dit, optimizer), device)
     return measured

@@ -266,7 +266,7 @@ class MicroDiT(nn.Module):
         keys and values: another graph each). Past dynamo's recompile limit the remaining blocks would silently run
         eagerly, so it is raised to cover those uses. Restarts reuse the graphs from the compile cache (see
         train/trainer.py)."""
-        blocks = (*self.dit_blocks(), self.y_emb_preprocess)
+        blocks = self.compile_regions()
         uses = 4  # training, sampling during training, and headroom for an evaluation batch shape
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, uses * len(blocks))
         for block in blocks:
@@ -274,6 +274,15 @@ class MicroDiT(nn.Module):
 
     def dit_blocks(self) -> list[DiTBlock]:
         return [*self.patch_mixer, *self.blocks]
+
+    def compile_regions(self) -> list[nn.Module]:
+        """What `compile_blocks` compiles, each on its own: every DiT block and the prompt block."""
+        return [*self.dit_blocks(), self.y_emb_preprocess]
+
+    @staticmethod
+    def run_region(region: nn.Module, *args):
+        """Call a compile region as the forward does (DiT blocks through activation checkpointing when set)."""
+        return _run_block(region, *args) if isinstance(region, DiTBlock) else region(*args)
 
     # -------------------------------------------------------------------------------------------------------- init
     def reset_pos_embed(self) -> None:

@@ -111,6 +111,8 @@ class StageConfig:
     compile: str = "none"         # none, model (whole denoiser) or blocks (regional; see MicroDiT.compile_blocks)
     low_precision_norm: bool = False  # LayerNorms in bf16 under autocast, as the authors trained
     checkpoint_blocks: int = 0    # DiT blocks (mixer first) whose activations are recomputed in backward
+    precompile_workers: int = -1  # compile: blocks -> compile the block graphs in this many processes first (-1: one
+                                  # per two CPUs, 0: off); under DDP the ranks share them out instead
     strategy: str = "ddp"         # ddp, or fsdp (FSDP2 fully_shard, reshard_after_forward=False ~ SHARD_GRAD_OP)
     log_every: int = 50
     save_every: int = 2500
@@ -250,6 +252,7 @@ def _validate(cfg: StageConfig, w: str) -> None:
         cfg.speed_options()
     except ValueError as err:
         raise UserError(f"{w}{err}") from None
+    _check(cfg.precompile_workers >= -1, w, f"precompile_workers: must be >= -1, got {cfg.precompile_workers}")
     _check(cfg.strategy in ("ddp", "fsdp"), w, f"strategy: expected ddp or fsdp, got {cfg.strategy!r}")
     for name in ("log_every", "save_every", "keep_checkpoints"):
         _check(getattr(cfg, name) > 0, w, f"{name}: must be > 0, got {getattr(cfg, name)}")

@@ -24,6 +24,7 @@ from microdit.diffusion.edm import EDMConfig, edm_loss
 from microdit.errors import UserError
 from microdit.files import write_json
 from microdit.models.dit import MicroDiT, create_dit
+from microdit.models.precompile import default_workers, precompile_blocks
 from microdit.models.speed import apply_speed_options
 from microdit.train import state as ckpt
 from microdit.train.config import StageConfig, to_dict
@@ -66,11 +67,11 @@ def denoising_loss(model: nn.Module, batch: dict, edm: EDMConfig, mask_ratio: fl
     return edm_loss(model, batch["latents"].float(), batch["caption_latents"].float() * keep, edm, mask_ratio)
 
 
-def example_batch(cfg: StageConfig, device: torch.device) -> dict:
+def example_batch(cfg: StageConfig, device: torch.device, size: int = 1) -> dict:
     m = cfg.model
-    return {"latents": torch.randn(1, m.in_channels, m.latent_res, m.latent_res, device=device),
-            "caption_latents": torch.randn(1, 1, cfg.data.caption_len, m.caption_channels, device=device),
-            "drop_caption_mask": torch.ones(1, device=device)}
+    return {"latents": torch.randn(size, m.in_channels, m.latent_res, m.latent_res, device=device),
+            "caption_latents": torch.randn(size, 1, cfg.data.caption_len, m.caption_channels, device=device),
+            "drop_caption_mask": torch.ones(size, device=device)}
 
 
 class Trainer:
@@ -101,6 +102,7 @@ class Trainer:
             # a restart (a requeue may land on another node) reuses the compiled graphs instead of compiling again
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((self.out_dir / "compile_cache").resolve()))
         apply_speed_options(self.raw, cfg.speed_options())  # compiles in place: names stay free of `_orig_mod.`
+        self._precompile()
         self.model = wrap_model(self.raw, cfg.strategy, info)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.source = build_source(cfg, info.rank, info.world_size, self.accumulation)
@@ -126,6 +128,29 @@ class Trainer:
                                        batch)
         self.raw.zero_grad(set_to_none=True)
         return flops
+
+    def _precompile(self) -> None:
+        """Cold compilation of the block graphs shared out before the first step (models/precompile.py): over worker
+        processes, or over the ranks under DDP. Not under FSDP, whose hooks are part of each block's graph there."""
+        cfg, info = self.cfg, self.info
+        if cfg.compile != "blocks" or cfg.precompile_workers == 0 or cfg.strategy == "fsdp":
+            return
+        started = time.perf_counter()
+        with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
+            batch = example_batch(cfg, info.device, cfg.micro_batch)
+
+            def forward() -> None:
+                with self.autocast():
+                    denoising_loss(self.raw, batch, self.edm, cfg.model.train_mask_ratio)
+
+            workers = cfg.precompile_workers if cfg.precompile_workers > 0 else default_workers()
+            result = precompile_blocks(self.raw, cfg.speed_options(), forward, grad=True, workers=workers,
+                                       rank=info.rank, world_size=info.world_size)
+        barrier()
+        if info.is_main:
+            failed = f", {len(result['failed'])} shares failed" if result["failed"] else ""
+            print(f"{cfg.name}: {result['graphs']} block graphs precompiled in {time.perf_counter() - started:.1f} s"
+                  f"{failed}", file=sys.stderr, flush=True)
 
     def _load_full_state(self, state: dict, same_stage: bool) -> None:
         ckpt.load_full_state(state, self.model, self.optimizer, self.source, self.info, restore_rank_state=same_stage)

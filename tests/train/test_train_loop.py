@@ -151,3 +151,32 @@ def test_train_stats_feed_the_report_ledger(tmp_path):
     row = ledger_row("stage1", stats, price_per_gpu_hour=3.75)
     assert (row.steps, row.gpus, row.dollars) == (2, 0, 0.0)  # CPU: no GPU-hours are billed
     assert row.images_seen == 2 * 4 and row.wall_hours > 0
+
+
+def test_block_compilation_is_shared_out_before_the_first_step(tmp_path, monkeypatch):
+    """The trainer hands the precompiler a forward at its own microbatch, mask ratio and precision, leaves the
+    training randomness as it was, and skips it when compiling is off, precompiling is off or under FSDP (there
+    the block graphs include the sharding hooks). The precompiler itself is tested against the compile cache in
+    tests/test_precompile.py."""
+    calls = []
+
+    def fake_precompile(dit, options, forward, grad, workers, rank, world_size):
+        seen = {}
+        hook = dit.blocks[0].register_forward_pre_hook(lambda module, args: seen.update(x=args[0].shape))
+        forward()
+        hook.remove()
+        calls.append({"compile": options.compile, "grad": grad, "workers": workers, "x": seen["x"]})
+        return {"graphs": 1, "compiled": 1, "failed": []}
+
+    monkeypatch.setattr(trainer_module, "precompile_blocks", fake_precompile)
+    monkeypatch.setattr(trainer_module, "apply_speed_options", lambda dit, options: None)  # no real compile here
+    Trainer(tiny_config(tmp_path / "a", steps=2, compile="blocks", precompile_workers=3), DistInfo())
+    after_precompile = torch.rand(4)
+    cfg = tiny_config(tmp_path / "b", steps=2, compile="model")
+    Trainer(cfg, DistInfo())
+    assert torch.equal(torch.rand(4), after_precompile)  # the recording forward's noise and mask are not drawn
+    kept = round((cfg.model.latent_res // 2) ** 2 * (1 - cfg.model.train_mask_ratio))  # 8x8 latents, patch 2
+    assert calls == [{"compile": "blocks", "grad": True, "workers": 3, "x": (cfg.micro_batch, kept, 128)}]
+    for changes in ({"compile": "blocks", "precompile_workers": 0}, {"compile": "blocks", "strategy": "fsdp"}):
+        Trainer(tiny_config(tmp_path / "c", steps=2, **changes), DistInfo())
+    assert len(calls) == 1

@@ -1,0 +1,167 @@
+"""Cold compilation of the per-block graphs (`compile: blocks`) split over processes.
+
+A cold start compiles every distinct block graph one after another in one process (27 forward + backward graphs for
+XL: 205 s on an H200 machine, measured), mostly single-threaded Python inside the compiler. The graphs do not depend
+on each other, and the compiler keeps each one in its on-disk cache (TORCHINDUCTOR_CACHE_DIR) under a key made of
+the graph and the shapes, strides and dtypes of its inputs, which a restart already reuses (20 s). So the cold work
+can be shared out: one eager forward without gradients records what each block receives, several processes compile
+the distinct blocks on random inputs with exactly those properties, each filling the shared cache, and the training
+process then compiles from the cache as a restart would. Under DDP the ranks take a share each instead of spawning
+processes. Nothing here changes what is computed; a failed share only means the training process compiles that
+block itself.
+"""
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+
+import torch
+from torch.utils._pytree import tree_map_only
+
+from microdit.models.dit import MicroDiT, MicroDiTConfig
+from microdit.models.speed import SpeedOptions, apply_speed_options
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What a compiled graph is specialised on: shape, strides, offset into its storage (a view such as the values
+    half of a fused key-value projection has one), dtype and whether it needs a gradient."""
+    shape: tuple
+    stride: tuple
+    storage_offset: int
+    dtype: torch.dtype
+    requires_grad: bool
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor, grad: bool) -> "TensorSpec":
+        # recorded without gradients; in training every floating input of a block depends on the parameters
+        return cls(tuple(tensor.shape), tuple(tensor.stride()), tensor.storage_offset(), tensor.dtype,
+                   grad and tensor.is_floating_point())
+
+    def random(self, device) -> torch.Tensor:
+        span = 1 + sum((size - 1) * stride for size, stride in zip(self.shape, self.stride))
+        storage = torch.empty(self.storage_offset + span, dtype=self.dtype, device=device)
+        storage.normal_() if self.dtype.is_floating_point else storage.zero_()
+        tensor = storage.as_strided(self.shape, self.stride, self.storage_offset)
+        # a view of a leaf needs a leaf of its own to need a gradient; a requires-grad input is a non-view anyway
+        return tensor.detach().requires_grad_(self.requires_grad) if self.requires_grad else tensor
+
+
+@dataclass(frozen=True)
+class RegionCall:
+    """How one compile region was called: its index in `MicroDiT.compile_regions()`, its arguments' specs (a pytree
+    of TensorSpec), train or eval mode, gradient mode and autocast dtype (None: off)."""
+    region: int
+    args: tuple
+    training: bool
+    grad: bool
+    autocast: torch.dtype | None
+
+
+def record_region_calls(dit: MicroDiT, forward, grad: bool) -> list[RegionCall]:
+    """Run `forward()` (which calls `dit` under the caller's autocast) once eagerly without gradients and record each
+    compile region's first call; `grad` says whether the real calls will build a graph for backward."""
+    regions = dit.compile_regions()
+    calls: dict[int, RegionCall] = {}
+    device_type = next(dit.parameters()).device.type
+
+    def recorder(index: int):
+        def pre_hook(module, args):
+            if index not in calls:
+                autocast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+                specs = tree_map_only(torch.Tensor, lambda t: TensorSpec.of(t, grad), args)
+                calls[index] = RegionCall(index, specs, module.training, grad, autocast)
+        return pre_hook
+
+    handles = [region.register_forward_pre_hook(recorder(i)) for i, region in enumerate(regions)]
+    try:
+        with torch.no_grad(), torch.compiler.set_stance("force_eager"):
+            forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [calls[i] for i in sorted(calls)]
+
+
+def distinct_calls(dit: MicroDiT, calls: list[RegionCall]) -> list[RegionCall]:
+    """One call per distinct graph: regions with the same type, parameter shapes, switches and inputs compile to the
+    same graph (layer-wise scaling leaves XL's 35 regions with 28 distinct ones)."""
+    regions = dit.compile_regions()
+    seen, distinct = set(), []
+    for call in calls:
+        region = regions[call.region]
+        key = (type(region).__name__, tuple(tuple(p.shape) for p in region.parameters()),
+               getattr(region, "recompute_in_backward", False), repr(call.args), call.training, call.grad,
+               call.autocast)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(call)
+    return distinct
+
+
+def compile_share(config: MicroDiTConfig, options: SpeedOptions, calls: list[RegionCall], device,
+                  share: int = 0, shares: int = 1) -> int:
+    """Compile every `shares`-th of `calls` (from `share`) by running it forward (and backward) on random inputs
+    with the recorded properties; returns how many were run. The regions are built alone on `device` from a meta
+    model, so a share costs its blocks' parameters, not the model's."""
+    device = torch.device(device)
+    with torch.device("meta"):
+        dit = MicroDiT(config)
+    apply_speed_options(dit, options)
+    regions = dit.compile_regions()
+    mine = calls[share::shares]
+    for call in mine:
+        region = regions[call.region].to_empty(device=device).train(call.training)
+        with torch.no_grad():
+            for parameter in region.parameters():
+                parameter.normal_(0.0, 0.02)
+        args = tree_map_only(TensorSpec, lambda spec: spec.random(device), call.args)
+        with torch.set_grad_enabled(call.grad), \
+                torch.autocast(device.type, dtype=call.autocast or torch.bfloat16, enabled=call.autocast is not None):
+            out = MicroDiT.run_region(region, *args)
+        if call.grad:
+            out.backward(torch.ones_like(out))
+        regions[call.region].to_empty(device="meta")  # free the share's parameters before the next block
+    return len(mine)
+
+
+def precompile_in_processes(config: MicroDiTConfig, options: SpeedOptions, calls: list[RegionCall], device,
+                            workers: int) -> dict:
+    """Compile `calls` in `workers` fresh processes sharing the compile cache of this one (its environment, so
+    TORCHINDUCTOR_CACHE_DIR); returns {'compiled': n, 'failed': [messages]}."""
+    workers = max(1, min(workers, len(calls)))
+    compiled, failed = 0, []
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(compile_share, config, options, calls, str(device), share, workers)
+                   for share in range(workers)]
+        for future in futures:
+            try:
+                compiled += future.result()
+            except Exception as error:  # the training process compiles that share itself, only slower
+                failed.append(f"{type(error).__name__}: {error}")
+                print(f"precompile: a worker failed ({failed[-1]}); its blocks compile in the main process",
+                      file=sys.stderr, flush=True)
+    return {"compiled": compiled, "failed": failed}
+
+
+def default_workers() -> int:
+    """One process per two CPUs this process may use (the compiler also runs kernel builds in a pool), at least 1."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // 2)
+
+
+def precompile_blocks(dit: MicroDiT, options: SpeedOptions, forward, grad: bool, workers: int,
+                      rank: int = 0, world_size: int = 1) -> dict:
+    """Fill the compile cache with `dit`'s block graphs before its first compiled call: `forward()` runs the model
+    as training (`grad`) or sampling will, under the caller's autocast. With several ranks each compiles its share
+    in-process (call on every rank, then synchronise); alone, `workers` processes do. {'graphs', 'compiled',
+    'failed'}."""
+    if options.compile != "blocks":
+        raise ValueError(f"precompiling needs compile: blocks, got {options.compile!r}")
+    calls = distinct_calls(dit, record_region_calls(dit, forward, grad))
+    device = next(dit.parameters()).device
+    if world_size > 1:
+        return {"graphs": len(calls), "compiled": compile_share(dit.config, options, calls, device, rank, world_size),
+                "failed": []}
+    return {"graphs": len(calls), **precompile_in_processes(dit.config, options, calls, device, workers)}
