@@ -19,10 +19,10 @@ def _dit(**overrides) -> MicroDiT:
     return MicroDiT(config).train()
 
 
-def _loss(dit: MicroDiT):
+def _loss(dit: MicroDiT, mask_ratio: float = 0.0):
     data = torch.Generator().manual_seed(1)
     x, y = torch.randn(2, 4, 4, 4, generator=data), torch.randn(2, 1, 77, 1024, generator=data)
-    return lambda: edm_loss(dit, x, y, EDMConfig(), 0.0)
+    return lambda: edm_loss(dit, x, y, EDMConfig(), mask_ratio)
 
 
 def test_recorded_calls_describe_each_region_input_and_deduplicate_equal_graphs():
@@ -41,22 +41,26 @@ def test_recorded_calls_describe_each_region_input_and_deduplicate_equal_graphs(
 
 
 def test_precompiled_graphs_are_compile_cache_hits_in_the_training_process(tmp_path, monkeypatch):
+    """Masking gives the backbone blocks fewer tokens than the mixer's: three graphs, of which the training process
+    compiles the backbone's after the mixer's and a worker compiles it first. Shapes that change between calls of
+    one compiled function make dynamo re-trace with symbolic sizes unless compiling is static, and the two processes
+    then compile different graphs (on the H200: 18 of 27 misses before `dynamic=False`)."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "compile_cache"))  # the workers inherit it
     torch._dynamo.reset()
     reference, dit = _dit(), _dit()
     options = SpeedOptions(compile="blocks")
     apply_speed_options(dit, options)
-    result = precompile_blocks(dit, options, _loss(dit), grad=True, workers=2)
-    assert result == {"graphs": 2, "compiled": 2, "failed": []}
+    result = precompile_blocks(dit, options, _loss(dit, 0.5), grad=True, workers=2)
+    assert result == {"graphs": 3, "compiled": 3, "failed": []}
 
     counters.clear()
     torch.manual_seed(2)
-    loss = _loss(dit)()
+    loss = _loss(dit, 0.5)()
     grads = torch.autograd.grad(loss, list(dit.parameters()))
-    assert counters["aot_autograd"]["autograd_cache_hit"] == 2  # nothing compiled here...
+    assert counters["aot_autograd"]["autograd_cache_hit"] == 3  # nothing compiled here...
     assert counters["aot_autograd"].get("autograd_cache_miss", 0) == 0
     torch.manual_seed(2)
-    expected = _loss(reference)()  # ...and the cached graphs compute what eager does
+    expected = _loss(reference, 0.5)()  # ...and the cached graphs compute what eager does
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-4)
     for got, want in zip(grads, torch.autograd.grad(expected, list(reference.parameters()))):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-3)

@@ -265,7 +265,10 @@ class MicroDiT(nn.Module):
         own graph (27 for XL), and one process may also sample with them (no-grad, guided batch, precomputed caption
         keys and values: another graph each). Past dynamo's recompile limit the remaining blocks would silently run
         eagerly, so it is raised to cover those uses. Restarts reuse the graphs from the compile cache (see
-        train/trainer.py)."""
+        train/trainer.py). Static by default: blocks of other widths re-enter the same compiled function, and
+        dynamo would otherwise re-trace the later ones with symbolic sizes, so a block's graph would depend on the
+        blocks compiled before it in the process (and precompiled graphs would not be found, models/precompile.py)."""
+        options.setdefault("dynamic", False)
         blocks = self.compile_regions()
         uses = 4  # training, sampling during training, and headroom for an evaluation batch shape
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, uses * len(blocks))
