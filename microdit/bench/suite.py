@@ -14,26 +14,22 @@ import tempfile
 import time
 from pathlib import Path
 
-# (label, `python -m microdit.bench` arguments), most important first. The first GPU run (docs/benchmarks.md,
-# 2026-11-26, H200) measured every stage eager, the memory goals, per-block compile at stage 1 (205 s of cold compile
-# for 1186 img/s) and the sampler. A cold compile per item let that run reach only two compiled items, so every
-# compiled item here first compiles its block graphs in 8 processes (models/precompile.py), which is also the
-# warm-up goal under test. Order: the same-card baseline (cheap; tells whether a card matches the last one), stage 1
-# compiled (warm-up and throughput), the sampler with the caption side precomputed (the 2x goal), stages 2-4
-# compiled at the microbatches that fit, the 512 px sampler, the dispatch at stage 4's 4096 tokens, then the costly
-# whole-model compile (one graph: nothing to share out).
+# (label, `python -m microdit.bench` arguments), most important first. Measured on an H200 so far (docs/benchmarks.md,
+# runs 1-3): every stage eager, stages 1-3 compiled per block, the 256 px sampler compiled, the precompiled warm-up at
+# stages 1 and 3. Every compiled item compiles its block graphs in 8 processes first (models/precompile.py) from a
+# cold cache of its own, about 60 s. Order: the same-card baseline (cheap; tells whether a card matches the last
+# one), stage 4 compiled (the one unmeasured throughput goal), the compiled sampler at 512 px and at 256 px (its
+# warm-up after the static-shape fix), stage 2 compiled (likewise), the dispatch at stage 4's 4096 tokens, then the
+# per-block one-hot dispatch and the costly whole-model compile (one graph: nothing to share out, about 200 s).
 _BLOCKS = ["--compile", "blocks", "--precompile-workers", "8"]
 PAPER_SUITE = (
     ("s1 eager authors-config", ["train", "--stage", "1", "--dispatch", "one_hot"]),
-    ("s1 blocks lpnorm precompiled", ["train", "--stage", "1", *_BLOCKS, "--low-precision-norm"]),
-    ("sample bf16 blocks precompiled", ["sample", "--batch", "128", "--resolution", "256", *_BLOCKS,
-                                        "--repeats", "1"]),
-    ("s2 blocks mb256 lpnorm ckpt12", ["train", "--stage", "2", "--microbatch", "256", *_BLOCKS,
-                                       "--low-precision-norm", "--checkpoint-blocks", "12"]),
-    ("s3 blocks mb128 lpnorm", ["train", "--stage", "3", "--microbatch", "128", *_BLOCKS, "--low-precision-norm"]),
     ("s4 blocks mb64 lpnorm ckpt12", ["train", "--stage", "4", "--microbatch", "64", *_BLOCKS,
                                       "--low-precision-norm", "--checkpoint-blocks", "12"]),
     ("sample bf16 blocks 512", ["sample", "--batch", "64", "--resolution", "512", *_BLOCKS, "--repeats", "1"]),
+    ("sample bf16 blocks 256", ["sample", "--batch", "128", "--resolution", "256", *_BLOCKS, "--repeats", "1"]),
+    ("s2 blocks mb256 lpnorm ckpt12", ["train", "--stage", "2", "--microbatch", "256", *_BLOCKS,
+                                       "--low-precision-norm", "--checkpoint-blocks", "12"]),
     ("s4 eager mb16 one-hot", ["train", "--stage", "4", "--dispatch", "one_hot", "--low-precision-norm"]),
     ("s4 eager mb16 index", ["train", "--stage", "4", "--low-precision-norm"]),
     ("s1 blocks lpnorm one-hot", ["train", "--stage", "1", *_BLOCKS, "--low-precision-norm", "--dispatch", "one_hot"]),
