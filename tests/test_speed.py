@@ -102,6 +102,7 @@ def test_regional_compile_traces_every_block_whole_and_matches_eager():
         results.append((loss.detach(), torch.autograd.grad(loss, list(dit.parameters()))))
     _assert_same(*results, atol=1e-5, rtol=1e-3)
     assert counters["stats"]["unique_graphs"] > len(shapes)  # every block shape compiled, plus the prompt block
+    assert torch._dynamo.config.optimize_ddp is False  # DDP's bucket-split graphs bypass the compile cache
     assert list(compiled.state_dict()) == list(reference.state_dict())
 
 

@@ -267,8 +267,12 @@ class MicroDiT(nn.Module):
         eagerly, so it is raised to cover those uses. Restarts reuse the graphs from the compile cache (see
         train/trainer.py). Static by default: blocks of other widths re-enter the same compiled function, and
         dynamo would otherwise re-trace the later ones with symbolic sizes, so a block's graph would depend on the
-        blocks compiled before it in the process (and precompiled graphs would not be found, models/precompile.py)."""
+        blocks compiled before it in the process (and precompiled graphs would not be found, models/precompile.py).
+        Without DDP's graph splitting: it cuts a graph at gradient-bucket boundaries so that a whole-model graph can
+        overlap communication, which a block-sized graph already does, and its split graphs bypass the compile cache
+        (found on the CPU over gloo: every precompiled graph missed under DDP, all were found without it)."""
         options.setdefault("dynamic", False)
+        torch._dynamo.config.optimize_ddp = False
         blocks = self.compile_regions()
         uses = 4  # training, sampling during training, and headroom for an evaluation batch shape
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, uses * len(blocks))

@@ -131,9 +131,10 @@ class Trainer:
 
     def _precompile(self) -> None:
         """Cold compilation of the block graphs shared out before the first step (models/precompile.py): over worker
-        processes, or over the ranks under DDP. Not under FSDP, whose hooks are part of each block's graph there."""
+        processes, or over the ranks when there are several (DDP or FSDP: the blocks are recorded and compiled
+        unwrapped, and the wrapped blocks compile to the same kernels)."""
         cfg, info = self.cfg, self.info
-        if cfg.compile != "blocks" or cfg.precompile_workers == 0 or cfg.strategy == "fsdp":
+        if cfg.compile != "blocks" or cfg.precompile_workers == 0:
             return
         started = time.perf_counter()
         with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
