@@ -36,13 +36,13 @@ def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: 
                          state_dtype=STATE_DTYPES[state_dtype])
         synchronize(device)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     precompiled = {}
     if precompile_workers:  # the block graphs compiled in other processes first (models/precompile.py)
         graphs = precompile_blocks(dit, options, lambda: sample(1), grad=False, workers=precompile_workers)["graphs"]
         precompiled = {"precompile_s": time.perf_counter() - start, "precompiled_graphs": graphs}
+    if device.type == "cuda":  # the peak of the sampler, not of precompiling's eager recording call
+        torch.cuda.reset_peak_memory_stats(device)
     # Three steps run every code path (Heun steps and the final Euler one) and pay any compile cost; a whole
     # warm-up batch would double the cost of an eager measurement.
     sample(min(steps, WARMUP_STEPS))

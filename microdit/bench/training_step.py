@@ -150,9 +150,6 @@ def time_training_step(arch: str, stage: StageShape, microbatch: int, options: S
     apply_speed_options(dit, options)
     latents, captions = random_batch(config, microbatch, device)
     step = make_train_step(stage, latents, captions, autocast=device.type == "cuda")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
     start = time.perf_counter()
     precompiled = {}
     if precompile_workers:
@@ -160,6 +157,8 @@ def time_training_step(arch: str, stage: StageShape, microbatch: int, options: S
         precompiled = precompile_blocks(dit, options, lambda: loss_of(dit), grad=True, workers=precompile_workers)
         precompiled = {"precompile_s": time.perf_counter() - start, "precompiled_graphs": precompiled["graphs"],
                        "precompile_failures": len(precompiled["failed"])}
+    if device.type == "cuda":  # the peak of training steps, not of precompiling's eager recording forward
+        torch.cuda.reset_peak_memory_stats(device)
     step(dit, optimizer)
     synchronize(device)
     first_step_s = time.perf_counter() - start
