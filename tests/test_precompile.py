@@ -76,3 +76,23 @@ def test_tensor_spec_rebuilds_views_with_their_strides_and_storage_offset():
         rebuilt = spec.random("cpu")
         assert spec.storage_offset == 128 and rebuilt.requires_grad == grad
         assert (rebuilt.shape, rebuilt.stride(), rebuilt.storage_offset()) == (values.shape, values.stride(), 128)
+
+
+def test_ranks_each_compile_their_share_and_a_failed_share_does_not_stop_training(monkeypatch, capsys):
+    import microdit.models.precompile as precompile
+
+    dit = _dit()
+    options = SpeedOptions(compile="blocks")
+    shares = []
+    monkeypatch.setattr(precompile, "compile_share",
+                        lambda config, options, calls, device, share, count: shares.append((share, count)) or 1)
+    result = precompile_blocks(dit, options, _loss(dit), grad=True, workers=8, rank=1, world_size=2)
+    assert shares == [(1, 2)] and result == {"graphs": 2, "compiled": 1, "failed": []}  # no worker processes
+
+    def out_of_memory(*args):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(precompile, "compile_share", out_of_memory)
+    result = precompile_blocks(dit, options, _loss(dit), grad=True, workers=8, rank=1, world_size=2)
+    assert result == {"graphs": 2, "compiled": 0, "failed": ["RuntimeError: CUDA out of memory"]}
+    assert "rank 1's share failed" in capsys.readouterr().err

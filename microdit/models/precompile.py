@@ -3,11 +3,11 @@
 A cold start compiles every distinct block graph one after another in one process (27 forward + backward graphs for
 XL: 205 s on an H200 machine, measured), mostly single-threaded Python inside the compiler. The graphs do not depend
 on each other, and the compiler keeps each one in its on-disk cache (TORCHINDUCTOR_CACHE_DIR) under a key made of
-the graph and the shapes, strides and dtypes of its inputs, which a restart already reuses (20 s). So the cold work
+the graph and the shapes, strides, offsets and dtypes of its inputs, which a restart already reuses (20 s). So the cold work
 can be shared out: one eager forward without gradients records what each block receives, several processes compile
 the distinct blocks on random inputs with exactly those properties, each filling the shared cache, and the training
-process then compiles from the cache as a restart would. Under DDP the ranks take a share each instead of spawning
-processes. Nothing here changes what is computed; a failed share only means the training process compiles that
+process then compiles from the cache as a restart would. With several ranks (DDP or FSDP) each rank takes a share
+instead of spawning processes. Nothing here changes what is computed; a failed share only means the training process compiles that
 block itself.
 """
 import os
@@ -162,6 +162,11 @@ def precompile_blocks(dit: MicroDiT, options: SpeedOptions, forward, grad: bool,
     calls = distinct_calls(dit, record_region_calls(dit, forward, grad))
     device = next(dit.parameters()).device
     if world_size > 1:
-        return {"graphs": len(calls), "compiled": compile_share(dit.config, options, calls, device, rank, world_size),
-                "failed": []}
+        try:
+            compiled, failed = compile_share(dit.config, options, calls, device, rank, world_size), []
+        except Exception as error:  # as for a worker: the first step compiles this rank's share instead
+            compiled, failed = 0, [f"{type(error).__name__}: {error}"]
+            print(f"precompile: rank {rank}'s share failed ({failed[0]}); its blocks compile at the first step",
+                  file=sys.stderr, flush=True)
+        return {"graphs": len(calls), "compiled": compiled, "failed": failed}
     return {"graphs": len(calls), **precompile_in_processes(dit.config, options, calls, device, workers)}
