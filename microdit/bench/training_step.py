@@ -154,9 +154,9 @@ def time_training_step(arch: str, stage: StageShape, microbatch: int, options: S
     precompiled = {}
     if precompile_workers:
         loss_of = make_loss(stage, latents, captions, autocast=device.type == "cuda")
-        precompiled = precompile_blocks(dit, options, lambda: loss_of(dit), grad=True, workers=precompile_workers)
-        precompiled = {"precompile_s": time.perf_counter() - start, "precompiled_graphs": precompiled["graphs"],
-                       "precompile_failures": len(precompiled["failed"])}
+        result = precompile_blocks(dit, options, lambda: loss_of(dit), grad=True, workers=precompile_workers)
+        precompiled = {"precompile_s": time.perf_counter() - start, "precompiled_graphs": result["graphs"],
+                       "precompile_failures": len(result["failed"])}
     if device.type == "cuda":  # the peak of training steps, not of precompiling's eager recording forward
         torch.cuda.reset_peak_memory_stats(device)
     step(dit, optimizer)
