@@ -18,22 +18,22 @@ from pathlib import Path
 # runs 1-3): every stage eager, stages 1-3 compiled per block, the 256 px sampler compiled, the precompiled warm-up at
 # stages 1 and 3. Every compiled item compiles its block graphs in 8 processes first (models/precompile.py) from a
 # cold cache of its own, about 60 s. Order: the same-card baseline (cheap; tells whether a card matches the last
-# one), stage 4 compiled (the one unmeasured throughput goal), the compiled sampler at 512 px and at 256 px (its
-# warm-up after the static-shape fix), stage 2 compiled (likewise), the dispatch at stage 4's 4096 tokens, then the
-# per-block one-hot dispatch and the costly whole-model compile (one graph: nothing to share out, about 200 s).
+# one), stage 4 compiled (the one unmeasured throughput goal), the compiled sampler at 512 px, whole-model compile
+# (the authors' route, untried on our code; one graph, nothing to share out, about 250 s), the compiled sampler at
+# 256 px and stage 2 compiled (their warm-up after the static-shape fix), then the dispatch comparisons.
 _BLOCKS = ["--compile", "blocks", "--precompile-workers", "8"]
 PAPER_SUITE = (
     ("s1 eager authors-config", ["train", "--stage", "1", "--dispatch", "one_hot"]),
     ("s4 blocks mb64 lpnorm ckpt12", ["train", "--stage", "4", "--microbatch", "64", *_BLOCKS,
                                       "--low-precision-norm", "--checkpoint-blocks", "12"]),
     ("sample bf16 blocks 512", ["sample", "--batch", "64", "--resolution", "512", *_BLOCKS, "--repeats", "1"]),
+    ("s1 model-compile lpnorm", ["train", "--stage", "1", "--compile", "model", "--low-precision-norm", "--profile"]),
     ("sample bf16 blocks 256", ["sample", "--batch", "128", "--resolution", "256", *_BLOCKS, "--repeats", "1"]),
     ("s2 blocks mb256 lpnorm ckpt12", ["train", "--stage", "2", "--microbatch", "256", *_BLOCKS,
                                        "--low-precision-norm", "--checkpoint-blocks", "12"]),
     ("s4 eager mb16 one-hot", ["train", "--stage", "4", "--dispatch", "one_hot", "--low-precision-norm"]),
     ("s4 eager mb16 index", ["train", "--stage", "4", "--low-precision-norm"]),
     ("s1 blocks lpnorm one-hot", ["train", "--stage", "1", *_BLOCKS, "--low-precision-norm", "--dispatch", "one_hot"]),
-    ("s1 model-compile lpnorm", ["train", "--stage", "1", "--compile", "model", "--low-precision-norm", "--profile"]),
 )
 
 MIN_ITEM_S = 20.0  # below this much budget an item cannot even build the model: record it as skipped
