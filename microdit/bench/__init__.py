@@ -1,4 +1,6 @@
 """Speed and memory measurements of MicroDiT at the paper's shapes (`microdit bench`)."""
+import time
+
 import torch
 
 
@@ -14,3 +16,20 @@ def compile_cache_counts() -> dict:
 
     cache = counters["aot_autograd"]
     return {"compile_cache_hits": cache["autograd_cache_hit"], "compile_cache_misses": cache["autograd_cache_miss"]}
+
+
+def precompile_for_measurement(dit, options, forward, grad: bool, workers: int, device: torch.device) -> dict:
+    """With `workers`, the block graphs compiled in that many processes first (models/precompile.py): its seconds
+    and graph counts. Either way the device's peak memory starts afresh after it, so that the reported peak is the
+    measured work's, not precompiling's eager recording call's."""
+    record = {}
+    if workers:
+        from microdit.models.precompile import precompile_blocks
+
+        started = time.perf_counter()
+        result = precompile_blocks(dit, options, forward, grad=grad, workers=workers)
+        record = {"precompile_s": time.perf_counter() - started, "precompiled_graphs": result["graphs"],
+                  "precompile_failures": len(result["failed"])}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    return record

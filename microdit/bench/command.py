@@ -1,4 +1,5 @@
-"""`microdit bench {train,memory,sample,loader,suite}`: speed and memory at the paper's shapes, one JSON line per measurement.
+"""`microdit bench {train,memory,sample,loader,suite}`: speed and memory at the paper's shapes, one JSON line per
+measurement.
 
 train   times full training steps per stage (img/s, first-step/compile seconds, peak memory, MFU);
 memory  predicts a training step's peak memory on fake tensors: runs anywhere, no GPU, in seconds;

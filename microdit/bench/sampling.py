@@ -7,11 +7,10 @@ from contextlib import nullcontext
 
 import torch
 
-from microdit.bench import compile_cache_counts, synchronize
+from microdit.bench import compile_cache_counts, precompile_for_measurement, synchronize
 from microdit.bench.training_step import random_batch
 from microdit.diffusion.edm import EDMConfig, heun_sampler
 from microdit.models.dit import MicroDiT, variant_config
-from microdit.models.precompile import precompile_blocks
 from microdit.models.speed import SpeedOptions, apply_speed_options
 from microdit.train.metrics import memory_gib
 
@@ -37,12 +36,7 @@ def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: 
         synchronize(device)
 
     start = time.perf_counter()
-    precompiled = {}
-    if precompile_workers:  # the block graphs compiled in other processes first (models/precompile.py)
-        graphs = precompile_blocks(dit, options, lambda: sample(1), grad=False, workers=precompile_workers)["graphs"]
-        precompiled = {"precompile_s": time.perf_counter() - start, "precompiled_graphs": graphs}
-    if device.type == "cuda":  # the peak of the sampler, not of precompiling's eager recording call
-        torch.cuda.reset_peak_memory_stats(device)
+    precompiled = precompile_for_measurement(dit, options, lambda: sample(1), False, precompile_workers, device)
     # Three steps run every code path (Heun steps and the final Euler one) and pay any compile cost; a whole
     # warm-up batch would double the cost of an eager measurement.
     sample(min(steps, WARMUP_STEPS))

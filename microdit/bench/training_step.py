@@ -15,12 +15,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from microdit.bench import compile_cache_counts, synchronize
+from microdit.bench import compile_cache_counts, precompile_for_measurement, synchronize
 from microdit.bench.memory import estimate_training_memory
 from microdit.bench.profile import top_operators
 from microdit.diffusion.edm import EDMConfig, edm_loss
 from microdit.models.dit import MicroDiT, variant_config
-from microdit.models.precompile import precompile_blocks
 from microdit.models.speed import SpeedOptions, apply_speed_options
 from microdit.train.metrics import memory_gib, train_flops_per_sample
 
@@ -151,14 +150,8 @@ def time_training_step(arch: str, stage: StageShape, microbatch: int, options: S
     latents, captions = random_batch(config, microbatch, device)
     step = make_train_step(stage, latents, captions, autocast=device.type == "cuda")
     start = time.perf_counter()
-    precompiled = {}
-    if precompile_workers:
-        loss_of = make_loss(stage, latents, captions, autocast=device.type == "cuda")
-        result = precompile_blocks(dit, options, lambda: loss_of(dit), grad=True, workers=precompile_workers)
-        precompiled = {"precompile_s": time.perf_counter() - start, "precompiled_graphs": result["graphs"],
-                       "precompile_failures": len(result["failed"])}
-    if device.type == "cuda":  # the peak of training steps, not of precompiling's eager recording forward
-        torch.cuda.reset_peak_memory_stats(device)
+    loss_of = make_loss(stage, latents, captions, autocast=device.type == "cuda")
+    precompiled = precompile_for_measurement(dit, options, lambda: loss_of(dit), True, precompile_workers, device)
     step(dit, optimizer)
     synchronize(device)
     first_step_s = time.perf_counter() - start

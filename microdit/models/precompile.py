@@ -3,12 +3,12 @@
 A cold start compiles every distinct block graph one after another in one process (27 forward + backward graphs for
 XL: 205 s on an H200 machine, measured), mostly single-threaded Python inside the compiler. The graphs do not depend
 on each other, and the compiler keeps each one in its on-disk cache (TORCHINDUCTOR_CACHE_DIR) under a key made of
-the graph and the shapes, strides, offsets and dtypes of its inputs, which a restart already reuses (20 s). So the cold work
-can be shared out: one eager forward without gradients records what each block receives, several processes compile
-the distinct blocks on random inputs with exactly those properties, each filling the shared cache, and the training
-process then compiles from the cache as a restart would. With several ranks (DDP or FSDP) each rank takes a share
-instead of spawning processes. Nothing here changes what is computed; a failed share only means the training process compiles that
-block itself.
+the graph and the shapes, strides, offsets and dtypes of its inputs, which a restart already reuses (20 s). So the
+cold work can be shared out: one eager forward without gradients records what each block receives, several
+processes compile the distinct blocks on random inputs with exactly those properties, each filling the shared
+cache, and the training process then compiles from the cache as a restart would. With several ranks (DDP or FSDP)
+each rank takes a share instead of spawning processes. Nothing here changes what is computed; a failed share only
+means the training process compiles those blocks itself.
 """
 import os
 import sys
@@ -44,8 +44,8 @@ class TensorSpec:
         storage = torch.empty(self.storage_offset + span, dtype=self.dtype, device=device)
         storage.normal_() if self.dtype.is_floating_point else storage.zero_()
         tensor = storage.as_strided(self.shape, self.stride, self.storage_offset)
-        # a view of a leaf needs a leaf of its own to need a gradient; a requires-grad input is a non-view anyway
-        return tensor.detach().requires_grad_(self.requires_grad) if self.requires_grad else tensor
+        # detached, the strided view becomes a leaf of its own, which may require a gradient
+        return tensor.detach().requires_grad_() if self.requires_grad else tensor
 
 
 @dataclass(frozen=True)
@@ -139,10 +139,15 @@ def precompile_in_processes(config: MicroDiTConfig, options: SpeedOptions, calls
             try:
                 compiled += future.result()
             except Exception as error:  # the training process compiles that share itself, only slower
-                failed.append(f"{type(error).__name__}: {error}")
-                print(f"precompile: a worker failed ({failed[-1]}); its blocks compile in the main process",
-                      file=sys.stderr, flush=True)
+                failed.append(_report_failure(error, "a worker's share"))
     return {"compiled": compiled, "failed": failed}
+
+
+def _report_failure(error: Exception, whose: str) -> str:
+    message = f"{type(error).__name__}: {error}"
+    print(f"precompile: {whose} failed ({message}); its blocks compile at the first step", file=sys.stderr,
+          flush=True)
+    return message
 
 
 def default_workers() -> int:
@@ -165,8 +170,6 @@ def precompile_blocks(dit: MicroDiT, options: SpeedOptions, forward, grad: bool,
         try:
             compiled, failed = compile_share(dit.config, options, calls, device, rank, world_size), []
         except Exception as error:  # as for a worker: the first step compiles this rank's share instead
-            compiled, failed = 0, [f"{type(error).__name__}: {error}"]
-            print(f"precompile: rank {rank}'s share failed ({failed[0]}); its blocks compile at the first step",
-                  file=sys.stderr, flush=True)
+            compiled, failed = 0, [_report_failure(error, f"rank {rank}'s share")]
         return {"graphs": len(calls), "compiled": compiled, "failed": failed}
     return {"graphs": len(calls), **precompile_in_processes(dit.config, options, calls, device, workers)}
