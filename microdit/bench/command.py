@@ -4,6 +4,7 @@ measurement.
 train   times full training steps per stage (img/s, first-step/compile seconds, peak memory, MFU);
 memory  predicts a training step's peak memory on fake tensors: runs anywhere, no GPU, in seconds;
 sample  times the 30-step Heun sampler with guidance at a resolution and batch;
+layers  times the step's attention calls per SDPA backend and its MoE layers per dispatch (seconds of GPU time);
 loader  times the training data loader over MDS shards (synthetic ones with the paper's layout by default);
 suite   runs the prepared list of all of the above within a time budget (the one-call GPU run).
 Timings belong in docs/benchmarks.md, never in tests.
@@ -14,6 +15,7 @@ from dataclasses import asdict, replace
 
 import torch
 
+from microdit.bench.layers import ATTENTION_BACKENDS
 from microdit.bench.training_step import (
     STAGES, fit_checkpointing, predicted_memory, stage_config, time_training_step, training_flops_per_image,
 )
@@ -82,6 +84,18 @@ def add_modes(bench) -> None:
     p.add_argument("--state-dtype", choices=("fp32", "fp64"), default="fp32", help="dtype of the sampler's x")
     p.add_argument("--repeats", type=int, default=2, help="timed batches after a 3-step warm-up")
     p.set_defaults(func=run_sample)
+
+    p = modes.add_parser("layers", help="time the step's attention calls per SDPA backend and MoE layers per "
+                                        "dispatch, forward + backward, at each stage's shapes")
+    _stage_arguments(p)
+    p.add_argument("--arch", default="MicroDiT_XL_2")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--attention-backend", action="append", choices=sorted(ATTENTION_BACKENDS),
+                   help="SDPA backend; repeat (default: all; 'default' is PyTorch's own pick)")
+    p.add_argument("--dispatch", action="append", choices=ExpertChoiceMoE.DISPATCHES, help="repeat (default: both)")
+    p.add_argument("--compile-moe", action="store_true", help="also time the MoE layers compiled (one graph each)")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per shape after one untimed (default 10)")
+    p.set_defaults(func=run_layers)
 
     p = modes.add_parser("loader", help="time the training data loader over MDS shards (synthetic paper-layout "
                                         "ones unless --datadir)")
@@ -175,6 +189,26 @@ def run_sample(args) -> None:
         _emit({**_header(args, device, resolution=resolution, batch=args.batch, steps=args.steps,
                          guidance=args.guidance, precision=args.precision, state_dtype=args.state_dtype),
                **measured})
+
+
+def run_layers(args) -> None:
+    from microdit.bench.layers import recorded_layer_calls, time_attention, time_moe
+
+    device = _device(args)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    header = {"arch": args.arch, "device": _device_name(device), "torch": torch.__version__, "dtype": str(dtype)[6:]}
+    for stage_id in args.stage or sorted(STAGES):
+        stage = STAGES[stage_id]
+        microbatch = args.microbatch or stage.microbatch
+        attention, moe = recorded_layer_calls(args.arch, stage, microbatch)
+        where = {**header, "stage": stage_id, "microbatch": microbatch}
+        for backend in args.attention_backend or ATTENTION_BACKENDS:
+            _emit({**where, "layer": "attention", "backend": backend,
+                   **time_attention(attention, backend, dtype, device, args.repeats)})
+        for compiled in (False, True) if args.compile_moe else (False,):
+            for dispatch in args.dispatch or ExpertChoiceMoE.DISPATCHES:
+                _emit({**where, "layer": "moe", "dispatch": dispatch, "compiled": compiled,
+                       **time_moe(moe, dispatch, dtype, device, args.repeats, "inductor" if compiled else None)})
 
 
 def run_loader(args) -> None:

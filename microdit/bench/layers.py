@@ -1,0 +1,132 @@
+"""`microdit bench layers`: the step's attention calls and MoE layers alone, forward + backward, at a stage's shapes.
+
+A step's profile (`bench train --profile`) says which kernels take the time; this says which form of a layer is
+fastest, in seconds of GPU time instead of a full step per variant: every scaled-dot-product-attention backend over
+every attention call the step makes (mixer and backbone self-attention, cross-attention over the caption tokens, the
+prompt block), and every MoE dispatch over every MoE layer, eager or compiled. Which calls, with which shapes,
+strides and how often, is read off one forward of the real model on the meta device, so a variant's per-step total
+is what the step would spend in those layers with it (activation checkpointing's recomputation aside).
+"""
+import time
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
+
+from microdit.bench import synchronize
+from microdit.bench.training_step import StageShape, random_batch, stage_config
+from microdit.diffusion.edm import EDMConfig, edm_loss
+from microdit.models.dit import MicroDiT
+from microdit.models.layers import ExpertChoiceMoE
+from microdit.models.precompile import TensorSpec
+
+ATTENTION_BACKENDS = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                      "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+
+
+class _AttentionRecorder(TorchFunctionMode):
+    """Counts scaled_dot_product_attention calls by the specs of q, k and v (other arguments are never passed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: Counter = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention:
+            self.calls[tuple(TensorSpec.of(t, grad=True) for t in args[:3])] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def recorded_layer_calls(arch: str, stage: StageShape, microbatch: int) -> tuple[Counter, Counter]:
+    """(attention, moe): how often one training forward at `stage` calls scaled_dot_product_attention with each
+    (q, k, v) spec, and each MoE layer with each input spec ((num_experts, dim, hidden, capacity), x spec)."""
+    config = stage_config(arch, stage)
+    with torch.device("meta"):
+        dit = MicroDiT(config).train()
+        latents, captions = random_batch(config, microbatch, "meta")
+    moe: Counter = Counter()
+
+    def count_moe(module, args):
+        moe[(*module.w1.shape, module.capacity), TensorSpec.of(args[0], grad=True)] += 1
+
+    handles = [m.register_forward_pre_hook(count_moe) for m in dit.modules() if isinstance(m, ExpertChoiceMoE)]
+    try:
+        with torch.no_grad(), _AttentionRecorder() as attention:
+            edm_loss(dit, latents, captions, EDMConfig(p_mean=stage.p_mean, p_std=stage.p_std), stage.mask_ratio)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return attention.calls, moe
+
+
+def _seconds_per_call(run, repeats: int, device: torch.device) -> float:
+    run()  # first call: kernel selection, cuDNN plans, compilation
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def _on_device(spec: TensorSpec, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return replace(spec, dtype=dtype).random(device)
+
+
+def time_attention(calls: Counter, backend: str, dtype: torch.dtype, device: torch.device, repeats: int) -> dict:
+    """Milliseconds per step of forward + backward over `calls` with one SDPA backend, and per shape. A shape the
+    backend cannot run (not built for this device, or outside its size limits) gets an 'error' and leaves the
+    per-step total unknown (None)."""
+    shapes, total = [], 0.0
+    for (q_spec, k_spec, v_spec), count in calls.items():
+        q, k, v = (_on_device(spec, dtype, device) for spec in (q_spec, k_spec, v_spec))
+        grad_out = torch.randn(q.shape[:-1] + v.shape[-1:], dtype=dtype, device=device)
+        shape = {"q": list(q.shape), "k": list(k.shape), "calls_per_step": count}
+
+        def run():
+            out = F.scaled_dot_product_attention(q, k, v)
+            torch.autograd.grad(out, (q, k, v), grad_out)
+
+        try:
+            with sdpa_kernel(ATTENTION_BACKENDS[backend]) if ATTENTION_BACKENDS[backend] else nullcontext():
+                ms = 1e3 * _seconds_per_call(run, repeats, device)
+        except RuntimeError as error:  # "No available kernel", or a kernel's size limits
+            shapes.append({**shape, "error": str(error).strip().splitlines()[0][:300]})
+            total = None
+            continue
+        shapes.append({**shape, "ms_per_call": round(ms, 4)})
+        total = None if total is None else total + count * ms
+    return {"ms_per_step": total, "shapes": shapes}
+
+
+def time_moe(calls: Counter, dispatch: str, dtype: torch.dtype, device: torch.device, repeats: int,
+             compiler: str | None = None) -> dict:
+    """Milliseconds per step of forward + backward over the MoE layers in `calls` with one dispatch, fp32 weights
+    under autocast as in training (on the CPU: fp32 without autocast); each layer compiled with `compiler` (a
+    torch.compile backend, e.g. "inductor") or eager (None)."""
+    shapes, total = [], 0.0
+    for ((experts, dim, hidden, capacity), x_spec), count in calls.items():
+        with device:
+            moe = ExpertChoiceMoE(dim, hidden, 1, experts, capacity)
+        moe.dispatch = dispatch
+        torch.nn.init.normal_(moe.w1, std=0.02)
+        torch.nn.init.normal_(moe.w2, std=0.02)
+        layer = torch.compile(moe, backend=compiler, dynamic=False) if compiler else moe
+        x = _on_device(x_spec, dtype, device)
+        params = (x, *moe.parameters())
+
+        def run():
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                out = layer(x)
+            torch.autograd.grad(out, params, torch.ones_like(out))
+
+        # every shape, dispatch and stage recompiles the one forward: past dynamo's limit it would run eagerly
+        with torch._dynamo.config.patch(recompile_limit=1024):
+            ms = 1e3 * _seconds_per_call(run, repeats, device)
+        shapes.append({"x": list(x.shape), "hidden": hidden, "calls_per_step": count, "ms_per_call": round(ms, 4)})
+        total += count * ms
+    return {"ms_per_step": total, "shapes": shapes}

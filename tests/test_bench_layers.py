@@ -1,0 +1,75 @@
+"""`microdit bench layers`: the recorded calls are the model's, the per-step totals add up, and what a device cannot
+run is reported rather than fatal."""
+import argparse
+import json
+from collections import Counter
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from microdit.bench.layers import recorded_layer_calls, time_attention, time_moe
+from microdit.bench.training_step import STAGES
+from microdit.models.dit import create_dit
+from microdit.models.layers import ExpertChoiceMoE
+from microdit.models.precompile import TensorSpec
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("stage, kept", [(1, 64), (2, 256)])
+def test_recorded_calls_are_every_attention_and_moe_call_of_a_training_forward(stage, kept):
+    attention, moe = recorded_layer_calls("MicroDiT_Nano_2", STAGES[stage], 2)
+    dit = create_dit("MicroDiT_Nano_2")  # 256 px: 16 x 16 = 256 tokens, a quarter kept when masked
+    blocks, mixer = len(dit.dit_blocks()), len(dit.patch_mixer)
+    assert sum(attention.values()) == 2 * blocks + 1  # self- and cross-attention per block, the prompt block
+    assert sum(moe.values()) == sum(isinstance(m, ExpertChoiceMoE) for m in dit.modules())
+
+    self_attention, cross_attention = Counter(), 0
+    for (q, k, _), n in attention.items():
+        if q.shape[2] != 77:  # not the prompt block
+            if k.shape[2] == 77:
+                cross_attention += n
+            else:
+                self_attention[q.shape[2]] += n
+    # the mixer sees every token, the backbone the kept ones
+    assert cross_attention == blocks and self_attention == Counter({256: mixer}) + Counter({kept: len(dit.blocks)})
+    # a view keeps its layout: v is the last third of the fused qkv projection, q a normalised copy
+    (q, k, v), _ = next(iter(attention.items()))
+    assert v.storage_offset > 0 and q.storage_offset == 0 and v.stride[2] == 3 * q.stride[2]
+
+
+def test_attention_totals_add_up_and_a_backend_the_device_lacks_is_reported():
+    attention, _ = recorded_layer_calls("MicroDiT_Nano_2", STAGES[1], 1)
+    math = time_attention(attention, "math", torch.float32, CPU, repeats=1)
+    assert math["ms_per_step"] == pytest.approx(
+        sum(s["calls_per_step"] * s["ms_per_call"] for s in math["shapes"]), rel=1e-3)
+    assert len(math["shapes"]) == len(attention)
+    cudnn = time_attention(attention, "cudnn", torch.float32, CPU, repeats=1)  # CUDA only
+    assert cudnn["ms_per_step"] is None and all("error" in s for s in cudnn["shapes"])
+
+
+def test_compiled_moe_layers_get_a_graph_each_past_dynamos_recompile_limit():
+    """Each MoE shape recompiles one forward; at dynamo's default limit (8) the rest would silently time eager."""
+    calls = Counter({((4, 16 + 4 * i, 32, 2.0), TensorSpec.of(torch.empty(2, 8, 16 + 4 * i), grad=True)): 2
+                     for i in range(10)})
+    torch._dynamo.reset()
+    counters.clear()
+    timed = time_moe(calls, "index", torch.float32, CPU, repeats=1, compiler="eager")
+    assert counters["stats"]["unique_graphs"] == 10
+    assert timed["ms_per_step"] == pytest.approx(2 * sum(s["ms_per_call"] for s in timed["shapes"]), rel=1e-3)
+
+
+def test_bench_layers_command_prints_a_line_per_backend_and_dispatch(capsys):
+    from microdit.bench.command import add_modes
+
+    parser = argparse.ArgumentParser()
+    add_modes(parser)
+    args = parser.parse_args(["layers", "--arch", "MicroDiT_Nano_2", "--stage", "2", "--microbatch", "1",
+                              "--attention-backend", "math", "--attention-backend", "cudnn", "--repeats", "1"])
+    args.func(args)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["layer"], r.get("backend", r.get("dispatch"))) for r in lines] == [
+        ("attention", "math"), ("attention", "cudnn"), ("moe", "index"), ("moe", "one_hot")]
+    assert all(r["stage"] == 2 and r["microbatch"] == 1 for r in lines)
+    assert lines[0]["ms_per_step"] > 0 and lines[1]["ms_per_step"] is None
