@@ -17,7 +17,7 @@ import torch
 
 from microdit.bench import compile_cache_counts, precompile_for_measurement, synchronize
 from microdit.bench.memory import estimate_training_memory
-from microdit.bench.profile import top_operators
+from microdit.bench.profile import time_breakdown
 from microdit.diffusion.edm import EDMConfig, edm_loss
 from microdit.models.dit import MicroDiT, variant_config
 from microdit.models.speed import SpeedOptions, apply_speed_options
@@ -137,9 +137,9 @@ def fit_checkpointing(arch: str, stage: StageShape, microbatch: int, options: Sp
 def time_training_step(arch: str, stage: StageShape, microbatch: int, options: SpeedOptions, steps: int,
                        warmup: int, device: torch.device, profile: bool = False, precompile_workers: int = 0) -> dict:
     """Measured seconds per step, first-step (compile) seconds and peak allocated memory on `device`; with
-    `profile`, also the top operators of three more steps (after the timing, so it does not disturb it). With
-    `precompile_workers` (compile: blocks), the block graphs are first compiled in that many processes
-    (models/precompile.py); that time is part of the first step's."""
+    `profile`, also where three more steps spend the device's time (bench/profile.py; after the timing, so that it
+    does not disturb it). With `precompile_workers` (compile: blocks), the block graphs are first compiled in that
+    many processes (models/precompile.py); that time is part of the first step's."""
     config = stage_config(arch, stage)
     torch.manual_seed(0)
     with device:  # initialise on the device: an XL initialised on the CPU costs more than the measurement
@@ -167,5 +167,5 @@ def time_training_step(arch: str, stage: StageShape, microbatch: int, options: S
     measured = {"params": sum(p.numel() for p in dit.parameters()), "step_s": step_s, "first_step_s": first_step_s,
                 **precompiled, "peak_mem_gib": memory_gib(device)}
     if profile:
-        measured["top_ops"] = top_operators(lambda: step(dit, optimizer), device)
+        measured["profile"] = time_breakdown(lambda: step(dit, optimizer), device)
     return measured

@@ -1,5 +1,5 @@
-"""`microdit bench layers`: the recorded calls are the model's, the per-step totals add up, and what a device cannot
-run is reported rather than fatal."""
+"""The bench's diagnostics. `bench layers`: the recorded calls are the model's, the per-step totals add up, and what
+a device cannot run is reported rather than fatal. `bench train --profile`: GPU kernels fall into the right kinds."""
 import argparse
 import json
 from collections import Counter
@@ -9,6 +9,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from microdit.bench.layers import recorded_layer_calls, time_attention, time_moe
+from microdit.bench.profile import kernel_kind
 from microdit.bench.training_step import STAGES
 from microdit.models.dit import create_dit
 from microdit.models.layers import ExpertChoiceMoE
@@ -73,3 +74,28 @@ def test_bench_layers_command_prints_a_line_per_backend_and_dispatch(capsys):
         ("attention", "math"), ("attention", "cudnn"), ("moe", "index"), ("moe", "one_hot")]
     assert all(r["stage"] == 2 and r["microbatch"] == 1 for r in lines)
     assert lines[0]["ms_per_step"] > 0 and lines[1]["ms_per_step"] is None
+
+
+@pytest.mark.parametrize("name, kind", [
+    # kernel names from the H200 profiles of run 1 (docs/bench-runs/2026-11-26-h200.jsonl), and inductor's prefixes
+    ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT", "matmul"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x64_1x4x1_cga1x1x1_kernel0_0",
+     "attention"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::"
+     "FusedOptimizerTensorListMetadata<4>, at::native::(anonymous", "optimizer and grad clipping (foreach)"),
+    ("void at::native::vectorized_elementwise_kernel<8, at::native::bfloat16_copy_kernel_cuda(at::TensorIteratorBa",
+     "copy or cast (eager)"),
+    ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float, false>(int, float, float",
+     "norm (eager)"),
+    ("void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::native::BinaryFunctor<c10",
+     "elementwise (eager)"),
+    ("triton_poi_fused_gelu_gelu_backward_4", "compiled pointwise"),
+    ("triton_per_fused__scaled_dot_product_cudnn_attention_native_layer_norm_3", "compiled reduction"),
+    ("triton_tem_fused_mm_0", "matmul"),
+    ("aten::mm", "matmul"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
+    ("Memset (Device)", "memset or memcpy"),
+    ("Command Buffer Full", "other"),
+])
+def test_kernels_are_told_apart_by_name(name, kind):
+    assert kernel_kind(name) == kind
