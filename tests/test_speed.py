@@ -1,5 +1,6 @@
 """Speed and memory switches change nothing they should not: same values and gradients as the reference path
 (fp32 on the CPU), same parameter names; and the fake-tensor memory predictor counts bytes exactly."""
+import argparse
 import json
 import os
 import subprocess
@@ -291,19 +292,37 @@ def test_suite_appends_results_failures_and_skips_within_its_budget(tmp_path):
     assert "===== bad" in log.read_text() and "invalid choice" in log.read_text()  # the whole reason is kept
 
 
-def test_every_prepared_suite_item_parses():
+@pytest.mark.parametrize("card", ["h200", "h100"])
+def test_every_prepared_suite_item_parses(card):
     """A typo in the prepared GPU run would only show on the GPU, where time is scarcest."""
-    import argparse
-
     from microdit.bench.command import add_modes
-    from microdit.bench.suite import PAPER_SUITE
+    from microdit.bench.suite import paper_suite
 
     parser = argparse.ArgumentParser()
     add_modes(parser)
-    labels = [label for label, _ in PAPER_SUITE]
+    suite = paper_suite(card)
+    labels = [label for label, _ in suite]
     assert len(set(labels)) == len(labels)
-    for _, args in PAPER_SUITE:
+    for _, args in suite:
         assert parser.parse_args([*args, "--arch", "MicroDiT_XL_2", "--device", "cuda"]).func is not None
+
+
+def test_suite_picks_the_card_by_memory_and_a_second_call_goes_on_from_an_item(tmp_path, capsys):
+    from microdit.bench.command import add_modes
+    from microdit.bench.suite import card_class, gpu_memory_gib, paper_suite
+
+    assert card_class(140.4) == "h200" and card_class(79.1) == "h100" and gpu_memory_gib() == 0.0  # no GPU here
+    # the authors' microbatch does not fit an 80 GB card; the checkpointing follows the card
+    assert "mb128" in paper_suite("h100")[0][0] and "mb256" in paper_suite("h200")[0][0]
+    assert "ckpt21" in paper_suite("h100")[2][0] and "ckpt12" in paper_suite("h200")[2][0]
+    parser = argparse.ArgumentParser()
+    add_modes(parser)
+    out = tmp_path / "bench.jsonl"
+    args = parser.parse_args(["suite", "--out", str(out), "--budget-s", "0", "--card", "h200", "--from-item", "10"])
+    args.func(args)
+    assert [json.loads(line)["label"] for line in out.read_text().splitlines()] == [
+        label for label, _ in paper_suite("h200")[9:]]
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["card"] == "h200"
 
 
 def test_suite_items_start_cold_and_a_timeout_kills_the_whole_item(tmp_path):

@@ -16,6 +16,7 @@ from dataclasses import asdict, replace
 import torch
 
 from microdit.bench.layers import ATTENTION_BACKENDS
+from microdit.bench.suite import CARD_FITS
 from microdit.bench.training_step import (
     STAGES, fit_checkpointing, predicted_memory, stage_config, time_training_step, training_flops_per_image,
 )
@@ -118,6 +119,10 @@ def add_modes(bench) -> None:
     p.add_argument("--log", help="append each item's stderr here (warnings, why a compile failed)")
     p.add_argument("--arch", default="MicroDiT_XL_2")
     p.add_argument("--device", default="auto")
+    p.add_argument("--card", choices=("auto", *CARD_FITS), default="auto",
+                   help="which card's microbatches and checkpointing to use (auto: by the GPU's memory)")
+    p.add_argument("--from-item", type=int, default=1,
+                   help="start at this item of the list (1-based): a second call goes on where the first stopped")
     p.set_defaults(func=run_suite_command)
 
 
@@ -224,8 +229,9 @@ def run_loader(args) -> None:
 
 
 def run_suite_command(args) -> None:
-    from microdit.bench.suite import PAPER_SUITE, run_suite
+    from microdit.bench.suite import card_class, gpu_memory_gib, paper_suite, run_suite
 
-    counts = run_suite(PAPER_SUITE, args.out, args.budget_s, ["--arch", args.arch, "--device", args.device],
-                       log=args.log)
-    print(json.dumps({"suite": args.out, **counts}))
+    card = card_class(gpu_memory_gib()) if args.card == "auto" else args.card
+    items = paper_suite(card)[args.from_item - 1:]
+    counts = run_suite(items, args.out, args.budget_s, ["--arch", args.arch, "--device", args.device], log=args.log)
+    print(json.dumps({"suite": args.out, "card": card, **counts}))

@@ -14,27 +14,65 @@ import tempfile
 import time
 from pathlib import Path
 
-# (label, `python -m microdit.bench` arguments), most important first. Measured on an H200 so far (docs/benchmarks.md,
-# runs 1-3): every stage eager, stages 1-3 compiled per block, the 256 px sampler compiled, the precompiled warm-up at
-# stages 1 and 3. Every compiled item compiles its block graphs in 8 processes first (models/precompile.py) from a
-# cold cache of its own, about 60 s. Order: the same-card baseline (cheap; tells whether a card matches the last
-# one), stage 4 compiled (the one unmeasured throughput goal), the compiled sampler at 512 px, whole-model compile
-# (the authors' route, untried on our code; one graph, nothing to share out, about 250 s), the compiled sampler at
-# 256 px and stage 2 compiled (their warm-up after the static-shape fix), then the dispatch comparisons.
-_BLOCKS = ["--compile", "blocks", "--precompile-workers", "8"]
-PAPER_SUITE = (
-    ("s1 eager authors-config", ["train", "--stage", "1", "--dispatch", "one_hot"]),
-    ("s4 blocks mb64 lpnorm ckpt12", ["train", "--stage", "4", "--microbatch", "64", *_BLOCKS,
-                                      "--low-precision-norm", "--checkpoint-blocks", "12"]),
-    ("sample bf16 blocks 512", ["sample", "--batch", "64", "--resolution", "512", *_BLOCKS, "--repeats", "1"]),
-    ("s1 model-compile lpnorm", ["train", "--stage", "1", "--compile", "model", "--low-precision-norm", "--profile"]),
-    ("sample bf16 blocks 256", ["sample", "--batch", "128", "--resolution", "256", *_BLOCKS, "--repeats", "1"]),
-    ("s2 blocks mb256 lpnorm ckpt12", ["train", "--stage", "2", "--microbatch", "256", *_BLOCKS,
-                                       "--low-precision-norm", "--checkpoint-blocks", "12"]),
-    ("s4 eager mb16 one-hot", ["train", "--stage", "4", "--dispatch", "one_hot", "--low-precision-norm"]),
-    ("s4 eager mb16 index", ["train", "--stage", "4", "--low-precision-norm"]),
-    ("s1 blocks lpnorm one-hot", ["train", "--stage", "1", *_BLOCKS, "--low-precision-norm", "--dispatch", "one_hot"]),
-)
+# Microbatch and activation-checkpointed blocks per stage, with low-precision norms, for each class of card: the
+# fewest blocks whose eager peak `bench memory --fit-gib` predicts within reach (predictions held to 0.3 GiB on the
+# H200; compiled steps keep less). An H200 (140 GiB) holds 106 GiB predicted, an 80 GB H100 72 GiB.
+CARD_FITS = {"h200": {1: (256, 0), 2: (256, 12), 3: (128, 0), 4: (64, 12)},
+             "h100": {1: (256, 0), 2: (256, 22), 3: (128, 6), 4: (64, 21)}}
+# The authors' configuration at their microbatch (82.5 GiB on an H200) does not fit an 80 GB card: half of it does.
+BASELINE_MICROBATCH = {"h200": 256, "h100": 128}
+CARD_MIN_GIB = {"h200": 100.0, "h100": 0.0}  # the card class of a device with at least this much memory
+
+
+def card_class(total_gib: float) -> str:
+    return next(card for card, least in CARD_MIN_GIB.items() if total_gib >= least)
+
+
+def gpu_memory_gib(python: str = sys.executable) -> float:
+    """The first GPU's memory, asked in a child process: CUDA initialised here would hold memory all suite long."""
+    code = ("import torch; print(torch.cuda.get_device_properties(0).total_memory / 2 ** 30 "
+            "if torch.cuda.is_available() else 0)")
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120)
+    return float(done.stdout.strip() or 0) if done.returncode == 0 else 0.0
+
+
+def paper_suite(card: str) -> tuple:
+    """(label, `python -m microdit.bench` arguments) for `card`, most important first. Measured on an H200 so far
+    (docs/benchmarks.md, runs 1-3): every stage eager, stages 1-3 compiled per block, the 256 px sampler compiled,
+    the precompiled warm-up at stages 1 and 3. Every compiled item compiles its block graphs in 8 processes first
+    (models/precompile.py) from a cold cache of its own, about 60 s. Order: the same-card baseline (cheap; tells
+    whether a card matches the last one), the attention backends and MoE dispatches at every stage (seconds), stage 4
+    compiled (the one unmeasured throughput goal), the compiled sampler at 512 px, whole-model compile (the authors'
+    route, untried on our code; one graph, nothing to share out, about 250 s), the 256 px sampler and stages 2, 1
+    and 3 compiled (the profile by kind of kernel, and on a new card its numbers), then the dispatch comparisons."""
+    blocks = ["--compile", "blocks", "--precompile-workers", "8", "--low-precision-norm"]
+
+    def stage(number: int) -> list[str]:
+        microbatch, checkpointed = CARD_FITS[card][number]
+        return ["train", "--stage", str(number), "--microbatch", str(microbatch), *blocks,
+                *(["--checkpoint-blocks", str(checkpointed)] if checkpointed else [])]
+
+    def label(number: int) -> str:
+        microbatch, checkpointed = CARD_FITS[card][number]
+        return f"s{number} blocks mb{microbatch} lpnorm" + (f" ckpt{checkpointed}" if checkpointed else "")
+
+    baseline = BASELINE_MICROBATCH[card]
+    return (
+        (f"s1 eager authors-config mb{baseline}", ["train", "--stage", "1", "--microbatch", str(baseline),
+                                                   "--dispatch", "one_hot"]),
+        ("layers eager", ["layers"]),
+        (label(4), stage(4)),
+        ("sample bf16 blocks 512", ["sample", "--batch", "64", "--resolution", "512", *blocks[:4], "--repeats", "1"]),
+        ("s1 model-compile lpnorm", ["train", "--stage", "1", "--compile", "model", "--low-precision-norm",
+                                     "--profile"]),
+        ("sample bf16 blocks 256", ["sample", "--batch", "128", "--resolution", "256", *blocks[:4], "--repeats", "1"]),
+        (label(2), stage(2)),
+        (label(1) + " profiled", [*stage(1), "--profile"]),
+        (label(3), stage(3)),
+        (label(1) + " one-hot", [*stage(1), "--dispatch", "one_hot"]),
+        ("layers s4 compiled moe", ["layers", "--stage", "4", "--attention-backend", "default", "--compile-moe"]),
+    )
+
 
 MIN_ITEM_S = 20.0  # below this much budget an item cannot even build the model: record it as skipped
 
