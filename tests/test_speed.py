@@ -165,7 +165,8 @@ def test_heun_sampler_precomputes_the_caption_side_once_with_the_same_result():
 
 
 def test_speed_options_are_validated():
-    for bad in (dict(compile="yes"), dict(moe_dispatch="dense"), dict(checkpoint_blocks=-1)):
+    for bad in (dict(compile="yes"), dict(moe_dispatch="dense"), dict(checkpoint_blocks=-1),
+                dict(attention_backend="fast")):
         with pytest.raises(ValueError):
             SpeedOptions(**bad)
     dit = _nano()
@@ -173,6 +174,42 @@ def test_speed_options_are_validated():
     assert sum(b.recompute_in_backward for b in dit.dit_blocks()) == 3
     with pytest.raises(ValueError, match="dispatch"):
         dit.set_moe_dispatch("dense")
+
+
+def test_attention_backends_compute_the_same_attention_also_when_compiled():
+    """An attention backend picks kernels, not math: math and CPU flash agree on a masked forward and its
+    gradients, and the choice reaches the compiled block (traced whole) rather than being dropped by the tracer."""
+    torch.manual_seed(0)
+    results = {}
+    for backend in ("math", "flash"):
+        dit = _nano()
+        apply_speed_options(dit, SpeedOptions(attention_backend=backend))
+        x, t, y = torch.randn(2, 4, 8, 8), torch.rand(2) + 0.1, torch.randn(2, 1, 77, 1024)
+        torch.manual_seed(1)
+        out = dit(x, t, y, mask_ratio=0.5)["sample"]
+        out.square().mean().backward()
+        results[backend] = (out, dit.blocks[0].attn.qkv.weight.grad)
+    torch.testing.assert_close(results["math"], results["flash"], atol=1e-5, rtol=1e-4)
+
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def traced_ops(backend: str) -> set:
+        ops = set()
+
+        def capture(graph, example_inputs):
+            ops.update(str(node.target) for node in graph.graph.nodes if node.op == "call_function")
+            return make_boxed_func(graph.forward)
+
+        torch._dynamo.reset()
+        block = _nano().blocks[0]
+        block.attn.backend = block.cross_attn.backend = backend
+        compiled = torch.compile(block, backend=aot_autograd(fw_compiler=capture), fullgraph=True)
+        compiled(torch.randn(2, 16, 128), torch.randn(2, 77, 128), torch.randn(2, 128))
+        return ops
+
+    flash = "aten._scaled_dot_product_flash_attention_for_cpu.default"
+    assert flash in traced_ops("flash") and flash not in traced_ops("math")
 
 
 # --------------------------------------------------------------------------------------------- memory prediction

@@ -15,13 +15,12 @@ from dataclasses import asdict, replace
 
 import torch
 
-from microdit.bench.layers import ATTENTION_BACKENDS
 from microdit.bench.suite import CARD_FITS
 from microdit.bench.training_step import (
     STAGES, fit_checkpointing, predicted_memory, stage_config, time_training_step, training_flops_per_image,
 )
 from microdit.errors import UserError
-from microdit.models.layers import ExpertChoiceMoE
+from microdit.models.layers import SDPA_BACKENDS, ExpertChoiceMoE
 from microdit.models.speed import COMPILE_MODES, SpeedOptions
 
 
@@ -34,6 +33,8 @@ def _speed_arguments(p) -> None:
                    help="recompute the activations of this many DiT blocks in backward (default 0)")
     p.add_argument("--dispatch", choices=ExpertChoiceMoE.DISPATCHES, default="index",
                    help="MoE dispatch: index (ours) or one_hot (the authors' dense form)")
+    p.add_argument("--attention-backend", choices=sorted(SDPA_BACKENDS), default="default",
+                   help="which SDPA kernels attention may use (default: PyTorch's pick; see bench layers)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precompile-workers", type=int, default=0,
                    help="with --compile blocks: compile the block graphs in this many processes first (0: off)")
@@ -41,7 +42,8 @@ def _speed_arguments(p) -> None:
 
 def _options(args) -> SpeedOptions:
     return SpeedOptions(compile=args.compile, low_precision_norm=args.low_precision_norm,
-                        checkpoint_blocks=args.checkpoint_blocks, moe_dispatch=args.dispatch)
+                        checkpoint_blocks=args.checkpoint_blocks, moe_dispatch=args.dispatch,
+                        attention_backend=args.attention_backend)
 
 
 def _stage_arguments(p) -> None:
@@ -92,7 +94,7 @@ def add_modes(bench) -> None:
     _stage_arguments(p)
     p.add_argument("--arch", default="MicroDiT_XL_2")
     p.add_argument("--device", default="auto")
-    p.add_argument("--attention-backend", action="append", choices=sorted(ATTENTION_BACKENDS),
+    p.add_argument("--attention-backend", action="append", choices=sorted(SDPA_BACKENDS),
                    help="SDPA backend; repeat (default: all; 'default' is PyTorch's own pick)")
     p.add_argument("--dispatch", action="append", choices=ExpertChoiceMoE.DISPATCHES, help="repeat (default: both)")
     p.add_argument("--compile-moe", action="store_true", help="also time the MoE layers compiled (one graph each)")
@@ -208,7 +210,7 @@ def run_layers(args) -> None:
         microbatch = args.microbatch or stage.microbatch
         attention, moe = recorded_layer_calls(args.arch, stage, microbatch)
         where = {**header, "stage": stage_id, "microbatch": microbatch}
-        for backend in args.attention_backend or ATTENTION_BACKENDS:
+        for backend in args.attention_backend or SDPA_BACKENDS:
             _emit({**where, "layer": "attention", "backend": backend,
                    **time_attention(attention, backend, dtype, device, args.repeats)})
         for compiled in (False, True) if args.compile_moe else (False,):

@@ -9,23 +9,18 @@ is what the step would spend in those layers with it (activation checkpointing's
 """
 import time
 from collections import Counter
-from contextlib import nullcontext
 from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 from microdit.bench import synchronize
 from microdit.bench.training_step import StageShape, random_batch, stage_config
 from microdit.diffusion.edm import EDMConfig, edm_loss
 from microdit.models.dit import MicroDiT
-from microdit.models.layers import ExpertChoiceMoE
+from microdit.models.layers import ExpertChoiceMoE, attention
 from microdit.models.precompile import TensorSpec
-
-ATTENTION_BACKENDS = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-                      "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 
 
 class _AttentionRecorder(TorchFunctionMode):
@@ -78,7 +73,7 @@ def _on_device(spec: TensorSpec, dtype: torch.dtype, device: torch.device) -> to
 
 
 def time_attention(calls: Counter, backend: str, dtype: torch.dtype, device: torch.device, repeats: int) -> dict:
-    """Milliseconds per step of forward + backward over `calls` with one SDPA backend, and per shape. A shape the
+    """Milliseconds per step of forward + backward over `calls` with one of layers.SDPA_BACKENDS, and per shape. A shape the
     backend cannot run (not built for this device, or outside its size limits) gets an 'error' and leaves the
     per-step total unknown (None)."""
     shapes, total = [], 0.0
@@ -88,12 +83,10 @@ def time_attention(calls: Counter, backend: str, dtype: torch.dtype, device: tor
         shape = {"q": list(q.shape), "k": list(k.shape), "calls_per_step": count}
 
         def run():
-            out = F.scaled_dot_product_attention(q, k, v)
-            torch.autograd.grad(out, (q, k, v), grad_out)
+            torch.autograd.grad(attention(q, k, v, backend), (q, k, v), grad_out)
 
         try:
-            with sdpa_kernel(ATTENTION_BACKENDS[backend]) if ATTENTION_BACKENDS[backend] else nullcontext():
-                ms = 1e3 * _seconds_per_call(run, repeats, device)
+            ms = 1e3 * _seconds_per_call(run, repeats, device)
         except RuntimeError as error:  # "No available kernel", or a kernel's size limits
             shapes.append({**shape, "error": str(error).strip().splitlines()[0][:300]})
             total = None

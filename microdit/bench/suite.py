@@ -44,7 +44,8 @@ def paper_suite(card: str) -> tuple:
     whether a card matches the last one), the attention backends and MoE dispatches at every stage (seconds), stage 4
     compiled (the one unmeasured throughput goal), the compiled sampler at 512 px, whole-model compile (the authors'
     route, untried on our code; one graph, nothing to share out, about 250 s), the 256 px sampler and stages 2, 1
-    and 3 compiled (the profile by kind of kernel, and on a new card its numbers), then the dispatch comparisons."""
+    and 3 compiled (the profile by kind of kernel, and on a new card its numbers), then the dispatch comparisons and
+    stage 1 with flash attention (the step's view of what `bench layers` said about the backends)."""
     blocks = ["--compile", "blocks", "--precompile-workers", "8", "--low-precision-norm"]
 
     def stage(number: int) -> list[str]:
@@ -71,6 +72,7 @@ def paper_suite(card: str) -> tuple:
         (label(3), stage(3)),
         (label(1) + " one-hot", [*stage(1), "--dispatch", "one_hot"]),
         ("layers s4 compiled moe", ["layers", "--stage", "4", "--attention-backend", "default", "--compile-moe"]),
+        (label(1) + " flash", [*stage(1), "--attention-backend", "flash"]),
     )
 
 

@@ -11,8 +11,8 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from microdit.models.layers import (
-    CrossAttention, ExpertChoiceMoE, LayerNorm, Mlp, PatchEmbed, SelfAttention, SwiGLU, TimestepEmbedder, layer_norm,
-    modulate, random_token_mask, round_up, sincos_pos_embed_2d,
+    SDPA_BACKENDS, CrossAttention, ExpertChoiceMoE, LayerNorm, Mlp, PatchEmbed, SelfAttention, SwiGLU,
+    TimestepEmbedder, layer_norm, modulate, random_token_mask, round_up, sincos_pos_embed_2d,
 )
 
 
@@ -257,6 +257,14 @@ class MicroDiT(nn.Module):
         for module in self.modules():
             if isinstance(module, ExpertChoiceMoE):
                 module.dispatch = dispatch
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Restrict every attention call to one of SDPA_BACKENDS ("default": PyTorch picks per call)."""
+        if backend not in SDPA_BACKENDS:
+            raise ValueError(f"attention backend {backend!r}; expected one of {sorted(SDPA_BACKENDS)}")
+        for module in self.modules():
+            if isinstance(module, (SelfAttention, CrossAttention)):
+                module.backend = backend
 
     def compile_blocks(self, **options) -> None:
         """Regional compilation: each transformer block compiled in place (names stay free of `_orig_mod.`), the

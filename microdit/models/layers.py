@@ -9,8 +9,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 NORM_EPS = 1e-6
+# Which kernels scaled_dot_product_attention may use; "default" lets PyTorch pick per call (cuDNN's on H100/H200).
+SDPA_BACKENDS = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                 "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 
 
 class LayerNorm(nn.LayerNorm):
@@ -64,8 +68,19 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "default") -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over heads, computed by one of SDPA_BACKENDS (the same math; only which kernel
+    runs, hence the rounding, differs). Switched per model by `MicroDiT.set_attention_backend`."""
+    if SDPA_BACKENDS[backend] is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    with sdpa_kernel(SDPA_BACKENDS[backend]):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention; q and k are normalised over the full hidden width before splitting heads."""
+
+    backend = "default"  # see attention()
 
     def __init__(self, dim: int, head_dim: int, hidden_dim: int, eps: float = NORM_EPS):
         super().__init__()
@@ -79,11 +94,13 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (_split_heads(t, self.head_dim) for t in (q, k, v))
-        return self.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
+        return self.proj(_merge_heads(attention(q, k, v, self.backend)))
 
 
 class CrossAttention(nn.Module):
     """Image tokens attend to all caption tokens (padding included, no mask), with the same QK-norm."""
+
+    backend = "default"  # see attention()
 
     def __init__(self, dim: int, head_dim: int, hidden_dim: int, eps: float = NORM_EPS):
         super().__init__()
@@ -99,7 +116,7 @@ class CrossAttention(nn.Module):
         they depend on neither the image nor the noise level)."""
         k, v = context if isinstance(context, tuple) else self.context_kv(context)
         q = _split_heads(self.q_norm(self.q_linear(x)), self.head_dim)
-        return self.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
+        return self.proj(_merge_heads(attention(q, k, v, self.backend)))
 
     def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised keys and values of the caption tokens, split into heads."""

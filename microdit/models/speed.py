@@ -1,12 +1,13 @@
 """Runtime switches that trade memory, speed and compile warm-up, shared by the trainer and `microdit bench`.
 
-None of them renames a parameter, so checkpoints load whatever was switched; only low-precision norms change the
-numbers (bf16 rounding of the normalised activations, as the authors trained).
+None of them renames a parameter, so checkpoints load whatever was switched; beyond the rounding of other kernels
+(compiled, or another attention backend), only low-precision norms change the numbers (bf16 rounding of the
+normalised activations, as the authors trained).
 """
 from dataclasses import dataclass
 
 from microdit.models.dit import MicroDiT
-from microdit.models.layers import ExpertChoiceMoE
+from microdit.models.layers import SDPA_BACKENDS, ExpertChoiceMoE
 
 COMPILE_MODES = ("none", "model", "blocks")
 
@@ -17,6 +18,7 @@ class SpeedOptions:
     low_precision_norm: bool = False  # LayerNorms in the autocast dtype
     checkpoint_blocks: int = 0        # DiT blocks whose activations are recomputed in backward (mixer first)
     moe_dispatch: str = "index"       # index, or one_hot (the authors' dense form; for comparison)
+    attention_backend: str = "default"  # which SDPA kernels attention may use (layers.SDPA_BACKENDS)
 
     def __post_init__(self):
         # worded as field errors: a stage config reports them under its file name (train/config.py)
@@ -25,6 +27,9 @@ class SpeedOptions:
         if self.moe_dispatch not in ExpertChoiceMoE.DISPATCHES:
             raise ValueError(f"moe_dispatch: expected one of {list(ExpertChoiceMoE.DISPATCHES)}, "
                              f"got {self.moe_dispatch!r}")
+        if self.attention_backend not in SDPA_BACKENDS:
+            raise ValueError(f"attention_backend: expected one of {sorted(SDPA_BACKENDS)}, "
+                             f"got {self.attention_backend!r}")
         if self.checkpoint_blocks < 0:
             raise ValueError(f"checkpoint_blocks: must be >= 0, got {self.checkpoint_blocks}")
 
@@ -34,6 +39,7 @@ def apply_speed_options(dit: MicroDiT, options: SpeedOptions) -> None:
     dit.set_low_precision_norms(options.low_precision_norm)
     dit.set_activation_checkpointing(options.checkpoint_blocks)
     dit.set_moe_dispatch(options.moe_dispatch)
+    dit.set_attention_backend(options.attention_backend)
     if options.compile == "model":
         dit.compile()  # in place: parameter names stay free of `_orig_mod.`
     elif options.compile == "blocks":

@@ -46,6 +46,7 @@ def test_paper_stages_follow_the_spec():
     ({"compile": True}, "compile: expected a string"),
     ({"compile": "everything"}, "compile: expected one of"),
     ({"checkpoint_blocks": -1}, "checkpoint_blocks: must be >= 0"),
+    ({"attention_backend": "fast"}, "attention_backend: expected one of"),
 ])
 def test_bad_fields_are_named(tmp_path, change, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
