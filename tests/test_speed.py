@@ -166,7 +166,8 @@ def test_heun_sampler_precomputes_the_caption_side_once_with_the_same_result():
 
 def test_speed_options_are_validated():
     for bad in (dict(compile="yes"), dict(moe_dispatch="dense"), dict(checkpoint_blocks=-1),
-                dict(attention_backend="fast")):
+                dict(attention_backend="fast"), dict(compile="blocks", activation_budget=1.5),
+                dict(activation_budget=0.5)):  # the budget is the compiler's: eager steps have none
         with pytest.raises(ValueError):
             SpeedOptions(**bad)
     dit = _nano()
@@ -174,6 +175,31 @@ def test_speed_options_are_validated():
     assert sum(b.recompute_in_backward for b in dit.dit_blocks()) == 3
     with pytest.raises(ValueError, match="dispatch"):
         dit.set_moe_dispatch("dense")
+
+
+def test_activation_budget_makes_compiled_blocks_keep_less_with_the_same_gradients():
+    """Below 1, the compiler's partitioner saves fewer activations for backward and recomputes the rest; the values
+    and gradients do not change. (A partitioner like inductor's, without its code generation: fast on the CPU.)"""
+    from microdit.models.speed import set_activation_budget
+
+    block = _nano(input_size=16).blocks[1]
+    assert type(block.mlp).__name__ == "ExpertChoiceMoE"
+    x, y, c = torch.randn(4, 64, 128, requires_grad=True), torch.randn(4, 77, 128), torch.randn(4, 128)
+    kept, grads = {}, {}
+    try:
+        for budget in (1.0, 0.3):
+            set_activation_budget(budget)
+            torch._dynamo.reset()
+            compiled = torch.compile(block, backend="aot_eager_decomp_partition", fullgraph=True)
+            saved = []
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.nbytes) or t, lambda t: t):
+                out = compiled(x, y, c)
+            kept[budget] = sum(saved)
+            grads[budget] = torch.autograd.grad(out.square().sum(), [x, *block.parameters()])
+    finally:
+        set_activation_budget(1.0)
+    assert kept[0.3] < 0.75 * kept[1.0]
+    torch.testing.assert_close(grads[0.3], grads[1.0], atol=1e-5, rtol=1e-4)
 
 
 def test_attention_backends_compute_the_same_attention_also_when_compiled():

@@ -35,6 +35,8 @@ def _speed_arguments(p) -> None:
                    help="MoE dispatch: index (ours) or one_hot (the authors' dense form)")
     p.add_argument("--attention-backend", choices=sorted(SDPA_BACKENDS), default="default",
                    help="which SDPA kernels attention may use (default: PyTorch's pick; see bench layers)")
+    p.add_argument("--activation-budget", type=float, default=1.0,
+                   help="with --compile: fraction of activations compiled graphs keep, recomputing the rest")
     p.add_argument("--device", default="auto")
     p.add_argument("--precompile-workers", type=int, default=0,
                    help="with --compile blocks: compile the block graphs in this many processes first (0: off)")
@@ -43,7 +45,7 @@ def _speed_arguments(p) -> None:
 def _options(args) -> SpeedOptions:
     return SpeedOptions(compile=args.compile, low_precision_norm=args.low_precision_norm,
                         checkpoint_blocks=args.checkpoint_blocks, moe_dispatch=args.dispatch,
-                        attention_backend=args.attention_backend)
+                        attention_backend=args.attention_backend, activation_budget=args.activation_budget)
 
 
 def _stage_arguments(p) -> None:

@@ -19,6 +19,11 @@ from pathlib import Path
 # H200; compiled steps keep less). An H200 (140 GiB) holds 106 GiB predicted, an 80 GB H100 72 GiB.
 CARD_FITS = {"h200": {1: (256, 0), 2: (256, 12), 3: (128, 0), 4: (64, 12)},
              "h100": {1: (256, 0), 2: (256, 22), 3: (128, 6), 4: (64, 21)}}
+# The same microbatches with no checkpointed block and the compiler's activation budget instead (models/speed.py):
+# fractions guessed from the eager predictions (a compiled step kept about 0.9 of the eager activations so far,
+# 13 GiB of weights and AdamW state) for a peak like the checkpointed rows'; not predicted, so an out-of-memory is
+# possible and recorded.
+CARD_BUDGETS = {"h200": {2: 0.7, 4: 0.7}, "h100": {2: 0.5, 3: 0.6, 4: 0.5}}
 # The authors' configuration at their microbatch (82.5 GiB on an H200) does not fit an 80 GB card: half of it does.
 BASELINE_MICROBATCH = {"h200": 256, "h100": 128}
 CARD_MIN_GIB = {"h200": 100.0, "h100": 0.0}  # the card class of a device with at least this much memory
@@ -44,8 +49,9 @@ def paper_suite(card: str) -> tuple:
     whether a card matches the last one), the attention backends and MoE dispatches at every stage (seconds), stage 4
     compiled (the one unmeasured throughput goal), the compiled sampler at 512 px, whole-model compile (the authors'
     route, untried on our code; one graph, nothing to share out, about 250 s), the 256 px sampler and stages 2, 1
-    and 3 compiled (the profile by kind of kernel, and on a new card its numbers), then the dispatch comparisons and
-    stage 1 with flash attention (the step's view of what `bench layers` said about the backends)."""
+    and 3 compiled (the profile by kind of kernel, and on a new card its numbers), the compiler's activation budget
+    in place of checkpointed blocks, then the dispatch comparisons and stage 1 with flash attention (the step's view
+    of what `bench layers` said about the backends)."""
     blocks = ["--compile", "blocks", "--precompile-workers", "8", "--low-precision-norm"]
 
     def stage(number: int) -> list[str]:
@@ -56,6 +62,13 @@ def paper_suite(card: str) -> tuple:
     def label(number: int) -> str:
         microbatch, checkpointed = CARD_FITS[card][number]
         return f"s{number} blocks mb{microbatch} lpnorm" + (f" ckpt{checkpointed}" if checkpointed else "")
+
+    def budgeted(number: int) -> tuple:
+        microbatch, _ = CARD_FITS[card][number]
+        budget = CARD_BUDGETS[card][number]
+        return (f"s{number} blocks mb{microbatch} lpnorm budget{budget}",
+                ["train", "--stage", str(number), "--microbatch", str(microbatch), *blocks,
+                 "--activation-budget", str(budget)])
 
     baseline = BASELINE_MICROBATCH[card]
     return (
@@ -70,6 +83,7 @@ def paper_suite(card: str) -> tuple:
         (label(2), stage(2)),
         (label(1) + " profiled", [*stage(1), "--profile"]),
         (label(3), stage(3)),
+        *(budgeted(number) for number in sorted(CARD_BUDGETS[card])),
         (label(1) + " one-hot", [*stage(1), "--dispatch", "one_hot"]),
         ("layers s4 compiled moe", ["layers", "--stage", "4", "--attention-backend", "default", "--compile-moe"]),
         (label(1) + " flash", [*stage(1), "--attention-backend", "flash"]),

@@ -113,6 +113,8 @@ class StageConfig:
     checkpoint_blocks: int = 0    # DiT blocks (mixer first) whose activations are recomputed in backward
     attention_backend: str = "default"  # which SDPA kernels attention may use: default (PyTorch's pick), cudnn,
                                         # flash, efficient or math (`microdit bench layers` times each)
+    activation_budget: float = 1.0  # with compile: the fraction of activations compiled graphs keep for backward,
+                                    # recomputing the rest, cheapest first (models/speed.py)
     precompile_workers: int = -1  # compile: blocks -> compile the block graphs in this many processes first (-1: one
                                   # per two CPUs, 0: off); under DDP the ranks share them out instead
     strategy: str = "ddp"         # ddp, or fsdp (FSDP2 fully_shard, reshard_after_forward=False ~ SHARD_GRAD_OP)
@@ -131,7 +133,8 @@ class StageConfig:
 
     def speed_options(self) -> SpeedOptions:
         return SpeedOptions(compile=self.compile, low_precision_norm=self.low_precision_norm,
-                            checkpoint_blocks=self.checkpoint_blocks, attention_backend=self.attention_backend)
+                            checkpoint_blocks=self.checkpoint_blocks, attention_backend=self.attention_backend,
+                            activation_budget=self.activation_budget)
 
     def accumulation(self, world_size: int) -> int:
         """Microbatches per rank per step that make up the global batch on `world_size` ranks."""

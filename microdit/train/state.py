@@ -24,7 +24,7 @@ CHECKPOINT_DIR = "checkpoints"
 FINGERPRINT = "config.sha256"
 # Settings that change how a run is watched or placed, not what it computes: editing them keeps the checkpoints.
 COSMETIC_FIELDS = ("name", "out_dir", "log_every", "progress", "save_every", "keep_checkpoints", "samples", "launch",
-                   "compile", "precompile_workers", "checkpoint_blocks", "attention_backend")
+                   "compile", "precompile_workers", "checkpoint_blocks", "attention_backend", "activation_budget")
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 

@@ -47,6 +47,7 @@ def test_paper_stages_follow_the_spec():
     ({"compile": "everything"}, "compile: expected one of"),
     ({"checkpoint_blocks": -1}, "checkpoint_blocks: must be >= 0"),
     ({"attention_backend": "fast"}, "attention_backend: expected one of"),
+    ({"activation_budget": 0.5}, "activation_budget: below 1 needs compile"),
 ])
 def test_bad_fields_are_named(tmp_path, change, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
