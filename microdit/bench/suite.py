@@ -46,7 +46,8 @@ def paper_suite(card: str) -> tuple:
     (docs/benchmarks.md, runs 1-3): every stage eager, stages 1-3 compiled per block, the 256 px sampler compiled,
     the precompiled warm-up at stages 1 and 3. Every compiled item compiles its block graphs in 8 processes first
     (models/precompile.py) from a cold cache of its own, about 60 s. Order: the same-card baseline (cheap; tells
-    whether a card matches the last one), the attention backends and MoE dispatches at every stage (seconds), stage 4
+    whether a card matches the last one), the attention backends and MoE dispatches at every stage and the microbatch
+    it trains with here (seconds each), stage 4
     compiled (the one unmeasured throughput goal), the compiled sampler at 512 px, whole-model compile (the authors'
     route, untried on our code; one graph, nothing to share out, about 250 s), the 256 px sampler and stages 2, 1
     and 3 compiled (the profile by kind of kernel, and on a new card its numbers), the compiler's activation budget
@@ -70,11 +71,16 @@ def paper_suite(card: str) -> tuple:
                 ["train", "--stage", str(number), "--microbatch", str(microbatch), *blocks,
                  "--activation-budget", str(budget)])
 
+    def layers(microbatch: int) -> tuple:  # the stages trained at this microbatch on this card, in one process
+        numbers = [n for n, (m, _) in sorted(CARD_FITS[card].items()) if m == microbatch]
+        return (f"layers s{'-'.join(map(str, numbers))} mb{microbatch}",
+                ["layers", *(f"--stage={n}" for n in numbers), "--microbatch", str(microbatch)])
+
     baseline = BASELINE_MICROBATCH[card]
     return (
         (f"s1 eager authors-config mb{baseline}", ["train", "--stage", "1", "--microbatch", str(baseline),
                                                    "--dispatch", "one_hot"]),
-        ("layers eager", ["layers"]),
+        *(layers(microbatch) for microbatch in sorted({m for m, _ in CARD_FITS[card].values()}, reverse=True)),
         (label(4), stage(4)),
         ("sample bf16 blocks 512", ["sample", "--batch", "64", "--resolution", "512", *blocks[:4], "--repeats", "1"]),
         ("s1 model-compile lpnorm", ["train", "--stage", "1", "--compile", "model", "--low-precision-norm",
@@ -85,7 +91,8 @@ def paper_suite(card: str) -> tuple:
         (label(3), stage(3)),
         *(budgeted(number) for number in sorted(CARD_BUDGETS[card])),
         (label(1) + " one-hot", [*stage(1), "--dispatch", "one_hot"]),
-        ("layers s4 compiled moe", ["layers", "--stage", "4", "--attention-backend", "default", "--compile-moe"]),
+        ("layers s4 compiled moe", ["layers", "--stage", "4", "--microbatch", str(CARD_FITS[card][4][0]),
+                                    "--attention-backend", "default", "--compile-moe"]),
         (label(1) + " flash", [*stage(1), "--attention-backend", "flash"]),
     )
 
