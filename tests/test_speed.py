@@ -15,6 +15,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from microdit.bench.memory import LiveBytes, cuda_autocast_policy, estimate_training_memory
 from microdit.diffusion.edm import EDMConfig, edm_loss
+from microdit.errors import UserError
 from microdit.models.dit import MicroDiT, create_dit, variant_config
 from microdit.models.layers import LayerNorm
 from microdit.models.speed import SpeedOptions, apply_speed_options
@@ -370,7 +371,7 @@ def test_every_prepared_suite_item_parses(card):
         assert parser.parse_args([*args, "--arch", "MicroDiT_XL_2", "--device", "cuda"]).func is not None
 
 
-def test_suite_picks_the_card_by_memory_and_a_second_call_goes_on_from_an_item(tmp_path, capsys):
+def test_suite_picks_the_card_by_memory_and_a_second_call_runs_chosen_items(tmp_path, capsys):
     from microdit.bench.command import add_modes
     from microdit.bench.suite import card_class, gpu_memory_gib, paper_suite
 
@@ -384,11 +385,32 @@ def test_suite_picks_the_card_by_memory_and_a_second_call_goes_on_from_an_item(t
     parser = argparse.ArgumentParser()
     add_modes(parser)
     out = tmp_path / "bench.jsonl"
-    args = parser.parse_args(["suite", "--out", str(out), "--budget-s", "0", "--card", "h200", "--from-item", "10"])
+    args = parser.parse_args(["suite", "--out", str(out), "--budget-s", "0", "--card", "h200", "--items", "2,10-"])
     args.func(args)
+    suite = paper_suite("h200")
     assert [json.loads(line)["label"] for line in out.read_text().splitlines()] == [
-        label for label, _ in paper_suite("h200")[9:]]
+        label for label, _ in [suite[1], *suite[9:]]]
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["card"] == "h200"
+    for bad in ("0", "3-2", "x", f"{len(suite) + 1}"):
+        with pytest.raises(UserError, match="--items"):
+            args.func(parser.parse_args(["suite", "--out", str(out), "--budget-s", "0", "--card", "h200",
+                                         "--items", bad]))
+
+
+def test_suite_leaves_an_item_it_has_no_time_for_and_goes_on_with_shorter_ones(tmp_path):
+    from microdit.bench.suite import expected_seconds, run_suite
+
+    long_item = ["train", "--stage", "1", "--compile", "model"]
+    assert expected_seconds(long_item) > expected_seconds(["train", "--stage", "4", "--compile", "blocks"]) > \
+        expected_seconds(["train", "--stage", "1"]) > expected_seconds(["layers"])
+    fake_python = tmp_path / "python"
+    fake_python.write_text('#!/bin/sh\necho "{\\"ran\\": true}"\n')
+    fake_python.chmod(0o755)
+    out = tmp_path / "bench.jsonl"
+    counts = run_suite([("long", long_item), ("short", ["layers"])], out, budget_s=100, python=str(fake_python))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert counts == {"measured": 1, "failed": 0, "skipped": 1}
+    assert "takes about 300 s" in rows[0]["skipped"] and rows[1] == {"label": "short", "ran": True}
 
 
 def test_suite_items_start_cold_and_a_timeout_kills_the_whole_item(tmp_path):

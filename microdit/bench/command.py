@@ -125,8 +125,9 @@ def add_modes(bench) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--card", choices=("auto", *CARD_FITS), default="auto",
                    help="which card's microbatches and checkpointing to use (auto: by the GPU's memory)")
-    p.add_argument("--from-item", type=int, default=1,
-                   help="start at this item of the list (1-based): a second call goes on where the first stopped")
+    p.add_argument("--items", default="1-",
+                   help="which items of the list to run, 1-based: e.g. 7,9- (a second call runs what the first "
+                        "skipped; default: all)")
     p.set_defaults(func=run_suite_command)
 
 
@@ -233,9 +234,12 @@ def run_loader(args) -> None:
 
 
 def run_suite_command(args) -> None:
-    from microdit.bench.suite import card_class, gpu_memory_gib, paper_suite, run_suite
+    from microdit.bench.suite import card_class, gpu_memory_gib, paper_suite, run_suite, select_items
 
     card = card_class(gpu_memory_gib()) if args.card == "auto" else args.card
-    items = paper_suite(card)[args.from_item - 1:]
+    try:
+        items = select_items(paper_suite(card), args.items)
+    except ValueError as error:
+        raise UserError(str(error)) from None
     counts = run_suite(items, args.out, args.budget_s, ["--arch", args.arch, "--device", args.device], log=args.log)
     print(json.dumps({"suite": args.out, "card": card, **counts}))
