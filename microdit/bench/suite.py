@@ -50,7 +50,7 @@ def paper_suite(card: str) -> tuple:
     it trains with here (seconds each), stage 4
     compiled (the one unmeasured throughput goal), the compiled sampler at 512 px, whole-model compile (the authors'
     route, untried on our code; one graph, nothing to share out, about 250 s), the 256 px sampler and stages 2, 1
-    and 3 compiled (the profile by kind of kernel, and on a new card its numbers), the compiler's activation budget
+    and 3 compiled (2 and 1 with the profile by kind of kernel; on a new card their numbers), the compiler's activation budget
     in place of checkpointed blocks, then the dispatch comparisons and stage 1 with flash attention (the step's view
     of what `bench layers` said about the backends)."""
     blocks = ["--compile", "blocks", "--precompile-workers", "8", "--low-precision-norm"]
@@ -86,7 +86,7 @@ def paper_suite(card: str) -> tuple:
         ("s1 model-compile lpnorm", ["train", "--stage", "1", "--compile", "model", "--low-precision-norm",
                                      "--profile"]),
         ("sample bf16 blocks 256", ["sample", "--batch", "128", "--resolution", "256", *blocks[:4], "--repeats", "1"]),
-        (label(2), stage(2)),
+        (label(2) + " profiled", [*stage(2), "--profile"]),
         (label(1) + " profiled", [*stage(1), "--profile"]),
         (label(3), stage(3)),
         *(budgeted(number) for number in sorted(CARD_BUDGETS[card])),
