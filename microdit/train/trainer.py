@@ -44,10 +44,11 @@ class TrainingDiverged(UserError):
 
 @dataclass
 class StepContext:
-    """What a callback sees after each optimizer step (on every rank; callbacks decide who does the work)."""
+    """What a callback sees after each optimizer step (on every rank; callbacks decide who does the work). `loss`
+    stays on the device: reading it (float()) makes the host wait for the step to finish."""
     step: int
     end_step: int
-    loss: float
+    loss: torch.Tensor
     trainer: "Trainer"
 
 
@@ -178,30 +179,39 @@ class Trainer:
             started = time.perf_counter()
             loss, grad_norm = self._train_step(batches, lr)
             self.step += 1
+            window.append((self.step, loss))
             if first_step_s is None:  # what this (re)start paid before full speed: compilation, allocator warm-up
+                self._read_losses(window)  # waits for the device, so the time is the step's, not its launch's
                 first_step_s = time.perf_counter() - started
                 if info.is_main:
                     print(f"{cfg.name}: first step took {first_step_s:.1f} s", file=sys.stderr, flush=True)
             throughput.add(cfg.global_batch)
-            window.append(loss)
             if self.ema is not None:
                 self.ema.update(self.raw, self.step)
-            if self.step % cfg.log_every == 0 or self.step == self.end_step:
-                self.log.write({"step": self.step, "loss": sum(window) / len(window), "lr": lr, "grad_norm": grad_norm,
-                                **throughput.report(), "memory_gib": memory_gib(info.device)})
+            logging = self.step % cfg.log_every == 0 or self.step == self.end_step
+            saving = self.step % cfg.save_every == 0 or self.step == self.end_step
+            if logging or saving:  # never a checkpoint of weights that a non-finite loss already reached
+                losses = self._read_losses(window)
+            if logging:
+                self.log.write({"step": self.step, "loss": sum(losses) / len(losses), "lr": lr,
+                                "grad_norm": float(grad_norm), **throughput.report(),
+                                "memory_gib": memory_gib(info.device)})
                 window = []
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-            if self.step % cfg.save_every == 0 or self.step == self.end_step:
+                if logging:
+                    progress.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+            if saving:
                 self.save_checkpoint(throughput.elapsed())
             for callback in self.callbacks:
                 callback(StepContext(self.step, self.end_step, loss, self))
         if progress is not None:
             progress.close()
-        return self._finish(throughput, loss, first_step_s)
+        return self._finish(throughput, float(loss), first_step_s)
 
-    def _train_step(self, batches, lr: float) -> tuple[float, float]:
+    def _train_step(self, batches, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; its mean loss and gradient norm stay on the device, so that the host does not wait
+        for the step and queues the next one behind it (both are read at log and checkpoint steps)."""
         set_lr(self.optimizer, lr)
         losses = []
         for k in range(self.accumulation):
@@ -211,15 +221,22 @@ class Trainer:
                 micro_loss = denoising_loss(self.model, batch, self.edm, self.cfg.model.train_mask_ratio)
                 (micro_loss / self.accumulation).backward()
             losses.append(micro_loss.detach().float())
-        loss = mean_across_ranks(torch.stack(losses).mean()).item()
-        if not math.isfinite(loss):
-            where = self.last_checkpoint or "none saved yet"
-            raise TrainingDiverged(f"loss is {loss} at step {self.step + 1}; last good checkpoint: {where}")
+        loss = mean_across_ranks(torch.stack(losses).mean())
         clip = self.cfg.optim.grad_clip or math.inf
-        grad_norm = float(full_tensor(nn.utils.clip_grad_norm_(self.model.parameters(), clip)))
+        grad_norm = full_tensor(nn.utils.clip_grad_norm_(self.model.parameters(), clip))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss, grad_norm
+
+    def _read_losses(self, window: list[tuple[int, torch.Tensor]]) -> list[float]:
+        """The losses of (step, loss) pairs as numbers, waiting for their steps; a non-finite one stops the stage
+        with the first such step and the last good checkpoint (none is saved after it: saving reads them first)."""
+        values = torch.stack([loss for _, loss in window]).tolist()
+        for (step, _), value in zip(window, values):
+            if not math.isfinite(value):
+                where = self.last_checkpoint or "none saved yet"
+                raise TrainingDiverged(f"loss is {value} at step {step}; last good checkpoint: {where}")
+        return values
 
     def autocast(self):
         if self.cfg.precision == "bf16":

@@ -115,7 +115,10 @@ def eval_json(line):
     return json.loads(line)
 
 
-def test_nan_loss_stops_naming_step_and_last_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("log_every", [1, 4])
+def test_nan_loss_stops_naming_step_and_last_checkpoint(tmp_path, monkeypatch, log_every):
+    """Losses are read at log and checkpoint steps only (the host does not wait for every step), yet the stop names
+    the first bad step and no checkpoint is written after it."""
     real = trainer_module.denoising_loss
     calls = {"n": 0}
 
@@ -126,7 +129,23 @@ def test_nan_loss_stops_naming_step_and_last_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer_module, "denoising_loss", poisoned)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 3; last good checkpoint: .*step_000000002\.pt"):
-        run(tiny_config(tmp_path, steps=6))
+        run(tiny_config(tmp_path, steps=6, log_every=log_every))
+    assert [path.name for path in list_checkpoints(tmp_path)] == ["step_000000002.pt"]
+
+
+def test_the_host_reads_losses_at_the_first_log_and_checkpoint_steps_only(tmp_path, monkeypatch):
+    reads = []
+    real = Trainer._read_losses
+
+    def counted(self, window):
+        reads.append([step for step, _ in window])
+        return real(self, window)
+
+    monkeypatch.setattr(Trainer, "_read_losses", counted)
+    run(tiny_config(tmp_path, steps=7, log_every=3, save_every=5))
+    assert reads == [[1], [1, 2, 3], [4, 5], [4, 5, 6], [7]]
+    lines = [eval_json(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [3, 6, 7] and all(line["loss"] > 0 for line in lines)
 
 
 def test_mds_batches_continue_across_epochs_and_an_empty_dataset_is_an_error():
