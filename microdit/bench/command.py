@@ -69,7 +69,7 @@ def add_modes(bench) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first, the first one timed alone (default 3)")
     p.add_argument("--predict-memory", action="store_true", help="also print the fake-tensor memory prediction")
     p.add_argument("--profile", action="store_true",
-                   help="also print where three profiled steps spend the device's time, by kind of kernel and by kernel")
+                   help="also print where three profiled steps spend the device's time (by kind of kernel, by kernel)")
     p.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU when the device is not in the table")
     p.set_defaults(func=run_train)
 

@@ -73,9 +73,9 @@ def _on_device(spec: TensorSpec, dtype: torch.dtype, device: torch.device) -> to
 
 
 def time_attention(calls: Counter, backend: str, dtype: torch.dtype, device: torch.device, repeats: int) -> dict:
-    """Milliseconds per step of forward + backward over `calls` with one of layers.SDPA_BACKENDS, and per shape. A shape the
-    backend cannot run (not built for this device, or outside its size limits) gets an 'error' and leaves the
-    per-step total unknown (None)."""
+    """Milliseconds per step of forward + backward over `calls` with one of layers.SDPA_BACKENDS, and per shape. A
+    shape the backend cannot run (not built for this device, or outside its size limits) gets an 'error' and leaves
+    the per-step total unknown (None)."""
     shapes, total = [], 0.0
     for (q_spec, k_spec, v_spec), count in calls.items():
         q, k, v = (_on_device(spec, dtype, device) for spec in (q_spec, k_spec, v_spec))

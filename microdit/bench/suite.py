@@ -46,54 +46,56 @@ def paper_suite(card: str) -> tuple:
     (docs/benchmarks.md, runs 1-3): every stage eager, stages 1-3 compiled per block, the 256 px sampler compiled,
     the precompiled warm-up at stages 1 and 3. Every compiled item compiles its block graphs in 8 processes first
     (models/precompile.py) from a cold cache of its own, about 60 s. Order: the same-card baseline (cheap; tells
-    whether a card matches the last one), the attention backends and MoE dispatches at every stage and the microbatch
-    it trains with here (seconds each), stage 4
-    compiled (the one unmeasured throughput goal), the compiled sampler at 512 px, whole-model compile (the authors'
-    route, untried on our code; one graph, nothing to share out, about 250 s), the 256 px sampler and stages 2, 1
-    and 3 compiled (2 and 1 with the profile by kind of kernel; on a new card their numbers), the compiler's activation budget
-    in place of checkpointed blocks, then the dispatch comparisons and stage 1 with flash attention (the step's view
-    of what `bench layers` said about the backends)."""
-    blocks = ["--compile", "blocks", "--precompile-workers", "8", "--low-precision-norm"]
+    whether a card matches the last one); the attention backends and MoE dispatches of every stage at the microbatch
+    it trains with here (seconds each); stage 4 compiled (the one unmeasured throughput goal); the compiled sampler
+    at 512 px; whole-model compile (the authors' route, untried on our code; one graph, nothing to share out, about
+    250 s); the 256 px sampler; stages 2, 1 and 3 compiled (2 and 1 with the time by kind of kernel); the
+    compiler's activation budget in place of checkpointed blocks; the dispatch comparisons; stage 1 with flash
+    attention (the step's view of what `bench layers` says about the backends)."""
+    blocks = ["--compile", "blocks", "--precompile-workers", "8"]
 
-    def stage(number: int) -> list[str]:
-        microbatch, checkpointed = CARD_FITS[card][number]
-        return ["train", "--stage", str(number), "--microbatch", str(microbatch), *blocks,
-                *(["--checkpoint-blocks", str(checkpointed)] if checkpointed else [])]
+    def train(number: int, *switches: str) -> list[str]:
+        microbatch = CARD_FITS[card][number][0]
+        return ["train", "--stage", str(number), "--microbatch", str(microbatch), *blocks, "--low-precision-norm",
+                *switches]
 
-    def label(number: int) -> str:
-        microbatch, checkpointed = CARD_FITS[card][number]
-        return f"s{number} blocks mb{microbatch} lpnorm" + (f" ckpt{checkpointed}" if checkpointed else "")
+    def checkpointed(number: int, suffix: str = "", *extra: str) -> tuple:
+        microbatch, count = CARD_FITS[card][number]
+        label = f"s{number} blocks mb{microbatch} lpnorm" + (f" ckpt{count}" if count else "") + suffix
+        return label, train(number, *(["--checkpoint-blocks", str(count)] if count else []), *extra)
 
     def budgeted(number: int) -> tuple:
-        microbatch, _ = CARD_FITS[card][number]
-        budget = CARD_BUDGETS[card][number]
-        return (f"s{number} blocks mb{microbatch} lpnorm budget{budget}",
-                ["train", "--stage", str(number), "--microbatch", str(microbatch), *blocks,
-                 "--activation-budget", str(budget)])
+        microbatch, budget = CARD_FITS[card][number][0], CARD_BUDGETS[card][number]
+        return f"s{number} blocks mb{microbatch} lpnorm budget{budget}", train(number, "--activation-budget",
+                                                                               str(budget))
 
     def layers(microbatch: int) -> tuple:  # the stages trained at this microbatch on this card, in one process
         numbers = [n for n, (m, _) in sorted(CARD_FITS[card].items()) if m == microbatch]
         return (f"layers s{'-'.join(map(str, numbers))} mb{microbatch}",
                 ["layers", *(f"--stage={n}" for n in numbers), "--microbatch", str(microbatch)])
 
+    def sample(resolution: int, batch: int) -> tuple:
+        return (f"sample bf16 blocks {resolution}",
+                ["sample", "--batch", str(batch), "--resolution", str(resolution), *blocks, "--repeats", "1"])
+
     baseline = BASELINE_MICROBATCH[card]
     return (
         (f"s1 eager authors-config mb{baseline}", ["train", "--stage", "1", "--microbatch", str(baseline),
                                                    "--dispatch", "one_hot"]),
         *(layers(microbatch) for microbatch in sorted({m for m, _ in CARD_FITS[card].values()}, reverse=True)),
-        (label(4), stage(4)),
-        ("sample bf16 blocks 512", ["sample", "--batch", "64", "--resolution", "512", *blocks[:4], "--repeats", "1"]),
+        checkpointed(4),
+        sample(512, 64),
         ("s1 model-compile lpnorm", ["train", "--stage", "1", "--compile", "model", "--low-precision-norm",
                                      "--profile"]),
-        ("sample bf16 blocks 256", ["sample", "--batch", "128", "--resolution", "256", *blocks[:4], "--repeats", "1"]),
-        (label(2) + " profiled", [*stage(2), "--profile"]),
-        (label(1) + " profiled", [*stage(1), "--profile"]),
-        (label(3), stage(3)),
+        sample(256, 128),
+        checkpointed(2, " profiled", "--profile"),
+        checkpointed(1, " profiled", "--profile"),
+        checkpointed(3),
         *(budgeted(number) for number in sorted(CARD_BUDGETS[card])),
-        (label(1) + " one-hot", [*stage(1), "--dispatch", "one_hot"]),
+        checkpointed(1, " one-hot", "--dispatch", "one_hot"),
         ("layers s4 compiled moe", ["layers", "--stage", "4", "--microbatch", str(CARD_FITS[card][4][0]),
                                     "--attention-backend", "default", "--compile-moe"]),
-        (label(1) + " flash", [*stage(1), "--attention-backend", "flash"]),
+        checkpointed(1, " flash", "--attention-backend", "flash"),
     )
 
 
