@@ -167,5 +167,8 @@ def time_training_step(arch: str, stage: StageShape, microbatch: int, options: S
     measured = {"params": sum(p.numel() for p in dit.parameters()), "step_s": step_s, "first_step_s": first_step_s,
                 **precompiled, "peak_mem_gib": memory_gib(device)}
     if profile:
-        measured["profile"] = time_breakdown(lambda: step(dit, optimizer), device)
+        try:
+            measured["profile"] = time_breakdown(lambda: step(dit, optimizer), device)
+        except Exception as error:  # a diagnostic: its failure must not cost the measurement made above
+            measured["profile"] = {"error": f"{type(error).__name__}: {error}"[:500]}
     return measured
