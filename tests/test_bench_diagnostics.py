@@ -99,3 +99,16 @@ def test_bench_layers_command_prints_a_line_per_backend_and_dispatch(capsys):
 ])
 def test_kernels_are_told_apart_by_name(name, kind):
     assert kernel_kind(name) == kind
+
+
+def test_a_failing_profile_is_recorded_without_losing_the_step_timing(monkeypatch):
+    import microdit.bench.training_step as training_step
+    from microdit.models.speed import SpeedOptions
+
+    def broken(run_step, device):
+        raise AttributeError("no such profiler field")
+
+    monkeypatch.setattr(training_step, "time_breakdown", broken)
+    measured = training_step.time_training_step("MicroDiT_Nano_2", STAGES[1], 1, SpeedOptions(), steps=1, warmup=1,
+                                                device=CPU, profile=True)
+    assert measured["step_s"] > 0 and measured["profile"] == {"error": "AttributeError: no such profiler field"}
