@@ -108,6 +108,17 @@ def test_regional_compile_traces_every_block_whole_and_matches_eager():
     assert list(compiled.state_dict()) == list(reference.state_dict())
 
 
+def test_whole_model_compile_traces_the_masked_training_loss_as_one_graph():
+    """`compile: model` (the authors' route): a graph break would split the graph, and the comparison with per-block
+    compilation would measure the split, not the route."""
+    dit = _nano(depth=3, patch_mixer_depth=2).train()  # MoE and SwiGLU blocks in both parts
+    dit.set_low_precision_norms(True)
+    x, y = torch.randn(2, 4, 8, 8), torch.randn(2, 1, 77, 1024)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        explained = torch._dynamo.explain(lambda: edm_loss(dit, x, y, EDMConfig(), 0.75))()
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+
+
 @pytest.mark.parametrize("guidance", [1.0, 4.0])
 def test_precomputed_caption_context_gives_the_same_output(guidance):
     dit = _nano().eval()
