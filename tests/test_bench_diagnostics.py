@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from microdit.bench.layers import recorded_layer_calls, time_attention, time_moe
+from microdit.bench.layers import attention_flops, recorded_layer_calls, time_attention, time_moe
 from microdit.bench.profile import kernel_kind
 from microdit.bench.training_step import STAGES
 from microdit.models.dit import create_dit
@@ -40,12 +40,26 @@ def test_recorded_calls_are_every_attention_and_moe_call_of_a_training_forward(s
     assert v.storage_offset > 0 and q.storage_offset == 0 and v.stride[2] == 3 * q.stride[2]
 
 
+def test_attention_flops_match_the_steps_count():
+    """The rate `bench layers` prints uses the FLOPs the step's count gives attention (matmuls on the meta device)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    q, k = torch.randn(2, 3, 16, 8, requires_grad=True), torch.randn(2, 3, 5, 8, requires_grad=True)
+    v = torch.randn(2, 3, 5, 8, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:  # the math form: what the count sees on the meta device
+        weights = (q @ k.transpose(-1, -2) / 8 ** 0.5).softmax(-1)
+        (weights @ v).sum().backward()
+    assert attention_flops(q.shape, k.shape) == counter.get_total_flops()
+
+
 def test_attention_totals_add_up_and_a_backend_the_device_lacks_is_reported():
     attention, _ = recorded_layer_calls("MicroDiT_Nano_2", STAGES[1], 1)
     math = time_attention(attention, "math", torch.float32, CPU, repeats=1)
     assert math["ms_per_step"] == pytest.approx(
         sum(s["calls_per_step"] * s["ms_per_call"] for s in math["shapes"]), rel=1e-3)
     assert len(math["shapes"]) == len(attention)
+    counted = sum(n * attention_flops(q.shape, k.shape) for (q, k, _), n in attention.items())
+    assert math["tflop_per_s"] == pytest.approx(counted / math["ms_per_step"] / 1e9)
     cudnn = time_attention(attention, "cudnn", torch.float32, CPU, repeats=1)  # CUDA only
     assert cudnn["ms_per_step"] is None and all("error" in s for s in cudnn["shapes"])
 

@@ -76,11 +76,12 @@ def time_attention(calls: Counter, backend: str, dtype: torch.dtype, device: tor
     """Milliseconds per step of forward + backward over `calls` with one of layers.SDPA_BACKENDS, and per shape. A
     shape the backend cannot run (not built for this device, or outside its size limits) gets an 'error' and leaves
     the per-step total unknown (None)."""
-    shapes, total = [], 0.0
+    shapes, total, flops = [], 0.0, 0.0
     for (q_spec, k_spec, v_spec), count in calls.items():
         q, k, v = (_on_device(spec, dtype, device) for spec in (q_spec, k_spec, v_spec))
         grad_out = torch.randn(q.shape[:-1] + v.shape[-1:], dtype=dtype, device=device)
         shape = {"q": list(q.shape), "k": list(k.shape), "calls_per_step": count}
+        flops += count * attention_flops(q.shape, k.shape)
 
         def run():
             torch.autograd.grad(attention(q, k, v, backend), (q, k, v), grad_out)
@@ -93,7 +94,14 @@ def time_attention(calls: Counter, backend: str, dtype: torch.dtype, device: tor
             continue
         shapes.append({**shape, "ms_per_call": round(ms, 4)})
         total = None if total is None else total + count * ms
-    return {"ms_per_step": total, "shapes": shapes}
+    return {"ms_per_step": total, "tflop_per_s": flops / total / 1e9 if total else None, "shapes": shapes}
+
+
+def attention_flops(q_shape, k_shape) -> float:
+    """Forward + backward FLOPs of one attention call as the step's count has them (bench/training_step.py counts
+    attention's two matmuls, forward and their two gradients each): 3 x 2 matmuls of 2 B H Tq Tk d."""
+    batch, heads, queries, head_dim = q_shape
+    return 3 * 2 * 2 * batch * heads * queries * k_shape[2] * head_dim
 
 
 def time_moe(calls: Counter, dispatch: str, dtype: torch.dtype, device: torch.device, repeats: int,
