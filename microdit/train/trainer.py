@@ -188,20 +188,20 @@ class Trainer:
             throughput.add(cfg.global_batch)
             if self.ema is not None:
                 self.ema.update(self.raw, self.step)
-            logging = self.step % cfg.log_every == 0 or self.step == self.end_step
-            saving = self.step % cfg.save_every == 0 or self.step == self.end_step
-            if logging or saving:  # never a checkpoint of weights that a non-finite loss already reached
+            log_now = self.step % cfg.log_every == 0 or self.step == self.end_step
+            save_now = self.step % cfg.save_every == 0 or self.step == self.end_step
+            if log_now or save_now:  # never a checkpoint of weights that a non-finite loss already reached
                 losses = self._read_losses(window)
-            if logging:
+            if log_now:
                 self.log.write({"step": self.step, "loss": sum(losses) / len(losses), "lr": lr,
                                 "grad_norm": float(grad_norm), **throughput.report(),
                                 "memory_gib": memory_gib(info.device)})
                 window = []
             if progress is not None:
                 progress.update(1)
-                if logging:
+                if log_now:
                     progress.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
-            if saving:
+            if save_now:
                 self.save_checkpoint(throughput.elapsed())
             for callback in self.callbacks:
                 callback(StepContext(self.step, self.end_step, loss, self))
