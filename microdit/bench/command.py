@@ -237,9 +237,6 @@ def run_suite_command(args) -> None:
     from microdit.bench.suite import card_class, gpu_memory_gib, paper_suite, run_suite, select_items
 
     card = card_class(gpu_memory_gib()) if args.card == "auto" else args.card
-    try:
-        items = select_items(paper_suite(card), args.items)
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    items = select_items(paper_suite(card), args.items)
     counts = run_suite(items, args.out, args.budget_s, ["--arch", args.arch, "--device", args.device], log=args.log)
     print(json.dumps({"suite": args.out, "card": card, **counts}))

@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from microdit.errors import UserError
+
 # Microbatch and activation-checkpointed blocks per stage, with low-precision norms, for each class of card: the
 # fewest blocks whose eager peak `bench memory --fit-gib` predicts within reach (predictions held to 0.3 GiB on the
 # H200; compiled steps keep less). An H200 (140 GiB) holds 106 GiB predicted, an 80 GB H100 72 GiB.
@@ -123,9 +125,9 @@ def select_items(items, spec: str):
             start = int(first)
             stop = (int(last) if last else len(items)) if dash else start
         except ValueError:
-            raise ValueError(f"--items: expected numbers like 3,7,9- ; got {spec!r}") from None
+            raise UserError(f"--items: expected numbers like 3,7,9- ; got {spec!r}") from None
         if not 1 <= start <= stop <= len(items):
-            raise ValueError(f"--items: {part!r} is outside 1-{len(items)}")
+            raise UserError(f"--items: {part!r} is outside 1-{len(items)}")
         chosen.update(range(start, stop + 1))
     return [item for number, item in enumerate(items, 1) if number in chosen]
 
