@@ -126,3 +126,28 @@ def test_a_failing_profile_is_recorded_without_losing_the_step_timing(monkeypatc
     measured = training_step.time_training_step("MicroDiT_Nano_2", STAGES[1], 1, SpeedOptions(), steps=1, warmup=1,
                                                 device=CPU, profile=True)
     assert measured["step_s"] > 0 and measured["profile"] == {"error": "AttributeError: no such profiler field"}
+
+
+def test_bench_table_turns_the_stored_h200_runs_into_the_docs_numbers(tmp_path):
+    """The measured lines of runs 2 and 3 give the ratios docs/benchmarks.md states (2.00x at stage 3, 2.04x for the
+    256 px sampler); layer lines and failures get rows of their own; a broken line names its file and line."""
+    from pathlib import Path
+
+    from microdit.bench.tables import markdown_tables, read_records
+    from microdit.errors import UserError
+
+    runs = Path(__file__).resolve().parents[1] / "docs" / "bench-runs"
+    layers = {"stage": 4, "microbatch": 64, "layer": "attention", "backend": "flash", "ms_per_step": None,
+              "tflop_per_s": None, "shapes": [{"q": [1], "error": "No available kernel"}, {"q": [2]}]}
+    extra = tmp_path / "layers.jsonl"
+    extra.write_text(json.dumps(layers) + "\n")
+    table = markdown_tables(read_records([runs / "2026-11-26-h200-run2.jsonl", runs / "2026-11-26-h200-run3.jsonl",
+                                          extra]))
+    assert "| s3 blocks mb128 lpnorm static precompiled8 | 3 | 128 | blocks, index, bf16 norms | 339.3 | 2.00 |" \
+        in table
+    assert "| 256 | 128 | blocks, index | 15.12 | 2.04 |" in table and "| 27/27 |" in table
+    assert "| 4 | 64 | attention | flash |  |  | 1 of 2 shapes failed |" in table
+    assert "- s4 blocks mb64 lpnorm ckpt12: time budget spent" in table
+    extra.write_text('{"stage": 1}\n{broken\n')
+    with pytest.raises(UserError, match=r"layers\.jsonl:2: not a JSON line"):
+        read_records([extra])
