@@ -38,6 +38,22 @@ def read_json(path: str | os.PathLike, what: str = "JSON file"):
         raise UserError(f"{path}: not a valid {what} ({err})") from None
 
 
+def read_jsonl(path: str | os.PathLike, what: str = "JSON lines file") -> list:
+    """One object per non-empty line; a broken line is an error naming the file and the line."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{number}: not a JSON line ({err.msg})") from None
+    return rows
+
+
 def write_jsonl(rows: list[dict], path: str | os.PathLike) -> None:
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -408,15 +408,21 @@ def test_suite_picks_the_card_by_memory_and_a_second_call_runs_chosen_items(tmp_
                                          "--items", bad]))
 
 
+def _fake_python(tmp_path, line: str) -> Path:
+    """A stand-in interpreter for suite items: prints `line` (shell-quoted JSON) whatever it is asked to run."""
+    path = tmp_path / "python"
+    path.write_text(f'#!/bin/sh\necho "{line}"\n')
+    path.chmod(0o755)
+    return path
+
+
 def test_suite_leaves_an_item_it_has_no_time_for_and_goes_on_with_shorter_ones(tmp_path):
     from microdit.bench.suite import expected_seconds, run_suite
 
     long_item = ["train", "--stage", "1", "--compile", "model"]
     assert expected_seconds(long_item) > expected_seconds(["train", "--stage", "4", "--compile", "blocks"]) > \
         expected_seconds(["train", "--stage", "1"]) > expected_seconds(["layers"])
-    fake_python = tmp_path / "python"
-    fake_python.write_text('#!/bin/sh\necho "{\\"ran\\": true}"\n')
-    fake_python.chmod(0o755)
+    fake_python = _fake_python(tmp_path, '{\\"ran\\": true}')
     out = tmp_path / "bench.jsonl"
     counts = run_suite([("long", long_item), ("short", ["layers"])], out, budget_s=100, python=str(fake_python))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -429,9 +435,7 @@ def test_suite_items_start_cold_and_a_timeout_kills_the_whole_item(tmp_path):
     cache), and an item past its time kills its process group: precompile workers must not outlive it on the GPU."""
     from microdit.bench.suite import _run_group, run_suite
 
-    fake_python = tmp_path / "python"
-    fake_python.write_text('#!/bin/sh\necho "{\\"cache\\": \\"$TORCHINDUCTOR_CACHE_DIR\\"}"\n')
-    fake_python.chmod(0o755)
+    fake_python = _fake_python(tmp_path, '{\\"cache\\": \\"$TORCHINDUCTOR_CACHE_DIR\\"}')
     out = tmp_path / "bench.jsonl"
     run_suite([("a", ["train"]), ("b", ["train"])], out, budget_s=600, python=str(fake_python))
     caches = [json.loads(line)["cache"] for line in out.read_text().splitlines()]

@@ -61,15 +61,17 @@ def paper_suite(card: str) -> tuple:
         return ["train", "--stage", str(number), "--microbatch", str(microbatch), *blocks, "--low-precision-norm",
                 *switches]
 
+    def label(number: int) -> str:
+        return f"s{number} blocks mb{CARD_FITS[card][number][0]} lpnorm"
+
     def checkpointed(number: int, suffix: str = "", *extra: str) -> tuple:
-        microbatch, count = CARD_FITS[card][number]
-        label = f"s{number} blocks mb{microbatch} lpnorm" + (f" ckpt{count}" if count else "") + suffix
-        return label, train(number, *(["--checkpoint-blocks", str(count)] if count else []), *extra)
+        count = CARD_FITS[card][number][1]
+        return (label(number) + (f" ckpt{count}" if count else "") + suffix,
+                train(number, *(["--checkpoint-blocks", str(count)] if count else []), *extra))
 
     def budgeted(number: int) -> tuple:
-        microbatch, budget = CARD_FITS[card][number][0], CARD_BUDGETS[card][number]
-        return f"s{number} blocks mb{microbatch} lpnorm budget{budget}", train(number, "--activation-budget",
-                                                                               str(budget))
+        budget = CARD_BUDGETS[card][number]
+        return f"{label(number)} budget{budget}", train(number, "--activation-budget", str(budget))
 
     def layers(microbatch: int) -> tuple:  # the stages trained at this microbatch on this card, in one process
         numbers = [n for n, (m, _) in sorted(CARD_FITS[card].items()) if m == microbatch]

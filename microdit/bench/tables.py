@@ -4,10 +4,7 @@ A GPU session ends minutes after its measurements; copying numbers by hand into 
 Ratios are to the authors' numbers of issue #7, measured on an H200 with their code: on another card they compare
 unlike with like, which the table says in its header.
 """
-import json
-from pathlib import Path
-
-from microdit.errors import UserError
+from microdit.files import read_jsonl
 
 # The authors' img/s per GPU on one H200 (issue #7): training (eager, compiled or None) and sampling per resolution.
 AUTHORS_TRAIN = {1: (751.0, 1229.0), 2: (276.0, 450.0), 3: (170.0, None), 4: (65.7, None)}
@@ -15,15 +12,7 @@ AUTHORS_SAMPLE = {256: 7.41, 512: 1.75}
 
 
 def read_records(paths) -> list[dict]:
-    records = []
-    for path in paths:
-        for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise UserError(f"{path}:{number}: not a JSON line ({error.msg})") from None
-    return records
+    return [record for path in paths for record in read_jsonl(path, "bench output")]
 
 
 def _number(value, digits: int = 1) -> str:
@@ -31,7 +20,7 @@ def _number(value, digits: int = 1) -> str:
 
 
 def _switches(r: dict) -> str:
-    parts = [r.get("compile", "none") if r.get("compile", "none") != "none" else "eager", r.get("moe_dispatch")]
+    parts = ["eager" if r.get("compile", "none") == "none" else r["compile"], r.get("moe_dispatch")]
     parts += ["bf16 norms"] if r.get("low_precision_norm") else []
     parts += [f"ckpt {r['checkpoint_blocks']}"] if r.get("checkpoint_blocks") else []
     parts += [f"budget {r['activation_budget']}"] if r.get("activation_budget", 1.0) < 1.0 else []
