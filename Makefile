@@ -28,7 +28,7 @@ test: $(STAMP)
 
 # The rules call `microdit`, so the venv's bin goes first on PATH.
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/local --configfile config/tiny.yaml
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --profile profiles/local --configfile config/tiny.yaml
 
 clean-demo:
 	rm -rf results/tiny
