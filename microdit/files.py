@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from microdit.errors import UserError
@@ -65,3 +66,29 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def fingerprint(settings) -> str:
+    """sha256 of settings (plain JSON values), independent of key order."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def claim_folder(folder: str | os.PathLike, digest: str, marker: str = ".settings.sha256") -> Path | None:
+    """Make a resumable step's output folder belong to the settings whose fingerprint is `digest`. A rerun skips
+    what the folder already holds, so what other settings made there (the user changed a seed, the input, the
+    checkpoint, ...) must not be taken for finished work: the folder is moved aside to `<folder>.stale-<time>`,
+    never deleted, and starts empty. Returns where the old contents went, or None."""
+    folder = Path(folder)
+    mark = folder / marker
+    stale = None
+    if folder.is_dir() and any(p.name != marker for p in folder.iterdir()) and not _marked(mark, digest):
+        stale = folder.with_name(f"{folder.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        folder.rename(stale)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not _marked(mark, digest):
+        atomic_write(mark, lambda tmp: Path(tmp).write_text(digest))
+    return stale
+
+
+def _marked(mark: Path, digest: str) -> bool:
+    return mark.is_file() and mark.read_text().strip() == digest

@@ -7,6 +7,8 @@ from microdit.errors import UserError
 from microdit.files import read_json, sha256_file, write_json, write_jsonl
 
 MANIFEST = "generation.json"
+# manifest keys that say where files lie or how fast images were drawn, not what the images are
+NOT_IN_IMAGES = ("checkpoint", "captions", "batch_size")
 
 
 def register(subparsers) -> None:
@@ -91,7 +93,8 @@ def load_sampler(args):
         raise UserError(f"--resolution {args.resolution}: {args.checkpoint} with this VAE generates {resolution} px")
     settings = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
                 "resolution": resolution, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
-                "batch_size": args.batch_size, "sampler": "EDM Heun", "precision": model.precision}
+                "batch_size": args.batch_size, "sampler": "EDM Heun", "precision": model.precision,
+                "vae": args.vae, "text_encoder": args.text_encoder}  # None: the ones the checkpoint records
     rank, world_size = distributed_rank(args.rank, args.world_size)
     return model, settings, rank, world_size
 
@@ -101,6 +104,15 @@ def sampling_kwargs(settings: dict, rank: int, world_size: int) -> dict:
             "batch_size": settings["batch_size"], "rank": rank, "world_size": world_size}
 
 
+def start_samples(out: Path, manifest: dict, rank: int) -> None:
+    """Claim the output folder for what determines its images (the manifest less file locations and the batch
+    size), then write the manifest (every rank writes the same one, so any rank may finish last)."""
+    from microdit.eval.generate import claim_samples
+
+    claim_samples(out, {k: v for k, v in manifest.items() if k not in NOT_IN_IMAGES}, rank)
+    write_json(manifest, out / MANIFEST)
+
+
 def run_generate(args) -> None:
     from microdit.eval.captions import read_caption_file
     from microdit.eval.generate import generate_images, image_name
@@ -108,9 +120,8 @@ def run_generate(args) -> None:
     rows = read_caption_file(args.captions)
     model, settings, rank, world_size = load_sampler(args)
     out = Path(args.out)
-    # every rank writes the same manifest, so any rank may finish last
-    write_json({**settings, "captions": str(args.captions), "captions_sha256": sha256_file(args.captions),
-                "num_images": len(rows)}, out / MANIFEST)
+    start_samples(out, {**settings, "captions": str(args.captions), "captions_sha256": sha256_file(args.captions),
+                        "num_images": len(rows)}, rank)
     stats = generate_images(model, [r["caption"] for r in rows], lambda i: out / image_name(i),
                             **sampling_kwargs(settings, rank, world_size))
     print(json.dumps({**stats, "rank": rank, "world_size": world_size, "out": str(out)}))
@@ -133,7 +144,13 @@ def run_fid_stats(args) -> None:
     from microdit.sampling import pick_device
 
     device = pick_device(args.device)
-    keys = {row["image_id"] for row in read_caption_file(args.captions)} if args.captions else None
+    keys = None
+    if args.captions:
+        rows = read_caption_file(args.captions)
+        if any("image_id" not in row for row in rows):
+            raise UserError(f"{args.captions}: fid-stats needs the 'image_id' of every line (eval-captions writes "
+                            "it) to pick the reference images")
+        keys = {row["image_id"] for row in rows}
     extractor = build_extractor(args.features, args.mode, device, args.inception_weights)
     meta = compute_reference_stats(args.images, args.out, extractor, args.mode, args.resolution, device,
                                    args.batch_size, keys)
@@ -154,6 +171,9 @@ def run_fid(args) -> None:
     from microdit.sampling import pick_device
 
     manifest = read_json(Path(args.samples) / MANIFEST, "generation manifest")
+    if "num_images" not in manifest:
+        raise UserError(f"{Path(args.samples) / MANIFEST}: not written by `microdit generate` (no 'num_images'); "
+                        "--samples takes the folder of a generate run")
     found = len(list(Path(args.samples).glob("*.png")))
     if found != manifest["num_images"]:
         raise UserError(f"{args.samples}: {found} of {manifest['num_images']} images written; rerun generate")
@@ -226,9 +246,9 @@ def run_geneval_generate(args) -> None:
     metadata = read_metadata(args.metadata)[: args.num_prompts]
     model, settings, rank, world_size = load_sampler(args)
     out = Path(args.out)
-    # outside the numbered folders, where the evaluator does not look
-    write_json({**settings, "metadata_sha256": sha256_file(args.metadata), "num_prompts": len(metadata),
-                "images_per_prompt": args.images_per_prompt}, out / MANIFEST)
+    # the manifest lies outside the numbered folders, where the evaluator does not look
+    start_samples(out, {**settings, "metadata_sha256": sha256_file(args.metadata), "num_prompts": len(metadata),
+                        "images_per_prompt": args.images_per_prompt}, rank)
     stats = generate_geneval(model, metadata, out, args.images_per_prompt,
                              **sampling_kwargs(settings, rank, world_size))
     print(json.dumps({**stats, "rank": rank, "world_size": world_size, "out": str(out)}))

@@ -1,27 +1,32 @@
 """Batched, resumable, multi-GPU sampling of evaluation images: one PNG per caption, named by its index.
 
-Images are cut into fixed batches (indices [b*B, (b+1)*B)); batch b is drawn with seed `batch_seed(seed, b)` and
-belongs to rank b mod world_size. So every image depends only on (checkpoint, captions, seed, batch size, steps,
-guidance), never on how many GPUs ran or how often the job was restarted: a rerun skips images already written
-(each PNG is written atomically) and redraws only batches with missing files.
+Image i is drawn from noise seeded with `image_seed(seed, i)` (on the CPU), so every image depends only on
+(checkpoint, captions, seed, steps, guidance, precision), never on the batch size, on how many GPUs ran or on how
+often the job was restarted (the batch size and the device can still change the rounding of the network's
+kernels). Images are cut into fixed batches (indices [b*B, (b+1)*B)) that belong to rank b mod world_size; a rerun
+skips images already written (each PNG is written atomically) and draws only the missing ones. The output folder
+is claimed for its settings (`claim_samples`): images drawn under other settings are moved aside, not reused.
 """
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from microdit.files import atomic_write
+from microdit.errors import UserError
+from microdit.files import atomic_write, claim_folder, fingerprint
 
-SEED_STRIDE = 1 << 20  # batches per seed before two seeds' noise could coincide
+SEED_STRIDE = 1 << 20  # images per seed before two seeds' noise could coincide
+SETTINGS_MARKER = ".settings.sha256"
 
 
 def image_name(index: int) -> str:
     return f"{index:06d}.png"
 
 
-def batch_seed(seed: int, batch: int) -> int:
-    return seed * SEED_STRIDE + batch
+def image_seed(seed: int, index: int) -> int:
+    return seed * SEED_STRIDE + index
 
 
 def rank_batches(num_images: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[tuple[int, range]]:
@@ -30,6 +35,26 @@ def rank_batches(num_images: int, batch_size: int, rank: int = 0, world_size: in
         raise ValueError(f"rank {rank} outside world size {world_size}")
     count = -(-num_images // batch_size)
     return [(b, range(b * batch_size, min((b + 1) * batch_size, num_images))) for b in range(rank, count, world_size)]
+
+
+def claim_samples(folder: str | os.PathLike, settings: dict, rank: int = 0, wait_s: float = 600.0,
+                  log=print) -> None:
+    """Make `folder` hold only images of `settings` (what determines an image): rank 0 moves images drawn under
+    other settings aside (files.claim_folder); the other ranks wait until it has, so that none skips a stale
+    image."""
+    digest = fingerprint(settings)
+    marker = Path(folder) / SETTINGS_MARKER
+    if rank == 0:
+        stale = claim_folder(folder, digest, SETTINGS_MARKER)
+        if stale is not None:
+            log(f"{folder}: its images were drawn with other settings; moved to {stale}")
+        return
+    deadline = time.monotonic() + wait_s
+    while not (marker.is_file() and marker.read_text().strip() == digest):
+        if time.monotonic() > deadline:
+            raise UserError(f"{folder}: rank 0 did not claim the folder for these settings within {wait_s:.0f} s "
+                            f"(is rank 0 running with the same options?)")
+        time.sleep(1.0)
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:
@@ -48,21 +73,22 @@ def generate_images(model, captions: list[str], path_for: Callable[[int], Path],
         skipped += len(indices) - len(missing)
         if not missing:
             continue
-        images = model.generate(prompt=[captions[i] for i in indices], num_inference_steps=steps,
-                                guidance_scale=guidance, seed=batch_seed(seed, batch))
-        for i, image in zip(indices, images):
-            if i in missing:
-                save_png(image, path_for(i))
+        images = model.generate(prompt=[captions[i] for i in missing], num_inference_steps=steps,
+                                guidance_scale=guidance, seed=[image_seed(seed, i) for i in missing])
+        for i, image in zip(missing, images):
+            save_png(image, path_for(i))
         written += len(missing)
         log(f"batch {batch}: {len(missing)} images written ({indices.start}..{indices.stop - 1})")
     return {"written": written, "skipped": skipped}
 
 
 def distributed_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """Explicit values, else torchrun's RANK / WORLD_SIZE, else SLURM's task id and count, else (0, 1)."""
+    """Explicit values, else torchrun's RANK / WORLD_SIZE, else the task of an srun step (SLURM_PROCID /
+    SLURM_STEP_NUM_TASKS), else (0, 1). SLURM_NTASKS is not read: a process started inside a many-task allocation
+    without srun (Snakemake running there, say) inherits it and would draw only its share."""
     env = os.environ
     if rank is None:
-        rank = int(env.get("RANK", env.get("SLURM_PROCID", 0)))
+        rank = int(env.get("RANK", env.get("SLURM_PROCID", 0) if "SLURM_STEP_NUM_TASKS" in env else 0))
     if world_size is None:
-        world_size = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", 1)))
+        world_size = int(env.get("WORLD_SIZE", env.get("SLURM_STEP_NUM_TASKS", 1)))
     return rank, world_size

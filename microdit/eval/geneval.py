@@ -25,6 +25,7 @@ TASKS = ("single_object", "two_object", "counting", "colors", "position", "color
 def fetch_metadata(out: str | os.PathLike, source: str | None = None) -> Path:
     """The pinned `evaluation_metadata.jsonl` at `out`, from a local copy or the upstream commit, sha256-checked."""
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.download")
     if source:
         if not Path(source).is_file():
@@ -46,7 +47,11 @@ def fetch_metadata(out: str | os.PathLike, source: str | None = None) -> Path:
 
 def read_metadata(path: str | os.PathLike) -> list[dict]:
     rows = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the GenEval metadata ({err.strerror or err})") from None
+    for number, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
@@ -85,7 +90,9 @@ def generate_geneval(model, metadata: list[dict], root: str | os.PathLike,
 
 def summarize(results_path: str | os.PathLike) -> dict:
     """Scores from the official evaluator's results.jsonl, computed as GenEval's summary_scores.py does: per task
-    the fraction of correct images, overall the unweighted mean over tasks, prompts grouped by their metadata."""
+    the fraction of correct images, overall the unweighted mean over the six tasks, prompts grouped by their
+    metadata. With a task missing (a run over some of the prompts) there is no overall score: the mean over the
+    tasks present is `overall_of_present_tasks`, which is not comparable with published GenEval scores."""
     import pandas as pd
 
     try:
@@ -102,10 +109,13 @@ def summarize(results_path: str | os.PathLike) -> dict:
     by_task = df.groupby("tag")["correct"]
     tasks = {tag: {"accuracy": float(by_task.mean()[tag]), "correct": int(by_task.sum()[tag]),
                    "images": int(by_task.size()[tag])} for tag in TASKS if tag in by_task.groups}
+    present = sum(t["accuracy"] for t in tasks.values()) / len(tasks)
+    missing_tasks = [tag for tag in TASKS if tag not in tasks]
     return {
-        "overall": sum(t["accuracy"] for t in tasks.values()) / len(tasks),
+        "overall": None if missing_tasks else present,
+        "overall_of_present_tasks": present,
         "tasks": tasks,
-        "missing_tasks": [tag for tag in TASKS if tag not in tasks],
+        "missing_tasks": missing_tasks,
         "num_images": len(df),
         "num_prompts": int(df["metadata"].nunique()),
         "correct_images": float(df["correct"].mean()),

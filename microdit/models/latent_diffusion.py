@@ -55,22 +55,17 @@ class LatentDiffusion(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt: list[str] | None = None, caption_latents: torch.Tensor | None = None,
-                 guidance_scale: float = 5.0, num_inference_steps: int = 30, seed: int | None = None,
+                 guidance_scale: float = 5.0, num_inference_steps: int = 30, seed: int | list[int] | None = None,
                  return_only_latents: bool = False) -> torch.Tensor:
         """Images (B,3,H,W) in [0,1] (or scaled latents). seed=None draws fresh noise; any integer, 0 included,
-        makes the result reproducible (the original ignored seed=0)."""
+        makes the result reproducible (the original ignored seed=0); a list gives each image a seed of its own, so
+        that an image's noise depends neither on its batch nor on the device."""
         if caption_latents is None:
             if prompt is None:
                 raise ValueError("generate() needs `prompt` (a list of strings) or `caption_latents`")
             caption_latents = self.encode_prompts(prompt)
         caption_latents = caption_latents.to(self.device)
-        generator = torch.Generator(device=self.device)
-        if seed is not None:
-            generator.manual_seed(int(seed))
-        else:
-            generator.seed()
-        shape = (caption_latents.shape[0], self.dit.in_channels, self.latent_res, self.latent_res)
-        noise = torch.randn(shape, generator=generator, device=self.device)
+        noise = self.initial_noise(caption_latents.shape[0], seed)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             latents = heun_sampler(self.dit, noise, caption_latents.float(), self.edm, num_inference_steps,
                                    cfg=guidance_scale)
@@ -79,6 +74,21 @@ class LatentDiffusion(nn.Module):
         if self.vae is None:
             raise RuntimeError("this LatentDiffusion has no VAE; use return_only_latents=True")
         return self.vae.decode(latents)
+
+    def initial_noise(self, batch: int, seed: int | list[int] | None) -> torch.Tensor:
+        shape = (self.dit.in_channels, self.latent_res, self.latent_res)
+        if isinstance(seed, (list, tuple)):
+            if len(seed) != batch:
+                raise ValueError(f"{len(seed)} seeds for a batch of {batch}")
+            # drawn on the CPU: the same noise on every device
+            noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seed]
+            return torch.stack(noise).to(self.device)
+        generator = torch.Generator(device=self.device)
+        if seed is not None:
+            generator.manual_seed(int(seed))
+        else:
+            generator.seed()
+        return torch.randn((batch, *shape), generator=generator, device=self.device)
 
 
 def create_latent_diffusion(vae_name: str | None = PAPER_VAE, text_encoder_name: str | None = PAPER_TEXT_ENCODER,

@@ -11,10 +11,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from microdit.files import atomic_write
 from microdit.errors import UserError
 from microdit.eval.geneval import TASKS
-from microdit.files import read_json
+from microdit.files import atomic_write, read_json
 from microdit.report.ledger import PAPER_PRICE_PER_GPU_HOUR, PAPER_TOTAL_DOLLARS, ledger_row, totals
 
 # The README's scores for the four released checkpoints, in its order (SPEC §3.8).
@@ -103,14 +102,29 @@ def samples_section(inputs: ReportInputs) -> str:
 
 def evaluation_rows(inputs: ReportInputs) -> tuple[list[list[str]], dict[str, dict]]:
     fids = {label: read_json(path, "fid.json") for label, path in inputs.fid.items()}
-    genevals = {label: read_json(path, "geneval.json") for label, path in inputs.geneval.items()}
+    genevals = {label: read_geneval(path) for label, path in inputs.geneval.items()}
     rows = []
     for label in list(dict.fromkeys([*fids, *genevals])):
         f, g = fids.get(label, {}), genevals.get(label, {})
         rows.append([esc(label), esc(f.get("metric", "—")), fmt(f.get("value"), ".2f"), esc(f.get("num_images", "—")),
                      esc(f.get("resolution", "—")), esc(f.get("steps", "—")), esc(f.get("guidance", "—")),
-                     fmt(g.get("overall"), ".2f")])
+                     geneval_overall(g) if g else "—"])
     return rows, genevals
+
+
+def read_geneval(path) -> dict:
+    summary = read_json(path, "geneval.json")
+    missing = [key for key in ("tasks", "correct_images", "correct_prompts") if key not in summary]
+    if missing:
+        raise UserError(f"{path}: not a GenEval summary from geneval-summary (no {', '.join(missing)})")
+    return summary
+
+
+def geneval_overall(summary: dict) -> str:
+    """The overall score, which exists only when every task was scored (a run over some prompts has none)."""
+    if summary.get("overall") is not None:
+        return fmt(summary["overall"], ".2f")
+    return f"— ({len(TASKS) - len(summary.get('missing_tasks', []))} of {len(TASKS)} tasks)"
 
 
 def evaluation_section(inputs: ReportInputs) -> str:
@@ -125,7 +139,7 @@ def evaluation_section(inputs: ReportInputs) -> str:
                "distance in EfficientNet-Lite0 feature space, which is not comparable with FID.</p>")
     if genevals:
         task_rows = [[esc(label)] + [fmt(g.get("tasks", {}).get(t, {}).get("accuracy"), ".2f") for t in TASKS]
-                     + [fmt(g.get("overall"), ".2f"), fmt(100 * g["correct_images"], ".1f") + " %",
+                     + [geneval_overall(g), fmt(100 * g["correct_images"], ".1f") + " %",
                         fmt(100 * g["correct_prompts"], ".1f") + " %"] for label, g in genevals.items()]
         section += "<h3>GenEval by task</h3>" + table(
             ["model", *TASKS, "overall", "correct images", "correct prompts"], task_rows)

@@ -3,11 +3,8 @@
 One file per save, `<out>/checkpoints/step_<N>.pt`, written by rank 0 through a temporary file and a rename, newest K
 kept. Files are read back with torch.load(weights_only=True), so they hold only tensors and plain containers.
 """
-import hashlib
-import json
 import random
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +14,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 
 from microdit.checkpoint import RECOMPUTABLE_BUFFERS, CheckpointError, load_dit_state, read_checkpoint
 from microdit.errors import UserError
-from microdit.files import atomic_write
+from microdit.files import atomic_write, claim_folder, fingerprint
 from microdit.train.distributed import DistInfo, gather_objects, unwrap
 
 CHECKPOINT_DIR = "checkpoints"
@@ -52,23 +49,13 @@ def prune_checkpoints(out_dir: str | Path, keep: int) -> None:
 
 def config_fingerprint(settings: dict) -> str:
     """sha256 of the settings that determine the trained weights (a stage config as a dict, cosmetic keys dropped)."""
-    relevant = {k: v for k, v in settings.items() if k not in COSMETIC_FIELDS}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+    return fingerprint({k: v for k, v in settings.items() if k not in COSMETIC_FIELDS})
 
 
-def claim_checkpoints(out_dir: str | Path, fingerprint: str) -> Path | None:
+def claim_checkpoints(out_dir: str | Path, digest: str) -> Path | None:
     """Make the checkpoint folder belong to this config. Checkpoints written under another config (the user changed
     the lr, the data, ...) must not be resumed: they are moved aside, never deleted. Returns where they went."""
-    folder = Path(out_dir) / CHECKPOINT_DIR
-    marker = folder / FINGERPRINT
-    stale = None
-    if folder.is_dir() and list_checkpoints(out_dir) and (not marker.exists() or marker.read_text() != fingerprint):
-        stale = folder.with_name(f"{CHECKPOINT_DIR}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
-        folder.rename(stale)
-    folder.mkdir(parents=True, exist_ok=True)
-    if not marker.exists() or marker.read_text() != fingerprint:
-        atomic_write(marker, lambda tmp: Path(tmp).write_text(fingerprint))
-    return stale
+    return claim_folder(Path(out_dir) / CHECKPOINT_DIR, digest, FINGERPRINT)
 
 
 # ----------------------------------------------------------------------------------------------------- RNG

@@ -1,7 +1,9 @@
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from microdit.eval.generate import generate_images, image_name, rank_batches
+from microdit.eval.generate import claim_samples, distributed_rank, generate_images, image_name, rank_batches
 
 CAPTIONS = ["a red square", "a blue circle", "two green triangles", "a cat", "a dog on grass"]
 SAMPLING = dict(steps=2, guidance=2.0, seed=3, batch_size=2)
@@ -22,23 +24,72 @@ def run(model, out, **overrides):
                            **{**SAMPLING, **overrides})
 
 
-def test_generation_resumes_and_is_independent_of_ranks(tmp_path, tiny_pipeline):
+def pixels(folder) -> dict:
+    return {p.name: np.asarray(Image.open(p), dtype=int) for p in sorted(folder.glob("*.png"))}
+
+
+def assert_same_images(a: dict, b: dict) -> None:
+    """Equal noise, so equal images up to the rounding of kernels that another batch size may pick."""
+    assert a.keys() == b.keys()
+    assert all(np.abs(a[name] - b[name]).max() <= 1 for name in a)
+
+
+def test_generation_resumes_and_depends_on_neither_ranks_nor_batch_size(tmp_path, tiny_pipeline):
     out = tmp_path / "samples"
     assert run(tiny_pipeline, out) == {"written": 5, "skipped": 0}
     files = sorted(p.name for p in out.iterdir())
     assert files == [f"{i:06d}.png" for i in range(5)]
-    original = {name: (out / name).read_bytes() for name in files}
+    original = pixels(out)
 
     (out / "000002.png").unlink()
     before = {name: (out / name).stat().st_mtime_ns for name in files if name != "000002.png"}
-    assert run(tiny_pipeline, out) == {"written": 1, "skipped": 4}
+    assert run(tiny_pipeline, out) == {"written": 1, "skipped": 4}  # only the missing image is drawn
     assert {name: (out / name).stat().st_mtime_ns for name in before} == before  # written files untouched
-    assert (out / "000002.png").read_bytes() == original["000002.png"]  # its batch is redrawn identically
+    assert_same_images(pixels(out), original)
 
     split = tmp_path / "two_ranks"
     results = [run(tiny_pipeline, split, rank=r, world_size=2) for r in (0, 1)]
     assert [r["written"] for r in results] == [3, 2]  # batches {0,1} {4} on rank 0, {2,3} on rank 1
-    assert {p.name: p.read_bytes() for p in split.iterdir()} == original
+    assert_same_images(pixels(split), original)
+    assert run(tiny_pipeline, tmp_path / "batch3", batch_size=3)["written"] == 5
+    assert_same_images(pixels(tmp_path / "batch3"), original)
+    assert run(tiny_pipeline, tmp_path / "seed4", seed=4)["written"] == 5
+    assert any(np.abs(a - b).max() > 1 for a, b in zip(pixels(tmp_path / "seed4").values(), original.values()))
+
+
+def test_images_of_other_settings_are_moved_aside_not_reused(tmp_path):
+    out = tmp_path / "samples"
+    claim_samples(out, {"seed": 1}, log=lambda msg: None)
+    (out / image_name(0)).write_bytes(b"drawn with seed 1")
+    claim_samples(out, {"seed": 1}, log=lambda msg: None)  # same settings: a rerun resumes
+    assert (out / image_name(0)).is_file()
+    claim_samples(out, {"seed": 2}, log=lambda msg: None)
+    assert not (out / image_name(0)).exists()
+    (stale,) = tmp_path.glob("samples.stale-*")
+    assert (stale / image_name(0)).read_bytes() == b"drawn with seed 1"
+
+
+def test_other_ranks_wait_for_rank_0_to_claim_the_folder(tmp_path):
+    from microdit.errors import UserError
+
+    with pytest.raises(UserError, match="rank 0 did not claim"):
+        claim_samples(tmp_path / "samples", {"seed": 1}, rank=1, wait_s=0)
+    claim_samples(tmp_path / "samples", {"seed": 1}, rank=0)
+    claim_samples(tmp_path / "samples", {"seed": 1}, rank=1, wait_s=0)
+
+
+def test_ranks_come_from_torchrun_or_an_srun_step_only(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # inherited from a 4-task allocation, no srun: one whole process
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert distributed_rank() == (0, 1)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")  # srun -n 4
+    monkeypatch.setenv("SLURM_PROCID", "2")
+    assert distributed_rank() == (2, 4)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed_rank() == (1, 2) and distributed_rank(0, 3) == (0, 3)
 
 
 def test_rank_batches_cover_every_index_once():

@@ -84,6 +84,14 @@ def test_summary_matches_hand_computed_scores(tmp_path):
     assert (summary["num_images"], summary["num_prompts"], summary["missing_tasks"]) == (32, 8, [])
 
 
+def test_summary_of_some_tasks_has_no_overall_score(tmp_path):
+    path = tmp_path / "results.jsonl"
+    write_results(path, [("single_object", "a cat", [True, True, True, True])])  # e.g. --num-prompts 50
+    summary = geneval.summarize(path)
+    assert summary["overall"] is None and summary["overall_of_present_tasks"] == 1.0
+    assert summary["missing_tasks"] == ["two_object", "counting", "colors", "position", "color_attr"]
+
+
 def test_summary_rejects_files_that_are_not_results(tmp_path):
     path = tmp_path / "results.jsonl"
     path.write_text('{"filename": "x.png"}\n')

@@ -53,6 +53,18 @@ def test_report_has_curves_grids_scores_and_costs(run_dir):
     text = out.read_text()
     assert "$160.00" in text and "no metrics" in text and "no evaluation results" in text
 
+def test_a_geneval_run_over_some_tasks_shows_no_overall_score(run_dir):
+    partial = {"overall": None, "overall_of_present_tasks": 1.0, "tasks": {"single_object": {"accuracy": 1.0}},
+               "missing_tasks": ["two_object", "counting", "colors", "position", "color_attr"],
+               "correct_images": 1.0, "correct_prompts": 1.0}
+    (run_dir / "partial.json").write_text(json.dumps(partial))
+    out = run_dir / "report.html"
+    write_report(ReportInputs(title="t", stages=["s"], geneval={"s": run_dir / "partial.json"}), out)
+    assert out.read_text().count("— (1 of 6 tasks)") == 2  # the scores row and the by-task row
+    with pytest.raises(UserError, match="not a GenEval summary"):
+        write_report(ReportInputs(title="t", stages=["s"], geneval={"s": run_dir / "fid.json"}), out)
+
+
 def test_named_but_broken_inputs_are_errors(run_dir):
     with pytest.raises(UserError, match="cannot read"):
         write_report(ReportInputs(title="t", stages=["s"], grids={"s": run_dir / "absent.png"}), run_dir / "r.html")
