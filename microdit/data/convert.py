@@ -48,7 +48,7 @@ def load_image(data: bytes) -> Image.Image | None:
         image = Image.open(io.BytesIO(data))
         image.load()  # decode now: a truncated file fails here rather than inside the MDS writer
         return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # Pillow: SyntaxError for broken PNGs
         return None
 
 
@@ -78,20 +78,19 @@ def convert_sample(key: str, files: dict[str, bytes], rules: Rules) -> tuple[dic
     return record, outcome
 
 
-def convert_part(tars: list[str], part_dir: str, rules: Rules) -> Counter:
-    """One worker (forked after the slow streaming/torchvision imports above): its tars into one MDS directory;
-    returns counts of kept/resized/skip reasons."""
+def convert_part(tar: str, part_dir: str, rules: Rules) -> Counter:
+    """One download shard into one MDS directory (in a worker forked after the slow streaming/torchvision imports
+    above); returns counts of kept/resized/skip reasons."""
     counts: Counter = Counter()
     with MDSWriter(out=part_dir, columns=COLUMNS, compression=None, size_limit=SIZE_LIMIT) as writer:
-        for tar in tars:
-            for key, files in read_shard(tar):
-                record, outcome = convert_sample(key, files, rules)
-                counts[outcome] += 1
-                if record is None:
-                    log_skip = log.debug if outcome == "too_small" else log.warning
-                    log_skip("%s: sample %s skipped: %s", tar, key, outcome)
-                    continue
-                writer.write(record)
+        for key, files in read_shard(tar):
+            record, outcome = convert_sample(key, files, rules)
+            counts[outcome] += 1
+            if record is None:
+                log_skip = log.debug if outcome == "too_small" else log.warning
+                log_skip("%s: sample %s skipped: %s", tar, key, outcome)
+                continue
+            writer.write(record)
     return counts
 
 
@@ -107,15 +106,15 @@ def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, rules: Rules 
         raise UserError(f"{out}: already exists; remove it to convert again")
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)  # leftovers of an interrupted run
-    workers = max(1, min(workers, len(tars)))
-    parts = [tmp / str(w) for w in range(workers)]
-    assignments = [tars[w::workers] for w in range(workers)]
+    # one MDS part per download shard, merged in shard order: the dataset (its sample order and shard files, hence
+    # the precompute units and their seeds) does not depend on how many workers there were
+    parts = [tmp / f"{i:05d}" for i in range(len(tars))]
     try:
-        if workers == 1:
-            results = [convert_part(assignments[0], str(parts[0]), rules)]
+        if workers <= 1 or len(tars) <= 1:
+            results = [convert_part(tar, str(part), rules) for tar, part in zip(tars, parts)]
         else:
-            with ProcessPoolExecutor(workers) as pool:
-                results = list(pool.map(convert_part, assignments, map(str, parts), [rules] * workers))
+            with ProcessPoolExecutor(min(workers, len(tars))) as pool:
+                results = list(pool.map(convert_part, tars, map(str, parts), [rules] * len(tars)))
         merge_parts(tmp, parts)
         stats = summarize(sum(results, Counter()), len(tars), rules)
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=1))

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from microdit.data.mds import SIZE_LIMIT, iter_samples, merge_parts, shard_path, shard_readers
+from microdit.data.mds import INDEX, SIZE_LIMIT, iter_samples, merge_parts, shard_path, shard_readers
 from microdit.errors import UserError
-from microdit.files import write_json
+from microdit.files import claim_folder, fingerprint, write_json
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,9 @@ def merge(in_dir: str, out_dir: str, config: Config) -> dict:
     """<out>/index.json over all units (all must be finished) and the throughput stats."""
     out = Path(out_dir)
     units = [unit_dir(out, u) for u in range(len(shard_readers(in_dir)))]
+    if not units:
+        raise UserError(f"{in_dir}: the dataset has no samples (did convert's rules filter every image out? see its "
+                        f"convert.json)")
     missing = [str(u) for u in units if not (u / "index.json").is_file()]
     if missing:
         raise UserError(f"{out}: {len(missing)} unit(s) not finished yet, e.g. {missing[0]}; rerun precompute")
@@ -177,8 +180,22 @@ def _spawned_rank(rank: int, world: int, in_dir: str, out_dir: str, config: Conf
     run_rank(in_dir, out_dir, config, rank, world, device)
 
 
+def input_identity(in_dir: str) -> dict:
+    """What the latents are computed from: the input dataset's index and its shard files' sizes and modification
+    times (a new convert writes new files, even where sizes happen to agree)."""
+    files = {}
+    for reader in shard_readers(in_dir):
+        stat = shard_path(reader).stat()
+        files[reader.raw_data.basename] = [stat.st_size, stat.st_mtime_ns]
+    return {"index": (Path(in_dir) / INDEX).read_text(), "files": files}
+
+
 def precompute(in_dir: str, out_dir: str, config: Config, processes: int = 1, device: str | None = None) -> dict:
-    """All units with `processes` workers (one per GPU when there are GPUs), then the merge."""
+    """All units with `processes` workers (one per GPU when there are GPUs), then the merge. Finished units are
+    skipped on a rerun only if they were made from the same input and config: others are moved aside."""
+    stale = claim_folder(out_dir, fingerprint({"config": asdict(config), "input": input_identity(in_dir)}))
+    if stale is not None:
+        log.warning("%s: its units were encoded from another input or config; moved to %s", out_dir, stale)
     if processes > 1:
         torch.multiprocessing.spawn(_spawned_rank, args=(processes, in_dir, out_dir, config), nprocs=processes)
     else:

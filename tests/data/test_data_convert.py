@@ -58,14 +58,25 @@ def test_non_utf8_caption_is_skipped():
     assert record is None and reason == "bad_caption"
 
 
-def test_parallel_workers_merge_into_one_dataset(tmp_path):
+def test_the_dataset_does_not_depend_on_the_worker_count(tmp_path):
     for shard in range(3):
         write_wds(tmp_path / "wds", [Sample(f"s{shard}_{i}", jpeg_bytes(260, 270), f"c{i}") for i in range(4)], shard)
     stats = convert(tmp_path / "wds", tmp_path / "mds", workers=2)
     assert stats["kept"] == 12 and mds.count(tmp_path / "mds") == 12
-    assert sorted((tmp_path / "mds").iterdir()) == [tmp_path / "mds" / n for n in ("0", "1", "convert_stats.json",
-                                                                                    "index.json")]
-    assert len(read_all(tmp_path / "mds")) == 12
+    assert sorted(p.name for p in (tmp_path / "mds").iterdir()) == ["00000", "00001", "00002", "convert_stats.json",
+                                                                    "index.json"]  # one part per download shard
+    convert(tmp_path / "wds", tmp_path / "mds1", workers=1)
+    keys = [[s["key"] for s in mds.iter_samples(r)] for r in mds.shard_readers(tmp_path / "mds")]
+    assert keys == [[s["key"] for s in mds.iter_samples(r)] for r in mds.shard_readers(tmp_path / "mds1")]
+    assert keys == [[f"s{shard}_{i}" for i in range(4)] for shard in range(3)]  # in download shard order
+
+
+def test_a_broken_png_is_a_counted_skip():
+    # a 64 x 48 PNG with corrupted bytes, found by fuzzing: Pillow raises SyntaxError ("broken PNG file"), not OSError
+    broken = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000400000003008020000002e29eb480000000049444154789c"
+                           "edcf410dc02000c040e0")
+    record, reason = convert_sample("broken", {"png": broken, "txt": b"a caption"}, Rules(min_side=0, resize_to=0))
+    assert record is None and reason == "bad_image"
 
 
 def test_truncated_tar_fails_naming_it_and_leaves_no_output(tmp_path):

@@ -1,5 +1,6 @@
 """Precompute with a tiny random AutoencoderKL and the MiniLM text encoder: shapes, determinism, restart, bad input."""
 import json
+from dataclasses import replace
 import os
 
 import numpy as np
@@ -79,6 +80,13 @@ def test_deterministic_whatever_the_split_and_restartable(images_mds, tiny_vae_d
     assert shard_bytes(out) == reference and not (out / ".00001.partial").exists()
     assert mds.count(out) == 6
 
+    # units of another config are not taken for finished ones: moved aside, every unit encoded anew
+    precompute(str(images_mds), str(out), cfg)
+    assert shard_bytes(out) == reference and not list(tmp_path.glob("one.stale-*"))  # same config: kept
+    precompute(str(images_mds), str(out), replace(cfg, seed=8))
+    (stale,) = tmp_path.glob("one.stale-*")
+    assert shard_bytes(stale) == reference and shard_bytes(out) != reference and mds.count(out) == 6
+
 
 def test_missing_index_and_truncated_shard_are_named(images_mds, tiny_vae_dirs, tmp_path):
     cfg = config(tiny_vae_dirs[4])
@@ -86,8 +94,17 @@ def test_missing_index_and_truncated_shard_are_named(images_mds, tiny_vae_dirs, 
         precompute(str(tmp_path), str(tmp_path / "lat"), cfg)
     broken = tmp_path / "broken"
     convert(images_mds.parent / "wds", broken, Rules(min_side=0, resize_to=0))
-    shard = broken / "0" / "shard.00000.mds"
+    shard = broken / "00000" / "shard.00000.mds"
     shard.write_bytes(shard.read_bytes()[:-100])
     with pytest.raises(UserError, match="shard.00000.mds: truncated"):
         precompute(str(broken), str(tmp_path / "lat"), cfg)
     assert not (tmp_path / "lat").exists()
+
+
+def test_a_dataset_without_samples_is_a_clear_error(tmp_path, tiny_vae_dirs):
+    assert run(["download", "synthetic", "--out", str(tmp_path / "wds"), "--num-samples", "2", "--min-size", "24",
+                "--max-size", "32"]) == 0
+    convert(tmp_path / "wds", tmp_path / "mds", Rules(min_side=10_000))  # every image filtered out
+    with pytest.raises(UserError, match="no samples"):
+        precompute(str(tmp_path / "mds"), str(tmp_path / "lat"), config(tiny_vae_dirs[4]))
+    assert not (tmp_path / "lat" / "index.json").exists()
