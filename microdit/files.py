@@ -82,8 +82,7 @@ def claim_folder(folder: str | os.PathLike, digest: str, marker: str = ".setting
     mark = folder / marker
     stale = None
     if folder.is_dir() and any(p.name != marker for p in folder.iterdir()) and not _marked(mark, digest):
-        stale = folder.with_name(f"{folder.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
-        folder.rename(stale)
+        stale = move_aside(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not _marked(mark, digest):
         atomic_write(mark, lambda tmp: Path(tmp).write_text(digest))
@@ -92,3 +91,14 @@ def claim_folder(folder: str | os.PathLike, digest: str, marker: str = ".setting
 
 def _marked(mark: Path, digest: str) -> bool:
     return mark.is_file() and mark.read_text().strip() == digest
+
+
+def move_aside(folder: str | os.PathLike) -> Path:
+    """Rename `folder` to `<folder>.stale-<time>` (kept for the user, out of the way of the step that reruns)."""
+    folder = Path(folder)
+    name = f"{folder.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+    stale, count = folder.with_name(name), 1
+    while stale.exists():  # set aside twice within a second
+        stale, count = folder.with_name(f"{name}-{count}"), count + 1
+    folder.rename(stale)
+    return stale

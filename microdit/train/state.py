@@ -14,7 +14,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 
 from microdit.checkpoint import RECOMPUTABLE_BUFFERS, CheckpointError, load_dit_state, read_checkpoint
 from microdit.errors import UserError
-from microdit.files import atomic_write, claim_folder, fingerprint
+from microdit.files import atomic_write, claim_folder, fingerprint, move_aside
 from microdit.train.distributed import DistInfo, gather_objects, unwrap
 
 CHECKPOINT_DIR = "checkpoints"
@@ -56,6 +56,18 @@ def claim_checkpoints(out_dir: str | Path, digest: str) -> Path | None:
     """Make the checkpoint folder belong to this config. Checkpoints written under another config (the user changed
     the lr, the data, ...) must not be resumed: they are moved aside, never deleted. Returns where they went."""
     return claim_folder(Path(out_dir) / CHECKPOINT_DIR, digest, FINGERPRINT)
+
+
+def set_aside_checkpoints(out_dir: str | Path) -> Path | None:
+    """A stage started afresh although it has checkpoints (`--resume none`): they are moved aside, so that pruning
+    does not weigh the new run's checkpoints against them and a requeue resumes the new run, not the old one."""
+    folder = Path(out_dir) / CHECKPOINT_DIR
+    if not list_checkpoints(out_dir):
+        return None
+    stale = move_aside(folder)
+    folder.mkdir()
+    (stale / FINGERPRINT).replace(folder / FINGERPRINT)  # the config is the same: the marker stays
+    return stale
 
 
 # ----------------------------------------------------------------------------------------------------- RNG
@@ -108,8 +120,14 @@ def read_full_state(path: str | Path) -> dict:
 def load_full_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, source, info: DistInfo,
                     restore_rank_state: bool) -> None:
     """Weights and optimizer moments always; this rank's RNG and data position only when resuming the same stage
-    (another stage reads different data with a different batch layout). The EMA is the trainer's to restore."""
-    set_state_dict(unwrap(model), optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+    (another stage reads different data with a different batch layout). The EMA is the trainer's to restore.
+    Continuing another stage keeps that stage's moments, parameter by parameter, but this stage's parameter groups
+    and hyperparameters (weight decay, betas, eps, the MoE layers' lr scale): the stage config says them."""
+    optim_state = state["optimizer"]
+    if not restore_rank_state:
+        _, current = get_state_dict(unwrap(model), optimizer, options=StateDictOptions(full_state_dict=True))
+        optim_state = {"state": optim_state["state"], "param_groups": current["param_groups"]}
+    set_state_dict(unwrap(model), optimizer, model_state_dict=state["model"], optim_state_dict=optim_state,
                    options=StateDictOptions(full_state_dict=True))
     if restore_rank_state:
         same_layout = state["world_size"] == info.world_size

@@ -94,6 +94,9 @@ class Trainer:
             if stale is not None:
                 print(f"{self.out_dir}: the config changed since its checkpoints were written; they were moved to "
                       f"{stale} and the stage starts afresh", file=sys.stderr, flush=True)
+            if resume != "auto" and (old := ckpt.set_aside_checkpoints(self.out_dir)) is not None:
+                print(f"{self.out_dir}: starting afresh (resume {resume!r}); its checkpoints were moved to {old}",
+                      file=sys.stderr, flush=True)
         barrier()
         resume_from = ckpt.newest_checkpoint(self.out_dir) if resume == "auto" else None
         init = None if resume_from else cfg.init

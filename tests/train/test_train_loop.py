@@ -56,6 +56,17 @@ def test_checkpoints_of_another_config_are_set_aside_not_resumed(tmp_path):
     assert sorted(p.name for p in stale.glob("*.pt")) == ["step_000000002.pt", "step_000000004.pt"]
 
 
+def test_starting_afresh_sets_the_old_checkpoints_aside(tmp_path):
+    with pytest.raises(Killed):
+        run(tiny_config(tmp_path, steps=6), callbacks=[kill_after(5)])
+    with pytest.raises(Killed):  # --resume none, then preempted after step 3: a requeue must resume this run
+        run(tiny_config(tmp_path, steps=6), resume="none", callbacks=[kill_after(3)])
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000002.pt"]  # not pruned against step 4
+    assert Trainer(tiny_config(tmp_path, steps=6), DistInfo()).step == 2
+    (stale,) = tmp_path.glob("checkpoints.stale-*")
+    assert sorted(p.name for p in stale.glob("*.pt")) == ["step_000000002.pt", "step_000000004.pt"]
+
+
 def deterministic_loss(model, batch, edm, mask_ratio):
     """A noise-free loss, so that only the batch split differs between runs."""
     sigma = torch.full((batch["latents"].shape[0],), 0.5)
@@ -95,10 +106,16 @@ def test_weights_only_chaining_resets_clock_and_optimizer_and_recomputes_pos_emb
 
 def test_full_chaining_continues_clock_and_moments_with_new_lr(tmp_path):
     run(tiny_config(tmp_path / "s1", steps=4))
+    new_optim = {"lr": 2e-4, "weight_decay": 0.0, "betas": [0.5, 0.9], "eps": 1e-3, "moe_half_lr": False}
     stage2 = tiny_config(tmp_path / "s2", steps=2, init={"from": str(tmp_path / "s1"), "mode": "full"},
-                         optim={"lr": 2e-4}, schedule={"kind": "constant"}, model={"train_mask_ratio": 0.0})
+                         optim=new_optim, schedule={"kind": "constant"}, model={"train_mask_ratio": 0.0})
     trainer = Trainer(stage2, DistInfo())
     assert (trainer.step, trainer.stage_start, trainer.end_step) == (4, 4, 6)
+    # this stage's groups and hyperparameters, not the previous stage's (which halved the MoE layers' lr)
+    (group,) = trainer.optimizer.param_groups
+    assert (group["name"], group["lr_scale"], group["weight_decay"], tuple(group["betas"]), group["eps"]) == (
+        "all", 1.0, 0.0, (0.5, 0.9), 1e-3)
+    assert len(group["params"]) == len(list(trainer.raw.parameters()))
     saved = torch.load(tmp_path / "s1" / "checkpoints" / "step_000000004.pt", weights_only=True)
     moments = trainer.optimizer.state_dict()["state"]
     assert moments and all(int(s["step"]) == 4 for s in moments.values())
