@@ -22,8 +22,19 @@ def _print(summary: dict) -> int:
     return 0
 
 
+# download options that say how fast or from which (expiring) links the data comes, not what it is: changing them
+# resumes a download; any other option changed makes its finished shards someone else's (claim_folder)
+NOT_IN_DATA = ("out", "func", "processes", "threads", "timeout", "retries", "links")
+
+
 def run_download(args) -> int:
+    from microdit.files import claim_folder, fingerprint
+
     _setup_logging()
+    settings = {key: value for key, value in vars(args).items() if key not in NOT_IN_DATA}
+    stale = claim_folder(args.out, fingerprint(settings))
+    if stale is not None:
+        logging.warning("%s: its shards were downloaded with other options; moved to %s", args.out, stale)
     return _print(load_source(args.source).download(args))
 
 

@@ -7,7 +7,7 @@ import zipfile
 import pandas as pd
 import pytest
 
-from data_helpers import jpeg_bytes, parse
+from data_helpers import jpeg_bytes, parse, run
 from microdit.data.shards import finished_shards, read_shard, tar_path
 from microdit.data.sources import SOURCES, cc12m, coco2014, diffdb, jdb, sa1b, textcaps
 from microdit.data.sources.common import iter_tar_images, iter_zip_images, run_shards, select_subset, \
@@ -53,6 +53,53 @@ def test_finished_shards_are_skipped_and_half_written_ones_redone(tmp_path):
     summary = run_shards(tmp_path, [0, 1, 2], lambda i: made.append(i) or make(i))
     assert made == [2] and summary == {"done": 1, "skipped_finished": 2}
     assert finished_shards(tmp_path) == {0, 1, 2} and len(list(read_shard(tar_path(tmp_path, 2)))) == 2
+
+
+def test_a_download_resumes_only_its_own_shards(tmp_path):
+    out = tmp_path / "wds"
+
+    def download(*options):
+        assert run(["download", "synthetic", "--out", str(out), "--num-samples", "4", "--shard-size", "2",
+                    "--min-size", "24", "--max-size", "32", *options]) == 0
+        return {key: files["txt"] for tar in sorted(out.glob("*.tar")) for key, files in read_shard(tar)}
+
+    first = download("--seed", "0")
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
+    assert download("--seed", "0") == first  # the same options: finished shards skipped
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == before
+    other = download("--seed", "1")  # other options: the old shards are not taken for this download's
+    assert other != first
+    (stale,) = tmp_path.glob("wds.stale-*")
+    assert {key: files["txt"] for tar in sorted(stale.glob("*.tar")) for key, files in read_shard(tar)} == first
+
+
+def test_sa1b_shards_are_numbered_by_archive_not_by_line():
+    assert sa1b.archive_number("sa_000020.tar") == 20
+    with pytest.raises(UserError, match="not an SA-1B archive"):
+        sa1b.archive_number("images.tar")
+
+
+def test_sa1b_captions_unpack_is_redone_after_an_interruption(tmp_path, monkeypatch):
+    from microdit.data.sources import fetch
+
+    def fake_hub_download(repo, filename, cache_dir, **kwargs):
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        return make_tar(cache_dir / filename, {"captions/sa_1.txt": b"one", "captions/sa_2.txt": b"two"})
+
+    monkeypatch.setattr(fetch, "hub_download", fake_hub_download)
+    captions = tmp_path / "captions"
+    (captions / "_archive").mkdir(parents=True)  # interrupted: the archive fetched, one caption out
+    (captions / "sa_1.txt").write_text("o")
+    sa1b.fetch_captions(str(captions))
+    lookup = sa1b.caption_lookup(str(captions))
+    assert (lookup("sa_1"), lookup("sa_2")) == ("one", "two")
+
+    monkeypatch.setattr(fetch, "hub_download", lambda *a, **k: pytest.fail("fetched twice"))
+    sa1b.fetch_captions(str(captions))  # finished: not fetched again
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "sa_9.txt").write_text("mine")
+    sa1b.fetch_captions(str(own))  # a directory the user filled: used as it is
 
 
 def test_sa1b_links_and_caption_pairing(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from microdit.files import atomic_write
 from microdit.data.shards import STATS_SUFFIX, count_samples, tar_path, write_stats
-from microdit.data.sources.common import run_shards, select_subset
+from microdit.data.sources.common import positive_int, run_shards, select_subset
 from microdit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--caption-col", default="caption")
     parser.add_argument("--processes", type=int, default=16)
     parser.add_argument("--threads", type=int, default=64)
-    parser.add_argument("--shard-size", type=int, default=10000, help="samples per tar (img2dataset route)")
+    parser.add_argument("--shard-size", type=positive_int, default=10000, help="samples per tar (img2dataset route)")
     parser.add_argument("--timeout", type=int, default=10, help="seconds per image request")
     parser.add_argument("--retries", type=int, default=0)
 

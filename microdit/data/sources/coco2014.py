@@ -4,7 +4,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from microdit.data.sources.common import image_stem, run_shards, select_subset, write_paired_shard
+from microdit.data.sources.common import image_stem, positive_int, run_shards, select_subset, write_paired_shard
 from microdit.errors import UserError
 
 HELP = "COCO 2014 val, first caption per image (evaluation set)"
@@ -14,7 +14,7 @@ CAPTIONS_MEMBER = "annotations/captions_val2014.json"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--shard-size", type=int, default=5000, help="images per tar")
+    parser.add_argument("--shard-size", type=positive_int, default=5000, help="images per tar")
 
 
 def first_captions(annotations: dict, source: str = "annotations") -> dict[str, str]:

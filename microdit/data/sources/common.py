@@ -15,6 +15,19 @@ log = logging.getLogger(__name__)
 SUBSETS = {"full": 1.0, "small": 0.01}
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def select_subset(ids: list, subset: str) -> list:
     """The first ~1% of a source's archives for "small" (SPEC §4: e.g. cc12m 0..22 of 2176), all for "full"."""
     if subset not in SUBSETS:

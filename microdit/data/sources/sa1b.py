@@ -55,19 +55,26 @@ def caption_lookup(captions_dir: str) -> Callable[[str], str | None]:
     return caption_for
 
 
+CAPTIONS_DONE = ".unpacked"  # written once every caption file is out: an interrupted unpack is redone whole
+
+
 def fetch_captions(captions_dir: str) -> None:
-    """Download and unpack the caption archive flat into captions_dir (once)."""
+    """Download and unpack the caption archive flat into captions_dir (once). A directory of captions the user
+    made (no archive fetched) is used as it is."""
     from microdit.data.sources.fetch import hub_download
 
     root = Path(captions_dir)
-    if root.is_dir() and next(root.glob("*.txt"), None) is not None:
+    archive_dir = root / "_archive"
+    if (root / CAPTIONS_DONE).exists() or (
+            root.is_dir() and not archive_dir.exists() and next(root.glob("*.txt"), None) is not None):
         return
-    archive = hub_download(CAPTIONS_REPO, CAPTIONS_FILE, root / "_archive")
+    archive = hub_download(CAPTIONS_REPO, CAPTIONS_FILE, archive_dir)
     with tarfile.open(archive) as tar:
         for member in tar:
             if member.isfile() and member.name.endswith(".txt"):
                 member.name = Path(member.name).name  # flat: <stem>.txt directly under captions_dir
                 tar.extract(member, root, filter="data")
+    (root / CAPTIONS_DONE).touch()
     archive.unlink()
 
 
@@ -79,9 +86,18 @@ def stream_shard(out: Path, shard_id: int, url: str, caption_for) -> dict:
         return write_paired_shard(out, shard_id, iter_tar_images(response.raw), caption_for)
 
 
+def archive_number(file_name: str) -> int:
+    """sa_000020.tar -> 20: a shard's id, so that a fresh link list (Meta's links expire) in any order resumes."""
+    digits = file_name.removeprefix("sa_").removesuffix(".tar")
+    if not digits.isdigit():
+        raise UserError(f"--links: {file_name!r} is not an SA-1B archive name (sa_NNNNNN.tar)")
+    return int(digits)
+
+
 def download(args) -> dict:
-    links = select_subset(parse_links(args.links), args.subset)
+    urls = {archive_number(name): url for name, url in parse_links(args.links)}
+    shard_ids = select_subset(sorted(urls), args.subset)
     fetch_captions(args.captions)
     caption_for = caption_lookup(args.captions)
     out = Path(args.out)
-    return run_shards(out, list(range(len(links))), lambda i: stream_shard(out, i, links[i][1], caption_for))
+    return run_shards(out, shard_ids, lambda i: stream_shard(out, i, urls[i], caption_for))
