@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from microdit.errors import UserError
-from microdit.models.dit import VARIANTS
+from microdit.models.dit import VARIANTS, MicroDiTConfig
 from microdit.models.speed import SpeedOptions
 
 SCHEDULES = ("cosine_warmup", "constant", "constant_warmup")
@@ -266,17 +266,30 @@ def _validate(cfg: StageConfig, w: str) -> None:
     _check(m.latent_res > 0 and m.latent_res % 2 == 0, w, f"model.latent_res: must be even and > 0, got {m.latent_res}")
     _check(0.0 <= m.train_mask_ratio < 1.0, w, f"model.train_mask_ratio: must be in [0, 1), got {m.train_mask_ratio}")
     _check(m.p_std >= 0, w, f"model.p_std: must be >= 0, got {m.p_std}")
+    for name in ("in_channels", "caption_channels"):
+        _check(getattr(m, name) > 0, w, f"model.{name}: must be > 0, got {getattr(m, name)}")
+    known = set(MicroDiTConfig.__dataclass_fields__)
+    _check(set(m.overrides) <= known, w, f"model.overrides: unknown {sorted(set(m.overrides) - known)}; expected "
+                                         f"fields of MicroDiTConfig ({', '.join(sorted(known))})")
     d = cfg.data
     _check(d.kind in ("random", "mds"), w, f"data.kind: expected random or mds, got {d.kind!r}")
+    _check(d.caption_len > 0, w, f"data.caption_len: must be > 0, got {d.caption_len}")
     _check(0.0 <= d.cap_drop_prob <= 1.0, w, f"data.cap_drop_prob: must be in [0, 1], got {d.cap_drop_prob}")
     o = cfg.optim
     _check(o.lr > 0, w, f"optim.lr: must be > 0, got {o.lr}")
     _check(len(o.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o.betas), w,
            f"optim.betas: expected two numbers in [0, 1), got {o.betas}")
     _check(o.grad_clip >= 0, w, f"optim.grad_clip: must be >= 0, got {o.grad_clip}")
+    _check(o.eps > 0, w, f"optim.eps: must be > 0, got {o.eps}")
+    _check(o.weight_decay >= 0, w, f"optim.weight_decay: must be >= 0, got {o.weight_decay}")
     s = cfg.schedule
     _check(s.kind in SCHEDULES, w, f"schedule.kind: expected one of {list(SCHEDULES)}, got {s.kind!r}")
     _check(s.warmup_steps >= 0, w, f"schedule.warmup_steps: must be >= 0, got {s.warmup_steps}")
+    for name in ("alpha", "alpha_f"):
+        _check(getattr(s, name) >= 0, w, f"schedule.{name}: must be >= 0 (a fraction of lr), got {getattr(s, name)}")
+    if cfg.samples.every > 0 and cfg.samples.captions:
+        _check(Path(cfg.samples.captions).is_file(), w,
+               f"samples.captions: {cfg.samples.captions}: no such file (checked now, not at the first sample step)")
     if cfg.ema is not None:
         _check(0.0 < cfg.ema.decay < 1.0, w, f"ema.decay: must be in (0, 1), got {cfg.ema.decay}")
         _check(cfg.ema.every > 0, w, f"ema.every: must be > 0, got {cfg.ema.every}")
@@ -286,5 +299,6 @@ def _validate(cfg: StageConfig, w: str) -> None:
     launch = cfg.launch
     _check(launch.cluster in CLUSTERS, w, f"launch.cluster: expected one of {list(CLUSTERS)}, got {launch.cluster!r}")
     _check(launch.nodes > 0 and launch.tasks_per_node > 0, w, "launch.nodes and launch.tasks_per_node must be > 0")
+    _check(launch.cpus_per_task > 0, w, f"launch.cpus_per_task: must be > 0, got {launch.cpus_per_task}")
     _check(all(isinstance(x, str) and x.startswith("--") for x in launch.sbatch_extra), w,
            "launch.sbatch_extra: expected a list of '--key=value' strings")

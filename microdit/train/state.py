@@ -117,6 +117,18 @@ def read_full_state(path: str | Path) -> dict:
     return state
 
 
+def check_state_fits(state: dict, model: nn.Module, source: str | Path) -> None:
+    """A full state's model weights have this model's names and shapes (a full init at another resolution, or of
+    another architecture, is named here rather than failing deep inside the loader)."""
+    expected = {name: tuple(t.shape) for name, t in unwrap(model).state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state["model"].items()}
+    wrong = [f"{name}: {found.get(name, 'missing')} instead of {shape}" for name, shape in expected.items()
+             if found.get(name) != shape] + [f"{name}: not in this model" for name in found if name not in expected]
+    if wrong:
+        hint = " (another resolution: continue with init mode 'weights')" if any("pos_embed" in w for w in wrong) else ""
+        raise CheckpointError(f"{source}: its model does not fit this stage's{hint}: " + "; ".join(wrong[:3]))
+
+
 def load_full_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, source, info: DistInfo,
                     restore_rank_state: bool) -> None:
     """Weights and optimizer moments always; this rank's RNG and data position only when resuming the same stage
@@ -153,6 +165,9 @@ def resolve_init(source: str, mode: str) -> Path:
     """A stage directory means its newest full state (mode full) or its final.safetensors (mode weights)."""
     path = Path(source)
     if path.is_dir():
+        if mode == "full" and newest_checkpoint(path) and not (path / "final.safetensors").exists():
+            raise UserError(f"init.from: {path} has not finished (no final.safetensors): a full init continues a "
+                            "finished stage (name one of its checkpoint files to continue from an earlier step)")
         found = newest_checkpoint(path) if mode == "full" else path / "final.safetensors"
         if found is None or not found.exists():
             what = "full-state checkpoint" if mode == "full" else "final.safetensors"

@@ -110,12 +110,14 @@ class Trainer:
         self.model = wrap_model(self.raw, cfg.strategy, info)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.source = build_source(cfg, info.rank, info.world_size, self.accumulation)
-        full_state = None
+        full_state = source = None
         if resume_from is not None:
-            full_state = ckpt.read_full_state(resume_from)
+            source = resume_from
         elif init is not None and init.mode == "full":
-            full_state = ckpt.read_full_state(ckpt.resolve_init(init.from_, "full"))
-        if full_state is not None:
+            source = ckpt.resolve_init(init.from_, "full")
+        if source is not None:
+            full_state = ckpt.read_full_state(source)
+            ckpt.check_state_fits(full_state, self.model, source)
             self._load_full_state(full_state, same_stage=resume_from is not None)
             self.last_checkpoint = resume_from
         with torch.no_grad():

@@ -127,6 +127,19 @@ def test_full_chaining_continues_clock_and_moments_with_new_lr(tmp_path):
     assert lrs == {2e-4}
 
 
+def test_a_full_init_needs_a_finished_stage_of_the_same_shapes(tmp_path):
+    from microdit.errors import UserError
+
+    with pytest.raises(Killed):
+        run(tiny_config(tmp_path / "s1", steps=4), callbacks=[kill_after(3)])
+    continuing = {"init": {"from": str(tmp_path / "s1"), "mode": "full"}, "steps": 2}
+    with pytest.raises(UserError, match="has not finished"):
+        Trainer(tiny_config(tmp_path / "s2", **continuing), DistInfo())
+    run(tiny_config(tmp_path / "s1", steps=4))
+    with pytest.raises(UserError, match="another resolution: continue with init mode 'weights'.*pos_embed"):
+        Trainer(tiny_config(tmp_path / "s2", model={"latent_res": 16}, **continuing), DistInfo())
+
+
 def eval_json(line):
     import json
     return json.loads(line)
