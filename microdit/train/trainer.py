@@ -256,6 +256,13 @@ class Trainer:
         return tqdm(total=self.end_step - self.stage_start, initial=self.step - self.stage_start,
                     desc=self.cfg.name, unit="step", dynamic_ncols=True)
 
+    def _logged_final_loss(self) -> float | None:
+        """The loss logged at the last step (the metrics log has it before the last checkpoint is written)."""
+        path = self.out_dir / "metrics.jsonl"
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        return next((line["loss"] for line in reversed(lines) if line.get("step") == self.step and "loss" in line),
+                    None)
+
     # ------------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, elapsed: float) -> None:
         path = ckpt.checkpoint_path(self.out_dir, self.step)
@@ -280,12 +287,16 @@ class Trainer:
     def _finish(self, throughput: Throughput, loss: float, first_step_s: float | None) -> dict:
         raw = self.export_model()
         ema = self.export_model(use_ema=True) if self.ema is not None else None
+        images_seen = (self.end_step - self.stage_start) * self.cfg.global_batch
+        wall_time = self.wall_time_before + throughput.elapsed()
+        rate = throughput.mean_rate()
+        if first_step_s is None:  # requeued after the last checkpoint: no step ran in this attempt
+            loss, rate = self._logged_final_loss(), images_seen / wall_time
         stats = {"stage": self.cfg.name, "steps": self.end_step - self.stage_start, "global_step": self.step,
-                 "images_seen": (self.end_step - self.stage_start) * self.cfg.global_batch,
-                 "wall_time_s": self.wall_time_before + throughput.elapsed(),
+                 "images_seen": images_seen, "wall_time_s": wall_time,
                  "gpu_count": self.info.world_size if self.info.device.type == "cuda" else 0,
-                 "world_size": self.info.world_size, "mean_img_per_s": throughput.mean_rate(),
-                 "mfu": throughput.mfu(throughput.mean_rate()), "final_loss": loss,
+                 "world_size": self.info.world_size, "mean_img_per_s": rate,
+                 "mfu": throughput.mfu(rate), "final_loss": loss,
                  "flops_per_image": self.flops_per_sample, "first_step_s": first_step_s}
         if self.info.is_main:
             save_dit(raw, self.out_dir / "final.safetensors", self.cfg.model.arch, kind="raw",

@@ -127,6 +127,15 @@ def test_full_chaining_continues_clock_and_moments_with_new_lr(tmp_path):
     assert lrs == {2e-4}
 
 
+def test_a_requeue_after_the_last_checkpoint_finishes_with_the_logged_loss(tmp_path):
+    with pytest.raises(Killed):  # preempted between the last checkpoint and the export
+        run(tiny_config(tmp_path, steps=4), callbacks=[kill_after(4)])
+    stats = run(tiny_config(tmp_path, steps=4))
+    last = eval_json((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 4 and stats["final_loss"] == last["loss"]
+    assert stats["mean_img_per_s"] > 0 and stats["first_step_s"] is None
+
+
 def test_a_full_init_needs_a_finished_stage_of_the_same_shapes(tmp_path):
     from microdit.errors import UserError
 
