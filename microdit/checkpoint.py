@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pickle
+import warnings
 from dataclasses import asdict
 
 import torch
@@ -43,7 +44,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     if path.endswith(".safetensors"):
         return _read_safetensors(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols would precede our one-line verdict
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" in str(err):
             raise CheckpointError(f"{path}: refused: the pickle needs to run code to load (only plain tensors and "

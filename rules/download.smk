@@ -17,4 +17,4 @@ rule download:
         "../envs/microdit.yaml"
     shell:
         "microdit download {params.source:q} --out {params.out:q} --subset {params.subset:q} {params.options}"
-        " > {output.summary:q} 2> {log:q}"
+        " --summary {output.summary:q} > {log:q} 2>&1"

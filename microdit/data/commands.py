@@ -11,6 +11,7 @@ import logging
 
 from microdit.data.sources import SOURCES, load_source
 from microdit.data.sources.common import SUBSETS
+from microdit.files import claim_folder, fingerprint, write_json
 
 
 def _setup_logging() -> None:
@@ -24,18 +25,19 @@ def _print(summary: dict) -> int:
 
 # download options that say how fast or from which (expiring) links the data comes, not what it is: changing them
 # resumes a download; any other option changed makes its finished shards someone else's (claim_folder)
-NOT_IN_DATA = ("out", "func", "processes", "threads", "timeout", "retries", "links")
+NOT_IN_DATA = ("out", "summary", "func", "processes", "threads", "timeout", "retries", "links")
 
 
 def run_download(args) -> int:
-    from microdit.files import claim_folder, fingerprint
-
     _setup_logging()
     settings = {key: value for key, value in vars(args).items() if key not in NOT_IN_DATA}
     stale = claim_folder(args.out, fingerprint(settings))
     if stale is not None:
         logging.warning("%s: its shards were downloaded with other options; moved to %s", args.out, stale)
-    return _print(load_source(args.source).download(args))
+    summary = load_source(args.source).download(args)
+    if args.summary:
+        write_json(summary, args.summary)
+    return _print(summary)
 
 
 def run_convert(args) -> int:
@@ -64,6 +66,7 @@ def add_download(subparsers) -> None:
         sub = sources.add_parser(name, help=source.HELP, description=source.__doc__)
         sub.add_argument("--out", required=True, help="output directory (NNNNN.tar + NNNNN_stats.json)")
         sub.add_argument("--subset", choices=sorted(SUBSETS), default="full", help="small = the first ~1%%")
+        sub.add_argument("--summary", help="also write the JSON summary here, once the download is complete")
         source.add_arguments(sub)
         sub.set_defaults(func=run_download)
 

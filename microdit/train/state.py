@@ -58,6 +58,16 @@ def claim_checkpoints(out_dir: str | Path, digest: str) -> Path | None:
     return claim_folder(Path(out_dir) / CHECKPOINT_DIR, digest, FINGERPRINT)
 
 
+# what a stage's run writes beside its checkpoints; set aside with them, so that a new run's log and grids are its own
+RUN_OUTPUTS = ("metrics.jsonl", "train_stats.json", "final.safetensors", "ema.safetensors", "samples")
+
+
+def set_aside_run_outputs(out_dir: str | Path, stale: Path) -> None:
+    for name in RUN_OUTPUTS:
+        if (Path(out_dir) / name).exists():
+            (Path(out_dir) / name).rename(stale / name)
+
+
 def set_aside_checkpoints(out_dir: str | Path) -> Path | None:
     """A stage started afresh although it has checkpoints (`--resume none`): they are moved aside, so that pruning
     does not weigh the new run's checkpoints against them and a requeue resumes the new run, not the old one."""

@@ -93,10 +93,13 @@ class Trainer:
             stale = ckpt.claim_checkpoints(self.out_dir, ckpt.config_fingerprint(to_dict(cfg)))
             if stale is not None:
                 print(f"{self.out_dir}: the config changed since its checkpoints were written; they were moved to "
-                      f"{stale} and the stage starts afresh", file=sys.stderr, flush=True)
-            if resume != "auto" and (old := ckpt.set_aside_checkpoints(self.out_dir)) is not None:
-                print(f"{self.out_dir}: starting afresh (resume {resume!r}); its checkpoints were moved to {old}",
-                      file=sys.stderr, flush=True)
+                      f"{stale} with that run's log and exports, and the stage starts afresh", file=sys.stderr,
+                      flush=True)
+            elif resume != "auto" and (stale := ckpt.set_aside_checkpoints(self.out_dir)) is not None:
+                print(f"{self.out_dir}: starting afresh (resume {resume!r}); its checkpoints, log and exports were "
+                      f"moved to {stale}", file=sys.stderr, flush=True)
+            if stale is not None:
+                ckpt.set_aside_run_outputs(self.out_dir, stale)
         barrier()
         resume_from = ckpt.newest_checkpoint(self.out_dir) if resume == "auto" else None
         init = None if resume_from else cfg.init

@@ -54,6 +54,7 @@ def test_checkpoints_of_another_config_are_set_aside_not_resumed(tmp_path):
     assert changed.step == 0 and list_checkpoints(tmp_path) == []
     (stale,) = tmp_path.glob("checkpoints.stale-*")
     assert sorted(p.name for p in stale.glob("*.pt")) == ["step_000000002.pt", "step_000000004.pt"]
+    assert (stale / "metrics.jsonl").is_file() and not (tmp_path / "metrics.jsonl").exists()  # no mixed log
 
 
 def test_starting_afresh_sets_the_old_checkpoints_aside(tmp_path):
