@@ -73,7 +73,10 @@ def fingerprint(settings) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def claim_folder(folder: str | os.PathLike, digest: str, marker: str = ".settings.sha256") -> Path | None:
+SETTINGS_MARKER = ".settings.sha256"  # in a claimed folder: the fingerprint of the settings it belongs to
+
+
+def claim_folder(folder: str | os.PathLike, digest: str, marker: str = SETTINGS_MARKER) -> Path | None:
     """Make a resumable step's output folder belong to the settings whose fingerprint is `digest`. A rerun skips
     what the folder already holds, so what other settings made there (the user changed a seed, the input, the
     checkpoint, ...) must not be taken for finished work: the folder is moved aside to `<folder>.stale-<time>`,
@@ -81,15 +84,16 @@ def claim_folder(folder: str | os.PathLike, digest: str, marker: str = ".setting
     folder = Path(folder)
     mark = folder / marker
     stale = None
-    if folder.is_dir() and any(p.name != marker for p in folder.iterdir()) and not _marked(mark, digest):
+    if folder.is_dir() and any(p.name != marker for p in folder.iterdir()) and not is_claimed(folder, digest, marker):
         stale = move_aside(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if not _marked(mark, digest):
+    if not is_claimed(folder, digest, marker):
         atomic_write(mark, lambda tmp: Path(tmp).write_text(digest))
     return stale
 
 
-def _marked(mark: Path, digest: str) -> bool:
+def is_claimed(folder: str | os.PathLike, digest: str, marker: str = SETTINGS_MARKER) -> bool:
+    mark = Path(folder) / marker
     return mark.is_file() and mark.read_text().strip() == digest
 
 

@@ -15,10 +15,9 @@ from typing import Callable
 import torch
 
 from microdit.errors import UserError
-from microdit.files import atomic_write, claim_folder, fingerprint
+from microdit.files import atomic_write, claim_folder, fingerprint, is_claimed
 
 SEED_STRIDE = 1 << 20  # images per seed before two seeds' noise could coincide
-SETTINGS_MARKER = ".settings.sha256"
 
 
 def image_name(index: int) -> str:
@@ -43,14 +42,13 @@ def claim_samples(folder: str | os.PathLike, settings: dict, rank: int = 0, wait
     other settings aside (files.claim_folder); the other ranks wait until it has, so that none skips a stale
     image."""
     digest = fingerprint(settings)
-    marker = Path(folder) / SETTINGS_MARKER
     if rank == 0:
-        stale = claim_folder(folder, digest, SETTINGS_MARKER)
+        stale = claim_folder(folder, digest)
         if stale is not None:
             log(f"{folder}: its images were drawn with other settings; moved to {stale}")
         return
     deadline = time.monotonic() + wait_s
-    while not (marker.is_file() and marker.read_text().strip() == digest):
+    while not is_claimed(folder, digest):
         if time.monotonic() > deadline:
             raise UserError(f"{folder}: rank 0 did not claim the folder for these settings within {wait_s:.0f} s "
                             f"(is rank 0 running with the same options?)")

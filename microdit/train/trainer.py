@@ -22,7 +22,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from microdit.checkpoint import save_dit
 from microdit.diffusion.edm import EDMConfig, edm_loss
 from microdit.errors import UserError
-from microdit.files import write_json
+from microdit.files import read_jsonl, write_json
 from microdit.models.dit import MicroDiT, create_dit
 from microdit.models.precompile import default_workers, precompile_blocks
 from microdit.models.speed import apply_speed_options
@@ -262,7 +262,7 @@ class Trainer:
     def _logged_final_loss(self) -> float | None:
         """The loss logged at the last step (the metrics log has it before the last checkpoint is written)."""
         path = self.out_dir / "metrics.jsonl"
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        lines = read_jsonl(path, "metrics log") if path.exists() else []
         return next((line["loss"] for line in reversed(lines) if line.get("step") == self.step and "loss" in line),
                     None)
 

@@ -1,4 +1,5 @@
 """What every source shares: the ~1% subset, pairing archive images with captions, and one resumable shard loop."""
+import argparse
 import logging
 import math
 import os
@@ -17,8 +18,6 @@ SUBSETS = {"full": 1.0, "small": 0.01}
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    import argparse
-
     try:
         value = int(text)
     except ValueError:
