@@ -67,13 +67,18 @@ def build_source(cfg: StageConfig, rank: int, world_size: int, accumulation: int
     if d.kind == "random":
         return RandomLatents((m.in_channels, m.latent_res, m.latent_res), (1, d.caption_len, m.caption_channels),
                              cfg.micro_batch, accumulation, rank, world_size, cfg.seed, d.cap_drop_prob)
-    return build_mds_source(cfg, rank, world_size)
+    return build_mds_source(cfg, accumulation)
 
 
-def build_mds_source(cfg: StageConfig, rank: int, world_size: int) -> LatentsSource:
+def build_mds_source(cfg: StageConfig, accumulation: int) -> LatentsSource:
     """Hook to the streaming MDS latents loader (microdit/data/loader.py), imported only when a stage asks for it.
     `data.options` go to its build_latents_loader (datadirs, resolution, proportions, num_workers, ...); rank and
-    world size reach mosaicml-streaming through the environment (microdit.train.distributed exports them)."""
+    world size reach mosaicml-streaming through the environment (microdit.train.distributed exports them).
+
+    The loader's batch is this rank's share of a step (micro batch x accumulation), cut into microbatches here, as
+    the reference's loader gave Composer the device batch to split: streaming orders samples by its batch size, so
+    the order, and a saved position, follow the global batch and the world size, not the microbatch (a memory knob
+    that differs between stages which continue each other's stream)."""
     try:
         loader = importlib.import_module(MDS_LOADER_MODULE)
     except ModuleNotFoundError as err:
@@ -85,32 +90,33 @@ def build_mds_source(cfg: StageConfig, rank: int, world_size: int) -> LatentsSou
     if build is None:
         raise UserError(f"{MDS_LOADER_MODULE} has no build_latents_loader(); cannot use data.kind: mds")
     try:
-        batches = build(batch_size=cfg.micro_batch, cap_drop_prob=cfg.data.cap_drop_prob, seed=cfg.seed,
-                        **cfg.data.options)
+        batches = build(batch_size=cfg.micro_batch * accumulation, cap_drop_prob=cfg.data.cap_drop_prob,
+                        seed=cfg.seed, **cfg.data.options)
     except TypeError as err:
         raise UserError(f"data.options: {err}") from None
-    return RenamedLatents(batches)
+    return RenamedLatents(batches, cfg.micro_batch)
 
 
 class RenamedLatents:
-    """Endless batches from the MDS loader, epoch after epoch (a stage is measured in steps, not epochs). The loader
-    names image latents `image_latents` (as the reference does); the trainer reads `latents`."""
+    """Endless microbatches from the MDS loader's per-rank batches, epoch after epoch (a stage is measured in steps,
+    not epochs). The loader names image latents `image_latents` (as the reference does); the trainer reads
+    `latents`."""
 
-    def __init__(self, loader):
-        self.loader = loader
+    def __init__(self, loader, micro_batch: int):
+        self.loader, self.micro_batch = loader, micro_batch
 
     def __iter__(self) -> Iterator[dict]:
         while True:
             empty = True
             for batch in self.loader:  # each pass is the next epoch; streaming reshuffles and tracks the position
                 empty = False
-                batch = dict(batch)
-                if "image_latents" in batch:
-                    batch["latents"] = batch.pop("image_latents")
-                yield batch
+                parts = {"latents" if key == "image_latents" else key: value.split(self.micro_batch)
+                         for key, value in batch.items()}
+                for k in range(len(parts["latents"])):
+                    yield {key: chunks[k] for key, chunks in parts.items()}
             if empty:
-                raise UserError("data: the datasets hold fewer samples than one batch per rank "
-                                "(micro_batch x ranks); nothing to train on")
+                raise UserError("data: the datasets hold fewer samples than one global batch "
+                                "(micro_batch x accumulation x ranks); nothing to train on")
 
     def state_dict(self) -> dict:
         return self.loader.state_dict()

@@ -140,23 +140,41 @@ def check_state_fits(state: dict, model: nn.Module, source: str | Path) -> None:
 
 
 def load_full_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, source, info: DistInfo,
-                    restore_rank_state: bool) -> None:
-    """Weights and optimizer moments always; this rank's RNG and data position only when resuming the same stage
-    (another stage reads different data with a different batch layout). The EMA is the trainer's to restore.
+                    same_stage: bool, continue_data: bool) -> None:
+    """Weights and optimizer moments always; this rank's RNG only when resuming the same stage; the data position
+    when resuming, or when continuing another stage that read the same stream (`continue_data`).
     Continuing another stage keeps that stage's moments, parameter by parameter, but this stage's parameter groups
     and hyperparameters (weight decay, betas, eps, the MoE layers' lr scale): the stage config says them."""
     optim_state = state["optimizer"]
-    if not restore_rank_state:
+    if not same_stage:
         _, current = get_state_dict(unwrap(model), optimizer, options=StateDictOptions(full_state_dict=True))
         optim_state = {"state": optim_state["state"], "param_groups": current["param_groups"]}
     set_state_dict(unwrap(model), optimizer, model_state_dict=state["model"], optim_state_dict=optim_state,
                    options=StateDictOptions(full_state_dict=True))
-    if restore_rank_state:
-        same_layout = state["world_size"] == info.world_size
-        if same_layout:
-            restore_rng(state["rng"][info.rank])
-        # on a different world size, rank 0's position is the best guess (the synthetic source's is global)
+    same_layout = state["world_size"] == info.world_size
+    if same_stage and same_layout:
+        restore_rng(state["rng"][info.rank])
+    if same_stage or continue_data:
+        # on a different world size, rank 0's position is the best guess (streaming's and the synthetic source's
+        # positions are global)
         source.load_state_dict(state["loader"][info.rank if same_layout else 0])
+
+
+# data options that change how fast batches arrive, not which samples they hold
+LOADER_SPEED_OPTIONS = ("num_workers", "pin_memory", "clean_shared_memory", "prefetch_factor", "persistent_workers")
+
+
+def data_stream(settings: dict) -> dict:
+    """What fixes the sequence of samples a stage reads (a stage config as a dict): the datasets and their options,
+    the shuffle seed and the global batch. Caption dropout is drawn per sample, so it is not part of it."""
+    data = settings["data"]
+    options = {k: v for k, v in data.get("options", {}).items() if k not in LOADER_SPEED_OPTIONS}
+    return {"kind": data["kind"], "options": options, "seed": settings["seed"], "global_batch": settings["global_batch"]}
+
+
+def reads_same_stream(state: dict, settings: dict) -> bool:
+    """Whether a stage (settings) reads the stream the saved state's stage was reading, so it can go on from there."""
+    return "config" in state and data_stream(state["config"]) == data_stream(settings)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:

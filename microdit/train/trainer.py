@@ -121,7 +121,7 @@ class Trainer:
         if source is not None:
             full_state = ckpt.read_full_state(source)
             ckpt.check_state_fits(full_state, self.model, source)
-            self._load_full_state(full_state, same_stage=resume_from is not None)
+            self._load_full_state(full_state, same_stage=resume_from is not None, source=source)
             self.last_checkpoint = resume_from
         with torch.no_grad():
             self.raw.reset_pos_embed()  # a function of this stage's resolution, never taken from another stage
@@ -162,12 +162,17 @@ class Trainer:
             print(f"{cfg.name}: {result['graphs']} block graphs precompiled in {time.perf_counter() - started:.1f} s"
                   f"{failed}", file=sys.stderr, flush=True)
 
-    def _load_full_state(self, state: dict, same_stage: bool) -> None:
-        ckpt.load_full_state(state, self.model, self.optimizer, self.source, self.info, restore_rank_state=same_stage)
+    def _load_full_state(self, state: dict, same_stage: bool, source: Path) -> None:
+        continue_data = not same_stage and ckpt.reads_same_stream(state, to_dict(self.cfg))
+        ckpt.load_full_state(state, self.model, self.optimizer, self.source, self.info, same_stage, continue_data)
         self.step = int(state["step"])
         # resuming this stage keeps its start; continuing another stage's state starts this stage at its step
         self.stage_start = int(state["stage_start"]) if same_stage else self.step
         self.wall_time_before = float(state.get("wall_time", 0.0)) if same_stage else 0.0
+        if not same_stage and self.info.is_main:
+            how = ("continues its data stream where it stopped" if continue_data else
+                   "starts a new pass over its data (datasets, seed or global batch differ from that stage's)")
+            print(f"{self.cfg.name}: continues {source} at step {self.step}; {how}", file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------------------------------------- loop
     def run(self) -> dict:

@@ -1,0 +1,70 @@
+"""Stages over MDS latents: a full init of a stage that reads the same stream goes on where the previous one stopped."""
+import gc
+import shutil
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+from streaming import MDSWriter
+
+import microdit.train.trainer as trainer_module
+from microdit.train.distributed import DistInfo
+from microdit.train.trainer import Trainer
+from train_helpers import tiny_config
+
+SAMPLES = 48
+
+
+@pytest.fixture
+def seen(tmp_path, monkeypatch):
+    """Sample ids in the order the loss saw them (each sample's latents hold its id), with streaming's locks kept
+    in this test's folder."""
+    locks = tmp_path / "streaming_locks"
+    locks.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(locks))
+    ids = []
+    loss = trainer_module.denoising_loss
+
+    def recording(model, batch, *args):
+        if batch["latents"].dtype == torch.float16:  # the loader's (the FLOP count's example batch is float32)
+            ids.extend(int(v) for v in batch["latents"][:, 0, 0, 0].tolist())
+        return loss(model, batch, *args)
+
+    monkeypatch.setattr(trainer_module, "denoising_loss", recording)
+    yield ids
+    gc.collect()  # releases the last dataset's shared memory
+
+
+def latents_shards(path) -> str:
+    columns = {"caption_latents": "ndarray:float16:1,4,32", "latents_64": "ndarray:float16:4,8,8"}
+    with MDSWriter(out=str(path), columns=columns, compression=None) as writer:
+        for i in range(SAMPLES):
+            writer.write({"caption_latents": np.zeros((1, 4, 32), np.float16),
+                          "latents_64": np.full((4, 8, 8), i, np.float16)})
+    return str(path)
+
+
+def train(out_dir, datadir: str, **changes) -> None:
+    data = {"kind": "mds", "options": {"datadirs": [datadir], "resolution": 64, "num_workers": 0}}
+    Trainer(tiny_config(out_dir, data=data, save_every=3, **changes), DistInfo()).run()
+    gc.collect()  # streaming refuses a second live dataset on the same shards
+
+
+def test_a_full_init_continues_the_data_stream_it_shares_and_starts_anew_on_other_data(tmp_path, seen):
+    shards = latents_shards(tmp_path / "latents")
+    train(tmp_path / "straight", shards, steps=6)
+    straight, seen[:] = list(seen), []
+    assert len(straight) == 6 * 4 and len(set(straight)) == 24  # one pass: no sample twice
+
+    train(tmp_path / "s1", shards, steps=3)
+    # another microbatch (accumulation 4 instead of 2) and no masking: the same stream, continued
+    train(tmp_path / "s2", shards, steps=3, micro_batch=1, model={"train_mask_ratio": 0.0},
+          init={"from": str(tmp_path / "s1"), "mode": "full"})
+    assert seen == straight
+    seen[:] = []
+
+    # the same samples under another directory are other data to the config: a new pass from the start
+    train(tmp_path / "s2_copy", shutil.copytree(shards, tmp_path / "copy"), steps=1,
+          init={"from": str(tmp_path / "s1"), "mode": "full"})
+    assert seen == straight[:4]
