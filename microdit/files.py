@@ -11,18 +11,37 @@ from microdit.errors import UserError
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call write(tmp_path), then rename tmp_path onto path."""
+    """Call write(tmp_path), then rename tmp_path onto path. The data reach the disk before the rename, and the
+    rename before this returns: callers delete what the file replaces (older checkpoints), and after a node crash
+    the new name must not point at a file whose blocks were never written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (some filesystems cannot sync a folder: then there is nothing to do)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_json(obj, path: str | os.PathLike) -> None:
