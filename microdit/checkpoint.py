@@ -1,15 +1,19 @@
 """Reading and writing denoiser weights: the authors' torch.save'd state_dicts and our safetensors files.
 
-Pickles are only ever read with torch.load(weights_only=True): a file that needs code to unpickle is refused.
+Pickles are only ever read with torch.load(weights_only=True): a file that needs code to unpickle is refused. Plain
+data that Composer checkpoints hold besides tensors (its clock's timedeltas, numpy RNG states) is let through.
 Writes go to a temporary file in the same directory and are renamed into place, so a crash never leaves half a file.
 """
+import datetime
 import json
 import math
 import os
 import pickle
+import re
 import warnings
 from dataclasses import asdict
 
+import numpy as np
 import torch
 
 from microdit.errors import UserError
@@ -17,7 +21,18 @@ from microdit.files import atomic_write
 from microdit.models.dit import VARIANTS, MicroDiT, MicroDiTConfig, variant_config
 
 RECOMPUTABLE_BUFFERS = ("pos_embed", "mask_token")
-STRIPPED_PREFIXES = ("dit.", "_orig_mod.", "module.")
+WRAPPER_SEGMENTS = ("_orig_mod", "module")  # what torch.compile and DDP add to names, at any depth
+
+
+def plain_data_globals() -> list[tuple]:
+    """The non-tensor types a Composer checkpoint pickles, as (object, pickled name) pairs for the weights-only
+    unpickler; numpy's arrays are named after the numpy that wrote them (numpy.core before 2.0)."""
+    pairs = [(datetime.timedelta, "datetime.timedelta"), (np.dtype, "numpy.dtype"), (np.ndarray, "numpy.ndarray")]
+    multiarray = (np._core if hasattr(np, "_core") else np.core).multiarray
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        pairs += [(multiarray._reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
+    dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+    return pairs + [(cls, f"numpy.dtypes.{cls.__name__}") for cls in dtypes if isinstance(cls, type)]
 
 
 class CheckpointError(UserError):
@@ -44,13 +59,16 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     if path.endswith(".safetensors"):
         return _read_safetensors(path)
     try:
-        with warnings.catch_warnings():  # torch's notes on pickle protocols would precede our one-line verdict
+        with warnings.catch_warnings(), torch.serialization.safe_globals(plain_data_globals()):
+            # torch's notes on pickle protocols would precede our one-line verdict
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" in str(err):
-            raise CheckpointError(f"{path}: refused: the pickle needs to run code to load (only plain tensors and "
-                                  "containers are accepted)") from None
+            named = re.search(r"GLOBAL (\S+)", str(err))
+            needs = f" ({named.group(1)})" if named else ""
+            raise CheckpointError(f"{path}: refused: the pickle needs to run code to load{needs}; only tensors, "
+                                  "containers and plain data are accepted") from None
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(err)})") from None
     except Exception as err:  # the weights-only unpickler raises assorted errors on damaged input
         raise CheckpointError(f"{path}: not a checkpoint, or truncated ({type(err).__name__}: {_first_line(err)})") from None
@@ -72,7 +90,7 @@ def _read_safetensors(path: str) -> tuple[dict, dict]:
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: unreadable or truncated safetensors ({_first_line(err)})") from None
     metadata.setdefault("format", "safetensors")
-    return _strip_prefixes(state), metadata
+    return _denoiser_state(state), metadata
 
 
 def _extract_state_dict(obj, path: str) -> dict:
@@ -83,15 +101,14 @@ def _extract_state_dict(obj, path: str) -> dict:
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: not a state_dict (expected a mapping of parameter names to tensors)")
-    if any(k.startswith("dit.") for k in obj):
-        obj = {k: v for k, v in obj.items() if k.startswith("dit.")}
-    return _strip_prefixes(obj)
+    return _denoiser_state(obj)
 
 
-def _strip_prefixes(state: dict) -> dict:
-    for prefix in STRIPPED_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+def _denoiser_state(state: dict) -> dict:
+    """Names without wrapper segments; of a whole LatentDiffusion's state (dit.*, vae.*, ...), the denoiser's."""
+    state = {".".join(part for part in k.split(".") if part not in WRAPPER_SEGMENTS): v for k, v in state.items()}
+    if any(k.startswith("dit.") for k in state):
+        state = {k[len("dit."):]: v for k, v in state.items() if k.startswith("dit.")}
     return state
 
 

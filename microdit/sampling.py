@@ -9,7 +9,7 @@ from microdit.diffusion.edm import EDMConfig
 from microdit.errors import UserError
 from microdit.files import atomic_write
 from microdit.models.encoders import VAE, create_text_encoder
-from microdit.models.latent_diffusion import PAPER_TEXT_ENCODER, PAPER_VAE, LatentDiffusion, resolve_vae_subfolder
+from microdit.models.latent_diffusion import PAPER_TEXT_ENCODER, LatentDiffusion, paper_vae, resolve_vae_subfolder
 from microdit.models.speed import SpeedOptions, apply_speed_options
 
 
@@ -27,13 +27,16 @@ def pipeline_from_checkpoint(checkpoint: str, vae: str | None = None, text_encod
                              latent_res: int | None = None, device: str = "auto", precision: str = "auto",
                              compile_mode: str = "none") -> LatentDiffusion:
     """Encoders come from the arguments, else from the checkpoint's metadata (our files record them), else the
-    paper's (SDXL VAE, DFN5B CLIP-H: these need the model hub or its cache). precision "auto" samples under bf16
+    paper's (the SDXL VAE, or ostris/vae-kl-f8-d16 for 16 latent channels, and DFN5B CLIP-H: these need the model
+    hub or its cache). precision "auto" samples under bf16
     autocast on a GPU and in fp32 on the CPU (where bf16 is slower)."""
     device = pick_device(device)
     _, dit, metadata = load_dit(checkpoint, latent_res=latent_res, device=device)
-    vae_name = vae or metadata.get("vae") or PAPER_VAE
+    vae_name = vae or metadata.get("vae") or paper_vae(dit.config.in_channels)
     text_name = text_encoder or metadata.get("text_encoder") or PAPER_TEXT_ENCODER
-    vae_module = VAE(vae_name, resolve_vae_subfolder(vae_name, metadata.get("vae_subfolder", "auto"))).to(device)
+    # our files' latents were shifted when their VAE has a shift factor; the authors' never were
+    vae_module = VAE(vae_name, resolve_vae_subfolder(vae_name, metadata.get("vae_subfolder", "auto")),
+                     shift=metadata.get("format") == "microdit").to(device)
     text_module = create_text_encoder(text_name).to(device)
     if text_module.width != dit.config.caption_channels:
         raise UserError(f"text encoder {text_name!r} gives width {text_module.width} but {checkpoint} expects "

@@ -1,8 +1,11 @@
 """Checkpoint reading: the authors' torch.save'd state_dicts, our safetensors, and every kind of bad file."""
+import datetime
 import json
 import os
 import pickle
+import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,8 +40,14 @@ def test_authors_release_format_loads_strictly_into_xl(reference_dir, tmp_path, 
 
 def test_composer_checkpoint_keys_are_unprefixed(tmp_path):
     dit = create_dit("MicroDiT_Nano_2", input_size=8)
-    state = {f"dit.{k}": v for k, v in dit.state_dict().items()} | {"vae.encoder.conv_in.weight": torch.zeros(1)}
-    torch.save({"state": {"model": state}, "rng": []}, tmp_path / "composer.pt")
+    # a compiled denoiser inside a DDP-wrapped LatentDiffusion, with its VAE's weights beside it
+    state = {f"module.dit._orig_mod.{k}": v for k, v in dit.state_dict().items()} | {
+        "module.vae.encoder.conv_in.weight": torch.zeros(1)}
+    # what else a Composer checkpoint pickles: its clock's wall times, every rank's RNG states, numpy scalars
+    clock = {"batch": 250_000, "total_wct": datetime.timedelta(hours=49.5), "batch_wct": datetime.timedelta(0)}
+    rng = [{"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}]
+    torch.save({"state": {"model": state, "timestamp": clock, "rank_zero_seed": np.int64(18)}, "rng": rng},
+               tmp_path / "composer.pt")
     _, loaded, _ = load_dit(tmp_path / "composer.pt")
     for key, value in dit.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value)

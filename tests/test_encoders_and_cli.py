@@ -1,5 +1,6 @@
 """Encoders, the LatentDiffusion wrapper, and the `sample` / `bench` commands, all offline."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -47,6 +48,17 @@ def test_vae_scaling_and_shift_round_trip(tiny_vae_dir):
     assert decoded.shape == (2, 3, 32, 32) and decoded.min() >= 0 and decoded.max() <= 1
 
 
+def test_a_vae_shift_factor_is_applied_unless_asked_not_to(tiny_vae_dir, tmp_path):
+    shifted = shutil.copytree(tiny_vae_dir, tmp_path / "vae")
+    config = json.loads((shifted / "config.json").read_text())
+    (shifted / "config.json").write_text(json.dumps({**config, "shift_factor": 0.5}))
+    images = torch.rand(1, 3, 32, 32) * 2 - 1
+    ours, authors = VAE(str(shifted)), VAE(str(shifted), shift=False)  # the authors' latents were scaled only
+    raw = ours.vae.encode(images).latent_dist.sample(torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ours.encode(images, torch.Generator().manual_seed(0)), (raw - 0.5) * ours.scaling_factor)
+    torch.testing.assert_close(authors.encode(images, torch.Generator().manual_seed(0)), raw * ours.scaling_factor)
+
+
 @pytest.fixture(scope="module")
 def tiny_pipeline(tiny_vae_dir):
     torch.manual_seed(0)
@@ -81,6 +93,20 @@ def test_sample_with_wrong_text_encoder_width_is_a_clear_error(tiny_pipeline, ti
     code = main(["sample", "--checkpoint", str(path), "--prompt", "x", "--text-encoder", "openclip:ViT-B-32",
                  "--out", str(tmp_path / "g.png"), "--device", "cpu"])
     assert code == 2 and "width 512" in capsys.readouterr().err and not (tmp_path / "g.png").exists()
+
+
+def test_a_vae_of_other_latent_channels_is_refused_before_sampling(tiny_vae_dir, tmp_path, capsys):
+    from microdit.models.dit import create_dit
+    from microdit.models.latent_diffusion import PAPER_VAE, paper_vae
+
+    assert (paper_vae(4), paper_vae(16)) == (PAPER_VAE, "ostris/vae-kl-f8-d16")  # the release's pairs
+    path = tmp_path / "dit16.safetensors"
+    dit = create_dit("MicroDiT_Nano_2", input_size=8, in_channels=16, caption_channels=384, pos_interp_scale=0.5)
+    save_dit(dit, path, "MicroDiT_Nano_2", extra={"vae": str(tiny_vae_dir), "text_encoder": "minilm"})
+    code = main(["sample", "--checkpoint", str(path), "--prompt", "x", "--out", str(tmp_path / "g.png"),
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "4 latent channels but the denoiser takes 16" in err and not (tmp_path / "g.png").exists()
 
 
 def _json_lines(capsys) -> list[dict]:

@@ -20,7 +20,7 @@ def test_xl_state_dict_matches_manifest(reference_dir, manifest):
                          caption_channels=cfg["caption_channels"], pos_interp_scale=cfg["pos_interp_scale"])
     ours = {k: list(v.shape) for k, v in dit.state_dict().items()}
     expected = {**ref["buffers"], **ref["params"]}
-    assert sorted(ours) == sorted(expected)
+    assert list(ours) == ref["state_dict_order"] and sorted(ours) == sorted(expected)
     assert {k: v for k, v in ours.items() if v != expected[k]} == {}
     assert sum(p.numel() for p in dit.parameters()) == ref["param_count_total"]
     blocks = [i for i, b in enumerate(dit.blocks) if isinstance(b.mlp, ExpertChoiceMoE)]
@@ -130,6 +130,8 @@ def test_masked_forward_restores_zero_tokens_and_keeps_shape():
         torch.nn.init.normal_(p, std=0.1)
     out = dit(torch.randn(2, 4, 8, 8), torch.zeros(2), torch.randn(2, 1, 77, 1024), mask_ratio=0.75)
     assert out["sample"].shape == (2, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"latents of \(4, 16\): this model takes 8 x 8"):
+        dit(torch.randn(2, 4, 4, 16), torch.zeros(2), torch.randn(2, 1, 77, 1024))  # would broadcast silently
     assert out["mask"].sum(dim=1).tolist() == [12.0, 12.0]
     patches = out["sample"].reshape(2, 4, 4, 2, 4, 2).permute(0, 2, 4, 3, 5, 1).reshape(2, 16, -1)
     assert torch.all(patches[out["mask"].bool()] == 0)

@@ -177,7 +177,9 @@ class MicroDiT(nn.Module):
 
     def forward_without_cfg(self, x: torch.Tensor, t: torch.Tensor, y: "torch.Tensor | CaptionContext",
                             mask_ratio: float = 0.0) -> dict:
-        batch = x.shape[0]
+        batch, side = x.shape[0], self.config.input_size
+        if tuple(x.shape[-2:]) != (side, side):  # other sizes can broadcast against pos_embed without an error
+            raise ValueError(f"latents of {tuple(x.shape[-2:])}: this model takes {side} x {side} (its input_size)")
         caption = y if isinstance(y, CaptionContext) else self.encode_caption(y)
         x = self.x_embedder(x) + self.pos_embed
         c = self.t_embedder(t.reshape(-1).expand(batch)) + caption.pooled

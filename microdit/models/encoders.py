@@ -15,15 +15,16 @@ OPENCLIP_PREFIX, HF_PREFIX, MINILM = "openclip:", "hf:", "minilm"
 
 
 class VAE(nn.Module):
-    """Image <-> latent with the VAE's own scaling (and optional shift) factor: z = (sample - shift) * scale."""
+    """Image <-> latent with the VAE's own scaling (and optional shift) factor: z = (sample - shift) * scale.
+    `shift=False` ignores a shift factor, as the authors' latents did (scaled only, SPEC §2.1)."""
 
-    def __init__(self, name_or_path: str, subfolder: str | None = None):
+    def __init__(self, name_or_path: str, subfolder: str | None = None, shift: bool = True):
         super().__init__()
         from diffusers import AutoencoderKL
 
         self.vae = AutoencoderKL.from_pretrained(name_or_path, subfolder=subfolder or None).eval().requires_grad_(False)
         self.scaling_factor = float(self.vae.config.scaling_factor)
-        self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+        self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0) if shift else 0.0
 
     @property
     def latent_channels(self) -> int:

@@ -10,10 +10,12 @@ import torch
 import torch.nn as nn
 
 from microdit.diffusion.edm import EDMConfig, edm_loss, heun_sampler
+from microdit.errors import UserError
 from microdit.models.dit import MicroDiT, create_dit
 from microdit.models.encoders import VAE, create_text_encoder
 
 PAPER_VAE = "stabilityai/stable-diffusion-xl-base-1.0"
+PAPER_VAE_16_CHANNELS = "ostris/vae-kl-f8-d16"  # the VAE of the authors' 16-channel release
 PAPER_TEXT_ENCODER = "openclip:hf-hub:apple/DFN5B-CLIP-ViT-H-14-378"
 PRECISIONS = ("fp32", "bf16")
 
@@ -24,6 +26,10 @@ class LatentDiffusion(nn.Module):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}; expected one of {PRECISIONS}")
+        if vae is not None and vae.latent_channels != dit.config.in_channels:
+            # caught here, not by the VAE decode after a whole sampling run
+            raise UserError(f"the VAE has {vae.latent_channels} latent channels but the denoiser takes "
+                            f"{dit.config.in_channels}")
         self.dit, self.vae, self.text_encoder = dit, vae, text_encoder
         self.edm, self.train_mask_ratio = edm, train_mask_ratio
         self.precision = precision  # the denoiser's, when sampling: fp32, or bf16 autocast
@@ -101,12 +107,15 @@ def create_latent_diffusion(vae_name: str | None = PAPER_VAE, text_encoder_name:
     vae = VAE(vae_name, resolve_vae_subfolder(vae_name, vae_subfolder)) if vae_name else None
     text_encoder = create_text_encoder(text_encoder_name) if text_encoder_name else None
     in_channels = in_channels or (vae.latent_channels if vae else 4)
-    if vae is not None and vae.latent_channels != in_channels:
-        raise ValueError(f"in_channels={in_channels} but the VAE {vae_name!r} has {vae.latent_channels} latent channels")
     caption_channels = caption_channels or (text_encoder.width if text_encoder else 1024)
     dit = create_dit(dit_arch, input_size=latent_res, in_channels=in_channels, pos_interp_scale=pos_interp_scale,
                      caption_channels=caption_channels, **dit_overrides)
     return LatentDiffusion(dit, vae, text_encoder, EDMConfig(p_mean=p_mean, p_std=p_std), train_mask_ratio)
+
+
+def paper_vae(in_channels: int) -> str:
+    """The VAE the authors paired with a denoiser of this many latent channels."""
+    return PAPER_VAE_16_CHANNELS if in_channels == 16 else PAPER_VAE
 
 
 def resolve_vae_subfolder(name: str, subfolder: str | None) -> str | None:
