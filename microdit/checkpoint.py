@@ -5,6 +5,7 @@ data that Composer checkpoints hold besides tensors (its clock's timedeltas, num
 Writes go to a temporary file in the same directory and are renamed into place, so a crash never leaves half a file.
 """
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from microdit.errors import UserError
-from microdit.files import atomic_write
+from microdit.files import atomic_write, sha256_file
 from microdit.models.dit import VARIANTS, MicroDiT, MicroDiTConfig, variant_config
 
 RECOMPUTABLE_BUFFERS = ("pos_embed", "mask_token")
@@ -47,6 +48,25 @@ def save_dit(dit: MicroDiT, path: str | os.PathLike, arch: str, kind: str = "raw
     metadata = {"format": "microdit", "arch": arch, "kind": kind, "config": json.dumps(asdict(dit.config))}
     metadata.update({k: str(v) for k, v in (extra or {}).items()})
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def weights_digest(path: str | os.PathLike) -> str:
+    """sha256 of a checkpoint's contents. A safetensors header is hashed with its keys sorted: safetensors writes its
+    metadata in no fixed order, so two exports of the same weights differ in bytes but not here."""
+    path = str(path)
+    if not path.endswith(".safetensors"):
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(size))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{path}: unreadable or truncated safetensors ({err})") from None
+        digest.update(json.dumps(header, sort_keys=True).encode())
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:

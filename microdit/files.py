@@ -87,6 +87,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def model_identity(name: str):
+    """A model named by a local file or directory (an `hf:` directory included) by its files' contents: a VAE
+    retrained in place is another model. A hub id or a built-in name is its own identity."""
+    path = Path(name.removeprefix("hf:"))
+    if not path.exists():
+        return name
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(f.relative_to(path)) if f != path else f.name: sha256_file(f) for f in files}
+
+
 def fingerprint(settings) -> str:
     """sha256 of settings (plain JSON values), independent of key order."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()

@@ -134,3 +134,19 @@ def test_read_checkpoint_reports_unknown_architecture(tmp_path):
     read_checkpoint(tmp_path / "odd.pt")  # readable...
     with pytest.raises(CheckpointError, match="unknown architecture"):
         load_dit(tmp_path / "odd.pt")  # ...but not one of ours
+
+
+def test_two_exports_of_the_same_weights_have_one_digest(tmp_path):
+    from microdit.checkpoint import weights_digest
+
+    dit = create_dit("MicroDiT_Nano_2", input_size=8)
+    extra = {f"key{i}": i for i in range(8)}  # safetensors writes metadata in no fixed order
+    digests = set()
+    for name in ("a", "b"):
+        save_dit(dit, tmp_path / f"{name}.safetensors", "MicroDiT_Nano_2", extra=extra)
+        digests.add(weights_digest(tmp_path / f"{name}.safetensors"))
+    assert len(digests) == 1
+    with torch.no_grad():
+        dit.final_layer.linear.bias.add_(1.0)
+    save_dit(dit, tmp_path / "c.safetensors", "MicroDiT_Nano_2", extra=extra)
+    assert weights_digest(tmp_path / "c.safetensors") not in digests

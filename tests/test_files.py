@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from microdit.files import atomic_write, write_json
+from microdit.files import atomic_write, model_identity, write_json
 
 
 def test_a_write_is_synced_before_its_rename_and_the_rename_after_it(tmp_path, monkeypatch):
@@ -27,3 +27,15 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write(tmp_path / "stats.json", half_written)
     assert os.listdir(tmp_path) == ["stats.json"] and (tmp_path / "stats.json").read_text().startswith('{\n  "step": 1')
+
+
+def test_a_local_model_is_known_by_its_contents_and_a_hub_id_by_its_name(tmp_path):
+    vae = tmp_path / "vae"
+    vae.mkdir()
+    (vae / "config.json").write_text("{}")
+    (vae / "weights.safetensors").write_bytes(b"1234")
+    before = model_identity(str(vae))
+    assert model_identity(f"hf:{vae}") == before and set(before) == {"config.json", "weights.safetensors"}
+    (vae / "weights.safetensors").write_bytes(b"5678")  # retrained in place
+    assert model_identity(str(vae)) != before
+    assert model_identity("stabilityai/stable-diffusion-xl-base-1.0") == "stabilityai/stable-diffusion-xl-base-1.0"

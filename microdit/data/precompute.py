@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from microdit.data.mds import INDEX, SIZE_LIMIT, iter_samples, merge_parts, shard_path, shard_readers
 from microdit.errors import UserError
-from microdit.files import claim_folder, fingerprint, write_json
+from microdit.files import claim_folder, fingerprint, model_identity, write_json
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,10 @@ def input_identity(in_dir: str) -> dict:
 
 def precompute(in_dir: str, out_dir: str, config: Config, processes: int = 1, device: str | None = None) -> dict:
     """All units with `processes` workers (one per GPU when there are GPUs), then the merge. Finished units are
-    skipped on a rerun only if they were made from the same input and config: others are moved aside."""
-    stale = claim_folder(out_dir, fingerprint({"config": asdict(config), "input": input_identity(in_dir)}))
+    skipped on a rerun only if they were made from the same input, config and models: others are moved aside."""
+    models = {"vae": model_identity(config.vae), "text_encoder": model_identity(config.text_encoder)}
+    stale = claim_folder(out_dir, fingerprint({"config": asdict(config), "input": input_identity(in_dir),
+                                               "models": models}))
     if stale is not None:
         log.warning("%s: its units were encoded from another input or config; moved to %s", out_dir, stale)
     if processes > 1:

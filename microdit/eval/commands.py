@@ -82,7 +82,9 @@ def add_generate(subparsers) -> None:
 
 def load_sampler(args):
     """(pipeline, generation settings for the manifest, rank, world size)."""
+    from microdit.checkpoint import weights_digest
     from microdit.eval.generate import distributed_rank
+    from microdit.files import model_identity
     from microdit.sampling import pipeline_from_checkpoint
 
     latent_res = args.resolution // 8 if args.resolution else None  # only read for files without pos_embed
@@ -91,10 +93,12 @@ def load_sampler(args):
     resolution = model.latent_res * model.vae.downsample
     if args.resolution and args.resolution != resolution:
         raise UserError(f"--resolution {args.resolution}: {args.checkpoint} with this VAE generates {resolution} px")
-    settings = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
+    settings = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": weights_digest(args.checkpoint),
                 "resolution": resolution, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
                 "batch_size": args.batch_size, "sampler": "EDM Heun", "precision": model.precision,
-                "vae": args.vae, "text_encoder": args.text_encoder}  # None: the ones the checkpoint records
+                "vae": model.vae.name, "text_encoder": model.text_encoder.name,
+                "models": {"vae": model_identity(model.vae.name),
+                           "text_encoder": model_identity(model.text_encoder.name)}}
     rank, world_size = distributed_rank(args.rank, args.world_size)
     return model, settings, rank, world_size
 

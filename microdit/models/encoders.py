@@ -22,6 +22,7 @@ class VAE(nn.Module):
         super().__init__()
         from diffusers import AutoencoderKL
 
+        self.name = name_or_path
         self.vae = AutoencoderKL.from_pretrained(name_or_path, subfolder=subfolder or None).eval().requires_grad_(False)
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0) if shift else 0.0
@@ -125,12 +126,16 @@ def minilm_path() -> str:
 
 def create_text_encoder(name: str, max_length: int = 77) -> TextEncoder:
     if name.startswith(OPENCLIP_PREFIX):
-        return OpenCLIPTextEncoder(name.removeprefix(OPENCLIP_PREFIX))
-    if name == MINILM:
-        return HFTextEncoder(minilm_path(), max_length)
-    if name.startswith(HF_PREFIX):
-        return HFTextEncoder(name.removeprefix(HF_PREFIX), max_length)
-    if os.path.isdir(name):
-        return HFTextEncoder(name, max_length)
-    raise ValueError(f"text encoder {name!r}: expected 'openclip:<name>', 'hf:<dir or id>', 'minilm' or a directory")
+        encoder = OpenCLIPTextEncoder(name.removeprefix(OPENCLIP_PREFIX))
+    elif name == MINILM:
+        encoder = HFTextEncoder(minilm_path(), max_length)
+    elif name.startswith(HF_PREFIX):
+        encoder = HFTextEncoder(name.removeprefix(HF_PREFIX), max_length)
+    elif os.path.isdir(name):
+        encoder = HFTextEncoder(name, max_length)
+    else:
+        raise ValueError(f"text encoder {name!r}: expected 'openclip:<name>', 'hf:<dir or id>', 'minilm' or a "
+                         "directory")
+    encoder.name = name  # what it was made from, for the settings that results record
+    return encoder
 

@@ -14,7 +14,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 
 from microdit.checkpoint import RECOMPUTABLE_BUFFERS, CheckpointError, load_dit_state, read_checkpoint
 from microdit.errors import UserError
-from microdit.files import atomic_write, claim_folder, fingerprint, move_aside
+from microdit.files import SETTINGS_MARKER, atomic_write, claim_folder, fingerprint, move_aside
 from microdit.train.distributed import DistInfo, gather_objects, unwrap
 
 CHECKPOINT_DIR = "checkpoints"
@@ -47,9 +47,39 @@ def prune_checkpoints(out_dir: str | Path, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def config_fingerprint(settings: dict) -> str:
-    """sha256 of the settings that determine the trained weights (a stage config as a dict, cosmetic keys dropped)."""
-    return fingerprint({k: v for k, v in settings.items() if k not in COSMETIC_FIELDS})
+def run_fingerprint(settings: dict) -> str:
+    """sha256 of what decides the trained weights: the stage's settings (a stage config as a dict, cosmetic keys
+    dropped), the run it starts from and what its data were made from. Checkpoints are resumed only under the same
+    fingerprint, so retraining an earlier stage or recomputing the latents retrains this stage rather than
+    re-exporting its old weights."""
+    return fingerprint({"settings": {k: v for k, v in settings.items() if k not in COSMETIC_FIELDS},
+                        "starts_from": start_identity(settings.get("init")), "data": data_identity(settings["data"])})
+
+
+def start_identity(init: dict | None):
+    """A previous stage by its own run fingerprint (which chains through the stages before it); a checkpoint file
+    named directly by its size and modification time (hashing gigabytes at every start would cost minutes)."""
+    if not init or not init.get("from"):
+        return None
+    path = Path(init["from"])
+    if (path / CHECKPOINT_DIR / FINGERPRINT).is_file():
+        return (path / CHECKPOINT_DIR / FINGERPRINT).read_text().strip()
+    if path.is_file():
+        return [path.stat().st_size, path.stat().st_mtime_ns]
+    return None  # missing: the stage stops on it with a clear error before any step
+
+
+def data_identity(data: dict) -> list | None:
+    """Each MDS dataset by its index and the settings marker precompute leaves in it (the VAE, text encoder, options
+    and input it was encoded with). Not by file times: copying the data elsewhere must not restart a stage."""
+    if data.get("kind") != "mds":
+        return None
+    identity = []
+    for folder in map(Path, data.get("options", {}).get("datadirs", [])):
+        marker, index = folder / SETTINGS_MARKER, folder / "index.json"
+        identity.append([marker.read_text().strip() if marker.is_file() else None,
+                         fingerprint(index.read_text()) if index.is_file() else None])
+    return identity
 
 
 def claim_checkpoints(out_dir: str | Path, digest: str) -> Path | None:

@@ -90,9 +90,10 @@ class Trainer:
         self.raw = build_model(cfg).to(info.device)
         self.flops_per_sample = self._measure_flops()
         if info.is_main:
-            stale = ckpt.claim_checkpoints(self.out_dir, ckpt.config_fingerprint(to_dict(cfg)))
+            stale = ckpt.claim_checkpoints(self.out_dir, ckpt.run_fingerprint(to_dict(cfg)))
             if stale is not None:
-                print(f"{self.out_dir}: the config changed since its checkpoints were written; they were moved to "
+                print(f"{self.out_dir}: the config, the stage it starts from or its data changed since its "
+                      f"checkpoints were written; they were moved to "
                       f"{stale} with that run's log and exports, and the stage starts afresh", file=sys.stderr,
                       flush=True)
             elif resume != "auto" and (stale := ckpt.set_aside_checkpoints(self.out_dir)) is not None:

@@ -1,4 +1,6 @@
 """The loop on CPU, in process: resume bit-exactness, accumulation equivalence, stage chaining, NaN stop."""
+import os
+
 import pytest
 import torch
 
@@ -126,6 +128,32 @@ def test_full_chaining_continues_clock_and_moments_with_new_lr(tmp_path):
     assert (stats["global_step"], stats["steps"], stats["images_seen"]) == (6, 2, 8)
     lrs = {line["lr"] for line in map(eval_json, (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines())}
     assert lrs == {2e-4}
+
+
+def test_a_stage_retrains_when_the_stage_it_starts_from_was_retrained(tmp_path):
+    run(tiny_config(tmp_path / "s1", steps=2))
+    stage2 = dict(steps=2, init={"from": str(tmp_path / "s1"), "mode": "full"})
+    run(tiny_config(tmp_path / "s2", **stage2))
+    assert Trainer(tiny_config(tmp_path / "s2", **stage2), DistInfo()).step == 4  # nothing changed: finished
+    run(tiny_config(tmp_path / "s1", steps=2, optim={"lr": 5e-4}))
+    again = Trainer(tiny_config(tmp_path / "s2", **stage2), DistInfo())
+    assert again.step == 2 and len(list(tmp_path.glob("s2/checkpoints.stale-*"))) == 1  # not its old weights
+
+
+def test_recomputed_latents_are_other_data_and_copied_ones_are_not(tmp_path):
+    from microdit.train.config import to_dict
+    from microdit.train.state import run_fingerprint
+
+    latents = tmp_path / "latents"
+    latents.mkdir()
+    (latents / "index.json").write_text('{"shards": []}')
+    (latents / ".settings.sha256").write_text("encoded with vae A")
+    settings = to_dict(tiny_config(tmp_path, data={"kind": "mds", "options": {"datadirs": [str(latents)]}}))
+    before = run_fingerprint(settings)
+    os.utime(latents / "index.json", (0, 0))
+    assert run_fingerprint(settings) == before
+    (latents / ".settings.sha256").write_text("encoded with vae B")
+    assert run_fingerprint(settings) != before
 
 
 def test_a_requeue_after_the_last_checkpoint_finishes_with_the_logged_loss(tmp_path):
