@@ -18,6 +18,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; results are shared like any new file
     try:
         write(tmp)
         with open(tmp, "rb") as written:
@@ -28,6 +29,19 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             os.remove(tmp)
         raise
     sync_folder(path.parent)
+
+
+def current_umask() -> int:
+    """Read where Linux shows it; setting it to read it back would briefly change it for every thread."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def sync_folder(folder: Path) -> None:

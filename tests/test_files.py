@@ -39,3 +39,12 @@ def test_a_local_model_is_known_by_its_contents_and_a_hub_id_by_its_name(tmp_pat
     (vae / "weights.safetensors").write_bytes(b"5678")  # retrained in place
     assert model_identity(str(vae)) != before
     assert model_identity("stabilityai/stable-diffusion-xl-base-1.0") == "stabilityai/stable-diffusion-xl-base-1.0"
+
+
+def test_written_files_get_the_umask_s_permissions_not_private_ones(tmp_path):
+    before = os.umask(0o022)
+    try:
+        write_json({"fid": 12.7}, tmp_path / "fid.json")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "fid.json").stat().st_mode & 0o777 == 0o644
