@@ -84,12 +84,14 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
-            named = re.search(r"GLOBAL (\S+)", str(err))
-            needs = f" ({named.group(1)})" if named else ""
-            raise CheckpointError(f"{path}: refused: the pickle needs to run code to load{needs}; only tensors, "
-                                  "containers and plain data are accepted") from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(err)})") from None
+        # torch words every weights-only failure alike; only a named global means code would have run
+        named = re.search(r"GLOBAL (\S+)", str(err))
+        if named:
+            raise CheckpointError(f"{path}: refused: the pickle needs to run code to load ({named.group(1)}); only "
+                                  "tensors, containers and plain data are accepted") from None
+        reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(err))
+        raise CheckpointError(f"{path}: refused by the weights-only loader: not a plain PyTorch checkpoint "
+                              f"({reason.group(1) if reason else _first_line(err)})") from None
     except Exception as err:  # the weights-only unpickler raises assorted errors on damaged input
         raise CheckpointError(f"{path}: not a checkpoint, or truncated ({type(err).__name__}: {_first_line(err)})") from None
     return _extract_state_dict(obj, path), {"format": "torch.save"}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from microdit.errors import UserError
 from microdit.eval.generate import generate_images
-from microdit.files import sha256_file
+from microdit.files import read_jsonl, sha256_file
 
 UPSTREAM_COMMIT = "af4902f24d3ca90ebbb446dd9891a59e0f82725f"
 METADATA_URL = (f"https://raw.githubusercontent.com/djghosh13/geneval/{UPSTREAM_COMMIT}"
@@ -95,10 +95,7 @@ def summarize(results_path: str | os.PathLike) -> dict:
     tasks present is `overall_of_present_tasks`, which is not comparable with published GenEval scores."""
     import pandas as pd
 
-    try:
-        df = pd.read_json(results_path, orient="records", lines=True)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{results_path}: not a GenEval results.jsonl ({err})") from None
+    df = pd.DataFrame(read_jsonl(results_path, "GenEval results.jsonl"))  # pandas reads a missing path as JSON text
     missing = {"tag", "correct", "metadata"} - set(df.columns)
     if df.empty or missing:
         raise UserError(f"{results_path}: not a GenEval results.jsonl (missing columns {sorted(missing)} or no rows)")

@@ -9,17 +9,15 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import pandas as pd  # noqa: E402
 
 from microdit.errors import UserError  # noqa: E402
+from microdit.files import read_jsonl  # noqa: E402
 
 
 def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
     """The training lines (those with step, loss and lr) of a metrics JSONL file, by step."""
-    try:
-        df = pd.read_json(path, orient="records", lines=True)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: not a metrics JSONL file ({err})") from None
+    df = pd.DataFrame(read_jsonl(path, "metrics log"))  # pandas would take a missing path for JSON text
     missing = {"step", "loss", "lr"} - set(df.columns)
     if missing:
-        raise UserError(f"{path}: metrics lines need step, loss and lr (missing {sorted(missing)})")
+        raise UserError(f"{path}: no training lines (each needs step, loss and lr; missing {sorted(missing)})")
     return df.dropna(subset=["step", "loss", "lr"]).sort_values("step")
 
 

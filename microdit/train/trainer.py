@@ -185,7 +185,7 @@ class Trainer:
         throughput = Throughput(self.flops_per_sample, peak_flops(info.device), info.world_size)
         batches = iter(self.source)
         progress = self._progress_bar()
-        window, loss = [], math.nan
+        window, logged_loss = [], math.nan
         self.model.train()
         first_step_s = None
         while self.step < self.end_step:
@@ -207,7 +207,8 @@ class Trainer:
             if log_now or save_now:  # never a checkpoint of weights that a non-finite loss already reached
                 losses = self._read_losses(window)
             if log_now:
-                self.log.write({"step": self.step, "loss": sum(losses) / len(losses), "lr": lr,
+                logged_loss = sum(losses) / len(losses)
+                self.log.write({"step": self.step, "loss": logged_loss, "lr": lr,
                                 "grad_norm": float(grad_norm), **throughput.report(),
                                 "memory_gib": memory_gib(info.device)})
                 window = []
@@ -221,7 +222,7 @@ class Trainer:
                 callback(StepContext(self.step, self.end_step, loss, self))
         if progress is not None:
             progress.close()
-        return self._finish(throughput, float(loss), first_step_s)
+        return self._finish(throughput, logged_loss, first_step_s)
 
     def _train_step(self, batches, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; its mean loss and gradient norm stay on the device, so that the host does not wait

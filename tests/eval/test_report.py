@@ -71,3 +71,13 @@ def test_named_but_broken_inputs_are_errors(run_dir):
     with pytest.raises(UserError, match="not in --stages"):
         write_report(ReportInputs(title="t", stages=["s"], grids={"x": run_dir / "a.png"}), run_dir / "r.html")
     assert not (run_dir / "r.html").exists()
+
+
+def test_a_missing_or_empty_metrics_log_is_named(tmp_path):
+    from microdit.report.plots import read_metrics
+
+    with pytest.raises(UserError, match="nowhere.jsonl: cannot read the metrics log"):
+        read_metrics(tmp_path / "nowhere.jsonl")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(UserError, match="empty.jsonl: no training lines"):
+        read_metrics(tmp_path / "empty.jsonl")

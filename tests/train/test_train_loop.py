@@ -156,7 +156,10 @@ def test_recomputed_latents_are_other_data_and_copied_ones_are_not(tmp_path):
     assert run_fingerprint(settings) != before
 
 
-def test_a_requeue_after_the_last_checkpoint_finishes_with_the_logged_loss(tmp_path):
+def test_final_loss_is_the_last_logged_one_whether_trained_or_requeued_after_the_last_checkpoint(tmp_path):
+    straight = run(tiny_config(tmp_path / "straight", steps=4, log_every=2))
+    logged = eval_json((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert logged["step"] == 4 and straight["final_loss"] == logged["loss"]  # the window's mean, not step 4's
     with pytest.raises(Killed):  # preempted between the last checkpoint and the export
         run(tiny_config(tmp_path, steps=4), callbacks=[kill_after(4)])
     stats = run(tiny_config(tmp_path, steps=4))
