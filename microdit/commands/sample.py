@@ -1,4 +1,5 @@
 """`microdit sample`: images from a checkpoint (the authors' .pt or our .safetensors) for a few prompts."""
+from microdit.arguments import positive_int
 from microdit.eval.commands import add_speed_args
 from microdit.sampling import pipeline_from_checkpoint, save_image_grid
 
@@ -13,10 +14,10 @@ def register(subparsers) -> None:
     p.add_argument("--text-encoder", help="openclip:<name>, hf:<dir>, minilm (default: from the checkpoint, else "
                                           "DFN5B CLIP-H)")
     p.add_argument("--resolution", type=int, help="image size for files without pos_embed (default 512)")
-    p.add_argument("--steps", type=int, default=30, help="Heun steps (default 30)")
+    p.add_argument("--steps", type=positive_int, default=30, help="Heun steps (default 30)")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
     p.add_argument("--seed", type=int, default=2024)
-    p.add_argument("--images-per-prompt", type=int, default=1)
+    p.add_argument("--images-per-prompt", type=positive_int, default=1)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     add_speed_args(p)
     p.set_defaults(func=run)

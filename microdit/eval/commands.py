@@ -3,6 +3,7 @@ geneval-summary | report`: the evaluation steps, each with explicit input and ou
 import json
 from pathlib import Path
 
+from microdit.arguments import non_negative_float, positive_int
 from microdit.errors import UserError
 from microdit.files import read_json, sha256_file, write_json, write_jsonl
 
@@ -23,13 +24,15 @@ def add_sampling_args(p) -> None:
     p.add_argument("--text-encoder", help="openclip:<name>, hf:<dir>, minilm (default: from the checkpoint)")
     p.add_argument("--resolution", type=int, help="image size in pixels (checked against the model; needed for "
                                                   "files without pos_embed)")
-    p.add_argument("--steps", type=int, default=30, help="EDM Heun steps (default 30)")
+    p.add_argument("--steps", type=positive_int, default=30, help="EDM Heun steps (default 30)")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
     p.add_argument("--seed", type=int, default=2024)
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch; part of the protocol (seeds are "
-                                                              "per batch)")
-    p.add_argument("--rank", type=int, help="this process's share (default: RANK or SLURM_PROCID, else 0)")
-    p.add_argument("--world-size", type=int, help="number of processes (default: WORLD_SIZE or SLURM_NTASKS)")
+    p.add_argument("--batch-size", type=positive_int, default=32,
+                   help="images per batch (image i's noise is its own: the batch size does not choose the images)")
+    p.add_argument("--rank", type=int, help="this process's share (default: RANK, or SLURM_PROCID in an srun step, "
+                                            "else 0)")
+    p.add_argument("--world-size", type=positive_int,
+                   help="number of processes (default: WORLD_SIZE, or SLURM_STEP_NUM_TASKS in an srun step, else 1)")
     p.add_argument("--device", default="auto", help="auto (this rank's GPU, else CPU), cpu, cuda:1, ...")
     add_speed_args(p)
 
@@ -51,7 +54,7 @@ def add_feature_args(p) -> None:
     p.add_argument("--mode", choices=MODES, default="clean", help="clean-fid resizing mode (default clean)")
     p.add_argument("--inception-weights", help="a local copy of clean-fid's Inception file, used when offline")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
 
 
 def add_captions(subparsers) -> None:
@@ -59,7 +62,7 @@ def add_captions(subparsers) -> None:
     p.add_argument("--source", required=True, help="webdataset shard directory (download coco2014) or COCO's "
                                                    "captions_val2014.json")
     p.add_argument("--out", required=True, help="caption JSONL to write")
-    p.add_argument("--num", type=int, required=True, help="number of captions (30000 in the paper preset)")
+    p.add_argument("--num", type=positive_int, required=True, help="number of captions (30000 in the paper preset)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_captions)
 
@@ -135,7 +138,7 @@ def add_fid_stats(subparsers) -> None:
     p = subparsers.add_parser("fid-stats", help="reference feature statistics (.npz) for fid")
     p.add_argument("--images", required=True, help="directory of reference images or webdataset shards")
     p.add_argument("--out", required=True, help=".npz to write (in the results tree)")
-    p.add_argument("--resolution", type=int, required=True, help="center-crop size = the evaluation resolution")
+    p.add_argument("--resolution", type=positive_int, required=True, help="center-crop size = the evaluation resolution")
     p.add_argument("--captions", help="caption JSONL: use only the images it names (default: all)")
     add_feature_args(p)
     p.set_defaults(func=run_fid_stats)
@@ -199,7 +202,7 @@ def add_clip_score(subparsers) -> None:
     p.add_argument("--model", default="ViT-L-14", help="open_clip architecture (default ViT-L-14)")
     p.add_argument("--pretrained", default="openai", help="open_clip weights tag; '' for random weights (tests)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.set_defaults(func=run_clip_score)
 
 
@@ -238,8 +241,8 @@ def add_geneval_generate(subparsers) -> None:
     p = subparsers.add_parser("geneval-generate", help="images in GenEval's layout for its official evaluator")
     p.add_argument("--metadata", required=True, help="evaluation_metadata.jsonl (from geneval-metadata)")
     p.add_argument("--out", required=True, help="image directory: <5-digit>/metadata.jsonl, samples/<4-digit>.png")
-    p.add_argument("--images-per-prompt", type=int, default=4)
-    p.add_argument("--num-prompts", type=int, help="only the first N prompts (tiny preset); default all 553")
+    p.add_argument("--images-per-prompt", type=positive_int, default=4)
+    p.add_argument("--num-prompts", type=positive_int, help="only the first N prompts (tiny preset); default all 553")
     add_sampling_args(p)
     p.set_defaults(func=run_geneval_generate)
 
@@ -299,7 +302,7 @@ def add_report(subparsers) -> None:
         p.add_argument(option, action="append", metavar="STAGE=PATH", help=f"a stage's {what} (repeatable)")
     p.add_argument("--fid", action="append", metavar="LABEL=PATH", help="fid.json of an evaluated model")
     p.add_argument("--geneval", action="append", metavar="LABEL=PATH", help="geneval.json of an evaluated model")
-    p.add_argument("--price-per-gpu-hour", type=float, default=PAPER_PRICE_PER_GPU_HOUR,
+    p.add_argument("--price-per-gpu-hour", type=non_negative_float, default=PAPER_PRICE_PER_GPU_HOUR,
                    help=f"dollars per GPU-hour for the ledger (default: the paper's {PAPER_PRICE_PER_GPU_HOUR})")
     p.set_defaults(func=run_report)
 

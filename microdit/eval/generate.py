@@ -89,4 +89,6 @@ def distributed_rank(rank: int | None = None, world_size: int | None = None) -> 
         rank = int(env.get("RANK", env.get("SLURM_PROCID", 0) if "SLURM_STEP_NUM_TASKS" in env else 0))
     if world_size is None:
         world_size = int(env.get("WORLD_SIZE", env.get("SLURM_STEP_NUM_TASKS", 1)))
+    if not 0 <= rank < world_size:  # such a rank would wait forever for a rank 0 that is not coming
+        raise UserError(f"rank {rank} of {world_size} processes: expected 0 <= rank < world size")
     return rank, world_size

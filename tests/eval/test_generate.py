@@ -96,3 +96,14 @@ def test_rank_batches_cover_every_index_once():
     for world in (1, 2, 3):
         indices = [i for r in range(world) for _, batch in rank_batches(10, 3, r, world) for i in batch]
         assert sorted(indices) == list(range(10))
+
+
+def test_impossible_ranks_and_sizes_are_usage_errors(capsys):
+    from microdit.cli import main
+    from microdit.errors import UserError
+
+    with pytest.raises(UserError, match="rank 3 of 2 processes"):
+        distributed_rank(3, 2)  # it would wait for ever for a rank 0 that is not coming
+    with pytest.raises(SystemExit) as exit_code:
+        main(["generate", "--captions", "c.jsonl", "--out", "o", "--checkpoint", "x", "--batch-size", "0"])
+    assert exit_code.value.code == 2 and "--batch-size: expected an integer >= 1" in capsys.readouterr().err

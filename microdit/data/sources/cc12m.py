@@ -9,7 +9,8 @@ from pathlib import Path
 
 from microdit.files import atomic_write
 from microdit.data.shards import STATS_SUFFIX, count_samples, tar_path, write_stats
-from microdit.data.sources.common import positive_int, run_shards, select_subset
+from microdit.arguments import positive_int
+from microdit.data.sources.common import run_shards, select_subset
 from microdit.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,8 @@ import json
 import zipfile
 from pathlib import Path
 
-from microdit.data.sources.common import image_stem, positive_int, run_shards, select_subset, write_paired_shard
+from microdit.arguments import positive_int
+from microdit.data.sources.common import image_stem, run_shards, select_subset, write_paired_shard
 from microdit.errors import UserError
 
 HELP = "COCO 2014 val, first caption per image (evaluation set)"

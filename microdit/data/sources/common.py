@@ -1,5 +1,4 @@
 """What every source shares: the ~1% subset, pairing archive images with captions, and one resumable shard loop."""
-import argparse
 import logging
 import math
 import os
@@ -14,17 +13,6 @@ from microdit.errors import UserError
 log = logging.getLogger(__name__)
 
 SUBSETS = {"full": 1.0, "small": 0.01}
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
 
 
 def select_subset(ids: list, subset: str) -> list:
