@@ -13,6 +13,7 @@ import pickle
 import re
 import warnings
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,6 +49,17 @@ def save_dit(dit: MicroDiT, path: str | os.PathLike, arch: str, kind: str = "raw
     metadata = {"format": "microdit", "arch": arch, "kind": kind, "config": json.dumps(asdict(dit.config))}
     metadata.update({k: str(v) for k, v in (extra or {}).items()})
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def encoder_metadata(vae: str, text_encoder: str) -> dict:
+    """What an export records of the encoders its latents came from: their names, and the VAE's downsampling when
+    its config is on disk (images are latents x that factor)."""
+    found = {key: value for key, value in (("vae", vae), ("text_encoder", text_encoder)) if value}
+    config = os.path.join(vae, "config.json") if vae else ""
+    blocks = json.loads(Path(config).read_text()).get("block_out_channels") if os.path.isfile(config) else None
+    if blocks:
+        found["vae_downsample"] = 2 ** (len(blocks) - 1)
+    return found
 
 
 def weights_digest(path: str | os.PathLike) -> str:

@@ -26,10 +26,10 @@ def pick_device(name: str = "auto") -> torch.device:
 def pipeline_from_checkpoint(checkpoint: str, vae: str | None = None, text_encoder: str | None = None,
                              latent_res: int | None = None, device: str = "auto", precision: str = "auto",
                              compile_mode: str = "none") -> LatentDiffusion:
-    """Encoders come from the arguments, else from the checkpoint's metadata (our files record them), else the
-    paper's (the SDXL VAE, or ostris/vae-kl-f8-d16 for 16 latent channels, and DFN5B CLIP-H: these need the model
-    hub or its cache). precision "auto" samples under bf16
-    autocast on a GPU and in fp32 on the CPU (where bf16 is slower)."""
+    """Encoders come from the arguments, else from the checkpoint's metadata (our exports record the encoders of
+    their latents, `data.vae` / `data.text_encoder`), else the paper's (the SDXL VAE, or ostris/vae-kl-f8-d16 for
+    16 latent channels, and DFN5B CLIP-H: these need the model hub or its cache). precision "auto" samples under
+    bf16 autocast on a GPU and in fp32 on the CPU (where bf16 is slower)."""
     device = pick_device(device)
     _, dit, metadata = load_dit(checkpoint, latent_res=latent_res, device=device)
     vae_name = vae or metadata.get("vae") or paper_vae(dit.config.in_channels)

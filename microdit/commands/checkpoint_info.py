@@ -25,6 +25,10 @@ def describe(path: str, resolution: int | None = None) -> dict:
         "latent_channels": cfg.in_channels,
         "caption_channels": cfg.caption_channels,
         "resolution": cfg.input_size * int(metadata.get("vae_downsample", 8)),
+        "resolution_with": (f"the recorded VAE's downsampling x{metadata['vae_downsample']}"
+                            if "vae_downsample" in metadata else "an f8 VAE (not recorded in the file)"),
+        "vae": metadata.get("vae", "not recorded"),
+        "text_encoder": metadata.get("text_encoder", "not recorded"),
         "latent_res": cfg.input_size,
         "pos_interp_scale": cfg.pos_interp_scale,
         "resolution_from": metadata["resolution_from"],

@@ -9,10 +9,10 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, help="DiT weights: .pt (torch.save state_dict) or .safetensors")
     p.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for several")
     p.add_argument("--out", required=True, help="PNG grid to write")
-    p.add_argument("--vae", help="diffusers AutoencoderKL hub id or directory (default: from the checkpoint, else "
-                                 "the paper's SDXL VAE)")
-    p.add_argument("--text-encoder", help="openclip:<name>, hf:<dir>, minilm (default: from the checkpoint, else "
-                                          "DFN5B CLIP-H)")
+    p.add_argument("--vae", help="diffusers AutoencoderKL hub id or directory (default: the one our exports record, "
+                                 "else the paper's: SDXL's, or ostris/vae-kl-f8-d16 for 16 latent channels)")
+    p.add_argument("--text-encoder", help="openclip:<name>, hf:<dir>, minilm (default: the one our exports record, "
+                                          "else DFN5B CLIP-H)")
     p.add_argument("--resolution", type=int, help="image size for files without pos_embed (default 512)")
     p.add_argument("--steps", type=positive_int, default=30, help="Heun steps (default 30)")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")

@@ -20,8 +20,10 @@ def register(subparsers) -> None:
 
 def add_sampling_args(p) -> None:
     p.add_argument("--checkpoint", required=True, help="DiT weights (.pt or .safetensors)")
-    p.add_argument("--vae", help="AutoencoderKL id or directory (default: from the checkpoint, else the paper's)")
-    p.add_argument("--text-encoder", help="openclip:<name>, hf:<dir>, minilm (default: from the checkpoint)")
+    p.add_argument("--vae", help="AutoencoderKL id or directory (default: the one our exports record, else the "
+                                 "paper's for the checkpoint's latent channels)")
+    p.add_argument("--text-encoder", help="openclip:<name>, hf:<dir>, minilm (default: the one our exports record, "
+                                          "else the paper's DFN5B CLIP-H)")
     p.add_argument("--resolution", type=int, help="image size in pixels (checked against the model; needed for "
                                                   "files without pos_embed)")
     p.add_argument("--steps", type=positive_int, default=30, help="EDM Heun steps (default 30)")

@@ -38,6 +38,9 @@ class DataConfig:
     caption_len: int = 77
     cap_drop_prob: float = 0.1
     options: dict = field(default_factory=dict)  # passed through to the mds loader (directories, image size, ...)
+    # what the latents were encoded with: recorded in the exported weights, where `sample` and `generate` find them
+    vae: str = ""
+    text_encoder: str = ""
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from microdit.checkpoint import save_dit
+from microdit.checkpoint import encoder_metadata, save_dit
 from microdit.diffusion.edm import EDMConfig, edm_loss
 from microdit.errors import UserError
 from microdit.files import read_jsonl, write_json
@@ -309,11 +309,10 @@ class Trainer:
                  "mfu": throughput.mfu(rate), "final_loss": loss,
                  "flops_per_image": self.flops_per_sample, "first_step_s": first_step_s}
         if self.info.is_main:
-            save_dit(raw, self.out_dir / "final.safetensors", self.cfg.model.arch, kind="raw",
-                     extra={"step": self.step})
+            extra = {"step": self.step, **encoder_metadata(self.cfg.data.vae, self.cfg.data.text_encoder)}
+            save_dit(raw, self.out_dir / "final.safetensors", self.cfg.model.arch, kind="raw", extra=extra)
             if ema is not None:
-                save_dit(ema, self.out_dir / "ema.safetensors", self.cfg.model.arch, kind="ema",
-                         extra={"step": self.step})
+                save_dit(ema, self.out_dir / "ema.safetensors", self.cfg.model.arch, kind="ema", extra=extra)
             write_json(stats, self.out_dir / "train_stats.json")
         barrier()
         return stats

@@ -272,3 +272,13 @@ def test_block_compilation_is_shared_out_before_the_first_step(tmp_path, monkeyp
     assert len(calls) == 1
     Trainer(tiny_config(tmp_path / "d", steps=2, compile="blocks", strategy="fsdp"), DistInfo())
     assert len(calls) == 2 and calls[1]["workers"] >= 1  # -1: one per two CPUs
+
+
+def test_exports_record_the_encoders_their_latents_came_from(tmp_path, tiny_vae_dir, capsys):
+    from microdit.cli import main
+
+    run(tiny_config(tmp_path, steps=1, data={"vae": str(tiny_vae_dir), "text_encoder": "minilm"}))
+    assert main(["checkpoint", "info", str(tmp_path / "final.safetensors"), "--json"]) == 0
+    info = eval_json(capsys.readouterr().out)
+    assert (info["vae"], info["text_encoder"], info["latent_res"], info["resolution"]) == (
+        str(tiny_vae_dir), "minilm", 8, 32)  # the tiny VAE downsamples by 4, not the f8 default
