@@ -300,10 +300,12 @@ def add_report(subparsers) -> None:
     p.add_argument("--title", default="MicroDiT run")
     p.add_argument("--stages", nargs="+", required=True, help="stage names, in order")
     for option, what in (("--metrics", "metrics JSONL"), ("--train-stats", "train_stats.json"),
-                         ("--grid", "sample grid PNG")):
+                         ("--grid", "sample grid PNG"), ("--stage-config", "resolved stage.yaml")):
         p.add_argument(option, action="append", metavar="STAGE=PATH", help=f"a stage's {what} (repeatable)")
     p.add_argument("--fid", action="append", metavar="LABEL=PATH", help="fid.json of an evaluated model")
     p.add_argument("--geneval", action="append", metavar="LABEL=PATH", help="geneval.json of an evaluated model")
+    p.add_argument("--sample-prompt", action="append", default=[], metavar="TEXT",
+                   help="a prompt of the sample grids, in grid order (repeatable)")
     p.add_argument("--price-per-gpu-hour", type=non_negative_float, default=PAPER_PRICE_PER_GPU_HOUR,
                    help=f"dollars per GPU-hour for the ledger (default: the paper's {PAPER_PRICE_PER_GPU_HOUR})")
     p.set_defaults(func=run_report)
@@ -316,6 +318,7 @@ def run_report(args) -> None:
                           train_stats=parse_pairs(args.train_stats, "--train-stats"),
                           grids=parse_pairs(args.grid, "--grid"), fid=parse_pairs(args.fid, "--fid"),
                           geneval=parse_pairs(args.geneval, "--geneval"),
-                          price_per_gpu_hour=args.price_per_gpu_hour)
+                          stage_configs=parse_pairs(args.stage_config, "--stage-config"),
+                          sample_prompts=args.sample_prompt, price_per_gpu_hour=args.price_per_gpu_hour)
     write_report(inputs, args.out)
     print(json.dumps({"out": args.out}))

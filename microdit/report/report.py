@@ -1,5 +1,5 @@
-"""report.html: per-stage loss and learning-rate curves, sample grids, FID / GenEval next to the paper's numbers,
-and the cost ledger, in one self-contained page (images inlined as base64) built only from declared inputs.
+"""report.html: per-stage loss and learning-rate curves, sample grids with their prompts, FID / GenEval next to the
+paper's numbers, the cost ledger and the provenance of it all, in one self-contained page (images inlined as base64) built only from declared inputs.
 
 Optional inputs may be absent (a stage without a grid shows "no samples"); an input that is named but unreadable is
 an error, so a broken upstream step is not silently hidden.
@@ -46,6 +46,8 @@ class ReportInputs:
     grids: dict[str, Path] = field(default_factory=dict)        # stage -> sample grid PNG
     fid: dict[str, Path] = field(default_factory=dict)          # label -> fid.json
     geneval: dict[str, Path] = field(default_factory=dict)      # label -> geneval.json
+    stage_configs: dict[str, Path] = field(default_factory=dict)  # stage -> its resolved stage.yaml
+    sample_prompts: list[str] = field(default_factory=list)     # the grids' prompts, in grid order
     price_per_gpu_hour: float = PAPER_PRICE_PER_GPU_HOUR
 
 
@@ -97,7 +99,12 @@ def samples_section(inputs: ReportInputs) -> str:
         body = (png_tag(read_bytes(inputs.grids[stage], "sample grid"), f"{stage} samples")
                 if stage in inputs.grids else '<p class="missing">no samples</p>')
         parts.append(f"<figure><figcaption>{esc(stage)}</figcaption>{body}</figure>")
-    return "<h2>Samples (fixed prompts)</h2>" + "".join(parts)
+    prompts = ""
+    if inputs.sample_prompts:
+        prompts = ('<p class="note">Each grid holds these prompts, left to right and row by row, each image from '
+                   "its own fixed noise:</p><ol>" + "".join(f"<li>{esc(p)}</li>" for p in inputs.sample_prompts)
+                   + "</ol>")
+    return "<h2>Samples (fixed prompts)</h2>" + prompts + "".join(parts)
 
 
 def evaluation_rows(inputs: ReportInputs) -> tuple[list[list[str]], dict[str, dict]]:
@@ -172,9 +179,28 @@ def ledger_section(inputs: ReportInputs) -> str:
             f"${PAPER_TOTAL_DOLLARS:,.0f} for all four stages.</p>")
 
 
+def provenance_section(inputs: ReportInputs) -> str:
+    """The settings behind the numbers above: each stage's config (the key fields; the file's hash stands for the
+    rest), each score's generation settings, and the code that wrote this page."""
+    from microdit.report.provenance import code_version, score_settings, stage_settings
+
+    section = "<h2>Provenance</h2>"
+    stages = {stage: stage_settings(inputs.stage_configs[stage]) for stage in inputs.stages
+              if stage in inputs.stage_configs}
+    if stages:
+        names = list(dict.fromkeys(name for settings in stages.values() for name in settings))
+        rows = [[esc(name)] + [esc(settings.get(name, "—")) for settings in stages.values()] for name in names]
+        section += "<h3>Stage configs</h3>" + table(["setting", *map(esc, stages)], rows)
+    scores = {label: score_settings(read_json(path, "fid.json")) for label, path in inputs.fid.items()}
+    for label, settings in scores.items():
+        section += (f"<h3>How the score of {esc(label)} was made</h3>"
+                    + table(["setting", "value"], [[esc(k), esc(v)] for k, v in settings.items()]))
+    return section + f'<p class="note">Written by {esc(code_version())}.</p>'
+
+
 def build_report(inputs: ReportInputs) -> str:
     body = "".join([curves_section(inputs), samples_section(inputs), evaluation_section(inputs),
-                    ledger_section(inputs)])
+                    ledger_section(inputs), provenance_section(inputs)])
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(inputs.title)}</title>'
             f"<style>{STYLE}</style></head><body><h1>{esc(inputs.title)}</h1>"
             f'<p class="note">MicroDiT (arXiv 2407.15811) rebuild; stages: {esc(", ".join(inputs.stages))}.</p>'
@@ -183,7 +209,8 @@ def build_report(inputs: ReportInputs) -> str:
 
 def write_report(inputs: ReportInputs, out: str | os.PathLike) -> None:
     unknown = {name: sorted(set(paths) - set(inputs.stages)) for name, paths in
-               (("metrics", inputs.metrics), ("train-stats", inputs.train_stats), ("grid", inputs.grids))}
+               (("metrics", inputs.metrics), ("train-stats", inputs.train_stats), ("grid", inputs.grids),
+                ("stage-config", inputs.stage_configs))}
     unknown = {k: v for k, v in unknown.items() if v}
     if unknown:
         raise UserError(f"inputs for stages not in --stages {inputs.stages}: {json.dumps(unknown)}")

@@ -1,0 +1,63 @@
+"""What a report's numbers were made from: each stage's resolved config, the settings behind each score, the
+prompts of the sample grids, and the code that wrote it."""
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from microdit.errors import UserError
+from microdit.files import sha256_file
+
+# the stage settings a reader checks first, as dotted paths into a stage.yaml
+STAGE_FIELDS = ("steps", "global_batch", "micro_batch", "seed", "model.arch", "model.latent_res",
+                "model.train_mask_ratio", "model.p_mean", "model.p_std", "optim.lr", "schedule.kind", "ema.decay",
+                "init.from", "init.mode", "data.options.datadirs", "data.vae", "data.text_encoder")
+# what decides a score, as fid.json and geneval.json write it
+SCORE_FIELDS = ("checkpoint", "checkpoint_sha256", "features", "mode", "num_images", "resolution", "steps",
+                "guidance", "seed", "precision", "captions_sha256")
+
+
+def read_stage_config(path: Path) -> dict:
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"{path}: cannot read the stage config ({str(err).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: a stage config is a mapping of settings")
+    return config
+
+
+def dotted(config: dict, path: str):
+    value = config
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def stage_settings(path: Path) -> dict:
+    """The chosen fields of a stage config that are set, and the file's sha256 (the whole of it is in the file)."""
+    config = read_stage_config(path)
+    found = {name: dotted(config, name) for name in STAGE_FIELDS}
+    return {**{k: v for k, v in found.items() if v not in (None, "", [])}, "sha256": sha256_file(path)[:16]}
+
+
+def score_settings(result: dict) -> dict:
+    return {name: result[name] for name in SCORE_FIELDS if result.get(name) not in (None, "")}
+
+
+def code_version() -> str:
+    """The installed microdit's version and, in a git checkout, its commit (marked when the tree had changes)."""
+    try:
+        version = metadata.version("microdit")
+    except metadata.PackageNotFoundError:
+        version = "not installed"
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return f"microdit {version}"
+    return f"microdit {version}, commit {commit.stdout.strip()}" if commit.returncode == 0 else f"microdit {version}"
