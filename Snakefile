@@ -1,12 +1,19 @@
 # microdit workflow: validate the config, include the rules, define the targets. All logic is in `microdit`.
 #   snakemake --profile profiles/local --configfile config/tiny.yaml          (make demo)
 #   snakemake --profile profiles/slurm --configfile config/paper.yaml         (the paper)
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+from microdit.workflow import config_errors
 
 
 if not config:
     raise ValueError("no configuration: pass --configfile config/tiny.yaml or --configfile config/paper.yaml")
 validate(config, "config/schema.yaml")
+# the schema checks each section on its own; a name that points at a missing download, dataset or stage would
+# otherwise surface as a KeyError deep in the DAG, or not at all
+if errors := config_errors(config, workflow.basedir):
+    raise WorkflowError("invalid config:\n  " + "\n  ".join(errors))
 
 
 include: "rules/common.smk"

@@ -49,8 +49,8 @@ def load_images(mds_dir: str | os.PathLike, resolution: int, column: str = "jpg"
 
 
 def train_tiny_vae(images: torch.Tensor, steps: int, batch_size: int, lr: float, seed: int,
-                   kl_weight: float = 1e-6, log=print):
-    vae = build_tiny_vae(seed).train()
+                   kl_weight: float = 1e-6, latent_channels: int = 4, log=print):
+    vae = build_tiny_vae(seed, latent_channels).train()
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     for step in range(steps):
@@ -77,7 +77,8 @@ def train_tiny_vae(images: torch.Tensor, steps: int, batch_size: int, lr: float,
 def run(args) -> None:
     torch.manual_seed(args.seed)
     images = load_images(args.input, args.resolution, limit=args.max_images)
-    vae, stats = train_tiny_vae(images, args.steps, args.batch_size, args.lr, args.seed)
+    vae, stats = train_tiny_vae(images, args.steps, args.batch_size, args.lr, args.seed,
+                                latent_channels=args.latent_channels)
     out = Path(args.out)
     if out.exists():
         raise UserError(f"{out}: exists; remove it to retrain the VAE")
@@ -100,6 +101,8 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--latent-channels", type=int, default=4, choices=(4, 16),
+                   help="channels of the latent space (the denoiser's in_channels)")
     p.add_argument("--max-images", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)

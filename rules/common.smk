@@ -1,14 +1,14 @@
 # Helpers shared by the rules: paths of each artifact, and quoted command-line options built from the config.
+# Settings passed to commands are built from wildcards and config only, never from `input` or `output`, since
+# Snakemake's params trigger skips params derived from those (a config change would then rerun nothing).
 import json
 import shlex
 
+from microdit.workflow import (GENEVAL_PROMPTS, cli_options, download_threads, generation_minutes,
+                               resolve_path)
+
 RUN = f"results/{config['run']}"
 STAGES = list(config["stages"])
-
-
-def cli_options(options: dict) -> str:
-    """{'num-samples': 64} -> "--num-samples 64", every value shell-quoted (config strings never reach the shell raw)."""
-    return " ".join(f"--{key} {shlex.quote(str(value))}" for key, value in options.items())
 
 
 def set_options(overrides: dict) -> str:
@@ -17,8 +17,16 @@ def set_options(overrides: dict) -> str:
 
 
 def workflow_path(path: str) -> str:
-    """A config path: relative to the working directory, or else to the workflow's folder (snakemake --directory)."""
-    return path if os.path.isabs(path) or os.path.exists(path) else os.path.join(workflow.basedir, path)
+    return resolve_path(path, workflow.basedir)
+
+
+def synthetic_download(name: str) -> bool:
+    """Drawn shapes (the tiny preset): seconds on one core, where the web sources take hours (job sizes)."""
+    return config["downloads"][name]["source"] == "synthetic"
+
+
+def synthetic_dataset(name: str) -> bool:
+    return synthetic_download(config["datasets"][name]["download"])
 
 
 def latents_dir(dataset: str) -> str:
@@ -34,13 +42,18 @@ def previous_stage(stage: str):
     return STAGES[index - 1] if index > 0 and config["stages"][stage].get("chain", True) else None
 
 
-def vae_argument(wildcards, input) -> str:
-    """The preset's own trained VAE (an input of the rule), or the configured diffusers id / directory."""
-    return input.vae[0] if input.vae else config["vae"]["name"]
+VAE_DIR = f"{RUN}/vae"
+LATENT_GPUS = config["latents"].get("gpus", 0)
+EVAL_GPUS = config["eval"].get("gpus", 0)  # of each sampling job: stage grids, evaluation images, their features
+
+
+def vae_argument(wildcards=None) -> str:
+    """The preset's own trained VAE (then also an input of the rule), or the configured diffusers id / directory."""
+    return VAE_DIR if "train" in config["vae"] else config["vae"]["name"]
 
 
 def vae_input():
-    return [f"{RUN}/vae"] if "train" in config["vae"] else []
+    return [VAE_DIR] if "train" in config["vae"] else []
 
 
 def stage_overrides(stage: str) -> dict:
@@ -52,11 +65,18 @@ def stage_overrides(stage: str) -> dict:
         "data.caption_len": config["text_encoder"]["context_length"],
         "data.options": {"datadirs": [latents_dir(d) for d in spec["datasets"]], "resolution": spec["resolution"],
                          **spec.get("loader", {})},
+        "data.vae": vae_argument(),  # recorded in the exports, so `microdit sample` needs no --vae
+        "data.text_encoder": config["text_encoder"]["name"],
         "model.caption_channels": config["text_encoder"]["width"],
         "model.in_channels": config["vae"]["latent_channels"],
     }
     if previous_stage(stage):
         overrides["init.from"] = stage_dir(previous_stage(stage))
+    elif not spec.get("chain", True):
+        # the base YAML's init names where the recipe's previous stage would be: unchained, the stage starts from
+        # nothing, unless its `set` names a start (an empty section then, which those `init.*` keys fill in)
+        own = any(key == "init" or key.startswith("init.") for key in spec.get("set", {}))
+        overrides["init"] = {} if own else None
     overrides.update({f"launch.{key}": value for key, value in config.get("launch", {}).items()})
     overrides.update(spec.get("set", {}))
     return overrides
@@ -64,6 +84,7 @@ def stage_overrides(stage: str) -> dict:
 
 # ----------------------------------------------------------------------------------------- evaluation, report
 EVAL = f"{RUN}/eval"
+GENEVAL_PER_PROMPT = config["eval"].get("geneval", {}).get("images_per_prompt", 4)
 
 
 def eval_source(wildcards) -> str:
@@ -78,9 +99,9 @@ def feature_options(w=None) -> str:
     return cli_options(options)
 
 
-def sampling_options(wildcards, input) -> str:
+def sampling_options(wildcards) -> str:
     ev = config["eval"]
-    return cli_options({"vae": vae_argument(wildcards, input), "text-encoder": config["text_encoder"]["name"],
+    return cli_options({"vae": vae_argument(), "text-encoder": config["text_encoder"]["name"],
                         "resolution": ev["resolution"], "steps": ev["steps"], "guidance": ev["guidance_scale"],
                         "seed": ev["seed"], "batch-size": ev["batch_size"]})
 
@@ -92,13 +113,15 @@ def evaluation_outputs() -> dict:
     return outputs
 
 
-def report_options(wildcards, input) -> str:
+def report_options(wildcards) -> str:
     label = f"{config['run']} {config['eval']['stage']}"
     options = []
     for stage in STAGES:
         options += [f"--metrics {shlex.quote(f'{stage}={stage_dir(stage)}/metrics.jsonl')}",
                     f"--train-stats {shlex.quote(f'{stage}={stage_dir(stage)}/train_stats.json')}",
-                    f"--grid {shlex.quote(f'{stage}={RUN}/samples/{stage}.png')}"]
-    for metric in evaluation_outputs():
-        options.append(f"--{metric} {shlex.quote(f'{label}={input[metric]}')}")
+                    f"--grid {shlex.quote(f'{stage}={RUN}/samples/{stage}.png')}",
+                    f"--stage-config {shlex.quote(f'{stage}={stage_dir(stage)}/stage.yaml')}"]
+    options += [f"--sample-prompt {shlex.quote(prompt)}" for prompt in config["samples"]["prompts"]]
+    for metric, path in evaluation_outputs().items():
+        options.append(f"--{metric} {shlex.quote(f'{label}={path}')}")
     return " ".join(options)

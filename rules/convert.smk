@@ -14,7 +14,10 @@ rule convert:
         f"{RUN}/logs/convert/{{dataset}}.log",
     benchmark:
         f"{RUN}/benchmarks/convert/{{dataset}}.tsv"
-    threads: 2
+    threads: lambda w: 2 if synthetic_dataset(w.dataset) else 16
+    resources:
+        mem_mb=lambda w: 2000 if synthetic_dataset(w.dataset) else 16000,
+        runtime=lambda w: 30 if synthetic_dataset(w.dataset) else 1440,
     conda:
         "../envs/microdit.yaml"
     shell:

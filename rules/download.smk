@@ -1,4 +1,5 @@
 # A source -> img2dataset-layout shards (NNNNN.tar + NNNNN_stats.json). Resumable: finished shards are kept.
+# Synthetic shapes are drawn in seconds on one core; the web sources run for hours (img2dataset: its `processes`).
 rule download:
     output:
         summary=f"{RUN}/data/downloads/{{download}}/download.json",
@@ -11,8 +12,10 @@ rule download:
         f"{RUN}/logs/download/{{download}}.log",
     benchmark:
         f"{RUN}/benchmarks/download/{{download}}.tsv"
+    threads: lambda w: download_threads(config["downloads"][w.download])
     resources:
-        runtime=1440,
+        mem_mb=lambda w: 2000 if synthetic_download(w.download) else 16000,
+        runtime=lambda w: 60 if synthetic_download(w.download) else 2880,
     conda:
         "../envs/microdit.yaml"
     shell:

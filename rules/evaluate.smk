@@ -1,6 +1,9 @@
 # Evaluation of one stage's final weights: a seeded caption sample, generated images, reference statistics of the
 # real images, the Fréchet distance (FID with Inception; the tiny preset uses EfficientNet-Lite0 features and says
 # so), and GenEval where configured (its detector runs in GenEval's own environment on a GPU node).
+from snakemake.logging import logger
+
+
 rule eval_captions:
     input:
         eval_source,
@@ -12,6 +15,9 @@ rule eval_captions:
         seed=config["eval"]["caption_seed"],
     log:
         f"{RUN}/logs/eval/captions.log",
+    resources:
+        mem_mb=4000,
+        runtime=30,
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -33,8 +39,11 @@ rule fid_reference_stats:
         f"{RUN}/logs/eval/reference_stats.log",
     benchmark:
         f"{RUN}/benchmarks/eval/reference_stats.tsv"
+    threads: 4 if EVAL_GPUS else 2
     resources:
-        gpu=config["eval"].get("gpus", 0),
+        gpu=EVAL_GPUS,
+        mem_mb=16000 if EVAL_GPUS else 4000,
+        runtime=60,
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -56,8 +65,12 @@ rule generate_eval_samples:
         f"{RUN}/logs/eval/generate.log",
     benchmark:
         f"{RUN}/benchmarks/eval/generate.tsv"
+    threads: 4 if EVAL_GPUS else 2
     resources:
-        gpu=config["eval"].get("gpus", 0),
+        gpu=EVAL_GPUS,
+        mem_mb=32000 if EVAL_GPUS else 4000,
+        runtime=generation_minutes(config["eval"]["num_captions"], config["eval"]["steps"],
+                                   config["eval"]["resolution"]),
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -76,8 +89,11 @@ rule fid:
         features=feature_options,
     log:
         f"{RUN}/logs/eval/fid.log",
+    threads: 4 if EVAL_GPUS else 2
     resources:
-        gpu=config["eval"].get("gpus", 0),
+        gpu=EVAL_GPUS,
+        mem_mb=16000 if EVAL_GPUS else 4000,
+        runtime=60,
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -90,6 +106,9 @@ rule geneval_metadata:
         f"{EVAL}/geneval/evaluation_metadata.jsonl",
     log:
         f"{RUN}/logs/eval/geneval_metadata.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -106,16 +125,28 @@ rule geneval_generate:
     params:
         out=lambda w, output: os.path.dirname(output.manifest),
         sampling=sampling_options,
-        per_prompt=config["eval"].get("geneval", {}).get("images_per_prompt", 4),
+        per_prompt=GENEVAL_PER_PROMPT,
     log:
         f"{RUN}/logs/eval/geneval_generate.log",
+    threads: 4 if EVAL_GPUS else 2
     resources:
-        gpu=config["eval"].get("gpus", 0),
+        gpu=EVAL_GPUS,
+        mem_mb=32000 if EVAL_GPUS else 4000,
+        runtime=generation_minutes(GENEVAL_PROMPTS * GENEVAL_PER_PROMPT, config["eval"]["steps"],
+                                   config["eval"]["resolution"]),
     conda:
         "../envs/microdit.yaml"
     shell:
         "microdit geneval-generate --metadata {input.metadata:q} --out {params.out:q} --checkpoint {input.checkpoint:q}"
         " --images-per-prompt {params.per_prompt} {params.sampling} > {log:q} 2>&1"
+
+
+# GenEval's detector (mmdet 2.x, old torch) cannot share microdit's environment: the rule only works with conda
+# deployment, which the profiles leave off so that the tiny preset and CI need no conda.
+if "geneval" in config["eval"] and workflow.is_main_process and not any(
+        str(method) == "conda" for method in workflow.deployment_settings.deployment_method):
+    logger.warning("eval.geneval is set: rule geneval_score needs its own environment (envs/geneval.yaml); run with "
+                   "--software-deployment-method conda, or it fails")
 
 
 rule geneval_score:
@@ -129,8 +160,11 @@ rule geneval_score:
         detector=lambda w: config["eval"]["geneval"]["detector"],
     log:
         f"{RUN}/logs/eval/geneval_score.log",
+    threads: 4
     resources:
         gpu=1,
+        mem_mb=32000,
+        runtime=30 + GENEVAL_PROMPTS * GENEVAL_PER_PROMPT // 60,  # about a second per image through the detector
     conda:
         "../envs/geneval.yaml"
     shell:
@@ -146,6 +180,9 @@ rule geneval_summary:
         report(f"{EVAL}/geneval.json", caption="../config/report_caption_geneval.rst", category="Evaluation"),
     log:
         f"{RUN}/logs/eval/geneval_summary.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
     conda:
         "../envs/microdit.yaml"
     shell:

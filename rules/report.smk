@@ -1,8 +1,12 @@
-# The run's HTML report: loss and lr curves, sample grids per stage, FID / GenEval next to the paper's numbers,
-# and the cost ledger (GPU-hours and dollars per stage).
+# The run's HTML report: loss and lr curves, sample grids per stage with their prompts, FID / GenEval next to the
+# paper's numbers, the cost ledger (GPU-hours and dollars per stage) and the provenance of each number.
+# The curves come from each stage's metrics.jsonl, which is no declared file: Snakemake deletes a job's outputs
+# before it reruns it, and a rerun train job resumes its stage and appends to that log. train_stats.json, written
+# by the same job after its last metrics line, stands for it.
 rule report:
     input:
         stats=expand(f"{RUN}/train/{{stage}}/train_stats.json", stage=STAGES),
+        configs=expand(f"{RUN}/train/{{stage}}/stage.yaml", stage=STAGES),
         grids=expand(f"{RUN}/samples/{{stage}}.png", stage=STAGES),
         **evaluation_outputs(),
     output:
@@ -14,6 +18,9 @@ rule report:
         price=config["report"]["price_per_gpu_hour"],
     log:
         f"{RUN}/logs/report.log",
+    resources:
+        mem_mb=4000,
+        runtime=30,
     conda:
         "../envs/microdit.yaml"
     shell:

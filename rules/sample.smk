@@ -16,6 +16,11 @@ rule stage_samples:
         f"{RUN}/logs/samples/{{stage}}.log",
     benchmark:
         f"{RUN}/benchmarks/samples/{{stage}}.tsv"
+    threads: 4 if EVAL_GPUS else 2
+    resources:
+        gpu=EVAL_GPUS,
+        mem_mb=32000 if EVAL_GPUS else 4000,
+        runtime=30,
     conda:
         "../envs/microdit.yaml"
     shell:

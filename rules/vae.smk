@@ -5,13 +5,17 @@ rule train_vae:
     output:
         directory(f"{RUN}/vae"),
     params:
-        options=lambda w: cli_options({k: v for k, v in config["vae"]["train"].items() if k != "dataset"}),
+        options=lambda w: cli_options({"latent-channels": config["vae"]["latent_channels"],
+                                       **{k: v for k, v in config["vae"]["train"].items() if k != "dataset"}}),
         seed=config["seed"],
     log:
         f"{RUN}/logs/train_vae.log",
     benchmark:
         f"{RUN}/benchmarks/train_vae.tsv"
     threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
     conda:
         "../envs/microdit.yaml"
     shell:

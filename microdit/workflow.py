@@ -1,0 +1,97 @@
+"""What the Snakemake workflow decides in Python, so that it is unit-tested: the config's cross-references (which the
+JSON schema cannot express), shell-quoted command-line options, and the job sizes computed from the config.
+
+Imported by the Snakefile at parse time (also inside every SLURM job), so it needs only the standard library.
+"""
+import math
+import os
+import shlex
+
+# The workflow's own rule names: a stage becomes a target rule of its name, and Snakemake refuses two rules of one
+# name with an error that does not point at the config (tests/workflow checks this list against `--list-rules`).
+RULE_NAMES = frozenset({
+    "all", "eval", "data", "download", "convert", "train_vae", "precompute", "stage_config", "train",
+    "stage_samples", "eval_captions", "fid_reference_stats", "generate_eval_samples", "fid", "geneval_metadata",
+    "geneval_generate", "geneval_score", "geneval_summary", "report"})
+
+# results/<run>/data/downloads/<download>/ sits beside results/<run>/data/<dataset>/: a dataset of this name would
+# share its folder with the downloads
+DOWNLOADS_FOLDER = "downloads"
+
+GENEVAL_PROMPTS = 553  # GenEval's evaluation_metadata.jsonl (microdit.eval.geneval.NUM_PROMPTS)
+
+# Seconds per image and sampler step at 512 px on one GPU: the 1.16 B model's guided 30-step Heun sampler draws
+# 1.8 img/s on an H200 (docs/benchmarks.md), 0.019 s per image-step; twice that leaves room for an H100, the VAE
+# decode and writing PNGs. Cost scales with the token count, (resolution / 512)^2.
+SECONDS_PER_IMAGE_STEP_512 = 0.04
+
+
+def cli_options(options: dict) -> str:
+    """{'num-samples': 64} -> "--num-samples 64", option and value shell-quoted (config strings never reach the
+    shell raw, keys included)."""
+    return " ".join(f"{shlex.quote(f'--{key}')} {shlex.quote(str(value))}" for key, value in options.items())
+
+
+def resolve_path(path: str, basedir: str) -> str:
+    """A config path: relative to the working directory if it exists there, else to the workflow's folder
+    (snakemake --directory elsewhere)."""
+    return path if os.path.isabs(path) or os.path.exists(path) else os.path.join(basedir, path)
+
+
+def _unknown(key: str, value, known, what: str) -> str:
+    return f"{key}: {value!r} is not {what} (expected one of: {', '.join(sorted(known)) or 'none defined'})"
+
+
+def config_errors(config: dict, basedir: str) -> list[str]:
+    """What is wrong with a schema-valid config's references between its sections, one message per problem, each
+    naming the key and what it expected. Stage config files are looked up as `resolve_path` does."""
+    errors = []
+    downloads, datasets, stages = config["downloads"], config["datasets"], config["stages"]
+    for name, spec in datasets.items():
+        if name == DOWNLOADS_FOLDER:
+            errors.append(f"datasets.{name}: this name is reserved for the downloads' folder; rename the dataset")
+        if spec["download"] not in downloads:
+            errors.append(_unknown(f"datasets.{name}.download", spec["download"], downloads, "a key of downloads"))
+    if config["eval"]["download"] not in downloads:
+        errors.append(_unknown("eval.download", config["eval"]["download"], downloads, "a key of downloads"))
+    if "train" in config["vae"] and config["vae"]["train"]["dataset"] not in datasets:
+        errors.append(_unknown("vae.train.dataset", config["vae"]["train"]["dataset"], datasets,
+                               "a key of datasets"))
+    resolutions = config["latents"]["resolutions"]
+    for name, spec in stages.items():
+        if name in RULE_NAMES:
+            errors.append(f"stages.{name}: the name of a workflow rule; rename the stage (e.g. stage1)")
+        errors += [_unknown(f"stages.{name}.datasets", d, datasets, "a key of datasets")
+                   for d in spec["datasets"] if d not in datasets]
+        if spec["resolution"] not in resolutions:
+            errors.append(f"stages.{name}.resolution: {spec['resolution']} px has no latents (expected one of "
+                          f"latents.resolutions: {', '.join(map(str, resolutions))})")
+        if not os.path.isfile(resolve_path(spec["config"], basedir)):
+            errors.append(f"stages.{name}.config: {spec['config']} not found (a stage YAML, relative to the working "
+                          f"directory or to {basedir})")
+    evaluated = config["eval"]["stage"]
+    if evaluated not in stages:
+        errors.append(_unknown("eval.stage", evaluated, stages, "a key of stages"))
+    elif config["eval"]["resolution"] != stages[evaluated]["resolution"]:
+        errors.append(f"eval.resolution: {config['eval']['resolution']} px, but stage {evaluated} generates "
+                      f"{stages[evaluated]['resolution']} px (expected {stages[evaluated]['resolution']})")
+    return errors
+
+
+def download_threads(spec: dict) -> int:
+    """CPUs of a download job: img2dataset (CC12M's default route) runs its `processes` workers (16 unless the
+    options say otherwise, as `microdit download cc12m`); the synthetic source draws on one; the other sources are
+    a few parallel file transfers."""
+    if spec["source"] == "synthetic":
+        return 1
+    options = spec.get("options", {})
+    if spec["source"] == "cc12m" and options.get("route", "img2dataset") == "img2dataset":
+        return int(options.get("processes", 16))
+    return 4
+
+
+def generation_minutes(images: int, steps: int, resolution: int) -> int:
+    """SLURM time limit of a job drawing `images` images on one GPU: half an hour of start-up (loading the models)
+    and margin plus the sampling estimate. A job cut short resumes where it stopped on the rerun."""
+    seconds = images * steps * SECONDS_PER_IMAGE_STEP_512 * (resolution / 512) ** 2
+    return 30 + math.ceil(seconds / 60)

@@ -1,0 +1,262 @@
+"""The workflow's config checks, quoting, job sizes and rerun triggers: microdit.workflow directly, and Snakemake dry
+runs (seconds each) over a stand-in `microdit` that only creates each command's outputs."""
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from microdit.workflow import (GENEVAL_PROMPTS, RULE_NAMES, cli_options, config_errors, download_threads,
+                               generation_minutes)
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = str(REPO / "config" / "schema.yaml")
+
+# creates what each command declares, nothing else: enough for Snakemake to see a finished run
+FAKE_MICRODIT = r'''#!/usr/bin/env python3
+import os, sys
+command, args = sys.argv[1], sys.argv[2:]
+def value(option):
+    return args[args.index(option) + 1]
+def write(path):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    open(path, "w").write(" ".join(sys.argv))
+if command in ("convert", "train-vae"):
+    os.makedirs(value("--out"), exist_ok=True)
+elif command == "download":
+    write(value("--summary"))
+elif command == "precompute":
+    write(os.path.join(value("--out"), "index.json"))
+elif command in ("generate", "geneval-generate"):
+    write(os.path.join(value("--out"), "generation.json"))
+elif command == "train":
+    folder = os.path.dirname(value("--config"))
+    write(os.path.join(folder, "final.safetensors"))
+    write(os.path.join(folder, "train_stats.json"))
+else:
+    write(value("--out"))
+'''
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())
+
+
+def snakemake(workdir: Path, *args: str, fake: Path | None = None) -> subprocess.CompletedProcess:
+    path = os.pathsep.join(([str(fake)] if fake else []) + [str(Path(sys.executable).parent), os.environ["PATH"]])
+    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+                           *args], capture_output=True, text=True, timeout=300, env={**os.environ, "PATH": path})
+
+
+def write_config(path: Path, config: dict) -> str:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(path)
+
+
+def job_counts(output: str) -> dict:
+    table = output[output.index("Job stats"):].split("\n\n")[0].splitlines()[3:]
+    return {rule: int(n) for rule, n in (line.split() for line in table) if rule != "total"}
+
+
+def shell_commands(output: str, command: str) -> list[str]:
+    """The `microdit <command>` lines a dry run with -p prints (Snakemake 9: after "Shell command: ")."""
+    lines = (line.strip().removeprefix("Shell command:").strip() for line in output.splitlines())
+    return [line for line in lines if line.startswith(f"microdit {command} ")]
+
+
+# ------------------------------------------------------------------------------------------- cross-references
+def test_presets_are_consistent():
+    assert config_errors(load("tiny"), str(REPO)) == []
+    assert config_errors(load("paper"), str(REPO)) == []
+
+
+def _rename_stage(config, old, new):
+    config["stages"] = {new if k == old else k: v for k, v in config["stages"].items()}
+
+
+BROKEN = {
+    "datasets.synthetic.download": lambda c: c["datasets"]["synthetic"].update(download="nosuch"),
+    "eval.download": lambda c: c["eval"].update(download="nosuch"),
+    "stages.stage2.datasets": lambda c: c["stages"]["stage2"].update(datasets=["synthetic", "nosuch"]),
+    "vae.train.dataset": lambda c: c["vae"]["train"].update(dataset="nosuch"),
+    "eval.stage": lambda c: c["eval"].update(stage="nosuch"),
+    "stages.stage1.resolution": lambda c: c["stages"]["stage1"].update(resolution=48),
+    "stages.stage1.config": lambda c: c["stages"]["stage1"].update(config="config/stages/tiny/nosuch.yaml"),
+    "stages.train": lambda c: _rename_stage(c, "stage1", "train"),
+    "eval.resolution": lambda c: c["eval"].update(resolution=32),
+    "datasets.downloads": lambda c: c["datasets"].update(downloads=c["datasets"]["synthetic"]),
+}
+
+
+@pytest.mark.parametrize("key", list(BROKEN))
+def test_a_broken_reference_is_named(key):
+    config = load("tiny")
+    BROKEN[key](config)
+    validate(config, SCHEMA)  # each is schema-valid: only the cross-check can catch it
+    (error,) = config_errors(config, str(REPO))
+    assert error.startswith(f"{key}:")
+    assert "nosuch" in error or "expected" in error or "rename" in error
+
+
+def test_stage_config_is_found_beside_the_workflow(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # snakemake --directory elsewhere: config paths are the workflow's
+    assert config_errors(load("tiny"), str(REPO)) == []
+
+
+@pytest.mark.parametrize("change", [
+    lambda c: c["downloads"]["synthetic"]["options"].update({"x $(touch /tmp/pwned) #": 1}),
+    lambda c: c["downloads"]["synthetic"]["options"].update({"--already-dashed": 1}),
+    lambda c: c["stages"].update({"st/4": c["stages"]["stage4"]}),
+    lambda c: c["datasets"].update({"a b": c["datasets"]["synthetic"]}),
+    lambda c: c["eval"].update(gpus=2),
+])
+def test_schema_refuses_unsafe_names_and_idle_gpus(change):
+    config = load("tiny")
+    change(config)
+    with pytest.raises(Exception, match="does not match|greater than the maximum"):
+        validate(config, SCHEMA)
+
+
+# --------------------------------------------------------------------------------------------------- quoting
+def test_cli_options_quote_keys_and_values(tmp_path):
+    marker = tmp_path / "pwned"
+    options = {f"x $(touch {marker}) #": "1; touch " + str(marker), "num-samples": 64}
+    line = cli_options(options)
+    assert shlex.split(line) == [f"--x $(touch {marker}) #", f"1; touch {marker}", "--num-samples", "64"]
+    echoed = subprocess.run(["bash", "-c", f"printf '%s\\n' {line}"], capture_output=True, text=True, check=True)
+    assert echoed.stdout.splitlines() == shlex.split(line) and not marker.exists()
+    assert cli_options({"num-samples": 64}) == "--num-samples 64"
+
+
+def test_a_malicious_option_key_stops_the_workflow_before_any_job(tmp_path):
+    marker = tmp_path / "pwned"
+    config = load("tiny")
+    config["downloads"]["synthetic_eval"]["options"][f"x $(touch {marker}) #"] = 1
+    result = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", write_config(tmp_path / "c.yaml", config))
+    assert result.returncode != 0 and "options" in result.stdout + result.stderr
+    assert not marker.exists() and not (tmp_path / "results").exists()
+
+
+# ------------------------------------------------------------------------------------------ rules and jobs
+def test_rule_names_are_the_workflows():
+    result = snakemake(REPO, "--list-rules", "--configfile", str(REPO / "config" / "tiny.yaml"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    listed = {line.strip() for line in result.stdout.splitlines() if line.strip()}
+    assert listed == RULE_NAMES | set(load("tiny")["stages"])
+
+
+def test_commands_follow_chain_vae_channels_and_gpus(tmp_path):
+    config = load("tiny")
+    config["vae"]["latent_channels"] = 16
+    config["latents"]["gpus"] = 2
+    config["stages"]["stage2"]["chain"] = False
+    config["stages"]["stage3"].update(chain=False, set={"steps": 3, "init.from": "elsewhere", "init.mode": "weights"})
+    result = snakemake(tmp_path, "-n", "-p", "--cores", "64", "--configfile",
+                       write_config(tmp_path / "c.yaml", config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    stage_configs = {next(a for a in shlex.split(c) if a.endswith("stage.yaml") and "/train/" in a).split("/")[-2]:
+                     shlex.split(c) for c in shell_commands(result.stdout, "stage-config")}
+    assert "init=null" in stage_configs["stage2"]  # unchained: the base YAML's placeholder is dropped
+    stage3 = stage_configs["stage3"]  # unchained with its own start: an empty init that its keys fill in
+    assert stage3.index("init={}") < stage3.index('init.from="elsewhere"')
+    assert 'init.from="results/tiny/train/stage3"' in stage_configs["stage4"]
+    assert not any(a.startswith("init") for a in stage_configs["stage1"])
+    (train_vae,) = shell_commands(result.stdout, "train-vae")
+    assert "--latent-channels 16" in train_vae
+    (precompute,) = shell_commands(result.stdout, "precompute")
+    assert "--processes 2" in precompute
+    counts = job_counts(result.stdout)
+    assert counts["train"] == 4 and counts["stage_config"] == 4
+
+
+def dry_run_jobs(output: str) -> dict:
+    """rule name -> (threads, resources text) of each job a dry run lists."""
+    jobs, rule = {}, None
+    for line in output.splitlines():
+        if line.startswith("rule "):
+            rule = line[5:].rstrip(":")
+            jobs.setdefault(rule, [1, ""])
+        elif rule and line.strip().startswith("threads:"):
+            jobs[rule][0] = int(line.split(":")[1])
+        elif rule and line.strip().startswith("resources:"):
+            jobs[rule][1] = line
+    return jobs
+
+
+def test_job_sizes_fit_a_two_core_machine_for_tiny_and_ask_gpus_for_the_paper(tmp_path):
+    tiny = snakemake(tmp_path / "tiny", "-n", "--cores", "64", "--configfile", str(REPO / "config" / "tiny.yaml"))
+    assert tiny.returncode == 0, tiny.stderr[-3000:]
+    for rule, (threads, resources) in dry_run_jobs(tiny.stdout).items():
+        assert threads <= 2 and "gpu=1" not in resources, (rule, threads, resources)
+    paper = snakemake(tmp_path / "paper", "-n", "--cores", "64", "--configfile",
+                      str(REPO / "config" / "paper.yaml"))
+    assert paper.returncode == 0, paper.stderr[-3000:]
+    jobs = dry_run_jobs(paper.stdout)
+    for rule in ("precompute", "stage_samples", "generate_eval_samples", "geneval_generate", "geneval_score"):
+        assert "gpu=1" in jobs[rule][1] and jobs[rule][0] > 1, (rule, jobs[rule])
+    for rule in ("download", "convert", "precompute", "generate_eval_samples", "report"):
+        assert "runtime=" in jobs[rule][1] and "mem_mb=" in jobs[rule][1], (rule, jobs[rule])
+    assert "eval.geneval is set" in paper.stdout + paper.stderr  # GenEval's scoring needs --sdm conda
+
+
+def test_generation_minutes_and_download_threads():
+    fid_30k = generation_minutes(30000, 30, 512)
+    assert 5 * 60 < fid_30k < 24 * 60  # the paper's FID-30K: hours on one GPU, within a day's limit
+    assert generation_minutes(128, 20, 64) == 31 and generation_minutes(0, 30, 512) == 30
+    assert download_threads({"source": "synthetic"}) == 1
+    assert download_threads({"source": "cc12m"}) == 16
+    assert download_threads({"source": "cc12m", "options": {"processes": 4}}) == 4
+    assert download_threads({"source": "coco2014"}) == 4
+
+
+def test_geneval_prompt_count_is_the_evaluators():
+    from microdit.eval.geneval import NUM_PROMPTS
+
+    assert GENEVAL_PROMPTS == NUM_PROMPTS
+
+
+# -------------------------------------------------------------------------------------------- rerun triggers
+@pytest.mark.slow  # a stand-in run of the whole tiny DAG (~15 s)
+def test_config_changes_rerun_the_rules_that_use_them(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "microdit").write_text(FAKE_MICRODIT)
+    (fake / "microdit").chmod(0o755)
+    config = load("tiny")
+    config["vae"] = {"latent_channels": 4, "name": str(tmp_path / "vae_a")}
+    base = write_config(tmp_path / "base.yaml", config)
+    workdir = tmp_path / "run"
+    done = snakemake(workdir, "--cores", "2", "--configfile", base, fake=fake)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Nothing to be done" in snakemake(workdir, "-n", "--cores", "2", "--configfile", base, fake=fake).stdout
+
+    steps = write_config(tmp_path / "steps.yaml", {"eval": {"steps": 10}})
+    result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base, steps, fake=fake)
+    assert job_counts(result.stdout) == {"generate_eval_samples": 1, "fid": 1, "report": 1, "all": 1}
+
+    vae = write_config(tmp_path / "vae.yaml", {"vae": {"name": str(tmp_path / "vae_b")}})
+    result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base, vae, fake=fake)
+    counts = job_counts(result.stdout)
+    assert counts["precompute"] == 1 and counts["stage_samples"] == 4 and counts["generate_eval_samples"] == 1
+
+
+# --------------------------------------------------------------------------------------------- tiny VAE
+def test_train_vae_makes_the_configured_latent_channels():
+    import torch
+
+    from microdit.tiny_vae import register, train_tiny_vae
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["train-vae", "--input", "i", "--out", "o", "--latent-channels", "16"])
+    assert args.latent_channels == 16
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    vae, _ = train_tiny_vae(images, steps=1, batch_size=2, lr=1e-3, seed=0, latent_channels=16, log=lambda *_: None)
+    assert vae.config.latent_channels == 16
+    with torch.no_grad():
+        assert vae.encode(images[:1]).latent_dist.mean.shape[1] == 16
