@@ -203,13 +203,13 @@ def _build(cls, raw, where: str):
     fields = {_yaml_key(f.name): f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise UserError(f"{where}unknown field {unknown[0]!r}; expected one of {sorted(fields)}")
+        raise UserError(f"{where}{unknown[0]}: unknown field; expected one of {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, f in fields.items():
         if key not in raw:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise UserError(f"{where}missing required field {key!r}")
+                raise UserError(f"{where}{key}: missing (a required field)")
             continue
         kwargs[f.name] = _coerce(hints[f.name], raw[key], f"{where}{key}")
     return cls(**kwargs)
