@@ -42,7 +42,7 @@ def test_paper_stages_follow_the_spec():
     ({"data": {"kind": "webdataset"}}, "data.kind"),
     ({"launch": {"cluster": "k8s"}}, "launch.cluster"),
     ({"global_batch": 5}, "global_batch"),
-    ({"optim": {"learning_rate": 1.0}}, r"optim\.learning_rate: unknown field"),
+    ({"optim": {"learning_rate": 1.0}}, "optim.learning_rate: unknown field"),
     ({"init": {"from": "x", "mode": "partial"}}, "init.mode"),
     ({"compile": True}, "compile: expected a string"),
     ({"compile": "everything"}, "compile: expected one of"),
