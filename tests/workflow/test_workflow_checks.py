@@ -2,6 +2,7 @@
 runs (seconds each) over a stand-in `microdit` that only creates each command's outputs."""
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -144,10 +145,9 @@ def test_a_malicious_option_key_stops_the_workflow_before_any_job(tmp_path):
 
 # ------------------------------------------------------------------------------------------ rules and jobs
 def test_rule_names_are_the_workflows():
-    result = snakemake(REPO, "--list-rules", "--configfile", str(REPO / "config" / "tiny.yaml"))
-    assert result.returncode == 0, result.stderr[-2000:]
-    listed = {line.strip() for line in result.stdout.splitlines() if line.strip()}
-    assert listed == RULE_NAMES | set(load("tiny")["stages"])
+    declared = {m.group(1) for path in [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
+                for m in re.finditer(r"^rule (\w+):", path.read_text(), re.MULTILINE)}
+    assert declared == RULE_NAMES
 
 
 def test_commands_follow_chain_vae_channels_and_gpus(tmp_path):
