@@ -9,27 +9,32 @@ import sys
 
 from microdit.errors import UserError
 
-COMMAND_MODULES = (
-    "microdit.commands.sample",
-    "microdit.commands.checkpoint_info",
-    "microdit.bench.command",
-    "microdit.data.commands",
-    "microdit.tiny_vae",
-    "microdit.train.commands",
-    "microdit.eval.commands",
-)
+# the module that registers each command: a command imports its own module only, so that the light ones (download,
+# convert, report, ...) do not pay for torch's import (seconds) at every start
+COMMANDS = {
+    "sample": "microdit.commands.sample",
+    "checkpoint": "microdit.commands.checkpoint_info",
+    "bench": "microdit.bench.command",
+    **dict.fromkeys(("download", "convert", "precompute"), "microdit.data.commands"),
+    "train-vae": "microdit.tiny_vae",
+    **dict.fromkeys(("train", "stage-config"), "microdit.train.commands"),
+    **dict.fromkeys(("eval-captions", "generate", "fid-stats", "fid", "clip-score", "geneval-metadata",
+                     "geneval-generate", "geneval-summary", "report"), "microdit.eval.commands"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of one command's module, or of all of them (help, an unknown command)."""
     parser = argparse.ArgumentParser(prog="microdit", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in [COMMANDS[command]] if command in COMMANDS else dict.fromkeys(COMMANDS.values()):
         importlib.import_module(name).register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UserError as err:

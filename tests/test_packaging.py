@@ -3,7 +3,7 @@ from pathlib import Path
 
 import yaml
 
-from microdit.cli import build_parser
+from microdit.cli import COMMANDS, build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,8 +19,11 @@ def test_conda_env_mirrors_pip_pins():
     assert _pins(p for p in pip_section if not p.startswith("-e")) == requirements
 
 
-def test_every_command_is_registered():
+def test_every_command_is_registered_by_the_module_it_is_looked_up_in():
     commands = build_parser()._subparsers._group_actions[0].choices
     assert {"sample", "checkpoint", "bench", "download", "convert", "precompute", "train-vae", "stage-config",
             "train", "eval-captions", "generate", "fid-stats", "fid", "geneval-metadata", "geneval-generate",
             "geneval-summary", "report"} <= set(commands)
+    assert set(commands) == set(COMMANDS)
+    for name in COMMANDS:  # a command's own module registers it
+        assert name in build_parser(name)._subparsers._group_actions[0].choices
