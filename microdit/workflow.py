@@ -8,7 +8,7 @@ import os
 import shlex
 
 # The workflow's own rule names: a stage becomes a target rule of its name, and Snakemake refuses two rules of one
-# name with an error that does not point at the config (tests/workflow checks this list against `--list-rules`).
+# name with an error that does not point at the config (tests/workflow checks this list against the rule files).
 RULE_NAMES = frozenset({
     "all", "eval", "data", "download", "convert", "train_vae", "precompute", "stage_config", "train",
     "stage_samples", "eval_captions", "fid_reference_stats", "generate_eval_samples", "fid", "geneval_metadata",
