@@ -6,9 +6,18 @@ import pytest
 for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1",
                      "WANDB_MODE": "disabled"}.items():
     os.environ.setdefault(_key, _value)
+# `make test` runs two pytest workers on two cores: one OpenMP thread each (here and in the processes tests start),
+# or the workers' thread pools spin against each other
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MICRODIT_SHARED", REPO.parent / "shared"))
+
+
+def pytest_collection_modifyitems(items):
+    """Slow tests first: the workers then end together on short tests, not one waiting for a long one."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

@@ -113,6 +113,7 @@ def _json_lines(capsys) -> list[dict]:
     return [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
 
 
+@pytest.mark.slow
 def test_bench_train_prints_one_json_line_per_stage(capsys):
     assert main(["bench", "train", "--arch", "MicroDiT_Nano_2", "--stage", "1", "--stage", "2", "--microbatch", "1",
                  "--steps", "1", "--warmup", "1", "--device", "cpu", "--profile"]) == 0
@@ -133,6 +134,7 @@ def test_bench_train_prints_one_json_line_per_stage(capsys):
     assert rows[0]["train_gflops_per_img"] < rows[1]["train_gflops_per_img"]
 
 
+@pytest.mark.slow
 def test_bench_memory_prediction_falls_with_activation_checkpointing(capsys):
     for blocks in ("0", "8"):
         assert main(["bench", "memory", "--arch", "MicroDiT_Nano_2", "--stage", "2", "--microbatch", "4",

@@ -1,5 +1,6 @@
 """Cold compilation shared out over processes (microdit/models/precompile.py): what the workers compile must be
 exactly what the training process then asks for, so that every block graph is a compile-cache hit there."""
+import pytest
 import torch
 from torch._dynamo.utils import counters
 
@@ -40,6 +41,7 @@ def test_recorded_calls_describe_each_region_input_and_deduplicate_equal_graphs(
     assert len(distinct_calls(dit, [calls[0], sampling])) == 2
 
 
+@pytest.mark.slow
 def test_precompiled_graphs_are_compile_cache_hits_in_the_training_process(tmp_path, monkeypatch):
     """Masking gives the backbone blocks fewer tokens than the mixer's: three graphs, of which the training process
     compiles the backbone's after the mixer's and a worker compiles it first. Shapes that change between calls of

@@ -132,6 +132,7 @@ def test_precomputed_caption_context_gives_the_same_output(guidance):
     assert reference.abs().mean() > 1e-3  # the caption path carries signal (output layers are not zero)
 
 
+@pytest.mark.slow
 def test_caption_context_traces_whole_under_the_compiler():
     """The compiled sampler passes a CaptionContext: dynamo must take it in one graph, whole model or per block, and
     per-block graphs for sampling must fit beside the training ones in one process (the trainer's sample grids);
@@ -334,6 +335,7 @@ def test_predicted_memory_equals_live_bytes_of_a_real_step():
 
 
 # ------------------------------------------------------------------------------------------- the prepared GPU run
+@pytest.mark.slow
 def test_bench_runs_with_only_torch_and_numpy(tmp_path):
     """The GPU machines have PyTorch but none of our other pins: `python -m microdit.bench` must not need them."""
     import subprocess
@@ -349,6 +351,7 @@ def test_bench_runs_with_only_torch_and_numpy(tmp_path):
     assert json.loads(done.stdout)["peak_gib"] > 0
 
 
+@pytest.mark.slow
 def test_suite_appends_results_failures_and_skips_within_its_budget(tmp_path):
     from microdit.bench.suite import run_suite
 

@@ -26,6 +26,7 @@ def image_server(tmp_path):
         server.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_img2dataset_download_counts_failures_and_feeds_convert(tmp_path, image_server):
     base, root = image_server
     for i in range(3):

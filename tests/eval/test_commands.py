@@ -32,6 +32,7 @@ def tiny_checkpoint(tmp_path_factory, tiny_vae_dir):
     return path
 
 
+@pytest.mark.slow
 def test_tiny_evaluation_chain(tmp_path, tiny_checkpoint, capsys):
     images = smooth_images(5, 48, seed=0) + noise_images(5, 48, seed=1)
     wds = write_shards(tmp_path / "coco" / "wds", images, [f"picture number {i}" for i in range(10)])

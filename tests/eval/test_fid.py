@@ -23,6 +23,7 @@ def test_efficientnet_lite0_is_the_pretrained_network():
     assert MILITARY_UNIFORM in logits.topk(5).indices[0].tolist()
 
 
+@pytest.mark.slow
 def test_frechet_distance_through_cleanfid_custom_extractor(tmp_path, efficientnet_extractor):
     from cleanfid import fid
 

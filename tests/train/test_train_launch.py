@@ -12,6 +12,7 @@ from microdit.train.trainer import Trainer
 from train_helpers import tiny_config, weights
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_local_two_tasks_match_one_process(tmp_path, monkeypatch, strategy):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -30,6 +31,7 @@ def test_local_two_tasks_match_one_process(tmp_path, monkeypatch, strategy):
         assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), name
 
 
+@pytest.mark.slow
 def test_failed_job_returns_1_with_log_path(tmp_path, capsys):
     cfg = tiny_config(tmp_path, launch={"cluster": "local"}, data={"kind": "mds"})
     assert launch(cfg) == 1

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from safetensors import safe_open
 
@@ -83,6 +84,7 @@ def artifact_digests(run_dir: Path) -> dict:
     return digests
 
 
+@pytest.mark.slow
 def test_two_runs_give_byte_identical_data_latents_and_weights(tmp_path):
     config = miniature_config(tmp_path)
     runs = []
