@@ -1,16 +1,22 @@
 """What the Snakemake workflow decides in Python, so that it is unit-tested: the config's cross-references (which the
 JSON schema cannot express), shell-quoted command-line options, and the job sizes computed from the config.
 
-Imported by the Snakefile at parse time (also inside every SLURM job), so it needs only the standard library.
+Imported by the Snakefile at parse time (also inside every SLURM job), so it needs only the standard library and
+PyYAML (Snakemake's own dependency).
 """
 import math
 import os
 import shlex
 
+import yaml
+
+from microdit.files import fingerprint
+from microdit.train.cosmetic import weight_settings
+
 # The workflow's own rule names: a stage becomes a target rule of its name, and Snakemake refuses two rules of one
 # name with an error that does not point at the config (tests/workflow checks this list against the rule files).
 RULE_NAMES = frozenset({
-    "all", "eval", "data", "download", "convert", "train_vae", "precompute", "stage_config", "train",
+    "all", "eval", "data", "download", "convert", "train_vae", "precompute", "train",
     "stage_samples", "eval_captions", "fid_reference_stats", "generate_eval_samples", "fid", "geneval_metadata",
     "geneval_generate", "geneval_score", "geneval_summary", "report"})
 
@@ -69,6 +75,8 @@ def config_errors(config: dict, basedir: str) -> list[str]:
         if not os.path.isfile(resolve_path(spec["config"], basedir)):
             errors.append(f"stages.{name}.config: {spec['config']} not found (a stage YAML, relative to the working "
                           f"directory or to {basedir})")
+        elif problem := stage_yaml_problem(resolve_path(spec["config"], basedir)):
+            errors.append(f"stages.{name}.config: {spec['config']}: {problem}")
     evaluated = config["eval"]["stage"]
     if evaluated not in stages:
         errors.append(_unknown("eval.stage", evaluated, stages, "a key of stages"))
@@ -95,3 +103,24 @@ def generation_minutes(images: int, steps: int, resolution: int) -> int:
     and margin plus the sampling estimate. A job cut short resumes where it stopped on the rerun."""
     seconds = images * steps * SECONDS_PER_IMAGE_STEP_512 * (resolution / 512) ** 2
     return 30 + math.ceil(seconds / 60)
+
+
+def stage_yaml_problem(path: str) -> str | None:
+    """Why a stage YAML cannot be read as a mapping of settings, or None."""
+    try:
+        settings = read_stage_yaml(path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        return f"cannot read it as YAML ({str(err).splitlines()[0]})"
+    return None if isinstance(settings, dict) else "expected a mapping of stage settings at the top level"
+
+
+def read_stage_yaml(path: str):
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def stage_weights(base_yaml: str, overrides: dict) -> str:
+    """A digest of what decides a stage's trained weights among its settings: its base YAML and the workflow's
+    overrides, cosmetic settings dropped (logging, checkpoint cadence, sample grids, launch, speed switches). The
+    train rule's rerun trigger: editing a cosmetic setting reruns no training and none of what follows from it."""
+    return fingerprint({"base": weight_settings(read_stage_yaml(base_yaml)), "overrides": weight_settings(overrides)})

@@ -1,11 +1,12 @@
 # Helpers shared by the rules: paths of each artifact, and quoted command-line options built from the config.
 # Settings passed to commands are built from wildcards and config only, never from `input` or `output`, since
-# Snakemake's params trigger skips params derived from those (a config change would then rerun nothing).
+# Snakemake's params trigger skips params derived from those (a config change would then rerun nothing). Training
+# relies on exactly that for its overrides, next to a digest param that does trigger (see rules/train.smk).
 import json
 import shlex
 
 from microdit.workflow import (GENEVAL_PROMPTS, cli_options, download_threads, generation_minutes,
-                               resolve_path)
+                               resolve_path, stage_weights)
 
 RUN = f"results/{config['run']}"
 STAGES = list(config["stages"])
@@ -27,6 +28,10 @@ def synthetic_download(name: str) -> bool:
 
 def synthetic_dataset(name: str) -> bool:
     return synthetic_download(config["datasets"][name]["download"])
+
+
+def stage_yaml(stage: str) -> str:
+    return workflow_path(config["stages"][stage]["config"])
 
 
 def latents_dir(dataset: str) -> str:

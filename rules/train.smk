@@ -1,32 +1,23 @@
-# One training stage. The resolved stage config is an artifact of its own, so a config change reaches only the
-# stages it touches. The trainer decides what a rerun costs: checkpoints written under the same settings of what it
-# computes (cosmetic changes: logging, launch) are resumed, so the stage is only re-exported; a real change (lr,
-# data, ...) sets them aside and retrains. Training launches its own job with submitit (SLURM, local processes or
-# in-process) and waits, so the rule runs where Snakemake runs (localrule).
-rule stage_config:
-    input:
-        base=lambda w: workflow_path(config["stages"][w.stage]["config"]),
-    output:
-        f"{RUN}/train/{{stage}}/stage.yaml",
-    params:
-        overrides=lambda w: set_options(stage_overrides(w.stage)),
-    log:
-        f"{RUN}/logs/train/{{stage}}.config.log",
-    localrule: True
-    conda:
-        "../envs/microdit.yaml"
-    shell:
-        "microdit stage-config --base {input.base:q} --out {output:q} {params.overrides} > {log:q} 2>&1"
-
-
+# One training stage. It reruns when what decides its weights changes: its stage YAML's or `set`'s settings other
+# than the cosmetic ones (logging, checkpoint cadence, sample grids, launch, speed switches; the digest in
+# params.weights), its latents or the stage it starts from. A cosmetic edit reruns nothing (the YAML is `ancient`, so
+# its time and checksum do not count); it applies the next time the stage runs. The overrides reach the command
+# through a param that takes `input`, which Snakemake's params trigger leaves out (derived params), so they are not
+# a trigger of their own. The trainer resumes checkpoints of the same weights-deciding settings, so a forced rerun
+# only re-exports. Training launches its own job with submitit (SLURM, local processes or in-process) and waits, so
+# the rule runs where Snakemake runs (localrule).
 rule train:
     input:
-        config=f"{RUN}/train/{{stage}}/stage.yaml",
+        base=lambda w: ancient(stage_yaml(w.stage)),
         latents=lambda w: [f"{latents_dir(d)}/index.json" for d in config["stages"][w.stage]["datasets"]],
         previous=lambda w: [f"{stage_dir(previous_stage(w.stage))}/final.safetensors"] if previous_stage(w.stage) else [],
     output:
         final=f"{RUN}/train/{{stage}}/final.safetensors",
         stats=f"{RUN}/train/{{stage}}/train_stats.json",
+        config=f"{RUN}/train/{{stage}}/stage.yaml",
+    params:
+        weights=lambda w: stage_weights(stage_yaml(w.stage), stage_overrides(w.stage)),
+        overrides=lambda w, input: set_options(stage_overrides(w.stage)),
     log:
         f"{RUN}/logs/train/{{stage}}.log",
     benchmark:
@@ -35,4 +26,4 @@ rule train:
     conda:
         "../envs/microdit.yaml"
     shell:
-        "microdit train --config {input.config:q} --resume auto > {log:q} 2>&1"
+        "microdit train --config {input.base:q} {params.overrides} --resume auto > {log:q} 2>&1"

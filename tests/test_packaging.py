@@ -21,7 +21,7 @@ def test_conda_env_mirrors_pip_pins():
 
 def test_every_command_is_registered_by_the_module_it_is_looked_up_in():
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert {"sample", "checkpoint", "bench", "download", "convert", "precompute", "train-vae", "stage-config",
+    assert {"sample", "checkpoint", "bench", "download", "convert", "precompute", "train-vae",
             "train", "eval-captions", "generate", "fid-stats", "fid", "geneval-metadata", "geneval-generate",
             "geneval-summary", "report"} <= set(commands)
     assert set(commands) == set(COMMANDS)

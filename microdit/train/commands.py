@@ -1,10 +1,7 @@
 """`microdit train --config <stage.yaml> [--resume auto|none] [--out DIR] [--set key=value ...]`"""
 import argparse
-from pathlib import Path
 
-import yaml
-
-from microdit.train.config import load_stage_config, to_dict
+from microdit.train.config import load_stage_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,22 +18,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="override a config field, value parsed as YAML (repeatable), e.g. --set optim.lr=1e-4 "
                              "--set launch.cluster=debug")
     parser.set_defaults(func=run)
-
-    resolve = subparsers.add_parser(
-        "stage-config", help="write a stage config with overrides applied, validated (the workflow's train input)")
-    resolve.add_argument("--base", required=True, help="stage YAML to start from")
-    resolve.add_argument("--out", required=True, help="resolved stage YAML to write")
-    resolve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                         help="override a field, value parsed as YAML (repeatable)")
-    resolve.set_defaults(func=run_stage_config)
-
-
-def run_stage_config(args: argparse.Namespace) -> None:
-    from microdit.files import atomic_write
-
-    cfg = load_stage_config(args.base, args.overrides)
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-    atomic_write(args.out, lambda tmp: Path(tmp).write_text(f"# resolved from {args.base}\n{text}"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -184,6 +184,14 @@ def stage_config_from_dict(raw: dict, source: str = "config") -> StageConfig:
     return cfg
 
 
+def save_stage_config(cfg: StageConfig, path: str | Path) -> None:
+    """The resolved settings as a stage YAML that load_stage_config reads back, written atomically."""
+    from microdit.files import atomic_write
+
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def to_dict(cfg) -> dict:
     """Plain dict in the YAML layout (the inverse of stage_config_from_dict)."""
     out = {}

@@ -15,13 +15,11 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from microdit.checkpoint import RECOMPUTABLE_BUFFERS, CheckpointError, load_dit_state, read_checkpoint
 from microdit.errors import UserError
 from microdit.files import SETTINGS_MARKER, atomic_write, claim_folder, fingerprint, move_aside
+from microdit.train.cosmetic import weight_settings
 from microdit.train.distributed import DistInfo, gather_objects, unwrap
 
 CHECKPOINT_DIR = "checkpoints"
 FINGERPRINT = "config.sha256"
-# Settings that change how a run is watched or placed, not what it computes: editing them keeps the checkpoints.
-COSMETIC_FIELDS = ("name", "out_dir", "log_every", "progress", "save_every", "keep_checkpoints", "samples", "launch",
-                   "compile", "precompile_workers", "checkpoint_blocks", "attention_backend", "activation_budget")
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
@@ -52,7 +50,7 @@ def run_fingerprint(settings: dict) -> str:
     dropped), the run it starts from and what its data were made from. Checkpoints are resumed only under the same
     fingerprint, so retraining an earlier stage or recomputing the latents retrains this stage rather than
     re-exporting its old weights."""
-    return fingerprint({"settings": {k: v for k, v in settings.items() if k not in COSMETIC_FIELDS},
+    return fingerprint({"settings": weight_settings(settings),
                         "starts_from": start_identity(settings.get("init")), "data": data_identity(settings["data"])})
 
 
@@ -89,7 +87,7 @@ def claim_checkpoints(out_dir: str | Path, digest: str) -> Path | None:
 
 
 # what a stage's run writes beside its checkpoints; set aside with them, so that a new run's log and grids are its own
-RUN_OUTPUTS = ("metrics.jsonl", "train_stats.json", "final.safetensors", "ema.safetensors", "samples")
+RUN_OUTPUTS = ("metrics.jsonl", "train_stats.json", "final.safetensors", "ema.safetensors", "stage.yaml", "samples")
 
 
 def set_aside_run_outputs(out_dir: str | Path, stale: Path) -> None:

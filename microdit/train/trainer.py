@@ -27,7 +27,7 @@ from microdit.models.dit import MicroDiT, create_dit
 from microdit.models.precompile import default_workers, precompile_blocks
 from microdit.models.speed import apply_speed_options
 from microdit.train import state as ckpt
-from microdit.train.config import StageConfig, to_dict
+from microdit.train.config import StageConfig, save_stage_config, to_dict
 from microdit.train.data import build_source
 from microdit.train.distributed import (
     DistInfo, barrier, full_tensor, gradient_sync, mean_across_ranks, wrap_model,
@@ -314,5 +314,6 @@ class Trainer:
             if ema is not None:
                 save_dit(ema, self.out_dir / "ema.safetensors", self.cfg.model.arch, kind="ema", extra=extra)
             write_json(stats, self.out_dir / "train_stats.json")
+            save_stage_config(self.cfg, self.out_dir / "stage.yaml")  # the settings these exports were made with
         barrier()
         return stats

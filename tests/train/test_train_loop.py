@@ -6,6 +6,7 @@ import torch
 
 import microdit.train.trainer as trainer_module
 from microdit.models.dit import create_dit
+from microdit.train.config import load_stage_config
 from microdit.train.distributed import DistInfo
 from microdit.train.state import list_checkpoints
 from microdit.train.trainer import Trainer, TrainingDiverged
@@ -41,6 +42,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     for name in ("final.safetensors", "ema.safetensors"):
         a, b = weights(tmp_path / "straight" / name), weights(tmp_path / "resumed" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert load_stage_config(tmp_path / "resumed" / "stage.yaml") == interrupted  # what the exports were made with
     # keep newest K: step 2 pruned once step 6 was saved
     assert [p.name for p in list_checkpoints(tmp_path / "resumed")] == ["step_000000004.pt", "step_000000006.pt"]
 

@@ -20,7 +20,7 @@ SCHEMA = str(REPO / "config" / "schema.yaml")
 
 # creates what each command declares, nothing else: enough for Snakemake to see a finished run
 FAKE_MICRODIT = r'''#!/usr/bin/env python3
-import os, sys
+import json, os, sys
 command, args = sys.argv[1], sys.argv[2:]
 def value(option):
     return args[args.index(option) + 1]
@@ -36,9 +36,9 @@ elif command == "precompute":
 elif command in ("generate", "geneval-generate"):
     write(os.path.join(value("--out"), "generation.json"))
 elif command == "train":
-    folder = os.path.dirname(value("--config"))
-    write(os.path.join(folder, "final.safetensors"))
-    write(os.path.join(folder, "train_stats.json"))
+    folder = json.loads(next(a for a in args if a.startswith("out_dir=")).partition("=")[2])
+    for name in ("final.safetensors", "train_stats.json", "stage.yaml"):
+        write(os.path.join(folder, name))
 else:
     write(value("--out"))
 '''
@@ -104,6 +104,17 @@ def test_a_broken_reference_is_named(key):
     assert "nosuch" in error or "expected" in error or "rename" in error
 
 
+def test_a_stage_yaml_that_is_no_mapping_of_settings_is_named(tmp_path):
+    config = load("tiny")
+    (tmp_path / "list.yaml").write_text("- steps: 2\n")
+    (tmp_path / "broken.yaml").write_text("steps: [2\n")
+    config["stages"]["stage1"]["config"] = str(tmp_path / "list.yaml")
+    config["stages"]["stage2"]["config"] = str(tmp_path / "broken.yaml")
+    first, second = config_errors(config, str(REPO))
+    assert first.startswith("stages.stage1.config:") and "expected a mapping" in first
+    assert second.startswith("stages.stage2.config:") and "cannot read it as YAML" in second
+
+
 def test_stage_config_is_found_beside_the_workflow(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # snakemake --directory elsewhere: config paths are the workflow's
     assert config_errors(load("tiny"), str(REPO)) == []
@@ -159,8 +170,8 @@ def test_commands_follow_chain_vae_channels_and_gpus(tmp_path):
     result = snakemake(tmp_path, "-n", "-p", "--cores", "64", "--configfile",
                        write_config(tmp_path / "c.yaml", config))
     assert result.returncode == 0, result.stderr[-3000:]
-    stage_configs = {next(a for a in shlex.split(c) if a.endswith("stage.yaml") and "/train/" in a).split("/")[-2]:
-                     shlex.split(c) for c in shell_commands(result.stdout, "stage-config")}
+    stage_configs = {next(a for a in shlex.split(c) if a.startswith("out_dir=")).split("/")[-1].rstrip('"'):
+                     shlex.split(c) for c in shell_commands(result.stdout, "train")}
     assert "init=null" in stage_configs["stage2"]  # unchained: the base YAML's placeholder is dropped
     stage3 = stage_configs["stage3"]  # unchained with its own start: an empty init that its keys fill in
     assert stage3.index("init={}") < stage3.index('init.from="elsewhere"')
@@ -171,7 +182,7 @@ def test_commands_follow_chain_vae_channels_and_gpus(tmp_path):
     (precompute,) = shell_commands(result.stdout, "precompute")
     assert "--processes 2" in precompute
     counts = job_counts(result.stdout)
-    assert counts["train"] == 4 and counts["stage_config"] == 4
+    assert counts["train"] == 4
 
 
 def dry_run_jobs(output: str) -> dict:
@@ -243,6 +254,40 @@ def test_config_changes_rerun_the_rules_that_use_them(tmp_path):
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base, vae, fake=fake)
     counts = job_counts(result.stdout)
     assert counts["precompute"] == 1 and counts["stage_samples"] == 4 and counts["generate_eval_samples"] == 1
+
+
+@pytest.mark.slow  # a stand-in run of the whole tiny DAG (~15 s)
+def test_a_stage_reruns_for_what_decides_its_weights_only(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "microdit").write_text(FAKE_MICRODIT)
+    (fake / "microdit").chmod(0o755)
+    config = load("tiny")
+    stage_yaml = tmp_path / "stage2.yaml"
+    stage_yaml.write_text((REPO / config["stages"]["stage2"]["config"]).read_text())
+    config["stages"]["stage2"]["config"] = str(stage_yaml)
+    base = write_config(tmp_path / "base.yaml", config)
+    workdir = tmp_path / "run"
+    assert snakemake(workdir, "--cores", "2", "--configfile", base, fake=fake).returncode == 0
+
+    def plan(*overlays: dict) -> str:
+        files = [write_config(tmp_path / f"overlay{i}.yaml", overlay) for i, overlay in enumerate(overlays)]
+        result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base, *files, fake=fake)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    settings = yaml.safe_load(stage_yaml.read_text())
+    # cosmetic: logging, launch, speed switches, in the stage YAML (a newer file) or in the workflow config
+    stage_yaml.write_text(yaml.safe_dump({**settings, "log_every": 7, "compile": "blocks"}))
+    assert "Nothing to be done" in plan({"stages": {"stage2": {"set": {"progress": True}}},
+                                         "launch": {"partition": "elsewhere"}})
+    # what decides the weights: stage 2 and the stages chained after it, nothing before it
+    stage_yaml.write_text(yaml.safe_dump({**settings, "seed": 7}))
+    counts = job_counts(plan())
+    assert counts["train"] == 3 and "precompute" not in counts and counts["report"] == 1
+    stage_yaml.write_text(yaml.safe_dump(settings))
+    output = plan({"stages": {"stage2": {"set": {"optim.lr": 1e-5}}}})
+    assert job_counts(output)["train"] == 3 and "stage=stage2" in output and "stage=stage1" not in output
 
 
 # --------------------------------------------------------------------------------------------- tiny VAE
