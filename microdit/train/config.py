@@ -4,6 +4,7 @@ Every error names the file and the dotted field (`stage1.yaml: optim.lr: expecte
 config fails in the launching shell rather than minutes later on a cluster node.
 """
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -194,11 +195,21 @@ def save_stage_config(cfg: StageConfig, path: str | Path) -> None:
 
 def to_dict(cfg) -> dict:
     """Plain dict in the YAML layout (the inverse of stage_config_from_dict)."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        out[_yaml_key(f.name)] = to_dict(value) if dataclasses.is_dataclass(value) else value
-    return out
+    return {_yaml_key(f.name): _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def _plain(value):
+    """A setting as YAML writes it: a config built in Python may hold paths and tuples where YAML gives strings and
+    lists (the trainer writes its stage.yaml at the end of a run: it must not fail there)."""
+    if dataclasses.is_dataclass(value):
+        return to_dict(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
 
 
 def _yaml_key(name: str) -> str:
