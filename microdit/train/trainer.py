@@ -180,7 +180,8 @@ class Trainer:
         """Train to the end of the stage and export; a stage already finished just returns its stats."""
         cfg, info = self.cfg, self.info
         stats_path = self.out_dir / "train_stats.json"
-        if self.step >= self.end_step and stats_path.exists() and (self.out_dir / "final.safetensors").exists():
+        exports = (stats_path, self.out_dir / "final.safetensors", self.out_dir / "stage.yaml")
+        if self.step >= self.end_step and all(path.exists() for path in exports):
             return json.loads(stats_path.read_text())
         throughput = Throughput(self.flops_per_sample, peak_flops(info.device), info.world_size)
         batches = iter(self.source)

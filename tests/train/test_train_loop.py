@@ -47,6 +47,17 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "resumed")] == ["step_000000004.pt", "step_000000006.pt"]
 
 
+def test_a_finished_stage_returns_its_stats_and_re_exports_what_is_missing(tmp_path):
+    cfg = tiny_config(tmp_path, steps=2)
+    stats = run(cfg)
+    final = tmp_path / "final.safetensors"
+    written = final.stat().st_mtime_ns
+    assert run(cfg) == stats and final.stat().st_mtime_ns == written  # nothing trained or written again
+    (tmp_path / "stage.yaml").unlink()
+    assert run(cfg)["global_step"] == 2 and load_stage_config(tmp_path / "stage.yaml") == cfg
+    assert final.stat().st_mtime_ns != written and len(list_checkpoints(tmp_path)) == 1
+
+
 def test_checkpoints_of_another_config_are_set_aside_not_resumed(tmp_path):
     with pytest.raises(Killed):
         run(tiny_config(tmp_path, steps=6), callbacks=[kill_after(5)])
