@@ -106,6 +106,7 @@ class RenamedLatents:
         self.loader, self.micro_batch = loader, micro_batch
 
     def __iter__(self) -> Iterator[dict]:
+        empty_passes = 0
         while True:
             empty = True
             for batch in self.loader:  # each pass is the next epoch; streaming reshuffles and tracks the position
@@ -114,7 +115,10 @@ class RenamedLatents:
                          for key, value in batch.items()}
                 for k in range(len(parts["latents"])):
                     yield {key: chunks[k] for key, chunks in parts.items()}
-            if empty:
+            # a position restored at the end of an epoch leaves that epoch's pass empty; two empty passes in a row
+            # mean there is nothing to read
+            empty_passes = empty_passes + 1 if empty else 0
+            if empty_passes == 2:
                 raise UserError("data: the datasets hold fewer samples than one global batch "
                                 "(micro_batch x accumulation x ranks); nothing to train on")
 

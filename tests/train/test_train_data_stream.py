@@ -68,3 +68,14 @@ def test_a_full_init_continues_the_data_stream_it_shares_and_starts_anew_on_othe
     train(tmp_path / "s2_copy", shutil.copytree(shards, tmp_path / "copy"), steps=1,
           init={"from": str(tmp_path / "s1"), "mode": "full"})
     assert seen == straight[:4]
+
+
+def test_a_stage_that_stopped_at_an_epoch_end_goes_on_into_the_next_epoch(tmp_path, seen):
+    shards = latents_shards(tmp_path / "latents")
+    steps_per_epoch = SAMPLES // 4  # global batch 4
+    train(tmp_path / "s1", shards, steps=steps_per_epoch)
+    first_epoch, seen[:] = list(seen), []
+    assert sorted(first_epoch) == list(range(SAMPLES))
+    # its checkpoint's position is the end of the epoch: the restored pass is empty, the next epoch follows
+    train(tmp_path / "s2", shards, steps=3, init={"from": str(tmp_path / "s1"), "mode": "full"})
+    assert len(seen) == 12 and len(set(seen)) == 12
