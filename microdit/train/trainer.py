@@ -194,7 +194,7 @@ class Trainer:
             started = time.perf_counter()
             loss, grad_norm = self._train_step(batches, lr)
             self.step += 1
-            window.append((self.step, loss))
+            window.append((self.step, loss, grad_norm))
             if first_step_s is None:  # what this (re)start paid before full speed: compilation, allocator warm-up
                 self._read_losses(window)  # waits for the device, so the time is the step's, not its launch's
                 first_step_s = time.perf_counter() - started
@@ -244,15 +244,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss, grad_norm
 
-    def _read_losses(self, window: list[tuple[int, torch.Tensor]]) -> list[float]:
-        """The losses of (step, loss) pairs as numbers, waiting for their steps; a non-finite one stops the stage
-        with the first such step and the last good checkpoint (none is saved after it: saving reads them first)."""
-        values = torch.stack([loss for _, loss in window]).tolist()
-        for (step, _), value in zip(window, values):
-            if not math.isfinite(value):
-                where = self.last_checkpoint or "none saved yet"
-                raise TrainingDiverged(f"loss is {value} at step {step}; last good checkpoint: {where}")
-        return values
+    def _read_losses(self, window: list[tuple[int, torch.Tensor, torch.Tensor]]) -> list[float]:
+        """The losses of (step, loss, gradient norm) triples as numbers, waiting for their steps. A non-finite loss
+        or gradient norm (whose clipped update has made the weights non-finite) stops the stage with the first such
+        step and the last good checkpoint (none is saved after it: saving reads them first)."""
+        values = torch.stack([torch.stack((loss, norm.float())) for _, loss, norm in window]).tolist()
+        for (step, _, _), (loss, norm) in zip(window, values):
+            for name, value in (("loss", loss), ("gradient norm", norm)):
+                if not math.isfinite(value):
+                    where = self.last_checkpoint or "none saved yet"
+                    raise TrainingDiverged(f"{name} is {value} at step {step}; last good checkpoint: {where}")
+        return [loss for loss, _ in values]
 
     def autocast(self):
         if self.cfg.precision == "bf16":

@@ -217,12 +217,22 @@ def test_nan_loss_stops_naming_step_and_last_checkpoint(tmp_path, monkeypatch, l
     assert [path.name for path in list_checkpoints(tmp_path)] == ["step_000000002.pt"]
 
 
+def test_a_non_finite_gradient_stops_before_its_update_is_saved(tmp_path):
+    """Step 2's loss is finite (it is computed before the update) but its gradient is not: the clipped update makes
+    the weights NaN, so the stop names step 2 and step 2's checkpoint is never written."""
+    trainer = Trainer(tiny_config(tmp_path, steps=4, save_every=2, log_every=4), DistInfo())
+    trainer.raw.x_embedder.proj.bias.register_hook(lambda grad: grad * float("nan") if trainer.step == 1 else grad)
+    with pytest.raises(TrainingDiverged, match=r"gradient norm is nan at step 2; last good checkpoint: none saved"):
+        trainer.run()
+    assert list_checkpoints(tmp_path) == []
+
+
 def test_the_host_reads_losses_at_the_first_log_and_checkpoint_steps_only(tmp_path, monkeypatch):
     reads = []
     real = Trainer._read_losses
 
     def counted(self, window):
-        reads.append([step for step, _ in window])
+        reads.append([step for step, *_ in window])
         return real(self, window)
 
     monkeypatch.setattr(Trainer, "_read_losses", counted)
