@@ -121,6 +121,7 @@ def read_stage_yaml(path: str):
 
 def stage_weights(base_yaml: str, overrides: dict) -> str:
     """A digest of what decides a stage's trained weights among its settings: its base YAML and the workflow's
-    overrides, cosmetic settings dropped (logging, checkpoint cadence, sample grids, launch, speed switches). The
-    train rule's rerun trigger: editing a cosmetic setting reruns no training and none of what follows from it."""
+    overrides, cosmetic settings dropped (logging, checkpoint cadence, sample grids, launch, speed switches,
+    loader workers). The train rule's rerun trigger: editing a cosmetic setting reruns no training and none of what
+    follows from it."""
     return fingerprint({"base": weight_settings(read_stage_yaml(base_yaml)), "overrides": weight_settings(overrides)})

@@ -7,8 +7,20 @@ COSMETIC_FIELDS = frozenset({
     "name", "out_dir", "log_every", "progress", "save_every", "keep_checkpoints", "samples", "launch",
     "compile", "precompile_workers", "checkpoint_blocks", "attention_backend", "activation_budget"})
 
+# data options that change how fast batches arrive, not which samples they hold
+LOADER_SPEED_OPTIONS = frozenset({"num_workers", "pin_memory", "clean_shared_memory", "prefetch_factor",
+                                  "persistent_workers"})
 
-def weight_settings(settings: dict) -> dict:
-    """`settings` without the cosmetic ones. Keys are top-level fields or dotted paths into them (`launch.account`),
-    as in a stage YAML and in `--set` overrides."""
-    return {key: value for key, value in settings.items() if key.split(".")[0] not in COSMETIC_FIELDS}
+COSMETIC_PATHS = COSMETIC_FIELDS | {f"data.options.{option}" for option in LOADER_SPEED_OPTIONS}
+
+
+def weight_settings(settings: dict, prefix: str = "") -> dict:
+    """`settings` without the cosmetic ones, at any depth. Keys are fields or dotted paths into them
+    (`launch.account`, `data.options.num_workers`), as in a stage YAML and in `--set` overrides."""
+    kept = {}
+    for key, value in settings.items():
+        path = prefix + key
+        if any(path == cosmetic or path.startswith(cosmetic + ".") for cosmetic in COSMETIC_PATHS):
+            continue
+        kept[key] = weight_settings(value, path + ".") if isinstance(value, dict) else value
+    return kept

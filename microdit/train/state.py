@@ -15,7 +15,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from microdit.checkpoint import RECOMPUTABLE_BUFFERS, CheckpointError, load_dit_state, read_checkpoint
 from microdit.errors import UserError
 from microdit.files import SETTINGS_MARKER, atomic_write, claim_folder, fingerprint, move_aside
-from microdit.train.cosmetic import weight_settings
+from microdit.train.cosmetic import LOADER_SPEED_OPTIONS, weight_settings
 from microdit.train.distributed import DistInfo, gather_objects, unwrap
 
 CHECKPOINT_DIR = "checkpoints"
@@ -186,10 +186,6 @@ def load_full_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimi
         # on a different world size, rank 0's position is the best guess (streaming's and the synthetic source's
         # positions are global)
         source.load_state_dict(state["loader"][info.rank if same_layout else 0])
-
-
-# data options that change how fast batches arrive, not which samples they hold
-LOADER_SPEED_OPTIONS = ("num_workers", "pin_memory", "clean_shared_memory", "prefetch_factor", "persistent_workers")
 
 
 def data_stream(settings: dict) -> dict:

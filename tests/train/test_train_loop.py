@@ -167,6 +167,13 @@ def test_recomputed_latents_are_other_data_and_copied_ones_are_not(tmp_path):
     assert run_fingerprint(settings) == before
     (latents / ".settings.sha256").write_text("encoded with vae B")
     assert run_fingerprint(settings) != before
+    # the loader's speed options do not decide which samples arrive: they keep the checkpoints
+    settings["data"]["options"].update(num_workers=8, pin_memory=True, prefetch_factor=4)
+    assert run_fingerprint(settings) == run_fingerprint({**settings, "data": {**settings["data"], "options": {
+        "datadirs": [str(latents)]}}})
+    settings["data"]["options"]["resolution"] = 64
+    assert run_fingerprint(settings) != run_fingerprint({**settings, "data": {**settings["data"], "options": {
+        "datadirs": [str(latents)]}}})
 
 
 def test_final_loss_is_the_last_logged_one_whether_trained_or_requeued_after_the_last_checkpoint(tmp_path):
