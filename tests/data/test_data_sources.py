@@ -186,3 +186,41 @@ def test_cc12m_small_url_list_is_stable(tmp_path):
     assert list(pd.read_parquet(path)["url"]) == ["http://h/0.jpg", "http://h/1.jpg", "http://h/2.jpg"]
     with pytest.raises(UserError, match="missing column"):
         cc12m.read_url_list(str(tmp_path / "cc12m.tsv"), "URL", "caption")
+
+
+@pytest.fixture
+def loopback_server(tmp_path):
+    """(base URL, served folder): a local HTTP server answering 404 for anything missing."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    root = tmp_path / "served"
+    root.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_signed_link_streams_and_its_failure_never_shows_the_query(tmp_path, loopback_server):
+    from microdit.data.sources.fetch import http_download
+
+    base, root = loopback_server
+    make_tar(root / "sa_000001.tar", {"sa_1.jpg": jpeg_bytes(8, 8)})
+    signed = "?_nc_sid=SECRETSIG&oh=SECRETTOKEN"
+    captions = {"sa_1": "a dog on a beach"}.get
+    stats = sa1b.stream_shard(tmp_path / "out", 1, f"{base}/sa_000001.tar{signed}", captions)
+    assert stats["successes"] == 1
+    with pytest.raises(UserError) as failed:
+        sa1b.stream_shard(tmp_path / "out", 2, f"{base}/sa_000002.tar{signed}", captions)
+    assert str(failed.value) == f"{base}/sa_000002.tar: download failed (HTTP 404)"
+    with pytest.raises(UserError, match="download failed") as failed:
+        http_download(f"{base}/gone.zip{signed}", tmp_path / "gone.zip")
+    assert "SECRET" not in str(failed.value) and not (tmp_path / "gone.zip").exists()

@@ -1,4 +1,5 @@
-"""Network access for sources: plain HTTP files and Hugging Face hub files. Nothing here runs in the tests."""
+"""Network access for sources: plain HTTP files and Hugging Face hub files."""
+import contextlib
 import logging
 import os
 import shutil
@@ -12,21 +13,38 @@ log = logging.getLogger(__name__)
 TOKEN_ENV = "HF_TOKEN"
 
 
-def http_download(url: str, dest: str | os.PathLike, timeout: float = 60.0) -> Path:
-    """Stream url into dest (temp file, then rename); an existing dest is kept, so reruns resume per file."""
+def public_url(url: str) -> str:
+    """The link as it may be logged: signed links (SA-1B's) carry credentials in the query."""
+    return url.split("?")[0]
+
+
+@contextlib.contextmanager
+def http_stream(url: str, timeout: float = 60.0):
+    """A streamed GET (the response); a failed request or a broken transfer is a one-line error naming the link
+    without its query (requests' own messages quote the whole URL)."""
     import requests
 
+    try:
+        with requests.get(url, stream=True, timeout=timeout) as response:
+            response.raise_for_status()
+            yield response
+    except requests.RequestException as err:
+        status = getattr(err.response, "status_code", None)
+        reason = f"HTTP {status}" if status else type(err).__name__
+        raise UserError(f"{public_url(url)}: download failed ({reason})") from None
+
+
+def http_download(url: str, dest: str | os.PathLike, timeout: float = 60.0) -> Path:
+    """Stream url into dest (temp file, then rename); an existing dest is kept, so reruns resume per file."""
     dest = Path(dest)
     if dest.is_file():
         return dest
 
     def write(tmp: str) -> None:
-        with requests.get(url, stream=True, timeout=timeout) as response:
-            response.raise_for_status()
-            with open(tmp, "wb") as f:
-                shutil.copyfileobj(response.raw, f, length=1 << 20)
+        with http_stream(url, timeout) as response, open(tmp, "wb") as f:
+            shutil.copyfileobj(response.raw, f, length=1 << 20)
 
-    log.info("downloading %s", url.split("?")[0])  # signed links carry credentials in the query: never logged
+    log.info("downloading %s", public_url(url))
     atomic_write(dest, write)
     return dest
 

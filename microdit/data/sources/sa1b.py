@@ -79,10 +79,9 @@ def fetch_captions(captions_dir: str) -> None:
 
 
 def stream_shard(out: Path, shard_id: int, url: str, caption_for) -> dict:
-    import requests
+    from microdit.data.sources.fetch import http_stream
 
-    with requests.get(url, stream=True, timeout=60) as response:
-        response.raise_for_status()
+    with http_stream(url) as response:
         return write_paired_shard(out, shard_id, iter_tar_images(response.raw), caption_for)
 
 
