@@ -276,7 +276,13 @@ def run_geneval_summary(args) -> None:
 
     summary = summarize(args.results)
     if args.manifest:
-        summary["generation"] = read_json(args.manifest, "generation manifest")
+        manifest = read_json(args.manifest, "generation manifest")
+        drawn = manifest.get("num_prompts", 0) * manifest.get("images_per_prompt", 0)
+        if summary["num_images"] != drawn:
+            # as `fid` refuses a partial image set: the scores of part of the images are not GenEval's
+            raise UserError(f"{args.results}: scores {summary['num_images']} images, but {args.manifest} draws "
+                            f"{drawn}; finish the generation and rerun GenEval's evaluator")
+        summary["generation"] = manifest
     write_json(summary, args.out)
     print(json.dumps({"overall": summary["overall"], "out": args.out}))
 

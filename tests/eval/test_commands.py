@@ -72,6 +72,11 @@ def test_tiny_evaluation_chain(tmp_path, tiny_checkpoint, capsys):
         ev / "results.jsonl", orient="records", lines=True)
     microdit("geneval-summary", "--results", ev / "results.jsonl", "--out", ev / "geneval.json")
     assert json.loads((ev / "geneval.json").read_text())["tasks"]["single_object"]["accuracy"] == 1.0
+    (ev / "generation.json").write_text(json.dumps({"num_prompts": 2, "images_per_prompt": 4}))
+    with pytest.raises(UserError, match="scores 4 images, but .* draws 8"):
+        microdit("geneval-summary", "--results", ev / "results.jsonl", "--out", ev / "g.json",
+                 "--manifest", ev / "generation.json")
+    assert not (ev / "g.json").exists()
 
     microdit("report", "--out", tmp_path / "results" / "report.html", "--stages", "stage1",
              "--fid", f"stage1={ev / 'fid.json'}", "--geneval", f"stage1={ev / 'geneval.json'}")
