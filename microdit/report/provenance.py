@@ -11,9 +11,10 @@ from microdit.files import sha256_file
 STAGE_FIELDS = ("steps", "global_batch", "micro_batch", "seed", "model.arch", "model.latent_res",
                 "model.train_mask_ratio", "model.p_mean", "model.p_std", "optim.lr", "schedule.kind", "ema.decay",
                 "init.from", "init.mode", "data.options.datadirs", "data.vae", "data.text_encoder")
-# what decides a score, as fid.json and geneval.json write it
-SCORE_FIELDS = ("checkpoint", "checkpoint_sha256", "features", "mode", "num_images", "resolution", "steps",
-                "guidance", "seed", "precision", "captions_sha256")
+# what decides a score, as fid.json and geneval.json's generation manifest write it
+SCORE_FIELDS = ("metric", "feature_extractor", "checkpoint", "checkpoint_sha256", "mode", "num_images",
+                "num_prompts", "images_per_prompt", "metadata_sha256", "resolution", "steps", "guidance", "seed",
+                "precision", "captions_sha256")
 
 
 def read_stage_config(path: Path) -> dict:

@@ -191,9 +191,12 @@ def provenance_section(inputs: ReportInputs) -> str:
         names = list(dict.fromkeys(name for settings in stages.values() for name in settings))
         rows = [[esc(name)] + [esc(settings.get(name, "—")) for settings in stages.values()] for name in names]
         section += "<h3>Stage configs</h3>" + table(["setting", *map(esc, stages)], rows)
-    scores = {label: score_settings(read_json(path, "fid.json")) for label, path in inputs.fid.items()}
-    for label, settings in scores.items():
-        section += (f"<h3>How the score of {esc(label)} was made</h3>"
+    scores = {f"the Fréchet distance of {label}": score_settings(read_json(path, "fid.json"))
+              for label, path in inputs.fid.items()}
+    scores.update({f"GenEval of {label}": score_settings(read_json(path, "geneval.json").get("generation", {}))
+                   for label, path in inputs.geneval.items()})
+    for name, settings in scores.items():
+        section += (f"<h3>How {esc(name)} was made</h3>"
                     + table(["setting", "value"], [[esc(k), esc(v)] for k, v in settings.items()]))
     return section + f'<p class="note">Written by {esc(code_version())}.</p>'
 

@@ -87,13 +87,18 @@ def test_the_report_says_what_its_numbers_were_made_from(run_dir):
     (run_dir / "stage1.yaml").write_text("steps: 1000\nglobal_batch: 2048\nseed: 18\noptim: {lr: 2.4e-4}\n"
                                          "init: {from: runs/x/stage0, mode: full}\n")
     fid = json.loads((run_dir / "fid.json").read_text())
-    (run_dir / "fid.json").write_text(json.dumps({**fid, "checkpoint": "stage1/final.safetensors", "seed": 2024}))
+    (run_dir / "fid.json").write_text(json.dumps({**fid, "checkpoint": "stage1/final.safetensors", "seed": 2024,
+                                                  "feature_extractor": "efficientnet_lite0 (timm)"}))
+    geneval = json.loads((run_dir / "geneval.json").read_text())
+    (run_dir / "geneval.json").write_text(json.dumps({**geneval, "generation": {"images_per_prompt": 4}}))
     out = run_dir / "report.html"
     write_report(ReportInputs(title="t", stages=["stage1"], stage_configs={"stage1": run_dir / "stage1.yaml"},
-                              fid={"stage1": run_dir / "fid.json"},
+                              fid={"stage1": run_dir / "fid.json"}, geneval={"stage1": run_dir / "geneval.json"},
                               sample_prompts=["a corgi", "<script>alert(1)</script>"]), out)
     text = out.read_text()
     assert "<h2>Provenance</h2>" in text and "Written by microdit" in text
     assert "<td>optim.lr</td><td>0.00024</td>" in text and "<td>init.from</td><td>runs/x/stage0</td>" in text
     assert "<td>seed</td><td>2024</td>" in text and "stage1/final.safetensors" in text
+    assert "<td>feature_extractor</td><td>efficientnet_lite0 (timm)</td>" in text  # which network made the number
+    assert "How GenEval of stage1 was made" in text and "<td>images_per_prompt</td><td>4</td>" in text
     assert "<li>a corgi</li>" in text and "<script>" not in text and "&lt;script&gt;" in text
