@@ -13,12 +13,13 @@ from microdit.files import read_jsonl  # noqa: E402
 
 
 def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
-    """The training lines (those with step, loss and lr) of a metrics JSONL file, by step."""
+    """The training lines (those with step, loss and lr) of a metrics JSONL file, by step; a step logged again by a
+    requeued attempt (the steps after its last checkpoint are redone) counts once, as the later attempt logged it."""
     df = pd.DataFrame(read_jsonl(path, "metrics log"))  # pandas would take a missing path for JSON text
     missing = {"step", "loss", "lr"} - set(df.columns)
     if missing:
         raise UserError(f"{path}: no training lines (each needs step, loss and lr; missing {sorted(missing)})")
-    return df.dropna(subset=["step", "loss", "lr"]).sort_values("step")
+    return df.dropna(subset=["step", "loss", "lr"]).drop_duplicates("step", keep="last").sort_values("step")
 
 
 def loss_lr_figure(df: pd.DataFrame, title: str) -> bytes:

@@ -102,3 +102,13 @@ def test_the_report_says_what_its_numbers_were_made_from(run_dir):
     assert "<td>feature_extractor</td><td>efficientnet_lite0 (timm)</td>" in text  # which network made the number
     assert "How GenEval of stage1 was made" in text and "<td>images_per_prompt</td><td>4</td>" in text
     assert "<li>a corgi</li>" in text and "<script>" not in text and "&lt;script&gt;" in text
+
+
+def test_steps_logged_again_by_a_requeued_attempt_count_once(tmp_path):
+    from microdit.report.plots import read_metrics
+
+    # attempt 1 logged steps 1-6 and was preempted after its checkpoint at step 4; attempt 2 redid 5-6, went to 8
+    lines = [(s, 1.0) for s in range(1, 7)] + [(s, 2.0) for s in range(5, 9)]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"step": s, "loss": v, "lr": 1e-4}) + "\n" for s, v in lines))
+    df = read_metrics(tmp_path / "m.jsonl")
+    assert df["step"].tolist() == list(range(1, 9)) and df["loss"].tolist() == [1.0] * 4 + [2.0] * 4
