@@ -7,6 +7,7 @@ Two feature networks:
 clean-fid looks for its Inception weights at fixed places (a file in /tmp for `clean`, torch hub's cache for
 `legacy_pytorch`); a file named with --inception-weights is copied there, otherwise clean-fid's URL is downloaded.
 """
+import glob
 import os
 import shutil
 import urllib.error
@@ -87,6 +88,12 @@ def folder_features(folder: str | os.PathLike, extractor: FeatureExtractor, mode
                     image_transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """(N, D) features of every image under `folder`, through clean-fid's resizing for `mode`."""
     from cleanfid import fid
+    from cleanfid.utils import EXTENSIONS
+
+    # the files clean-fid will read (it fails inside numpy on none); statistics need two
+    found = sum(len(glob.glob(os.path.join(folder, f"**/*.{ext}"), recursive=True)) for ext in EXTENSIONS)
+    if found < 2:
+        raise UserError(f"{folder}: {found} image files ({', '.join(sorted(EXTENSIONS))}); statistics need at least 2")
 
     # num_workers=0: clean-fid's default of 12 processes oversubscribes small machines and SLURM allocations.
     return fid.get_folder_features(str(folder), extractor.fn, num_workers=0, batch_size=batch_size,

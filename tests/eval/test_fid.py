@@ -58,6 +58,9 @@ def test_reference_stats_round_trip_from_shards(tmp_path, efficientnet_extractor
     np.testing.assert_allclose(sigma, stats["sigma"], atol=1e-4)
     with pytest.raises(UserError, match="do not match"):
         fidmod.check_compatible(stats, efficientnet_extractor, "clean", 64, str(out))
+    (tmp_path / "empty").mkdir()  # e.g. a download whose shards are unfinished: named, not numpy's error
+    with pytest.raises(UserError, match="empty: 0 image files"):
+        compute_reference_stats(tmp_path / "empty", tmp_path / "e.npz", efficientnet_extractor, "clean", 32)
 
 
 def test_center_crop_geometry():
