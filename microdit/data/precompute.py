@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from microdit.data.mds import INDEX, SIZE_LIMIT, iter_samples, merge_parts, shard_path, shard_readers
+from microdit.data.mds import INDEX, SIZE_LIMIT, iter_samples, merge_parts, read_index, shard_path, shard_readers
 from microdit.errors import UserError
 from microdit.files import claim_folder, fingerprint, model_identity, write_json
 
@@ -167,10 +167,13 @@ def merge(in_dir: str, out_dir: str, config: Config) -> dict:
     totals: Counter = Counter()
     for unit in units:
         totals.update(json.loads((unit / UNIT_STATS).read_text()))
-    merge_parts(out, units)
     seconds, images = totals.pop("seconds", 0.0), totals.pop("images", 0)
+    if images == 0:
+        raise UserError(f"{in_dir}: every sample was skipped ({dict(totals)}); no latents written")
+    merge_parts(out, units)
     stats = {"images": images, "skipped": dict(totals), "encode_seconds": round(seconds, 3),
-             "images_per_second": round(images / seconds, 2) if seconds else None, "config": asdict(config)}
+             "images_per_second_per_process": round(images / seconds, 2) if seconds else None,
+             "config": asdict(config)}
     write_json(stats, out / STATS_FILE)
     return stats
 
@@ -190,9 +193,20 @@ def input_identity(in_dir: str) -> dict:
     return {"index": (Path(in_dir) / INDEX).read_text(), "files": files}
 
 
+def check_columns(in_dir: str, config: Config) -> None:
+    """The caption and image columns exist in every input shard: a wrong name would skip every sample as bad."""
+    for shard in read_index(in_dir)["shards"]:
+        names = shard.get("column_names", [])
+        for option, column in (("--caption-column", config.caption_column), ("--image-column", config.image_column)):
+            if column not in names:
+                raise UserError(f"{Path(in_dir) / INDEX}: no column {column!r} ({option}); its columns are "
+                                f"{', '.join(names)}")
+
+
 def precompute(in_dir: str, out_dir: str, config: Config, processes: int = 1, device: str | None = None) -> dict:
     """All units with `processes` workers (one per GPU when there are GPUs), then the merge. Finished units are
     skipped on a rerun only if they were made from the same input, config and models: others are moved aside."""
+    check_columns(in_dir, config)
     models = {"vae": model_identity(config.vae), "text_encoder": model_identity(config.text_encoder)}
     stale = claim_folder(out_dir, fingerprint({"config": asdict(config), "input": input_identity(in_dir),
                                                "models": models}))

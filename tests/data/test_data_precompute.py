@@ -36,7 +36,7 @@ def test_cli_columns_shapes_and_stats(images_mds, tiny_vae_dirs, tmp_path, capsy
                 "--text-encoder", "minilm", "--resolutions", "16", "32", "--max-length", "8", "--batch-size", "4"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 6
     stats = json.loads((tmp_path / "lat" / "precompute_stats.json").read_text())
-    assert stats["images"] == 6 and stats["images_per_second"] > 0
+    assert stats["images"] == 6 and stats["images_per_second_per_process"] > 0
     samples = [s for r in mds.shard_readers(tmp_path / "lat") for s in mds.iter_samples(r)]
     captions = [s["caption"] for r in mds.shard_readers(images_mds) for s in mds.iter_samples(r)]
     assert [s["caption"] for s in samples] == captions
@@ -107,4 +107,17 @@ def test_a_dataset_without_samples_is_a_clear_error(tmp_path, tiny_vae_dirs):
     convert(tmp_path / "wds", tmp_path / "mds", Rules(min_side=10_000))  # every image filtered out
     with pytest.raises(UserError, match="no samples"):
         precompute(str(tmp_path / "mds"), str(tmp_path / "lat"), config(tiny_vae_dirs[4]))
+    assert not (tmp_path / "lat" / "index.json").exists()
+
+
+def test_a_wrong_column_is_named_and_a_run_that_skips_every_sample_writes_no_latents(images_mds, tiny_vae_dirs,
+                                                                                      tmp_path):
+    from dataclasses import replace
+
+    cfg = config(tiny_vae_dirs[4])
+    with pytest.raises(UserError, match="no column 'caption_syn_pixart_llava15' \\(--caption-column\\)"):
+        precompute(str(images_mds), str(tmp_path / "lat"), replace(cfg, caption_column="caption_syn_pixart_llava15"))
+    assert not (tmp_path / "lat").exists()
+    with pytest.raises(UserError, match="every sample was skipped .*'bad_caption': 6"):
+        precompute(str(images_mds), str(tmp_path / "lat"), replace(cfg, caption_column="jpg"))  # no caption text
     assert not (tmp_path / "lat" / "index.json").exists()
