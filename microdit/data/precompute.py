@@ -208,12 +208,17 @@ def precompute(in_dir: str, out_dir: str, config: Config, processes: int = 1, de
     skipped on a rerun only if they were made from the same input, config and models: others are moved aside."""
     check_columns(in_dir, config)
     models = {"vae": model_identity(config.vae), "text_encoder": model_identity(config.text_encoder)}
-    stale = claim_folder(out_dir, fingerprint({"config": asdict(config), "input": input_identity(in_dir),
-                                               "models": models}))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    settings = {"config": asdict(config), "input": input_identity(in_dir), "models": models}
+    if not (torch.cuda.is_available() if processes > 1 else device.startswith("cuda")):
+        # the VAE encodes in fp32 here and in bf16 on GPUs: units of one kind must not complete the other's. (GPU
+        # runs stay unmarked, so that latents encoded before this mark keep their fingerprint.)
+        settings["encoded_on"] = "cpu, fp32"
+    stale = claim_folder(out_dir, fingerprint(settings))
     if stale is not None:
-        log.warning("%s: its units were encoded from another input or config; moved to %s", out_dir, stale)
+        log.warning("%s: its units were encoded from another input, config or device; moved to %s", out_dir, stale)
     if processes > 1:
         torch.multiprocessing.spawn(_spawned_rank, args=(processes, in_dir, out_dir, config), nprocs=processes)
     else:
-        run_rank(in_dir, out_dir, config, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        run_rank(in_dir, out_dir, config, device=device)
     return merge(in_dir, out_dir, config)

@@ -87,6 +87,13 @@ def test_deterministic_whatever_the_split_and_restartable(images_mds, tiny_vae_d
     (stale,) = tmp_path.glob("one.stale-*")
     assert shard_bytes(stale) == reference and shard_bytes(out) != reference and mds.count(out) == 6
 
+    # nor are units encoded in fp32 on the CPU taken for a GPU's bf16 ones (a GPU run is only planned here)
+    import microdit.data.precompute as precompute_module
+    monkeypatch.setattr(precompute_module, "run_rank", lambda *args, **kwargs: 0)
+    monkeypatch.setattr(precompute_module, "merge", lambda *args: {})
+    precompute(str(images_mds), str(out), replace(cfg, seed=8), device="cuda")
+    assert len(list(tmp_path.glob("one.stale-*"))) == 2
+
 
 def test_missing_index_and_truncated_shard_are_named(images_mds, tiny_vae_dirs, tmp_path):
     cfg = config(tiny_vae_dirs[4])
