@@ -42,8 +42,14 @@ def shared_memory_in_use() -> bool:
 
 def clean_stale_shared_memory() -> bool:
     """Remove the blocks a killed run left in /dev/shm (they make the next StreamingDataset fail or hang).
-    streaming's cleaner unlinks every block it finds, even a live job's, so it only runs when none is in use."""
-    if shared_memory_in_use():
+    streaming's cleaner unlinks every block it finds, even a live job's, so it only runs when none is in use, on
+    any rank: the cleaner ends in a barrier, so every rank must take the same branch (nodes see other jobs)."""
+    in_use = shared_memory_in_use()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        seen = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(seen, in_use)
+        in_use = any(seen)
+    if in_use:
         log.info("streaming shared memory in use by a live process: stale-memory cleanup skipped")
         return False
     streaming_clean_stale_shared_memory()

@@ -94,6 +94,34 @@ def test_stale_cleanup_skipped_while_a_dataset_is_alive(tmp_path, loader_factory
     assert clean_stale_shared_memory() is False
 
 
+def _clean_on_rank(rank: int, store: str, in_use_on: tuple, out: str) -> None:
+    """One of two gloo ranks: its node sees streaming memory in use or not; streaming's cleaner (which ends in a
+    barrier) is stood in for, so that this test unlinks nothing of the concurrent tests' datasets."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from microdit.data import loader
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=30))
+    loader.shared_memory_in_use = lambda: rank in in_use_on
+    loader.streaming_clean_stale_shared_memory = dist.barrier
+    cleaned = loader.clean_stale_shared_memory()
+    dist.barrier()  # a rank that skipped the cleaner's barrier would pair this one with it, and the other hang
+    with open(f"{out}.{rank}", "w") as f:
+        f.write(str(cleaned))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("in_use_on, cleaned", [((1,), "False"), ((), "True")])
+def test_every_rank_takes_the_same_cleanup_branch(tmp_path, in_use_on, cleaned):
+    torch.multiprocessing.spawn(_clean_on_rank, args=(str(tmp_path / "store"), in_use_on, str(tmp_path / "out")),
+                                nprocs=2)
+    assert [(tmp_path / f"out.{rank}").read_text() for rank in (0, 1)] == [cleaned, cleaned]
+
+
 def test_bench_loader_times_synthetic_paper_layout_shards(tmp_path, isolated_streaming, capsys):
     from microdit.cli import main
 
