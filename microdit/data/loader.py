@@ -4,7 +4,7 @@ Without proportions every dataset contributes its natural size per epoch, as the
 streams are mixed in those ratios. Streaming shards the samples over ranks (RANK/WORLD_SIZE) and dataloader
 workers, and StreamingDataLoader.state_dict()/load_state_dict() resume mid-epoch.
 
-Each sample: image_latents (C, h, w) float32 at the chosen resolution, caption_latents (1, L, W) float32, and
+Each sample: image_latents (C, h, w) at the chosen resolution, caption_latents (1, L, W), both float16 as stored, and
 drop_caption_mask (0.0 = caption dropped for classifier-free guidance, else 1.0), the argument of
 LatentDiffusion.loss. The drop is drawn from (seed, epoch, sample id), so a resumed run drops the same captions.
 """
