@@ -117,7 +117,8 @@ def test_sa1b_links_and_caption_pairing(tmp_path):
     src = make_tar(tmp_path / "sa.tar", {"sa_1.jpg": jpeg_bytes(8, 8), "sa_1.json": b"{}", "sa_2.jpg": jpeg_bytes(8, 8),
                                           "sa_3.jpg": jpeg_bytes(8, 8)})
     with open(src, "rb") as f:
-        stats = write_paired_shard(tmp_path / "out", 0, iter_tar_images(f), sa1b.caption_lookup(str(captions)))
+        stats = write_paired_shard(tmp_path / "out", 0, iter_tar_images(f, "sa.tar"),
+                                   sa1b.caption_lookup(str(captions)))
     assert stats == {"count": 3, "successes": 1, "skipped": {"no_caption": 2}}
     [(key, files)] = list(read_shard(tar_path(tmp_path / "out", 0)))
     assert key == "sa_1" and files["txt"] == b"a dog on a beach"
@@ -224,3 +225,15 @@ def test_a_signed_link_streams_and_its_failure_never_shows_the_query(tmp_path, l
     with pytest.raises(UserError, match="download failed") as failed:
         http_download(f"{base}/gone.zip{signed}", tmp_path / "gone.zip")
     assert "SECRET" not in str(failed.value) and not (tmp_path / "gone.zip").exists()
+
+
+def test_a_truncated_or_corrupt_archive_is_named_and_leaves_no_shard(tmp_path):
+    images = {f"{i}.jpg": jpeg_bytes(16, 16) for i in range(4)}
+    whole = make_tar(tmp_path / "000.tgz", images, mode="w:gz").read_bytes()
+    (tmp_path / "000.tgz").write_bytes(whole[: len(whole) // 2])  # an interrupted download
+    with open(tmp_path / "000.tgz", "rb") as f, pytest.raises(UserError, match="000.tgz: a broken archive"):
+        write_paired_shard(tmp_path / "out", 0, iter_tar_images(f, str(tmp_path / "000.tgz")), lambda stem: "a cat")
+    (tmp_path / "part.zip").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(UserError, match="part.zip: a broken archive"):
+        write_paired_shard(tmp_path / "out", 1, iter_zip_images(tmp_path / "part.zip"), lambda stem: "a cat")
+    assert finished_shards(tmp_path / "out") == set() and not list(tmp_path.glob("out/*.tar"))

@@ -4,6 +4,7 @@ import math
 import os
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
@@ -29,19 +30,30 @@ def image_stem(name: str) -> str | None:
     return stem if stem and ext.lower() in IMAGE_EXTS else None
 
 
-def iter_tar_images(fileobj: IO[bytes]) -> Iterator[tuple[str, bytes]]:
-    """(member name, bytes) for the image members of a (possibly gzipped) tar read as a stream."""
-    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
-        for member in tar:
-            if member.isfile() and image_stem(member.name):
-                yield member.name, tar.extractfile(member).read()
+# what a truncated or corrupt archive raises while it is read
+ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error)
+
+
+def iter_tar_images(fileobj: IO[bytes], name: str) -> Iterator[tuple[str, bytes]]:
+    """(member name, bytes) for the image members of a (possibly gzipped) tar read as a stream; `name` says which
+    archive a broken one is."""
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+            for member in tar:
+                if member.isfile() and image_stem(member.name):
+                    yield member.name, tar.extractfile(member).read()
+    except ARCHIVE_ERRORS as err:
+        raise UserError(f"{name}: a broken archive ({err}); remove it and rerun the download") from None
 
 
 def iter_zip_images(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
-    with zipfile.ZipFile(path) as archive:
-        for name in sorted(archive.namelist()):
-            if image_stem(name):
-                yield name, archive.read(name)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in sorted(archive.namelist()):
+                if image_stem(name):
+                    yield name, archive.read(name)
+    except ARCHIVE_ERRORS as err:
+        raise UserError(f"{path}: a broken archive ({err}); remove it and rerun the download") from None
 
 
 def paired_samples(images: Iterable[tuple[str, bytes]], caption_for: Callable[[str], str | None],

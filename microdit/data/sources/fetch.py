@@ -23,12 +23,13 @@ def http_stream(url: str, timeout: float = 60.0):
     """A streamed GET (the response); a failed request or a broken transfer is a one-line error naming the link
     without its query (requests' own messages quote the whole URL)."""
     import requests
+    import urllib3
 
     try:
         with requests.get(url, stream=True, timeout=timeout) as response:
             response.raise_for_status()
             yield response
-    except requests.RequestException as err:
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as err:  # urllib3's: a broken transfer
         status = getattr(err.response, "status_code", None)
         reason = f"HTTP {status}" if status else type(err).__name__
         raise UserError(f"{public_url(url)}: download failed ({reason})") from None

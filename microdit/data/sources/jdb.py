@@ -62,7 +62,7 @@ def download(args) -> dict:
     def make_shard(archive_id: int) -> dict:
         path = hub_download(REPO, archive_name(args.split, archive_id), out / "_hub", token_required=True)
         with open(path, "rb") as f:
-            stats = write_paired_shard(out, archive_id, iter_tar_images(f), prompts.get)
+            stats = write_paired_shard(out, archive_id, iter_tar_images(f, str(path)), prompts.get)
         path.unlink()
         return stats
 

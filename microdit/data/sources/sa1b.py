@@ -79,10 +79,10 @@ def fetch_captions(captions_dir: str) -> None:
 
 
 def stream_shard(out: Path, shard_id: int, url: str, caption_for) -> dict:
-    from microdit.data.sources.fetch import http_stream
+    from microdit.data.sources.fetch import http_stream, public_url
 
     with http_stream(url) as response:
-        return write_paired_shard(out, shard_id, iter_tar_images(response.raw), caption_for)
+        return write_paired_shard(out, shard_id, iter_tar_images(response.raw, public_url(url)), caption_for)
 
 
 def archive_number(file_name: str) -> int:
