@@ -11,7 +11,7 @@ from pathlib import Path
 
 from microdit.errors import UserError
 from microdit.eval.generate import generate_images
-from microdit.files import read_jsonl, sha256_file
+from microdit.files import atomic_write, read_jsonl, sha256_file
 
 UPSTREAM_COMMIT = "af4902f24d3ca90ebbb446dd9891a59e0f82725f"
 METADATA_URL = (f"https://raw.githubusercontent.com/djghosh13/geneval/{UPSTREAM_COMMIT}"
@@ -76,8 +76,8 @@ def write_prompt_dirs(root: str | os.PathLike, metadata: list[dict]) -> None:
     for index, row in enumerate(metadata):
         directory = prompt_dir(root, index)
         (directory / "samples").mkdir(parents=True, exist_ok=True)
-        # small and rewritten identically on every run, so a plain write is enough
-        (directory / "metadata.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+        text = json.dumps(row) + "\n"  # the evaluator json-loads it: never a half-written one
+        atomic_write(directory / "metadata.jsonl", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def generate_geneval(model, metadata: list[dict], root: str | os.PathLike,
