@@ -1,11 +1,11 @@
 # One training stage. It reruns when what decides its weights changes: its stage YAML's or `set`'s settings other
 # than the cosmetic ones (logging, checkpoint cadence, sample grids, launch, speed switches, loader workers; the
-# digest in params.weights), its latents or the stage it starts from. A cosmetic edit reruns nothing (the YAML is `ancient`, so
-# its time and checksum do not count); it applies the next time the stage runs. The overrides reach the command
-# through a param that takes `input`, which Snakemake's params trigger leaves out (derived params), so they are not
-# a trigger of their own. The trainer resumes checkpoints of the same weights-deciding settings, so a forced rerun
-# only re-exports. Training launches its own job with submitit (SLURM, local processes or in-process) and waits, so
-# the rule runs where Snakemake runs (localrule).
+# digest in params.weights), its latents or the stage it starts from. A cosmetic edit reruns nothing (the YAML is
+# `ancient`, so its time and checksum do not count); it applies the next time the stage runs. The overrides reach
+# the command through a param that takes `input`, which Snakemake's params trigger leaves out (derived params), so
+# they are not a trigger of their own. The trainer resumes checkpoints of the same weights-deciding settings, so a
+# forced rerun only re-exports. Training launches its own job with submitit (SLURM, local processes or in-process)
+# and waits, so the rule runs where Snakemake runs (localrule).
 rule train:
     input:
         base=lambda w: ancient(stage_yaml(w.stage)),
