@@ -232,12 +232,17 @@ def test_geneval_prompt_count_is_the_evaluators():
 
 
 # -------------------------------------------------------------------------------------------- rerun triggers
+def stand_in_microdit(folder: Path) -> Path:
+    """A folder holding FAKE_MICRODIT as `microdit`, to put first on PATH."""
+    folder.mkdir()
+    (folder / "microdit").write_text(FAKE_MICRODIT)
+    (folder / "microdit").chmod(0o755)
+    return folder
+
+
 @pytest.mark.slow  # a stand-in run of the whole tiny DAG (~15 s)
 def test_config_changes_rerun_the_rules_that_use_them(tmp_path):
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "microdit").write_text(FAKE_MICRODIT)
-    (fake / "microdit").chmod(0o755)
+    fake = stand_in_microdit(tmp_path / "bin")
     config = load("tiny")
     config["vae"] = {"latent_channels": 4, "name": str(tmp_path / "vae_a")}
     base = write_config(tmp_path / "base.yaml", config)
@@ -258,10 +263,7 @@ def test_config_changes_rerun_the_rules_that_use_them(tmp_path):
 
 @pytest.mark.slow  # a stand-in run of the whole tiny DAG (~15 s)
 def test_a_stage_reruns_for_what_decides_its_weights_only(tmp_path):
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "microdit").write_text(FAKE_MICRODIT)
-    (fake / "microdit").chmod(0o755)
+    fake = stand_in_microdit(tmp_path / "bin")
     config = load("tiny")
     stage_yaml = tmp_path / "stage2.yaml"
     stage_yaml.write_text((REPO / config["stages"]["stage2"]["config"]).read_text())
