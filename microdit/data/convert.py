@@ -122,5 +122,8 @@ def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, rules: Rules 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("%s: kept %d of %d samples", out, stats["kept"], stats["kept"] + sum(stats["skipped"].values()))
+    # each skip is logged where it happens, except the expected size filter's (debug level): its count is here
+    skipped = stats["skipped"]
+    log.info("%s: kept %d of %d samples; skipped: %s", out, stats["kept"], stats["kept"] + sum(skipped.values()),
+             ", ".join(f"{reason} {n}" for reason, n in skipped.items()))
     return stats
