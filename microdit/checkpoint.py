@@ -153,17 +153,20 @@ def infer_config(state: dict, metadata: dict, latent_res: int | None = None) -> 
     from the patch embedding, resolution and pos_interp_scale from `pos_embed` when present, else from
     `latent_res` with the paper's convention (scale = latent grid / 16)."""
     if "config" in metadata:
-        config = json.loads(metadata["config"])
-        config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-        return metadata.get("arch", "custom"), MicroDiTConfig(**config)
+        try:
+            config = json.loads(metadata["config"])
+            config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+            return metadata.get("arch", "custom"), MicroDiTConfig(**config)
+        except (ValueError, TypeError, AttributeError) as err:  # not JSON, not a mapping, or fields of another version
+            raise CheckpointError(f"its metadata 'config' is not a MicroDiT config ({err})") from None
+    depth = _count_blocks(state, "blocks.")
+    mixer_depth = _count_blocks(state, "patch_mixer.")
     try:
         dim, in_channels = state["x_embedder.proj.weight"].shape[:2]
         caption_channels = state["y_embedder.y_proj.fc1.weight"].shape[1]
+        mixer_dim = state["patch_mixer.0.norm1.weight"].shape[0] if mixer_depth else dim
     except KeyError as err:
         raise CheckpointError(f"not a MicroDiT state_dict: missing {err.args[0]!r}") from None
-    depth = _count_blocks(state, "blocks.")
-    mixer_depth = _count_blocks(state, "patch_mixer.")
-    mixer_dim = state["patch_mixer.0.norm1.weight"].shape[0] if mixer_depth else dim
     arch = next((name for name, v in VARIANTS.items()
                  if (v["dim"], v["depth"], v["patch_mixer_depth"], v["patch_mixer_dim"]) ==
                  (dim, depth, mixer_depth, mixer_dim)), None)
@@ -175,7 +178,10 @@ def infer_config(state: dict, metadata: dict, latent_res: int | None = None) -> 
         grid = math.isqrt(state["pos_embed"].shape[1])
         latent_res, scale = grid * patch, _pos_interp_scale(state["pos_embed"][0])
     else:
-        latent_res = latent_res or 64
+        latent_res = 64 if latent_res is None else latent_res
+        if latent_res <= 0 or latent_res % patch:
+            raise CheckpointError(f"no pos_embed in the file, and a latent grid of {latent_res} is not a positive "
+                                  f"multiple of the patch size {patch} (--resolution: a multiple of {8 * patch})")
         scale = latent_res / patch / 16
     return arch, variant_config(arch, input_size=latent_res, in_channels=int(in_channels),
                                 caption_channels=int(caption_channels), pos_interp_scale=scale)
@@ -211,7 +217,10 @@ def load_dit_state(dit: MicroDiT, state: dict, source: str = "state_dict", max_l
 def load_dit(path: str | os.PathLike, latent_res: int | None = None, device="cpu") -> tuple[str, MicroDiT, dict]:
     """(arch, model, metadata) from any supported checkpoint file, after a strict load."""
     state, metadata = read_checkpoint(path)
-    arch, config = infer_config(state, metadata, latent_res)
+    try:
+        arch, config = infer_config(state, metadata, latent_res)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     metadata["resolution_from"] = "config" if "config" in metadata else (
         "pos_embed" if "pos_embed" in state else "assumed (no pos_embed in the file)")
     with torch.device("meta"):  # skip a random init that the load overwrites (seconds for XL)

@@ -150,3 +150,30 @@ def test_two_exports_of_the_same_weights_have_one_digest(tmp_path):
         dit.final_layer.linear.bias.add_(1.0)
     save_dit(dit, tmp_path / "c.safetensors", "MicroDiT_Nano_2", extra=extra)
     assert weights_digest(tmp_path / "c.safetensors") not in digests
+
+
+@pytest.mark.parametrize("case,reason", [
+    ("config-not-json", "metadata 'config' is not a MicroDiT config"),
+    ("config-of-another-version", "metadata 'config' is not a MicroDiT config"),
+    ("mixer-without-norm", "missing 'patch_mixer.0.norm1.weight'"),
+    ("grid-below-a-patch", "not a positive multiple of the patch size 2"),
+])
+def test_unusable_metadata_keys_or_resolution_give_one_line_errors(tmp_path, capsys, case, reason):
+    from safetensors.torch import save_file
+
+    state = create_dit("MicroDiT_Nano_2", input_size=8).state_dict()
+    path, argv = tmp_path / "x.pt", []
+    if case.startswith("config"):
+        path = tmp_path / "x.safetensors"
+        config = "not json" if case == "config-not-json" else '{"foo": 1}'
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"config": config})
+    else:
+        state.pop("pos_embed", None)
+        if case == "mixer-without-norm":
+            state.pop("patch_mixer.0.norm1.weight")
+        else:
+            argv = ["--resolution", "12"]  # a 1-token latent grid
+        torch.save(state, path)
+    assert main(["checkpoint", "info", str(path), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert reason in err and str(path) in err and len(err.splitlines()) == 1

@@ -1,6 +1,7 @@
 """`microdit checkpoint info PATH`: what a checkpoint is, after a strict load; non-zero with one line if unusable."""
 import json
 
+from microdit.arguments import positive_int
 from microdit.checkpoint import load_dit
 
 
@@ -9,7 +10,7 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="checkpoint_command", required=True, metavar="SUBCOMMAND")
     info = sub.add_parser("info", help="architecture, channels, resolution, parameter count, EMA or raw, format")
     info.add_argument("path")
-    info.add_argument("--resolution", type=int, help="image size assumed for files without pos_embed (default 512)")
+    info.add_argument("--resolution", type=positive_int, help="image size assumed for files without pos_embed (default 512)")
     info.add_argument("--json", action="store_true", help="one JSON object instead of lines")
     info.set_defaults(func=run_info)
 

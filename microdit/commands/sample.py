@@ -13,7 +13,7 @@ def register(subparsers) -> None:
                                  "else the paper's: SDXL's, or ostris/vae-kl-f8-d16 for 16 latent channels)")
     p.add_argument("--text-encoder", help="openclip:<name>, hf:<dir>, minilm (default: the one our exports record, "
                                           "else DFN5B CLIP-H)")
-    p.add_argument("--resolution", type=int, help="image size for files without pos_embed (default 512)")
+    p.add_argument("--resolution", type=positive_int, help="image size for files without pos_embed (default 512)")
     p.add_argument("--steps", type=positive_int, default=30, help="Heun steps (default 30)")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
     p.add_argument("--seed", type=int, default=2024)
