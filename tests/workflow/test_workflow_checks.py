@@ -126,11 +126,12 @@ def test_stage_config_is_found_beside_the_workflow(tmp_path, monkeypatch):
     lambda c: c["stages"].update({"st/4": c["stages"]["stage4"]}),
     lambda c: c["datasets"].update({"a b": c["datasets"]["synthetic"]}),
     lambda c: c["eval"].update(gpus=2),
+    lambda c: c["downloads"]["synthetic"]["options"].update({"shuffle": True}),  # no source takes a bare flag
 ])
-def test_schema_refuses_unsafe_names_and_idle_gpus(change):
+def test_schema_refuses_unsafe_names_idle_gpus_and_flags(change):
     config = load("tiny")
     change(config)
-    with pytest.raises(Exception, match="does not match|greater than the maximum"):
+    with pytest.raises(Exception, match="does not match|greater than the maximum|is not of type"):
         validate(config, SCHEMA)
 
 
