@@ -130,6 +130,8 @@ def test_precomputed_caption_context_gives_the_same_output(guidance):
         cached = dit(x, t, dit.caption_context(y, guided=guidance != 1.0), cfg=guidance)["sample"]
     torch.testing.assert_close(cached, reference, atol=1e-6, rtol=1e-5)
     assert reference.abs().mean() > 1e-3  # the caption path carries signal (output layers are not zero)
+    with torch.no_grad(), pytest.raises(ValueError, match="caption context of batch"):  # the other kind of context
+        dit(x[:1], t[:1], dit.caption_context(y[:1], guided=guidance == 1.0), cfg=guidance)
 
 
 @pytest.mark.slow

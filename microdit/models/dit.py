@@ -181,6 +181,9 @@ class MicroDiT(nn.Module):
         if tuple(x.shape[-2:]) != (side, side):  # other sizes can broadcast against pos_embed without an error
             raise ValueError(f"latents of {tuple(x.shape[-2:])}: this model takes {side} x {side} (its input_size)")
         caption = y if isinstance(y, CaptionContext) else self.encode_caption(y)
+        if caption.pooled.shape[0] != batch:  # a context of batch 1 would broadcast silently
+            raise ValueError(f"a caption context of batch {caption.pooled.shape[0]} for {batch} latents (with guidance "
+                             "the batch doubles: caption_context(y, guided=True) with cfg, guided=False without)")
         x = self.x_embedder(x) + self.pos_embed
         c = self.t_embedder(t.reshape(-1).expand(batch)) + caption.pooled
 
