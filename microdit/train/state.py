@@ -15,7 +15,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from microdit.checkpoint import RECOMPUTABLE_BUFFERS, CheckpointError, load_dit_state, read_checkpoint
 from microdit.errors import UserError
 from microdit.files import SETTINGS_MARKER, atomic_write, claim_folder, fingerprint, move_aside
-from microdit.train.cosmetic import LOADER_SPEED_OPTIONS, weight_settings
+from microdit.train.cosmetic import weight_settings
 from microdit.train.distributed import DistInfo, gather_objects, unwrap
 
 CHECKPOINT_DIR = "checkpoints"
@@ -191,9 +191,9 @@ def load_full_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimi
 def data_stream(settings: dict) -> dict:
     """What fixes the sequence of samples a stage reads (a stage config as a dict): the datasets and their options,
     the shuffle seed and the global batch. Caption dropout is drawn per sample, so it is not part of it."""
-    data = settings["data"]
-    options = {k: v for k, v in data.get("options", {}).items() if k not in LOADER_SPEED_OPTIONS}
-    return {"kind": data["kind"], "options": options, "seed": settings["seed"], "global_batch": settings["global_batch"]}
+    data = weight_settings({"data": settings["data"]})["data"]  # the loader's speed options do not change it
+    return {"kind": data["kind"], "options": data.get("options", {}), "seed": settings["seed"],
+            "global_batch": settings["global_batch"]}
 
 
 def reads_same_stream(state: dict, settings: dict) -> bool:

@@ -1,4 +1,5 @@
 """What every source shares: the ~1% subset, pairing archive images with captions, and one resumable shard loop."""
+import contextlib
 import logging
 import math
 import os
@@ -30,30 +31,29 @@ def image_stem(name: str) -> str | None:
     return stem if stem and ext.lower() in IMAGE_EXTS else None
 
 
-# what a truncated or corrupt archive raises while it is read
-ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error)
+@contextlib.contextmanager
+def reading_archive(name: str | os.PathLike):
+    """What a truncated or corrupt archive raises while it is read, as one line naming it."""
+    try:
+        yield
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise UserError(f"{name}: a broken archive ({err}); remove it and rerun the download") from None
 
 
 def iter_tar_images(fileobj: IO[bytes], name: str) -> Iterator[tuple[str, bytes]]:
     """(member name, bytes) for the image members of a (possibly gzipped) tar read as a stream; `name` says which
     archive a broken one is."""
-    try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
-            for member in tar:
-                if member.isfile() and image_stem(member.name):
-                    yield member.name, tar.extractfile(member).read()
-    except ARCHIVE_ERRORS as err:
-        raise UserError(f"{name}: a broken archive ({err}); remove it and rerun the download") from None
+    with reading_archive(name), tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        for member in tar:
+            if member.isfile() and image_stem(member.name):
+                yield member.name, tar.extractfile(member).read()
 
 
 def iter_zip_images(path: str | os.PathLike) -> Iterator[tuple[str, bytes]]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for name in sorted(archive.namelist()):
-                if image_stem(name):
-                    yield name, archive.read(name)
-    except ARCHIVE_ERRORS as err:
-        raise UserError(f"{path}: a broken archive ({err}); remove it and rerun the download") from None
+    with reading_archive(path), zipfile.ZipFile(path) as archive:
+        for name in sorted(archive.namelist()):
+            if image_stem(name):
+                yield name, archive.read(name)
 
 
 def paired_samples(images: Iterable[tuple[str, bytes]], caption_for: Callable[[str], str | None],
