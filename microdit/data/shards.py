@@ -68,22 +68,37 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def member_key(key: str) -> str:
+    """A sample's key as a tar member name: a webdataset key ends at the basename's first dot (the rest is the
+    extension), so a dot in a source's file name ('img.v2.jpg') would split one sample's members apart."""
+    return key.replace(".", "_")
+
+
 def write_shard(out_dir: str | os.PathLike, shard_id: int, samples: Iterable[Sample],
                 skipped: dict[str, int] | None = None) -> dict:
     """Write one shard's tar (temp file, then rename) and then its stats file; returns the stats."""
     count = 0
+    skipped = skipped if skipped is not None else {}
 
     def write_tar(tmp: str) -> None:
         nonlocal count
+        previous = None
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for sample in samples:
-                _add_member(tar, f"{sample.key}.{sample.image_ext}", sample.image)
-                _add_member(tar, f"{sample.key}.txt", sample.caption.encode("utf-8"))
-                _add_member(tar, f"{sample.key}.json", json.dumps(sample.meta, sort_keys=True).encode("utf-8"))
+                key = member_key(sample.key)
+                if key == previous:  # adjacent members of one key are one sample to every reader
+                    log.warning("%s: sample %r skipped: its key %r repeats the one before it",
+                                tar_path(out_dir, shard_id), sample.key, key)
+                    skipped["duplicate_key"] = skipped.get("duplicate_key", 0) + 1
+                    continue
+                _add_member(tar, f"{key}.{sample.image_ext}", sample.image)
+                _add_member(tar, f"{key}.txt", sample.caption.encode("utf-8"))
+                _add_member(tar, f"{key}.json", json.dumps(sample.meta, sort_keys=True).encode("utf-8"))
+                previous = key
                 count += 1
 
     atomic_write(tar_path(out_dir, shard_id), write_tar)
-    skipped = dict(skipped or {})
+    skipped = dict(skipped)
     return write_stats(out_dir, shard_id, {"count": count + sum(skipped.values()), "successes": count,
                                            "skipped": skipped})
 

@@ -124,6 +124,18 @@ def test_sa1b_links_and_caption_pairing(tmp_path):
     assert key == "sa_1" and files["txt"] == b"a dog on a beach"
 
 
+def test_a_dot_in_a_file_name_keeps_the_sample_whole(tmp_path):
+    # a webdataset key ends at the first dot: 'img.v2.jpg' written as is reads back as key 'img' with members
+    # 'v2.jpg', 'v2.txt', ... (no image, no caption); a key repeated next to itself would merge two samples
+    images = [("x/img.v2.jpg", b"1"), ("x/img_v2.jpg", b"2"), ("x/other.jpg", b"3")]
+    stats = write_paired_shard(tmp_path, 0, images, lambda stem: f"caption of {stem}")
+    assert stats == {"count": 3, "successes": 2, "skipped": {"duplicate_key": 1}}
+    samples = dict(read_shard(tar_path(tmp_path, 0)))
+    assert sorted(samples) == ["img_v2", "other"]
+    assert samples["img_v2"]["jpg"] == b"1" and samples["img_v2"]["txt"] == b"caption of img.v2"
+    assert json.loads(samples["img_v2"]["json"]) == {"source_name": "x/img.v2.jpg"}
+
+
 def test_jdb_archive_ids_from_listing_and_prompts(tmp_path, monkeypatch):
     files = ["data/train/imgs/000.tgz", "data/train/imgs/001.tgz", "data/valid/imgs/000.tgz", "README.md"]
     assert jdb.archive_ids(files, "train") == [0, 1] and jdb.archive_ids(files, "valid") == [0]
