@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 STATS_FILE = "precompute_stats.json"
 UNIT_STATS = "unit_stats.json"
+UPSAMPLED = "upsampled_"  # unit-stats key prefix: images smaller than a resolution, per resolution
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,8 @@ def encode_unit(reader, encoders: Encoders, config: Config, unit: int, out: Path
         for i, caption in enumerate(captions):
             writer.write({"caption": caption, **{k: v[i] for k, v in batch.items()}})
         counts["images"] += len(captions)
+        for r in config.resolutions:  # the reference upsampled these too (SPEC §7.11); counted, not refused
+            counts[f"{UPSAMPLED}{r}"] += sum(min(image.size) < r for image in images)
         progress.update(len(captions))
 
     with MDSWriter(out=str(tmp), columns=encoders.columns(), compression=None, size_limit=SIZE_LIMIT) as writer:
@@ -168,10 +171,15 @@ def merge(in_dir: str, out_dir: str, config: Config) -> dict:
     for unit in units:
         totals.update(json.loads((unit / UNIT_STATS).read_text()))
     seconds, images = totals.pop("seconds", 0.0), totals.pop("images", 0)
+    upsampled = {key[len(UPSAMPLED):]: totals.pop(key) for key in sorted(totals) if key.startswith(UPSAMPLED)}
     if images == 0:
         raise UserError(f"{in_dir}: every sample was skipped ({dict(totals)}); no latents written")
     merge_parts(out, units)
-    stats = {"images": images, "skipped": dict(totals), "encode_seconds": round(seconds, 3),
+    for r, n in upsampled.items():
+        if n:
+            log.warning("%s: %d of %d images have a short side under %s px: their latents_%s are upsampled",
+                        out, n, images, r, r)
+    stats = {"images": images, "skipped": dict(totals), "upsampled": upsampled, "encode_seconds": round(seconds, 3),
              "images_per_second_per_process": round(images / seconds, 2) if seconds else None,
              "config": asdict(config)}
     write_json(stats, out / STATS_FILE)

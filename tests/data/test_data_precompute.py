@@ -38,7 +38,10 @@ def test_cli_columns_shapes_and_stats(images_mds, tiny_vae_dirs, tmp_path, capsy
     stats = json.loads((tmp_path / "lat" / "precompute_stats.json").read_text())
     assert stats["images"] == 6 and stats["images_per_second_per_process"] > 0
     samples = [s for r in mds.shard_readers(tmp_path / "lat") for s in mds.iter_samples(r)]
-    captions = [s["caption"] for r in mds.shard_readers(images_mds) for s in mds.iter_samples(r)]
+    inputs = [s for r in mds.shard_readers(images_mds) for s in mds.iter_samples(r)]
+    captions = [s["caption"] for s in inputs]
+    small = sum(min(s["width"], s["height"]) < 32 for s in inputs)  # 24-48 px images: some below 32 px
+    assert 0 < small < 6 and stats["upsampled"] == {"16": 0, "32": small}
     assert [s["caption"] for s in samples] == captions
     first = samples[0]
     assert first["caption_latents"].shape == (1, 8, 384) and first["caption_latents"].dtype == np.float16

@@ -73,6 +73,22 @@ def test_a_download_resumes_only_its_own_shards(tmp_path):
     assert {key: files["txt"] for tar in sorted(stale.glob("*.tar")) for key, files in read_shard(tar)} == first
 
 
+def test_cc12m_hub_small_subset_is_the_references_tars_0_to_22(tmp_path, monkeypatch):
+    from microdit.data.sources import fetch
+
+    fetched = []
+
+    def fake_hub_download(repo, filename, cache_dir, **kwargs):
+        fetched.append(filename)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        return make_tar(cache_dir / filename, {"000.jpg": b"x", "000.txt": b"a caption"})
+
+    monkeypatch.setattr(fetch, "hub_download", fake_hub_download)
+    args = parse(["download", "cc12m", "--route", "hub", "--subset", "small", "--out", str(tmp_path)])
+    cc12m.download(args)
+    assert fetched == [f"cc12m-train-{i:04d}.tar" for i in range(23)] and finished_shards(tmp_path) == set(range(23))
+
+
 def test_sa1b_shards_are_numbered_by_archive_not_by_line():
     assert sa1b.archive_number("sa_000020.tar") == 20
     with pytest.raises(UserError, match="not an SA-1B archive"):

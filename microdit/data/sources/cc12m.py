@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 HELP = "Conceptual 12M (img2dataset from a URL list, or the pixparse/cc12m-wds hub tars)"
 HUB_REPO = "pixparse/cc12m-wds"
 HUB_SHARDS = 2176  # cc12m-train-0000.tar .. cc12m-train-2175.tar
+HUB_SMALL_SHARDS = 23  # the reference's small subset: ids 0..22 (SPEC §4.2), one more than the generic 1 %
 SUBSET_LIST = "_subset_urls.parquet"
 
 
@@ -111,4 +112,5 @@ def download(args) -> dict:
     if args.route == "img2dataset":
         return download_img2dataset(args)
     out = Path(args.out)
-    return run_shards(out, select_subset(list(range(HUB_SHARDS)), args.subset), lambda i: hub_shard(out, i))
+    shard_ids = list(range(HUB_SMALL_SHARDS if args.subset == "small" else HUB_SHARDS))
+    return run_shards(out, shard_ids, lambda i: hub_shard(out, i))
