@@ -27,7 +27,9 @@ include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
 
-TRAINING_DATASETS = sorted({d for spec in config["stages"].values() for d in spec["datasets"]})
+# the stages' datasets and the held-out one: the latents the stages read
+LATENT_DATASETS = sorted({d for spec in config["stages"].values() for d in spec["datasets"]}
+                           | ({config["validation"]["dataset"]} if "validation" in config else set()))
 
 
 rule all:
@@ -42,7 +44,7 @@ rule eval:
 
 rule data:
     input:
-        [f"{latents_dir(d)}/index.json" for d in TRAINING_DATASETS],
+        [f"{latents_dir(d)}/index.json" for d in LATENT_DATASETS],
 
 
 for _stage in STAGES:  # named targets: snakemake stage1 ... stage4

@@ -77,6 +77,8 @@ def config_errors(config: dict, basedir: str) -> list[str]:
                           f"directory or to {basedir})")
         elif problem := stage_yaml_problem(resolve_path(spec["config"], basedir)):
             errors.append(f"stages.{name}.config: {spec['config']}: {problem}")
+    if "validation" in config and config["validation"]["dataset"] not in datasets:
+        errors.append(_unknown("validation.dataset", config["validation"]["dataset"], datasets, "a key of datasets"))
     evaluated = config["eval"]["stage"]
     if evaluated not in stages:
         errors.append(_unknown("eval.stage", evaluated, stages, "a key of stages"))

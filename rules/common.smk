@@ -38,6 +38,13 @@ def latents_dir(dataset: str) -> str:
     return f"{RUN}/data/{dataset}/latents"
 
 
+def heldout_input(wildcards=None) -> list:
+    """The held-out loss's latents, when the config asks for one."""
+    if "validation" not in config:
+        return []
+    return [f"{latents_dir(config['validation']['dataset'])}/index.json"]
+
+
 def stage_dir(stage: str) -> str:
     return f"{RUN}/train/{stage}"
 
@@ -75,6 +82,11 @@ def stage_overrides(stage: str) -> dict:
         "model.caption_channels": config["text_encoder"]["width"],
         "model.in_channels": config["vae"]["latent_channels"],
     }
+    if "validation" in config:
+        held_out = config["validation"]
+        overrides.update({f"validation.{key}": value for key, value in held_out.items() if key != "dataset"})
+        overrides.update({"validation.datadirs": [latents_dir(held_out["dataset"])],
+                          "validation.resolution": spec["resolution"]})
     if previous_stage(stage):
         overrides["init.from"] = stage_dir(previous_stage(stage))
     elif not spec.get("chain", True):

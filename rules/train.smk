@@ -5,12 +5,15 @@
 # the command through a param that takes `input`, which Snakemake's params trigger leaves out (derived params), so
 # they are not a trigger of their own. The trainer resumes checkpoints of the same weights-deciding settings, so a
 # forced rerun only re-exports. Training launches its own job with submitit (SLURM, local processes or in-process)
-# and waits, so the rule runs where Snakemake runs (localrule).
+# and waits, so the rule runs where Snakemake runs (localrule). The held-out loss's latents are an input so that they
+# exist first; re-encoding them (a change of their data, VAE or text encoder) reruns the job, which re-exports from
+# the checkpoints without training (the held-out loss decides no weights), and what follows from the exports.
 rule train:
     input:
         base=lambda w: ancient(stage_yaml(w.stage)),
         latents=lambda w: [f"{latents_dir(d)}/index.json" for d in config["stages"][w.stage]["datasets"]],
         previous=lambda w: [f"{stage_dir(previous_stage(w.stage))}/final.safetensors"] if previous_stage(w.stage) else [],
+        held_out=heldout_input,
     output:
         final=f"{RUN}/train/{{stage}}/final.safetensors",
         stats=f"{RUN}/train/{{stage}}/train_stats.json",

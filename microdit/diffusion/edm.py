@@ -47,14 +47,20 @@ def masked_patch_mean(loss: torch.Tensor, mask: torch.Tensor, patch_size: int) -
     return ((per_patch * kept).sum(dim=1) / kept.sum(dim=1)).mean()
 
 
+def denoising_error(dit, x: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
+                    sigma_data: float, mask_ratio: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """lambda(sigma) (D(x + sigma n; sigma) - x)² per element (N,C,H,W), and the token mask (None when unmasked):
+    the loss before its mean, at given noise levels sigma (N,1,1,1) and noise n."""
+    denoised, mask = denoise(dit, x + sigma * noise, sigma, y, sigma_data, mask_ratio=mask_ratio)
+    return loss_weight(sigma, sigma_data) * (denoised.float() - x) ** 2, mask
+
+
 def edm_loss(dit, x: torch.Tensor, y: torch.Tensor, edm: EDMConfig, mask_ratio: float = 0.0) -> torch.Tensor:
     """Denoising loss at sigma = exp(P_mean + P_std n), n ~ N(0, 1) per sample."""
     if mask_ratio > 0 and not dit.training:
         raise ValueError("patch masking is a training-only regulariser; call dit.train() or use mask_ratio=0")
     sigma = (edm.p_mean + edm.p_std * torch.randn(x.shape[0], device=x.device)).exp().reshape(-1, 1, 1, 1)
-    noisy = x + sigma * torch.randn_like(x)
-    denoised, mask = denoise(dit, noisy, sigma, y, edm.sigma_data, mask_ratio=mask_ratio)
-    loss = loss_weight(sigma, edm.sigma_data) * (denoised.float() - x) ** 2
+    loss, mask = denoising_error(dit, x, y, sigma, torch.randn_like(x), edm.sigma_data, mask_ratio)
     if mask is None:
         return loss.mean()
     return masked_patch_mean(loss, mask, dit.config.patch_size)

@@ -27,6 +27,10 @@ def loss_lr_figure(df: pd.DataFrame, title: str) -> bytes:
     ax_loss.plot(df["step"], df["loss"], lw=0.8, alpha=0.4, label="loss")
     window = max(1, len(df) // 50)  # a light moving average: raw diffusion losses are very noisy
     ax_loss.plot(df["step"], df["loss"].rolling(window, min_periods=1).mean(), lw=1.5, label=f"mean of {window}")
+    if "val_loss" in df and df["val_loss"].notna().any():
+        held_out = df.dropna(subset=["val_loss"])
+        ax_loss.plot(held_out["step"], held_out["val_loss"], marker="o", ms=3, lw=1.2, color="tab:red",
+                     label="held-out (unmasked, fixed noise)")
     ax_loss.set(xlabel="step", ylabel="EDM loss", title=f"{title}: loss")
     ax_loss.legend(frameon=False)
     ax_lr.plot(df["step"], df["lr"], lw=1.5, color="tab:green")

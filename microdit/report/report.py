@@ -89,6 +89,11 @@ def curves_section(inputs: ReportInputs) -> str:
         df = read_metrics(inputs.metrics[stage])
         body = (png_tag(loss_lr_figure(df, stage), f"{stage} loss and learning rate") if len(df)
                 else '<p class="missing">no training lines</p>')
+        held_out = df.dropna(subset=["val_loss"]) if "val_loss" in df else df.iloc[:0]
+        if len(held_out):
+            last = held_out.iloc[-1]
+            body += (f"<p>held-out loss {fmt(last['val_loss'], '.4f')} at step {int(last['step'])} "
+                     f"({len(held_out)} evaluations; unmasked, each sample at a fixed noise level)</p>")
         parts.append(f"<figure><figcaption>{esc(stage)}</figcaption>{body}</figure>")
     return "<h2>Training curves</h2>" + "".join(parts)
 

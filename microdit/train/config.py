@@ -87,6 +87,16 @@ class SamplesConfig:
 
 
 @dataclass
+class ValidationConfig:
+    every: int = 0                # steps between held-out losses, plus one at the stage's end; 0: none
+    datadirs: list = field(default_factory=list)  # MDS latents written by precompute (COCO-2014 val in the paper run)
+    resolution: int = 256         # which latents_<resolution> column is read
+    num: int = 1024               # its first samples scored (rounded down to a multiple of the ranks)
+    batch_size: int = 64          # per rank
+    seed: int = 0                 # fixes each sample's noise level and noise for the whole run
+
+
+@dataclass
 class LaunchConfig:
     cluster: str = "debug"
     nodes: int = 1
@@ -133,6 +143,7 @@ class StageConfig:
     ema: EMAConfig | None = None
     init: InitConfig | None = None
     samples: SamplesConfig = field(default_factory=SamplesConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def speed_options(self) -> SpeedOptions:
@@ -312,6 +323,13 @@ def _validate(cfg: StageConfig, w: str) -> None:
     if cfg.samples.every > 0 and cfg.samples.captions:
         _check(Path(cfg.samples.captions).is_file(), w,
                f"samples.captions: {cfg.samples.captions}: no such file (checked now, not at the first sample step)")
+    v = cfg.validation
+    _check(v.every >= 0, w, f"validation.every: must be >= 0 (0: no held-out loss), got {v.every}")
+    if v.every > 0:
+        _check(bool(v.datadirs) and all(isinstance(d, str) for d in v.datadirs), w,
+               f"validation.datadirs: expected a list of latents directories, got {v.datadirs!r}")
+        for name in ("resolution", "num", "batch_size"):
+            _check(getattr(v, name) > 0, w, f"validation.{name}: must be > 0, got {getattr(v, name)}")
     if cfg.ema is not None:
         _check(0.0 < cfg.ema.decay < 1.0, w, f"ema.decay: must be in (0, 1), got {cfg.ema.decay}")
         _check(cfg.ema.every > 0, w, f"ema.every: must be > 0, got {cfg.ema.every}")

@@ -4,7 +4,7 @@ Editing them keeps a stage's checkpoints (microdit.train.state.run_fingerprint) 
 in the workflow (rules/train.smk). Standard library only: the Snakefile imports it at parse time.
 """
 COSMETIC_FIELDS = frozenset({
-    "name", "out_dir", "log_every", "progress", "save_every", "keep_checkpoints", "samples", "launch",
+    "name", "out_dir", "log_every", "progress", "save_every", "keep_checkpoints", "samples", "validation", "launch",
     "compile", "precompile_workers", "checkpoint_blocks", "attention_backend", "activation_budget"})
 
 # data options that change how fast batches arrive, not which samples they hold

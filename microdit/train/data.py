@@ -15,6 +15,11 @@ MDS_LOADER_MODULE = "microdit.data.loader"
 _SEED_STRIDE = 0x9E3779B97F4A7C15  # odd 64-bit constant: consecutive sample ids map to well-spread generator seeds
 
 
+def sample_generator(seed: int, index: int) -> torch.Generator:
+    """A CPU generator of sample `index` alone: what it draws does not depend on batching or ranks."""
+    return torch.Generator().manual_seed((seed + index * _SEED_STRIDE) % 2 ** 63)
+
+
 class LatentsSource(Protocol):
     def __iter__(self) -> Iterator[dict]: ...
 
@@ -50,7 +55,7 @@ class RandomLatents:
         return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
 
     def _sample(self, i: int) -> dict:
-        g = torch.Generator().manual_seed((self.seed + i * _SEED_STRIDE) % 2 ** 63)
+        g = sample_generator(self.seed, i)
         return {"latents": torch.randn(self.latent_shape, generator=g),
                 "caption_latents": torch.randn(self.caption_shape, generator=g),
                 "drop_caption_mask": (torch.rand((), generator=g) >= self.cap_drop_prob).float()}

@@ -62,6 +62,10 @@ class Throughput:
         self.mark, self.window_images = now, 0
         return {"img_per_s": rate, "mfu": self.mfu(rate)}
 
+    def exclude(self, seconds: float) -> None:
+        """Leave time spent on other work (the held-out loss) out of the current window's rate."""
+        self.mark += seconds
+
     def mean_rate(self) -> float:
         return self.images / max(time.perf_counter() - self.start, 1e-9)
 

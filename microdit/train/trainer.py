@@ -36,6 +36,7 @@ from microdit.train.ema import EMA
 from microdit.train.metrics import MetricsLog, Throughput, memory_gib, peak_flops, train_flops_per_sample
 from microdit.train.optim import build_optimizer, set_lr
 from microdit.train.schedules import lr_factor
+from microdit.train.validation import HeldOutLoss
 
 
 class TrainingDiverged(UserError):
@@ -114,6 +115,8 @@ class Trainer:
         self.model = wrap_model(self.raw, cfg.strategy, info)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.source = build_source(cfg, info.rank, info.world_size, self.accumulation)
+        self.heldout = (HeldOutLoss(cfg, self.edm, info.rank, info.world_size, info.device)
+                        if cfg.validation.every else None)
         full_state = source = None
         if resume_from is not None:
             source = resume_from
@@ -203,15 +206,18 @@ class Trainer:
             throughput.add(cfg.global_batch)
             if self.ema is not None:
                 self.ema.update(self.raw, self.step)
-            log_now = self.step % cfg.log_every == 0 or self.step == self.end_step
+            validate_now = self.heldout is not None and (self.step % cfg.validation.every == 0
+                                                          or self.step == self.end_step)
+            log_now = self.step % cfg.log_every == 0 or self.step == self.end_step or validate_now
             save_now = self.step % cfg.save_every == 0 or self.step == self.end_step
             if log_now or save_now:  # never a checkpoint of weights that a non-finite loss already reached
                 losses = self._read_losses(window)
             if log_now:
                 logged_loss = sum(losses) / len(losses)
+                heldout = self._heldout_loss(throughput) if validate_now else {}
                 self.log.write({"step": self.step, "loss": logged_loss, "lr": lr,
                                 "grad_norm": float(grad_norm), **throughput.report(),
-                                "memory_gib": memory_gib(info.device)})
+                                "memory_gib": memory_gib(info.device), **heldout})
                 window = []
             if progress is not None:
                 progress.update(1)
@@ -224,6 +230,14 @@ class Trainer:
         if progress is not None:
             progress.close()
         return self._finish(throughput, logged_loss, first_step_s)
+
+    def _heldout_loss(self, throughput: Throughput) -> dict:
+        """{"val_loss": ...} of the current weights; its time is left out of the logged img/s (the training steps
+        before it have finished: their losses were just read)."""
+        started = time.perf_counter()
+        value = self.heldout(self.model, self.autocast)
+        throughput.exclude(time.perf_counter() - started)
+        return {"val_loss": value}
 
     def _train_step(self, batches, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; its mean loss and gradient norm stay on the device, so that the host does not wait

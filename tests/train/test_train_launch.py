@@ -9,14 +9,15 @@ from microdit.train import commands
 from microdit.train.distributed import DistInfo
 from microdit.train.launch import executor_parameters, failure_reason, launch
 from microdit.train.trainer import Trainer
-from train_helpers import tiny_config, weights
+from train_helpers import heldout_shards, tiny_config, validation, weights
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_local_two_tasks_match_one_process(tmp_path, monkeypatch, strategy):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    changes = dict(steps=3, save_every=3, ema={"decay": 0.9, "start_step": 1})
+    changes = dict(steps=3, save_every=3, ema={"decay": 0.9, "start_step": 1},
+                   validation=validation(heldout_shards(tmp_path / "held_out")))
     two = tiny_config(tmp_path / "two", strategy=strategy,
                       launch={"cluster": "local", "tasks_per_node": 2, "cpus_per_task": 1}, **changes)
     assert launch(two) == 0
@@ -29,6 +30,10 @@ def test_local_two_tasks_match_one_process(tmp_path, monkeypatch, strategy):
     for name in ("final.safetensors", "ema.safetensors"):
         a, b = weights(tmp_path / "one" / name), weights(tmp_path / "two" / name)
         assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), name
+    # the held-out loss, each rank scoring half of the samples, is the one process's
+    held_out = [[line["val_loss"] for line in map(json.loads, (tmp_path / run / "metrics.jsonl").open())
+                 if "val_loss" in line] for run in ("one", "two")]
+    assert len(held_out[0]) == 2 and held_out[1] == pytest.approx(held_out[0], rel=1e-4)
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """A CPU-sized stage config for the training tests: MicroDiT_Nano_2 cut to 3 blocks (MoE kept) on 8x8 latents."""
 import copy
 
+import numpy as np
 from safetensors.torch import load_file
 
 from microdit.train.config import stage_config_from_dict
@@ -33,3 +34,20 @@ def tiny_config(out_dir, **changes):
 
 def weights(path) -> dict:
     return load_file(str(path))
+
+
+def heldout_shards(path, column="latents_64", samples=10) -> str:
+    """Random held-out latents in precompute's layout for the test model (caption 1x4x32, latents 4x8x8)."""
+    from streaming import MDSWriter
+
+    rng = np.random.default_rng(0)
+    columns = {"caption_latents": "ndarray:float16:1,4,32", column: "ndarray:float16:4,8,8"}
+    with MDSWriter(out=str(path), columns=columns, compression=None) as writer:
+        for _ in range(samples):
+            writer.write({"caption_latents": rng.standard_normal((1, 4, 32)).astype(np.float16),
+                          column: rng.standard_normal((4, 8, 8)).astype(np.float16)})
+    return str(path)
+
+
+def validation(datadir, **changes) -> dict:
+    return {"every": 2, "datadirs": [datadir], "resolution": 64, "num": 8, "batch_size": 3, "seed": 5, **changes}

@@ -180,8 +180,8 @@ def test_commands_follow_chain_vae_channels_and_gpus(tmp_path):
     assert not any(a.startswith("init") for a in stage_configs["stage1"])
     (train_vae,) = shell_commands(result.stdout, "train-vae")
     assert "--latent-channels 16" in train_vae
-    (precompute,) = shell_commands(result.stdout, "precompute")
-    assert "--processes 2" in precompute
+    precomputes = shell_commands(result.stdout, "precompute")  # the training set and the held-out one
+    assert len(precomputes) == 2 and all("--processes 2" in command for command in precomputes)
     counts = job_counts(result.stdout)
     assert counts["train"] == 4
 
@@ -259,7 +259,12 @@ def test_config_changes_rerun_the_rules_that_use_them(tmp_path):
     vae = write_config(tmp_path / "vae.yaml", {"vae": {"name": str(tmp_path / "vae_b")}})
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base, vae, fake=fake)
     counts = job_counts(result.stdout)
-    assert counts["precompute"] == 1 and counts["stage_samples"] == 4 and counts["generate_eval_samples"] == 1
+    assert counts["precompute"] == 2 and counts["stage_samples"] == 4 and counts["generate_eval_samples"] == 1
+
+    # the held-out loss is watched, not trained on: its settings rerun no stage
+    watched = write_config(tmp_path / "watched.yaml", {"validation": {"every": 5, "num": 16}})
+    assert "Nothing to be done" in snakemake(workdir, "-n", "--cores", "2", "--configfile", base, watched,
+                                             fake=fake).stdout
 
 
 @pytest.mark.slow  # a stand-in run of the whole tiny DAG (~15 s)

@@ -1,0 +1,81 @@
+"""The held-out loss (SPEC §3.4): fixed draws per sample, independent of batching and ranks, logged by the trainer."""
+import contextlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from microdit.diffusion.edm import EDMConfig, denoise, loss_weight
+from microdit.errors import UserError
+from microdit.train.distributed import DistInfo
+from microdit.train.state import run_fingerprint
+from microdit.train.config import to_dict
+from microdit.train.trainer import Trainer, build_model
+from microdit.train.validation import HeldOutLoss, fixed_draw
+from train_helpers import heldout_shards, tiny_config, validation
+
+
+def nullcontext():
+    return contextlib.nullcontext()
+
+
+def test_the_heldout_loss_is_fixed_and_does_not_depend_on_batching_or_ranks(tmp_path):
+    shards = heldout_shards(tmp_path / "val")
+    cfg = tiny_config(tmp_path / "run", validation=validation(shards))
+    edm = EDMConfig(p_mean=cfg.model.p_mean, p_std=cfg.model.p_std)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+
+    one = HeldOutLoss(cfg, edm, rank=0, world_size=1, device=torch.device("cpu"))
+    value = one(model, nullcontext)
+    assert model.training and one(model, nullcontext) == value  # the same draws every time; mode restored
+
+    # by hand: the first 8 samples, each at its own fixed noise level and noise, unmasked, captions kept
+    from microdit.data.mds import iter_samples, shard_readers
+    samples = [s for r in shard_readers(shards) for s in iter_samples(r)][:8]
+    model.eval()
+    expected = []
+    with torch.no_grad():
+        for i, s in enumerate(samples):
+            x = torch.from_numpy(np.array(s["latents_64"])).float()[None]
+            y = torch.from_numpy(np.array(s["caption_latents"])).float()[None]
+            sigma, noise = fixed_draw(5, i, edm, x.shape[1:])
+            denoised, _ = denoise(model, x + sigma * noise[None], sigma.reshape(1), y, edm.sigma_data)
+            expected.append((loss_weight(sigma, edm.sigma_data) * (denoised - x) ** 2).mean())
+    model.train()
+    assert value == pytest.approx(float(torch.stack(expected).mean()), rel=1e-5)
+
+    other_batch = tiny_config(tmp_path / "run", validation=validation(shards, batch_size=8))
+    rebatched = HeldOutLoss(other_batch, edm, 0, 1, torch.device("cpu"))
+    assert rebatched(model, nullcontext) == pytest.approx(value, rel=1e-5)
+    # two ranks (no process group here: each returns its own share's mean, the group averages them)
+    halves = [HeldOutLoss(cfg, edm, rank, 2, torch.device("cpu"))(model, nullcontext) for rank in (0, 1)]
+    assert sum(halves) / 2 == pytest.approx(value, rel=1e-5)
+    # three ranks: 8 samples rounded down to 6, two each
+    assert HeldOutLoss(cfg, edm, 0, 3, torch.device("cpu")).count == 6
+
+
+def test_the_trainer_logs_the_heldout_loss_and_it_is_no_weight_setting(tmp_path):
+    shards = heldout_shards(tmp_path / "val")
+    cfg = tiny_config(tmp_path / "run", steps=5, log_every=4, validation=validation(shards))
+    Trainer(cfg, DistInfo()).run()
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 4, 5]  # every 2 steps and at the end, on the log's lines
+    assert all(np.isfinite(line["val_loss"]) and np.isfinite(line["loss"]) for line in lines)
+    plain = tiny_config(tmp_path / "run", steps=5, log_every=4)
+    assert run_fingerprint(to_dict(plain)) == run_fingerprint(to_dict(cfg))  # adding it keeps the checkpoints
+
+
+def test_bad_validation_settings_are_named(tmp_path):
+    with pytest.raises(UserError, match="validation.datadirs: expected a list"):
+        tiny_config(tmp_path, validation={"every": 10})
+    with pytest.raises(UserError, match="validation.num: must be > 0"):
+        tiny_config(tmp_path, validation={"every": 10, "datadirs": ["x"], "num": 0})
+    shards = heldout_shards(tmp_path / "val256", column="latents_32")
+    cfg = tiny_config(tmp_path / "run", validation=validation(shards))
+    with pytest.raises(UserError, match=r"val256/index.json has no latents_64"):
+        HeldOutLoss(cfg, EDMConfig(), 0, 1, torch.device("cpu"))
+    with pytest.raises(UserError, match="fewer than the 16 ranks"):
+        HeldOutLoss(tiny_config(tmp_path / "run", validation=validation(heldout_shards(tmp_path / "v2"))),
+                    EDMConfig(), 0, 16, torch.device("cpu"))
