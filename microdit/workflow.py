@@ -82,9 +82,15 @@ def config_errors(config: dict, basedir: str) -> list[str]:
     evaluated = config["eval"]["stage"]
     if evaluated not in stages:
         errors.append(_unknown("eval.stage", evaluated, stages, "a key of stages"))
-    elif config["eval"]["resolution"] != stages[evaluated]["resolution"]:
-        errors.append(f"eval.resolution: {config['eval']['resolution']} px, but stage {evaluated} generates "
-                      f"{stages[evaluated]['resolution']} px (expected {stages[evaluated]['resolution']})")
+    else:
+        spec = stages[evaluated]
+        if config["eval"]["resolution"] != spec["resolution"]:
+            errors.append(f"eval.resolution: {config['eval']['resolution']} px, but stage {evaluated} generates "
+                          f"{spec['resolution']} px (expected {spec['resolution']})")
+        if (config["eval"].get("weights") == "ema"
+                and not stage_has_ema(resolve_path(spec["config"], basedir), spec.get("set", {}))):
+            errors.append(f"eval.weights: ema, but stage {evaluated} keeps no EMA (no ema section in its stage YAML "
+                          f"or set; expected raw)")
     return errors
 
 
@@ -119,6 +125,17 @@ def stage_yaml_problem(path: str) -> str | None:
 def read_stage_yaml(path: str):
     with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f)
+
+
+def stage_has_ema(base_yaml: str, overrides: dict) -> bool:
+    """Whether a stage keeps an EMA of its weights (and so exports ema.safetensors): its YAML's `ema` section, unless
+    the workflow's `set` replaces it (`ema: null`) or adds one (`ema` or `ema.*` keys)."""
+    if "ema" in overrides:
+        return overrides["ema"] is not None
+    if any(key.startswith("ema.") for key in overrides):
+        return True
+    settings = read_stage_yaml(base_yaml) if os.path.isfile(base_yaml) else None
+    return isinstance(settings, dict) and settings.get("ema") is not None
 
 
 def stage_weights(base_yaml: str, overrides: dict) -> str:

@@ -82,6 +82,8 @@ def stage_overrides(stage: str) -> dict:
         "model.caption_channels": config["text_encoder"]["width"],
         "model.in_channels": config["vae"]["latent_channels"],
     }
+    # the training-time grids show the config's prompts, decoded (when the stage YAML switches grids on)
+    overrides.update({"samples.prompts": config["samples"]["prompts"], "samples.vae": vae_argument()})
     if "validation" in config:
         held_out = config["validation"]
         overrides.update({f"validation.{key}": value for key, value in held_out.items() if key != "dataset"})
@@ -102,6 +104,13 @@ def stage_overrides(stage: str) -> dict:
 # ----------------------------------------------------------------------------------------- evaluation, report
 EVAL = f"{RUN}/eval"
 GENEVAL_PER_PROMPT = config["eval"].get("geneval", {}).get("images_per_prompt", 4)
+
+
+def evaluated_weights() -> str:
+    """The evaluated stage's export that is sampled (`eval.weights`): final (raw) or ema. Both come out of the stage's
+    train job, whose declared output final.safetensors is the evaluation's input."""
+    name = "ema" if config["eval"].get("weights", "raw") == "ema" else "final"
+    return f"{stage_dir(config['eval']['stage'])}/{name}.safetensors"
 
 
 def eval_source(wildcards) -> str:

@@ -60,6 +60,7 @@ rule generate_eval_samples:
         manifest=f"{EVAL}/samples/generation.json",
     params:
         out=lambda w, output: os.path.dirname(output.manifest),
+        weights=evaluated_weights(),
         sampling=sampling_options,
     log:
         f"{RUN}/logs/eval/generate.log",
@@ -74,7 +75,7 @@ rule generate_eval_samples:
     conda:
         "../envs/microdit.yaml"
     shell:
-        "microdit generate --captions {input.captions:q} --out {params.out:q} --checkpoint {input.checkpoint:q}"
+        "microdit generate --captions {input.captions:q} --out {params.out:q} --checkpoint {params.weights:q}"
         " {params.sampling} > {log:q} 2>&1"
 
 
@@ -124,6 +125,7 @@ rule geneval_generate:
         manifest=f"{EVAL}/geneval/images/generation.json",
     params:
         out=lambda w, output: os.path.dirname(output.manifest),
+        weights=evaluated_weights(),
         sampling=sampling_options,
         per_prompt=GENEVAL_PER_PROMPT,
     log:
@@ -137,7 +139,7 @@ rule geneval_generate:
     conda:
         "../envs/microdit.yaml"
     shell:
-        "microdit geneval-generate --metadata {input.metadata:q} --out {params.out:q} --checkpoint {input.checkpoint:q}"
+        "microdit geneval-generate --metadata {input.metadata:q} --out {params.out:q} --checkpoint {params.weights:q}"
         " --images-per-prompt {params.per_prompt} {params.sampling} > {log:q} 2>&1"
 
 

@@ -10,10 +10,13 @@ from microdit.train.config import SamplesConfig
 
 class SampleGrid:
     """Every `samples.every` steps, rank 0 samples the (EMA if any) denoiser from fixed noise and fixed caption
-    embeddings and writes <out>/samples/step_<N>.png: decoded images with `samples.vae`, else latent channels 0-2."""
+    embeddings and writes <out>/samples/step_<N>.png: decoded images with `samples.vae`, else latent channels 0-2.
+    The captions are `samples.prompts` encoded once with the text encoder the latents were made with (then freed),
+    or a file of embeddings (`samples.captions`), or null captions."""
 
-    def __init__(self, cfg: SamplesConfig, out_dir: str | Path):
+    def __init__(self, cfg: SamplesConfig, out_dir: str | Path, text_encoder: str = "", caption_len: int = 77):
         self.cfg, self.folder = cfg, Path(out_dir) / "samples"
+        self.text_encoder, self.caption_len = text_encoder, caption_len
         self._captions = self._vae = None
 
     def __call__(self, ctx) -> None:
@@ -36,7 +39,14 @@ class SampleGrid:
     def captions(self, dit) -> torch.Tensor:
         """(N,1,L,W) caption embeddings from `samples.captions` (safetensors key 'caption_latents'), else null ones."""
         if self._captions is None:
-            if self.cfg.captions:
+            if self.cfg.prompts:
+                from microdit.models.encoders import create_text_encoder
+
+                encoder = create_text_encoder(self.text_encoder, self.caption_len).to(next(dit.parameters()).device)
+                with torch.no_grad():
+                    self._captions = encoder.encode(self.cfg.prompts[: self.cfg.num]).float().cpu()
+                del encoder
+            elif self.cfg.captions:
                 from safetensors.torch import load_file
 
                 self._captions = load_file(self.cfg.captions)["caption_latents"][: self.cfg.num].float()
@@ -51,8 +61,9 @@ class SampleGrid:
         if self.cfg.vae:
             if self._vae is None:
                 from microdit.models.encoders import VAE
+                from microdit.models.latent_diffusion import resolve_vae_subfolder
 
-                self._vae = VAE(self.cfg.vae).to(latents.device)
+                self._vae = VAE(self.cfg.vae, resolve_vae_subfolder(self.cfg.vae, "auto")).to(latents.device)
             images = self._vae.decode(latents)
         else:
             shown = latents[:, :3].float()

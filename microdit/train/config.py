@@ -82,7 +82,8 @@ class SamplesConfig:
     steps: int = 30
     guidance_scale: float = 5.0
     seed: int = 18
-    captions: str = ""            # safetensors with 'caption_latents' (N,1,L,W) of fixed prompts; empty: null captions
+    prompts: list = field(default_factory=list)  # fixed prompts, encoded with data.text_encoder at the first grid
+    captions: str = ""            # or: safetensors with 'caption_latents' (N,1,L,W); neither: null captions
     vae: str = ""                 # diffusers VAE name or directory to decode the grid; empty: show latent channels
 
 
@@ -320,6 +321,12 @@ def _validate(cfg: StageConfig, w: str) -> None:
     _check(s.warmup_steps >= 0, w, f"schedule.warmup_steps: must be >= 0, got {s.warmup_steps}")
     for name in ("alpha", "alpha_f"):
         _check(getattr(s, name) >= 0, w, f"schedule.{name}: must be >= 0 (a fraction of lr), got {getattr(s, name)}")
+    _check(all(isinstance(text, str) for text in cfg.samples.prompts), w,
+           f"samples.prompts: expected a list of strings, got {cfg.samples.prompts!r}")
+    _check(not (cfg.samples.prompts and cfg.samples.captions), w,
+           "samples: prompts and captions both given; expected one of them")
+    _check(not (cfg.samples.prompts and cfg.samples.every > 0 and not cfg.data.text_encoder), w,
+           "samples.prompts: data.text_encoder is empty; expected the encoder that made the latents")
     if cfg.samples.every > 0 and cfg.samples.captions:
         _check(Path(cfg.samples.captions).is_file(), w,
                f"samples.captions: {cfg.samples.captions}: no such file (checked now, not at the first sample step)")

@@ -31,7 +31,8 @@ class TrainJob(submitit.helpers.Checkpointable):
             torch.set_num_threads(cfg.launch.cpus_per_task)
         info = init_distributed()
         try:
-            return Trainer(cfg, info, resume=self.resume, callbacks=[SampleGrid(cfg.samples, cfg.out_dir)]).run()
+            grid = SampleGrid(cfg.samples, cfg.out_dir, cfg.data.text_encoder, cfg.data.caption_len)
+            return Trainer(cfg, info, resume=self.resume, callbacks=[grid]).run()
         finally:
             shutdown_distributed()
 

@@ -79,3 +79,23 @@ def test_bad_validation_settings_are_named(tmp_path):
     with pytest.raises(UserError, match="fewer than the 16 ranks"):
         HeldOutLoss(tiny_config(tmp_path / "run", validation=validation(heldout_shards(tmp_path / "v2"))),
                     EDMConfig(), 0, 16, torch.device("cpu"))
+
+
+def test_sample_grids_show_the_prompts_encoded_and_decoded(tmp_path, tiny_vae_dir):
+    from PIL import Image
+
+    from microdit.models.encoders import create_text_encoder
+    from microdit.train.callbacks import SampleGrid
+
+    prompts = ["a red square", "two blue circles", "never shown: num is 2"]
+    cfg = tiny_config(tmp_path, steps=2, model={"caption_channels": 384}, data={"text_encoder": "minilm"},
+                      samples={"every": 2, "num": 2, "steps": 2, "prompts": prompts, "vae": str(tiny_vae_dir)})
+    grid = SampleGrid(cfg.samples, cfg.out_dir, cfg.data.text_encoder, cfg.data.caption_len)
+    trainer = Trainer(cfg, DistInfo(), callbacks=[grid])
+    trainer.run()
+    expected = create_text_encoder("minilm", cfg.data.caption_len).encode(prompts[:2])
+    assert torch.equal(grid.captions(trainer.raw), expected)
+    with Image.open(tmp_path / "samples" / "step_000000002.png") as image:
+        assert image.size == (32 + 4, 2 * (32 + 2) + 2)  # two decoded 32 px images (the tiny VAE upsamples 4x)
+    with pytest.raises(UserError, match="prompts and captions both given"):
+        tiny_config(tmp_path, samples={"prompts": ["a"], "captions": "c.safetensors"})

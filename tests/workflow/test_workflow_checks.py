@@ -91,6 +91,8 @@ BROKEN = {
     "stages.train": lambda c: _rename_stage(c, "stage1", "train"),
     "eval.resolution": lambda c: c["eval"].update(resolution=32),
     "datasets.downloads": lambda c: c["datasets"].update(downloads=c["datasets"]["synthetic"]),
+    "validation.dataset": lambda c: c["validation"].update(dataset="nosuch"),
+    "eval.weights": lambda c: c["stages"]["stage4"].update(set={"ema": None}),  # ema asked of a stage without one
 }
 
 
@@ -102,6 +104,20 @@ def test_a_broken_reference_is_named(key):
     (error,) = config_errors(config, str(REPO))
     assert error.startswith(f"{key}:")
     assert "nosuch" in error or "expected" in error or "rename" in error
+
+
+def test_the_ema_export_is_evaluated_when_asked(tmp_path):
+    config = load("tiny")
+    config["eval"]["stage"], config["eval"]["resolution"] = "stage2", 32
+    config["stages"]["stage2"]["set"] = {"ema.decay": 0.9}  # stage 2's YAML has none: set adds one
+    assert config_errors(config, str(REPO)) == []
+    result = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--configfile", write_config(tmp_path / "c.yaml", config))
+    (generate,) = shell_commands(result.stdout, "generate")
+    assert "--checkpoint results/tiny/train/stage2/ema.safetensors" in generate
+    config["eval"]["weights"] = "raw"
+    result = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--configfile", write_config(tmp_path / "c.yaml", config))
+    (generate,) = shell_commands(result.stdout, "generate")
+    assert "--checkpoint results/tiny/train/stage2/final.safetensors" in generate
 
 
 def test_a_stage_yaml_that_is_no_mapping_of_settings_is_named(tmp_path):
