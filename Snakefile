@@ -1,15 +1,17 @@
 # microdit workflow: validate the config, include the rules, define the targets. All logic is in `microdit`.
 #   snakemake --profile profiles/local --configfile config/tiny.yaml          (make demo)
 #   snakemake --profile profiles/slurm --configfile config/paper.yaml         (the paper)
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
+import os
 
-from microdit.workflow import config_errors
+from snakemake.exceptions import WorkflowError
+
+from microdit.workflow import config_errors, schema_errors, stage_setting_errors
 
 
 if not config:
     raise ValueError("no configuration: pass --configfile config/tiny.yaml or --configfile config/paper.yaml")
-validate(config, "config/schema.yaml")
+if errors := schema_errors(config, os.path.join(workflow.basedir, "config", "schema.yaml")):
+    raise WorkflowError("invalid config:\n  " + "\n  ".join(errors))
 # the schema checks each section on its own; a name that points at a missing download, dataset or stage would
 # otherwise surface as a KeyError deep in the DAG, or not at all
 if errors := config_errors(config, workflow.basedir):
@@ -25,6 +27,12 @@ include: "rules/train.smk"
 include: "rules/sample.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
+
+
+# each stage's settings as its job will resolve them (stage YAML + the workflow's overrides), checked before any job
+if workflow.is_main_process:
+    if errors := [e for s in STAGES for e in stage_setting_errors(s, stage_yaml(s), stage_overrides(s))]:
+        raise WorkflowError("invalid stage settings:\n  " + "\n  ".join(errors))
 
 
 # the stages' datasets and the held-out one: the latents the stages read

@@ -24,6 +24,8 @@ RULE_NAMES = frozenset({
 # share its folder with the downloads
 DOWNLOADS_FOLDER = "downloads"
 
+TINY_VAE_DOWNSAMPLE = 4  # microdit.tiny_vae.build_tiny_vae's three levels (imported here without torch)
+
 GENEVAL_PROMPTS = 553  # GenEval's evaluation_metadata.jsonl (microdit.eval.geneval.NUM_PROMPTS)
 
 # Seconds per image and sampler step at 512 px on one GPU: the 1.16 B model's guided 30-step Heun sampler draws
@@ -42,6 +44,33 @@ def resolve_path(path: str, basedir: str) -> str:
     """A config path: relative to the working directory if it exists there, else to the workflow's folder
     (snakemake --directory elsewhere)."""
     return path if os.path.isabs(path) or os.path.exists(path) else os.path.join(basedir, path)
+
+
+def schema_errors(config: dict, schema_path: str) -> list[str]:
+    """The config's departures from the JSON schema, one line each naming the dotted key (Snakemake's `validate`
+    prints the whole schema instead, and the offending key only far below it)."""
+    import jsonschema
+
+    with open(schema_path, encoding="utf-8") as f:
+        schema = yaml.safe_load(f)
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.path)))
+    return [_schema_error(error) for error in errors]
+
+
+def _schema_error(error) -> str:
+    where = ".".join(map(str, error.absolute_path))
+    if error.validator == "additionalProperties":
+        known = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(known))
+        key = ".".join(filter(None, [where, str(unknown[0]) if unknown else ""]))
+        return f"{key}: unknown key (expected one of: {', '.join(known)})"
+    if error.validator in ("oneOf", "anyOf"):
+        forms = [sorted(option.get("required", [])) for option in error.validator_value]
+        needs = " or ".join(", ".join(keys) for keys in forms if keys)
+        return f"{where or 'config'}: expected exactly one form" + (f" (with {needs})" if needs else "")
+    message = error.message if len(error.message) <= 160 else error.message[:157] + "..."
+    return f"{where or 'config'}: {message}"
 
 
 def _unknown(key: str, value, known, what: str) -> str:
@@ -72,6 +101,10 @@ def config_errors(config: dict, basedir: str) -> list[str]:
         if spec["resolution"] not in resolutions:
             errors.append(f"stages.{name}.resolution: {spec['resolution']} px has no latents (expected one of "
                           f"latents.resolutions: {', '.join(map(str, resolutions))})")
+        elif spec["resolution"] % (2 * latent_downsample(config["vae"])):
+            errors.append(f"stages.{name}.resolution: {spec['resolution']} px is no whole number of 2x2 latent "
+                          f"patches with the VAE's {latent_downsample(config['vae'])}x downsampling (expected a "
+                          f"multiple of {2 * latent_downsample(config['vae'])})")
         if not os.path.isfile(resolve_path(spec["config"], basedir)):
             errors.append(f"stages.{name}.config: {spec['config']} not found (a stage YAML, relative to the working "
                           f"directory or to {basedir})")
@@ -136,6 +169,30 @@ def stage_has_ema(base_yaml: str, overrides: dict) -> bool:
         return True
     settings = read_stage_yaml(base_yaml) if os.path.isfile(base_yaml) else None
     return isinstance(settings, dict) and settings.get("ema") is not None
+
+
+def stage_setting_errors(stage: str, base_yaml: str, overrides: dict) -> list[str]:
+    """What the trainer would refuse in a stage's resolved settings (its YAML with the workflow's overrides, as
+    `microdit train --config BASE --set ...` builds them), found when the workflow is parsed rather than when the
+    stage's job starts, after the jobs before it and after Snakemake has removed its old outputs. Imports torch (the
+    stage dataclasses name the model's variants), so it runs in Snakemake's main process only."""
+    from microdit.errors import UserError
+    from microdit.train.config import set_setting, stage_config_from_dict
+
+    settings = read_stage_yaml(base_yaml)
+    try:
+        for key, value in overrides.items():
+            set_setting(settings, key, value, f"stages.{stage}.set: {key}")
+        stage_config_from_dict(settings, source=f"stages.{stage} ({base_yaml} with the workflow's settings)")
+    except UserError as err:
+        return [str(err)]
+    return []
+
+
+def latent_downsample(vae: dict) -> int:
+    """Pixels per latent side of the run's VAE: `vae.downsample`, else the preset's own trained VAE's 4 (three
+    levels, microdit/tiny_vae.py) or the 8 of the diffusers VAEs the recipe uses (SD, SDXL, the 16-channel Ostris)."""
+    return int(vae.get("downsample", TINY_VAE_DOWNSAMPLE if "train" in vae else 8))
 
 
 def stage_weights(base_yaml: str, overrides: dict) -> str:

@@ -5,7 +5,7 @@
 import json
 import shlex
 
-from microdit.workflow import (GENEVAL_PROMPTS, cli_options, download_threads, generation_minutes,
+from microdit.workflow import (GENEVAL_PROMPTS, cli_options, download_threads, generation_minutes, latent_downsample,
                                resolve_path, stage_weights)
 
 RUN = f"results/{config['run']}"
@@ -81,6 +81,7 @@ def stage_overrides(stage: str) -> dict:
         "data.text_encoder": config["text_encoder"]["name"],
         "model.caption_channels": config["text_encoder"]["width"],
         "model.in_channels": config["vae"]["latent_channels"],
+        "model.latent_res": spec["resolution"] // latent_downsample(config["vae"]),
     }
     # the training-time grids show the config's prompts, decoded (when the stage YAML switches grids on)
     overrides.update({"samples.prompts": config["samples"]["prompts"], "samples.vae": vae_argument()})

@@ -182,13 +182,18 @@ def apply_override(raw: dict, item: str) -> None:
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise UserError(f"--set {item!r}: expected key=value (e.g. optim.lr=1e-4)")
+    set_setting(raw, key, yaml.safe_load(value), f"--set {item!r}")
+
+
+def set_setting(raw: dict, key: str, value, where: str) -> None:
+    """raw[a][b] = value for key 'a.b', creating sections on the way."""
     *parents, leaf = key.split(".")
     node = raw
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise UserError(f"--set {item!r}: {part} is not a section")
-    node[leaf] = yaml.safe_load(value)
+            raise UserError(f"{where}: {part} is not a section")
+    node[leaf] = value
 
 
 def stage_config_from_dict(raw: dict, source: str = "config") -> StageConfig:

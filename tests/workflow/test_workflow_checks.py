@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from snakemake.utils import validate
 
 from microdit.workflow import (GENEVAL_PROMPTS, RULE_NAMES, cli_options, config_errors, download_threads,
-                               generation_minutes)
+                               generation_minutes, schema_errors, stage_setting_errors)
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = str(REPO / "config" / "schema.yaml")
@@ -100,7 +99,7 @@ BROKEN = {
 def test_a_broken_reference_is_named(key):
     config = load("tiny")
     BROKEN[key](config)
-    validate(config, SCHEMA)  # each is schema-valid: only the cross-check can catch it
+    assert schema_errors(config, SCHEMA) == []  # each is schema-valid: only the cross-check can catch it
     (error,) = config_errors(config, str(REPO))
     assert error.startswith(f"{key}:")
     assert "nosuch" in error or "expected" in error or "rename" in error
@@ -147,8 +146,62 @@ def test_stage_config_is_found_beside_the_workflow(tmp_path, monkeypatch):
 def test_schema_refuses_unsafe_names_idle_gpus_and_flags(change):
     config = load("tiny")
     change(config)
-    with pytest.raises(Exception, match="does not match|greater than the maximum|is not of type"):
-        validate(config, SCHEMA)
+    (error,) = schema_errors(config, SCHEMA)
+    assert re.search("does not match|greater than the maximum|is not of type", error)
+
+
+def test_schema_errors_are_one_line_each_naming_the_key():
+    config = load("tiny")
+    config["sample"] = {}
+    config["eval"]["guidance"] = 5.0
+    config["latents"]["resolutions"] = [32, "x"]
+    config["vae"]["name"] = "also a hub VAE"
+    assert schema_errors(config, SCHEMA) == [
+        "sample: unknown key (expected one of: datasets, downloads, eval, latents, launch, report, run, samples, "
+        "seed, stages, text_encoder, vae, validation)",
+        "eval.guidance: unknown key (expected one of: batch_size, caption_seed, download, features, geneval, gpus, "
+        "guidance_scale, inception_weights, mode, num_captions, resolution, seed, stage, steps, weights)",
+        "latents.resolutions.1: 'x' is not of type 'integer'",
+        "vae: expected exactly one form (with name or train)"]
+
+
+def test_stage_settings_are_checked_as_their_job_will_resolve_them(tmp_path):
+    base = str(REPO / "config" / "stages" / "tiny" / "stage2.yaml")
+    assert stage_setting_errors("stage2", base, {"optim.lr": 1e-4, "init": None}) == []
+    (error,) = stage_setting_errors("stage2", base, {"optim.lrr": 1e-4})
+    assert error.startswith("stages.stage2 (") and "optim.lrr: unknown field" in error
+    (error,) = stage_setting_errors("stage2", base, {"model.train_mask_ratio": 1.5})
+    assert "model.train_mask_ratio: must be in [0, 1), got 1.5" in error
+    (error,) = stage_setting_errors("stage2", base, {"optim": 1, "optim.lr": 1e-4})
+    assert "stages.stage2.set: optim.lr: optim is not a section" in error
+    # through Snakemake: refused when the workflow is parsed, before any job (and before any output is removed)
+    config = load("tiny")
+    config["stages"]["stage3"]["set"] = {"steps": "ten"}
+    config["launch"]["partiton"] = "gpu"
+    result = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", write_config(tmp_path / "c.yaml", config))
+    printed = result.stdout + result.stderr  # Snakemake prints its errors on either, by version
+    assert result.returncode != 0 and "invalid stage settings:" in printed
+    assert re.search(r"stages\.stage1 \(\S*config/stages/tiny/stage1\.yaml with the workflow's settings\): "
+                     r"launch\.partiton: unknown field", printed)
+    assert "steps: expected an integer, got 'ten'" in printed
+
+
+def test_a_stage_resolution_sets_the_model_latent_grid(tmp_path):
+    config = load("tiny")
+    config["latents"]["resolutions"] = [32, 64, 48]
+    config["stages"]["stage2"]["resolution"] = 64  # the tiny VAE downsamples 4x: 16x16 latents
+    result = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", write_config(tmp_path / "c.yaml", config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    latent_res = {next(a for a in shlex.split(c) if a.startswith("out_dir=")).split("/")[-1].rstrip('"'):
+                  next(a for a in shlex.split(c) if a.startswith("model.latent_res=")) for c in
+                  shell_commands(result.stdout, "train")}
+    assert latent_res == {"stage1": "model.latent_res=8", "stage2": "model.latent_res=16",
+                          "stage3": "model.latent_res=16", "stage4": "model.latent_res=16"}
+    config["stages"]["stage2"]["resolution"] = 48  # 12x12 latents: fine; 6 patches of 2
+    assert config_errors(config, str(REPO)) == []
+    config["vae"]["downsample"] = 16  # 48 px: 3x3 latents, no whole 2x2 patches
+    (error,) = config_errors(config, str(REPO))
+    assert error.startswith("stages.stage2.resolution: 48 px is no whole number of 2x2 latent patches")
 
 
 # --------------------------------------------------------------------------------------------------- quoting
