@@ -106,7 +106,24 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
                               f"({reason.group(1) if reason else _first_line(err)})") from None
     except Exception as err:  # the weights-only unpickler raises assorted errors on damaged input
         raise CheckpointError(f"{path}: not a checkpoint, or truncated ({type(err).__name__}: {_first_line(err)})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("config"), dict) and "step" in obj:
+        return _extract_state_dict(obj, path), training_checkpoint_metadata(obj["config"], obj["step"], "ema" in obj)
     return _extract_state_dict(obj, path), {"format": "torch.save"}
+
+
+def training_checkpoint_metadata(settings: dict, step, has_ema: bool) -> dict:
+    """One of our training checkpoints (microdit.train.state) described with an export's metadata keys, from the
+    stage settings it records: the model's config and the encoders its latents were made with."""
+    model, data = settings.get("model") or {}, settings.get("data") or {}
+    try:
+        config = variant_config(model["arch"], input_size=model["latent_res"], in_channels=model["in_channels"],
+                                caption_channels=model["caption_channels"],
+                                pos_interp_scale=model["pos_interp_scale"], **(model.get("overrides") or {}))
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"a training checkpoint whose recorded model settings are incomplete ({err})") from None
+    return {"format": "microdit", "container": f"training checkpoint, step {step}", "arch": model["arch"],
+            "kind": "raw (the file also holds its EMA)" if has_ema else "raw", "config": json.dumps(asdict(config)),
+            **encoder_metadata(data.get("vae", ""), data.get("text_encoder", ""))}
 
 
 def _first_line(err: BaseException) -> str:

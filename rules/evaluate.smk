@@ -15,6 +15,8 @@ rule eval_captions:
         seed=config["eval"]["caption_seed"],
     log:
         f"{RUN}/logs/eval/captions.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/captions.tsv"
     resources:
         mem_mb=4000,
         runtime=30,
@@ -90,6 +92,8 @@ rule fid:
         features=feature_options,
     log:
         f"{RUN}/logs/eval/fid.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/fid.tsv"
     threads: 4 if EVAL_GPUS else 2
     resources:
         gpu=EVAL_GPUS,
@@ -107,6 +111,8 @@ rule geneval_metadata:
         f"{EVAL}/geneval/evaluation_metadata.jsonl",
     log:
         f"{RUN}/logs/eval/geneval_metadata.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/geneval_metadata.tsv"
     resources:
         mem_mb=1000,
         runtime=10,
@@ -130,6 +136,8 @@ rule geneval_generate:
         per_prompt=GENEVAL_PER_PROMPT,
     log:
         f"{RUN}/logs/eval/geneval_generate.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/geneval_generate.tsv"
     threads: 4 if EVAL_GPUS else 2
     resources:
         gpu=EVAL_GPUS,
@@ -162,6 +170,8 @@ rule geneval_score:
         detector=lambda w: config["eval"]["geneval"]["detector"],
     log:
         f"{RUN}/logs/eval/geneval_score.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/geneval_score.tsv"
     threads: 4
     resources:
         gpu=1,
@@ -182,6 +192,8 @@ rule geneval_summary:
         report(f"{EVAL}/geneval.json", caption="../config/report_caption_geneval.rst", category="Evaluation"),
     log:
         f"{RUN}/logs/eval/geneval_summary.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/geneval_summary.tsv"
     resources:
         mem_mb=1000,
         runtime=10,

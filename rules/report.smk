@@ -18,6 +18,8 @@ rule report:
         price=config["report"]["price_per_gpu_hour"],
     log:
         f"{RUN}/logs/report.log",
+    benchmark:
+        f"{RUN}/benchmarks/report.tsv"
     resources:
         mem_mb=4000,
         runtime=30,

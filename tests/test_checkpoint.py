@@ -64,6 +64,25 @@ def test_safetensors_round_trip_keeps_config_and_kind(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
+def test_a_training_checkpoint_is_read_with_its_recorded_model_and_encoders(tmp_path, tiny_vae_dir, capsys):
+    from microdit.train.config import stage_config_from_dict, to_dict
+
+    settings = to_dict(stage_config_from_dict({
+        "name": "s", "steps": 2, "global_batch": 2, "micro_batch": 2,
+        "model": {"arch": "MicroDiT_Nano_2", "latent_res": 16, "caption_channels": 384, "pos_interp_scale": 2.0,
+                  "overrides": {"depth": 3}},
+        "data": {"vae": str(tiny_vae_dir), "text_encoder": "minilm"}}))
+    dit = create_dit("MicroDiT_Nano_2", input_size=16, caption_channels=384, pos_interp_scale=2.0, depth=3)
+    torch.save({"step": 7, "config": settings, "model": dit.state_dict(), "ema": {}}, tmp_path / "step_7.pt")
+    arch, loaded, metadata = load_dit(tmp_path / "step_7.pt")
+    assert arch == "MicroDiT_Nano_2" and loaded.config == dit.config
+    assert (metadata["vae"], metadata["text_encoder"], metadata["vae_downsample"]) == (str(tiny_vae_dir), "minilm", 4)
+    assert main(["checkpoint", "info", str(tmp_path / "step_7.pt"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["resolution"] == 64 and info["format"] == "torch.save (microdit training checkpoint, step 7)"
+    assert info["weights"] == "raw (the file also holds its EMA)"
+
+
 def test_mismatched_checkpoint_lists_first_mismatches(tmp_path):
     state = create_dit("MicroDiT_Nano_2", input_size=8).state_dict()
     state["blocks.0.attn.qkv.weight"] = torch.zeros(3, 3)

@@ -35,6 +35,13 @@ def test_unknown_text_encoder_name_is_a_clear_error():
         create_text_encoder("t5-someday")
 
 
+def test_a_vae_that_cannot_be_loaded_is_one_line_naming_it(tmp_path):
+    from microdit.errors import UserError
+
+    with pytest.raises(UserError, match=f"VAE {tmp_path / 'vea'}: cannot load it: not a diffusers AutoencoderKL"):
+        VAE(str(tmp_path / "vea"))  # a typo of a directory (offline in tests: not looked up on the hub either)
+
+
 def test_vae_scaling_and_shift_round_trip(tiny_vae_dir):
     vae = VAE(str(tiny_vae_dir))
     assert (vae.latent_channels, vae.downsample) == (4, 4)

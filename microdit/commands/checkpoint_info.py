@@ -21,7 +21,8 @@ def describe(path: str, resolution: int | None = None) -> dict:
     kind = metadata.get("kind", "unknown (the file does not say)")
     return {
         "path": path,
-        "format": "safetensors (microdit)" if metadata.get("format") == "microdit" else metadata["format"],
+        "format": (f"torch.save (microdit {metadata['container']})" if "container" in metadata else
+                   "safetensors (microdit)" if metadata.get("format") == "microdit" else metadata["format"]),
         "architecture": arch,
         "latent_channels": cfg.in_channels,
         "caption_channels": cfg.caption_channels,

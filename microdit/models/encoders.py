@@ -11,6 +11,8 @@ import os
 import torch
 import torch.nn as nn
 
+from microdit.errors import UserError
+
 OPENCLIP_PREFIX, HF_PREFIX, MINILM = "openclip:", "hf:", "minilm"
 
 
@@ -23,7 +25,13 @@ class VAE(nn.Module):
         from diffusers import AutoencoderKL
 
         self.name = name_or_path
-        self.vae = AutoencoderKL.from_pretrained(name_or_path, subfolder=subfolder or None).eval().requires_grad_(False)
+        try:
+            self.vae = AutoencoderKL.from_pretrained(name_or_path, subfolder=subfolder or None)
+        except OSError as err:  # diffusers' word for a missing directory, an unknown id and no network alike
+            where = f"{name_or_path} (subfolder {subfolder})" if subfolder else name_or_path
+            raise UserError(f"VAE {where}: cannot load it: not a diffusers AutoencoderKL directory, nor a hub id "
+                            f"that is cached or reachable ({str(err).splitlines()[0][:160]})") from None
+        self.vae.eval().requires_grad_(False)
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0) if shift else 0.0
 

@@ -83,9 +83,12 @@ def test_resume_mid_epoch_continues_where_it_stopped(tmp_path, loader_factory):
     assert sorted(ids(seen) + ids(again)) == sorted([(0, i) for i in range(64)] + [(1, i) for i in range(32)])
 
 
-def test_missing_index_is_named(tmp_path, isolated_streaming):
+def test_missing_index_and_a_resolution_without_latents_are_named(tmp_path, isolated_streaming):
     with pytest.raises(UserError, match="index.json: missing"):
         build_latents_loader([str(tmp_path)], 16, batch_size=4, num_workers=0)
+    data = latents_dataset(tmp_path / "a", 4, 0)
+    with pytest.raises(UserError, match=f"{data}: no latents_256 or caption_latents column .*latents_16"):
+        build_latents_loader([data], 256, batch_size=4, num_workers=0)
 
 
 def test_stale_cleanup_skipped_while_a_dataset_is_alive(tmp_path, loader_factory):
