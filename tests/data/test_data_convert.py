@@ -99,6 +99,21 @@ def test_unfinished_shards_are_left_out_and_missing_input_is_an_error(tmp_path):
     assert run(["convert", "--input", str(wds), "--out", str(tmp_path / "cli"), "--min-side", "512"]) == 0
 
 
-def test_caption_cleaning():
-    assert clean_caption('  <b>Red&amp;amp;Blue</b> shoes https://shop.example/x?y=1   sale ') == "Red&Blue shoes sale"
-    assert clean_caption("plain caption") == "plain caption"
+@pytest.mark.parametrize("raw, clean", [
+    ('  <b>Red&amp;amp;Blue</b> shoes https://shop.example/x?y=1   sale ', "red&blue shoes sale"),
+    ("plain caption", "plain caption"),
+    ("Photo by @jane_doe: sunset IMG_1234.jpg 1920x1080", "photo by: sunset"),
+    ("東京 Tokyo tower at night", "tokyo tower at night"),
+    ("red%20shoes%20for%20sale", "red shoes for sale"),
+    ("red+shoes", "red shoes"),
+    ("c++ book, 50% off!!!", "c++ book, 50% off!"),  # no escape sequence: not URL-decoded
+    ("this-is-my-cute-cat on a sofa", "this is my cute cat on a sofa"),
+    ("item #1234 jc6640 sku 12345678 at 192.168.0.1", "item sku at"),
+    ("“Quoted” — “text”...", '"quoted" - "text"'),
+    ("'a cat on a mat'", "a cat on a mat"),
+    ("Beautiful dress | amazon.com", "beautiful dress"),
+    ("a 3d render of a 4k tv, covid19", "a 3d render of a 4k tv, covid19"),
+    ("&amp;amp;lt;b&amp;amp;gt;bold&amp;amp;lt;/b&amp;amp;gt; text", "bold text"),  # markup the first pass exposed
+])
+def test_caption_cleaning(raw, clean):
+    assert clean_caption(raw) == clean
