@@ -73,7 +73,9 @@ class HeldOutLoss:
         was_training = model.training
         model.eval()
         total = torch.zeros((), device=self.device)
-        with torch.no_grad(), autocast():
+        # compiled blocks run eagerly here: a few seconds of eager forwards cost less than compiling every block
+        # again for this batch shape and grad mode (and those graphs would count against the recompile limit)
+        with torch.no_grad(), autocast(), torch.compiler.set_stance("force_eager"):
             for batch in self.batches:
                 b = {key: value.to(self.device).float() for key, value in batch.items()}
                 loss, _ = denoising_error(model, b["latents"], b["caption_latents"], b["sigma"], b["noise"],

@@ -56,6 +56,19 @@ def test_the_heldout_loss_is_fixed_and_does_not_depend_on_batching_or_ranks(tmp_
     assert HeldOutLoss(cfg, edm, 0, 3, torch.device("cpu")).count == 6
 
 
+def test_the_heldout_loss_compiles_nothing(tmp_path):
+    from torch._dynamo.utils import counters
+
+    cfg = tiny_config(tmp_path / "run", validation=validation(heldout_shards(tmp_path / "val")))
+    model = build_model(cfg)
+    eager = HeldOutLoss(cfg, EDMConfig(), 0, 1, torch.device("cpu"))(model, nullcontext)
+    torch._dynamo.reset()
+    counters.clear()
+    model.compile_blocks()
+    assert HeldOutLoss(cfg, EDMConfig(), 0, 1, torch.device("cpu"))(model, nullcontext) == pytest.approx(eager)
+    assert counters["stats"]["unique_graphs"] == 0
+
+
 def test_the_trainer_logs_the_heldout_loss_and_it_is_no_weight_setting(tmp_path):
     shards = heldout_shards(tmp_path / "val")
     cfg = tiny_config(tmp_path / "run", steps=5, log_every=4, validation=validation(shards))
