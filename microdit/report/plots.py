@@ -31,6 +31,9 @@ def loss_lr_figure(df: pd.DataFrame, title: str) -> bytes:
         held_out = df.dropna(subset=["val_loss"])
         ax_loss.plot(held_out["step"], held_out["val_loss"], marker="o", ms=3, lw=1.2, color="tab:red",
                      label="held-out (unmasked, fixed noise)")
+        if "val_loss_ema" in held_out and held_out["val_loss_ema"].notna().any():
+            ax_loss.plot(held_out["step"], held_out["val_loss_ema"], ls="--", lw=1.2, color="tab:purple",
+                         label="held-out, EMA weights")
     ax_loss.set(xlabel="step", ylabel="EDM loss", title=f"{title}: loss")
     ax_loss.legend(frameon=False)
     ax_lr.plot(df["step"], df["lr"], lw=1.5, color="tab:green")

@@ -92,7 +92,9 @@ def curves_section(inputs: ReportInputs) -> str:
         held_out = df.dropna(subset=["val_loss"]) if "val_loss" in df else df.iloc[:0]
         if len(held_out):
             last = held_out.iloc[-1]
-            body += (f"<p>held-out loss {fmt(last['val_loss'], '.4f')} at step {int(last['step'])} "
+            ema = last.get("val_loss_ema")
+            ema_text = f", EMA weights {fmt(ema, '.4f')}" if ema is not None and ema == ema else ""  # NaN: none
+            body += (f"<p>held-out loss {fmt(last['val_loss'], '.4f')}{ema_text} at step {int(last['step'])} "
                      f"({len(held_out)} evaluations; unmasked, each sample at a fixed noise level)</p>")
         parts.append(f"<figure><figcaption>{esc(stage)}</figcaption>{body}</figure>")
     return "<h2>Training curves</h2>" + "".join(parts)

@@ -108,6 +108,16 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def reshard(model: nn.Module) -> None:
+    """Back to sharded parameters after forwards without a backward (FSDP2 with reshard_after_forward=False keeps
+    the gathered ones on the modules until a backward), as after a training step; no-op without FSDP."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 @contextlib.contextmanager
 def gradient_sync(model: nn.Module, enabled: bool):
     """Skip the gradient all-reduce on all but the last microbatch of an accumulated step."""

@@ -4,6 +4,8 @@ SPEC §7.2).
 Before `start_step` the average simply follows the weights, so it starts from the weights of that step rather than from
 the random init. The shadow tensors have the parameters' own layout (sharded under FSDP), so updates stay local.
 """
+import contextlib
+
 import torch
 import torch.nn as nn
 
@@ -30,6 +32,22 @@ class EMA:
                 shadow.copy_(param.detach())
             elif step % self.cfg.every == 0:
                 shadow.lerp_(param.detach().float(), 1.0 - self.cfg.decay)
+
+    @contextlib.contextmanager
+    def swapped_in(self, model: nn.Module):
+        """Inside the block the model holds the averaged weights, after it its own again; in place, so sharded
+        parameters stay sharded and compiled blocks keep their graphs (every rank swaps its own shards)."""
+        params = [param for _, param in self._params(model)]
+        with torch.no_grad():
+            kept = [param.detach().clone() for param in params]
+            for param, shadow in zip(params, self.shadow):
+                param.copy_(shadow)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for param, own in zip(params, kept):
+                    param.copy_(own)
 
     def state_dict(self) -> dict:
         """Whole tensors on CPU (a collective under FSDP: call on every rank)."""

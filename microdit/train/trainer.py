@@ -232,12 +232,15 @@ class Trainer:
         return self._finish(throughput, logged_loss, first_step_s)
 
     def _heldout_loss(self, throughput: Throughput) -> dict:
-        """{"val_loss": ...} of the current weights; its time is left out of the logged img/s (the training steps
-        before it have finished: their losses were just read)."""
+        """{"val_loss": ...} of the current weights, and "val_loss_ema" of their average when the stage keeps one;
+        its time is left out of the logged img/s (the steps before it have finished: their losses were just read)."""
         started = time.perf_counter()
-        value = self.heldout(self.model, self.autocast)
+        values = {"val_loss": self.heldout(self.model, self.autocast)}
+        if self.ema is not None:
+            with self.ema.swapped_in(self.raw):
+                values["val_loss_ema"] = self.heldout(self.model, self.autocast)
         throughput.exclude(time.perf_counter() - started)
-        return {"val_loss": value}
+        return values
 
     def _train_step(self, batches, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; its mean loss and gradient norm stay on the device, so that the host does not wait

@@ -15,7 +15,7 @@ from microdit.diffusion.edm import EDMConfig, denoising_error
 from microdit.errors import UserError
 from microdit.train.config import StageConfig
 from microdit.train.data import sample_generator
-from microdit.train.distributed import mean_across_ranks
+from microdit.train.distributed import mean_across_ranks, reshard
 
 
 def read_heldout(datadirs: list[str], resolution: int, num: int,
@@ -81,5 +81,6 @@ class HeldOutLoss:
                 loss, _ = denoising_error(model, b["latents"], b["caption_latents"], b["sigma"], b["noise"],
                                           self.sigma_data)
                 total += loss.mean(dim=(1, 2, 3)).sum()
+        reshard(model)  # the parameters sharded again, as the EMA swap and the next step expect
         model.train(was_training)
         return float(mean_across_ranks(total / self.share))

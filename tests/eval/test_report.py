@@ -13,7 +13,7 @@ def run_dir(tmp_path):
     for stage, (gpus, hours) in {"stage1": (8, 10.0), "stage2": (4, 2.5)}.items():
         lines = [{"step": s, "loss": 1.0 / (1 + s), "lr": 1e-4 * min(1, s / 5)} for s in range(1, 21)]
         if stage == "stage1":  # the held-out loss rides on the training lines of its steps
-            lines[9]["val_loss"], lines[19]["val_loss"] = 0.5, 0.45
+            lines[9]["val_loss"], lines[19]["val_loss"], lines[19]["val_loss_ema"] = 0.5, 0.45, 0.44
         lines.insert(3, {"step": 4, "val_loss": 0.5})  # a non-training line is ignored
         (tmp_path / f"{stage}_metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
         (tmp_path / f"{stage}_stats.json").write_text(json.dumps({
@@ -43,7 +43,8 @@ def test_report_has_curves_grids_scores_and_costs(run_dir):
     assert len(images) == 3  # two curve figures and one grid, all inlined
     assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
     assert "no samples" in text  # stage2 has no grid
-    assert "held-out loss 0.4500 at step 20 (2 evaluations" in text and text.count("held-out loss") == 1
+    assert "held-out loss 0.4500, EMA weights 0.4400 at step 20 (2 evaluations" in text
+    assert text.count("held-out loss") == 1
     assert "12.72" in text and "13.26" in text and "0.52" in text  # the paper's column
     assert "42.12" in text and "EfficientNet-Lite0" in text
     # 8 GPUs x 10 h = 80 GPU-h -> $300.00; 4 x 2.5 h = 10 GPU-h -> $37.50; total $337.50 at $3.75

@@ -31,9 +31,9 @@ def test_local_two_tasks_match_one_process(tmp_path, monkeypatch, strategy):
         a, b = weights(tmp_path / "one" / name), weights(tmp_path / "two" / name)
         assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), name
     # the held-out loss, each rank scoring half of the samples, is the one process's
-    held_out = [[line["val_loss"] for line in map(json.loads, (tmp_path / run / "metrics.jsonl").open())
-                 if "val_loss" in line] for run in ("one", "two")]
-    assert len(held_out[0]) == 2 and held_out[1] == pytest.approx(held_out[0], rel=1e-4)
+    held_out = [[line[key] for line in map(json.loads, (tmp_path / run / "metrics.jsonl").open()) if "val_loss" in line
+                 for key in ("val_loss", "val_loss_ema")] for run in ("one", "two")]
+    assert len(held_out[0]) == 4 and held_out[1] == pytest.approx(held_out[0], rel=1e-4)  # EMA swapped in per shard
 
 
 @pytest.mark.slow

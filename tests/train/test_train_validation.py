@@ -13,7 +13,7 @@ from microdit.train.state import run_fingerprint
 from microdit.train.config import to_dict
 from microdit.train.trainer import Trainer, build_model
 from microdit.train.validation import HeldOutLoss, fixed_draw
-from train_helpers import heldout_shards, tiny_config, validation
+from train_helpers import heldout_shards, tiny_config, validation, weights
 
 
 def nullcontext():
@@ -76,8 +76,23 @@ def test_the_trainer_logs_the_heldout_loss_and_it_is_no_weight_setting(tmp_path)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [2, 4, 5]  # every 2 steps and at the end, on the log's lines
     assert all(np.isfinite(line["val_loss"]) and np.isfinite(line["loss"]) for line in lines)
+    assert not any("val_loss_ema" in line for line in lines)  # no EMA in this stage
     plain = tiny_config(tmp_path / "run", steps=5, log_every=4)
     assert run_fingerprint(to_dict(plain)) == run_fingerprint(to_dict(cfg))  # adding it keeps the checkpoints
+
+
+def test_with_an_ema_both_weights_are_scored_and_training_is_untouched(tmp_path):
+    ema = {"decay": 0.5, "start_step": 1}
+    watched = tiny_config(tmp_path / "watched", steps=4, ema=ema, validation=validation(heldout_shards(tmp_path / "v")))
+    Trainer(watched, DistInfo()).run()
+    Trainer(tiny_config(tmp_path / "plain", steps=4, ema=ema), DistInfo()).run()
+    for name in ("final.safetensors", "ema.safetensors"):  # the swap restored the weights; no random draw was taken
+        a, b = weights(tmp_path / "watched" / name), weights(tmp_path / "plain" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    lines = [json.loads(line) for line in (tmp_path / "watched" / "metrics.jsonl").read_text().splitlines()]
+    scored = [line for line in lines if "val_loss" in line]
+    assert [line["step"] for line in scored] == [2, 4]
+    assert all(np.isfinite(line["val_loss_ema"]) and line["val_loss_ema"] != line["val_loss"] for line in scored)
 
 
 def test_bad_validation_settings_are_named(tmp_path):
