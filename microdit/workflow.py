@@ -189,6 +189,18 @@ def stage_setting_errors(stage: str, base_yaml: str, overrides: dict) -> list[st
     return []
 
 
+def own_sample_captions(base_yaml: str, overrides: dict) -> bool:
+    """Whether a stage's YAML or `set` names a caption file of its own for the training-time grids (the workflow
+    then passes no prompts)."""
+    settings = read_stage_yaml(base_yaml) if os.path.isfile(base_yaml) else None
+    samples = settings.get("samples") if isinstance(settings, dict) else None
+    samples = dict(samples) if isinstance(samples, dict) else {}
+    samples.update(overrides.get("samples") or {})
+    if "samples.captions" in overrides:
+        samples["captions"] = overrides["samples.captions"]
+    return bool(samples.get("captions"))
+
+
 def latent_downsample(vae: dict) -> int:
     """Pixels per latent side of the run's VAE: `vae.downsample`, else the preset's own trained VAE's 4 (three
     levels, microdit/tiny_vae.py) or the 8 of the diffusers VAEs the recipe uses (SD, SDXL, the 16-channel Ostris)."""

@@ -6,7 +6,7 @@ import json
 import shlex
 
 from microdit.workflow import (GENEVAL_PROMPTS, cli_options, download_threads, generation_minutes, latent_downsample,
-                               resolve_path, stage_weights)
+                               own_sample_captions, resolve_path, stage_weights)
 
 RUN = f"results/{config['run']}"
 STAGES = list(config["stages"])
@@ -83,8 +83,10 @@ def stage_overrides(stage: str) -> dict:
         "model.in_channels": config["vae"]["latent_channels"],
         "model.latent_res": spec["resolution"] // latent_downsample(config["vae"]),
     }
-    # the training-time grids show the config's prompts, decoded (when the stage YAML switches grids on)
-    overrides.update({"samples.prompts": config["samples"]["prompts"], "samples.vae": vae_argument()})
+    # the training-time grids show the config's prompts (unless the stage names its own caption file), decoded
+    overrides["samples.vae"] = vae_argument()
+    if not own_sample_captions(stage_yaml(stage), spec.get("set", {})):
+        overrides["samples.prompts"] = config["samples"]["prompts"]
     if "validation" in config:
         held_out = config["validation"]
         overrides.update({f"validation.{key}": value for key, value in held_out.items() if key != "dataset"})

@@ -73,7 +73,8 @@ def test_a_training_checkpoint_is_read_with_its_recorded_model_and_encoders(tmp_
                   "overrides": {"depth": 3}},
         "data": {"vae": str(tiny_vae_dir), "text_encoder": "minilm"}}))
     dit = create_dit("MicroDiT_Nano_2", input_size=16, caption_channels=384, pos_interp_scale=2.0, depth=3)
-    torch.save({"step": 7, "config": settings, "model": dit.state_dict(), "ema": {}}, tmp_path / "step_7.pt")
+    ema = {k: v.clone() for k, v in dit.state_dict().items() if k != "pos_embed"}
+    torch.save({"step": 7, "config": settings, "model": dit.state_dict(), "ema": ema}, tmp_path / "step_7.pt")
     arch, loaded, metadata = load_dit(tmp_path / "step_7.pt")
     assert arch == "MicroDiT_Nano_2" and loaded.config == dit.config
     assert (metadata["vae"], metadata["text_encoder"], metadata["vae_downsample"]) == (str(tiny_vae_dir), "minilm", 4)
@@ -81,6 +82,8 @@ def test_a_training_checkpoint_is_read_with_its_recorded_model_and_encoders(tmp_
     info = json.loads(capsys.readouterr().out)
     assert info["resolution"] == 64 and info["format"] == "torch.save (microdit training checkpoint, step 7)"
     assert info["weights"] == "raw (the file also holds its EMA)"
+    torch.save({"step": 7, "config": settings, "model": dit.state_dict(), "ema": None}, tmp_path / "step_7.pt")
+    assert load_dit(tmp_path / "step_7.pt")[2]["kind"] == "raw"  # a stage without EMA saves "ema": None
 
 
 def test_mismatched_checkpoint_lists_first_mismatches(tmp_path):

@@ -5,21 +5,24 @@ The reference cleans CC12M alt-text at precompute time with DeepFloyd-IF's capti
 that removes the same kinds of web noise: URL-encoding, HTML markup and entities, links, @handles, CJK text, file
 names, image sizes, IP addresses, ids and long numbers, words-joined-by-many-hyphens, and runs of quotes, dots and
 whitespace; dashes and quotes are normalised and the text lower-cased (the reference's output is lower case; the
-CLIP tokenizer lower-cases anyway). It is not byte-identical to theirs: it keeps, e.g., their list of shop phrases
-out. Applied twice, as theirs, since one removal can expose another (a link inside markup).
+CLIP tokenizer lower-cases anyway). It is not byte-identical to theirs: it leaves out, e.g., their list of shop
+phrases, and it keeps text that only looks like noise ("100%Acrylic", "2 x 4 lumber", "ASP.NET"). Applied twice,
+as theirs, since one removal can expose another (markup escaped three times).
 """
 import html
 import re
 import unicodedata
-from urllib.parse import unquote_plus
+from urllib.parse import unquote
 
 TAG = re.compile(r"<[^>]{0,200}>")
-URL = re.compile(r"\b(?:https?://|www\.)\S+|\b\S+\.(?:com|net|org|co|io|ru|de|uk)(?:/\S*)?\b", re.IGNORECASE)
+URL = re.compile(r"\b(?:https?://|www\.)\S+", re.IGNORECASE)
+# a bare domain: lower-case TLD as typed (so "ASP.NET", "apples.Net weight" stay) ending the token or starting a path
+DOMAIN = re.compile(r"\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|net|org|co|io|ru|de|uk)(?:/\S*)?(?=[\s,;:!?)]|$)")
 HANDLE = re.compile(r"@[\w.]+")
-CJK = re.compile("[\u2e80-\u2fdf\u3040-\u30ff\u3100-\u31ef\u3200-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
-                 "\uff66-\uff9f]+")
+CJK = re.compile("[\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3100-\u31ef\u3200-\u4dbf\u4e00-\u9fff"
+                 "\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f]+")
 FILE_NAME = re.compile(r"\S+\.(?:png|jpe?g|gif|bmp|webp|tiff?|eps|svg|pdf|psd|ai|apk|mp4|mov|zip)\b", re.IGNORECASE)
-SIZE = re.compile(r"\b\d{1,5}\s?[x×х]\s?\d{1,5}\b(?:\s?(?:px|pixels))?", re.IGNORECASE)
+SIZE = re.compile(r"\b\d{1,5}[x×х]\d{1,5}\b(?:\s?(?:px|pixels))?", re.IGNORECASE)  # "1920x1080"; "2 x 4" stays
 IP_ADDRESS = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b")
 NUMBER_ID = re.compile(r"#\d+\b|\b\d{6,}\b|\b[a-z]{1,3}\d{3,}[a-z\d]*\b|\b\d{3,}[a-z]{2,}\d+\b",  # "jc6640"
                        re.IGNORECASE)
@@ -31,7 +34,9 @@ QUOTES = {"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u00ab": '"', "\u00bb": 
 QUOTE_TABLE = str.maketrans(QUOTES)
 REPEATS = re.compile(r"([\"'])\1+|\.{2,}|([!?,;:*_~|])\2+")
 SPACE = re.compile(r"\s+")
-SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([,.;:!?])")
+SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([,.;:!?])(?!\w)")  # "by : x" -> "by: x"; "a .45 caliber" stays
+JOINED = re.compile(r"(?<=\w)\+(?=\w)")  # "red+shoes": '+' for a space, not "c++" or "disney+"
+MAX_CHARS = 1000  # far beyond the text encoder's 77 tokens; bounds the cost of a pathological token
 EDGES = " \t-_.,;:*|/\\"
 
 
@@ -46,18 +51,29 @@ def decode_caption(raw: bytes | None) -> str | None:
     return text or None
 
 
-def clean_caption(text: str) -> str:
-    for _ in range(2):
-        text = _clean_once(text)
+def url_decoded(text: str) -> str:
+    """URL-encoded alt-text ("red%20shoes", "red+shoes") decoded; "100%Acrylic" is no escape (not UTF-8) and stays."""
+    if ENCODED.search(text):
+        try:
+            text = unquote(text, errors="strict")
+        except UnicodeDecodeError:
+            pass
+    if " " not in text:
+        text = JOINED.sub(" ", text)
     return text
 
 
+def clean_caption(text: str) -> str:
+    for _ in range(2):
+        text = _clean_once(text)
+    return text.lower()  # last: a bare domain is told from "ASP.NET" by its case
+
+
 def _clean_once(text: str) -> str:
-    if ENCODED.search(text) or ("+" in text and " " not in text):  # URL-encoded ("red%20shoes", "red+shoes")
-        text = unquote_plus(text)
-    text = unicodedata.normalize("NFKC", html.unescape(html.unescape(text))).lower()  # "&amp;amp;" is common
-    text = TAG.sub(" ", text)
-    for pattern in (URL, HANDLE, FILE_NAME, IP_ADDRESS, SIZE, NUMBER_ID, CJK):
+    text = url_decoded(text[:MAX_CHARS])
+    text = unicodedata.normalize("NFKC", html.unescape(html.unescape(text)))  # "&amp;amp;" is common
+    text = DOMAIN.sub(" ", URL.sub(" ", TAG.sub(" ", text)))
+    for pattern in (HANDLE, FILE_NAME, IP_ADDRESS, SIZE, NUMBER_ID, CJK):
         text = pattern.sub(" ", text)
     text = HYPHENATED.sub(lambda m: re.sub(r"[-_]", " ", m.group(0)), text)
     text = DASHES.sub("-", text).translate(QUOTE_TABLE)

@@ -91,7 +91,7 @@ class SamplesConfig:
 class ValidationConfig:
     every: int = 0                # steps between held-out losses, plus one at the stage's end; 0: none
     datadirs: list = field(default_factory=list)  # MDS latents written by precompute (COCO-2014 val in the paper run)
-    resolution: int = 256         # which latents_<resolution> column is read
+    resolution: int = 0           # which latents_<resolution> column is read; 0: data.options.resolution
     num: int = 1024               # its first samples scored (rounded down to a multiple of the ranks)
     batch_size: int = 64          # per rank
     seed: int = 0                 # fixes each sample's noise level and noise for the whole run
@@ -235,7 +235,7 @@ def _yaml_key(name: str) -> str:
 
 def _build(cls, raw, where: str):
     if not isinstance(raw, dict):
-        raise UserError(f"{where.rstrip(': ')}: expected a mapping, got {raw!r}")
+        raise UserError(f"{where.rstrip(': .')}: expected a mapping, got {raw!r}")
     fields = {_yaml_key(f.name): f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
@@ -328,7 +328,7 @@ def _validate(cfg: StageConfig, w: str) -> None:
         _check(getattr(s, name) >= 0, w, f"schedule.{name}: must be >= 0 (a fraction of lr), got {getattr(s, name)}")
     _check(all(isinstance(text, str) for text in cfg.samples.prompts), w,
            f"samples.prompts: expected a list of strings, got {cfg.samples.prompts!r}")
-    _check(not (cfg.samples.prompts and cfg.samples.captions), w,
+    _check(not (cfg.samples.every > 0 and cfg.samples.prompts and cfg.samples.captions), w,
            "samples: prompts and captions both given; expected one of them")
     _check(not (cfg.samples.prompts and cfg.samples.every > 0 and not cfg.data.text_encoder), w,
            "samples.prompts: data.text_encoder is empty; expected the encoder that made the latents")
@@ -340,8 +340,10 @@ def _validate(cfg: StageConfig, w: str) -> None:
     if v.every > 0:
         _check(bool(v.datadirs) and all(isinstance(d, str) for d in v.datadirs), w,
                f"validation.datadirs: expected a list of latents directories, got {v.datadirs!r}")
-        for name in ("resolution", "num", "batch_size"):
+        for name in ("num", "batch_size"):
             _check(getattr(v, name) > 0, w, f"validation.{name}: must be > 0, got {getattr(v, name)}")
+        _check(v.resolution > 0 or isinstance(d.options.get("resolution"), int), w,
+               f"validation.resolution: must be > 0 (or data.options.resolution set), got {v.resolution}")
     if cfg.ema is not None:
         _check(0.0 < cfg.ema.decay < 1.0, w, f"ema.decay: must be in (0, 1), got {cfg.ema.decay}")
         _check(cfg.ema.every > 0, w, f"ema.every: must be > 0, got {cfg.ema.every}")

@@ -51,6 +51,7 @@ class Throughput:
         self.flops_per_sample, self.peak, self.world_size = flops_per_sample, peak, world_size
         self.start = self.mark = time.perf_counter()
         self.images = self.window_images = 0
+        self.excluded = 0.0
 
     def add(self, images: int) -> None:
         self.images += images
@@ -63,11 +64,12 @@ class Throughput:
         return {"img_per_s": rate, "mfu": self.mfu(rate)}
 
     def exclude(self, seconds: float) -> None:
-        """Leave time spent on other work (the held-out loss) out of the current window's rate."""
+        """Leave time spent on other work (the held-out loss) out of the rates; `elapsed` (wall time) keeps it."""
         self.mark += seconds
+        self.excluded += seconds
 
     def mean_rate(self) -> float:
-        return self.images / max(time.perf_counter() - self.start, 1e-9)
+        return self.images / max(time.perf_counter() - self.start - self.excluded, 1e-9)
 
     def mfu(self, rate: float) -> float | None:
         if not (self.flops_per_sample and self.peak):

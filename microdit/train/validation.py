@@ -52,11 +52,19 @@ class HeldOutLoss:
     model on all ranks together (a collective: every rank calls it at the same steps)."""
 
     def __init__(self, cfg: StageConfig, edm: EDMConfig, rank: int, world_size: int, device: torch.device):
-        v = cfg.validation
-        samples = read_heldout(v.datadirs, v.resolution, v.num, (1, cfg.data.caption_len, cfg.model.caption_channels))
+        v, m = cfg.validation, cfg.model
+        resolution = v.resolution or cfg.data.options["resolution"]
+        caption_shape = (1, cfg.data.caption_len, m.caption_channels)
+        samples = read_heldout(v.datadirs, resolution, v.num, caption_shape)
+        if samples and (samples[0][0].shape != (m.in_channels, m.latent_res, m.latent_res)
+                        or samples[0][1].shape != caption_shape):
+            raise UserError(f"validation.datadirs: held-out latents {samples[0][0].shape} with captions "
+                            f"{samples[0][1].shape} at {resolution} px, but this stage's model takes "
+                            f"{(m.in_channels, m.latent_res, m.latent_res)} with {caption_shape}")
         used = len(samples) // world_size * world_size  # equal shares: every rank runs as many forwards
         if used == 0:
-            raise UserError(f"validation.datadirs: {len(samples)} held-out samples, fewer than the {world_size} ranks")
+            raise UserError(f"validation: {len(samples)} held-out samples (num {v.num}), fewer than the {world_size} "
+                            f"ranks; expected at least one per rank")
         mine = list(range(rank, used, world_size))
         self.count, self.share, self.device, self.sigma_data = used, len(mine), device, edm.sigma_data
         self.batches = []

@@ -114,6 +114,20 @@ def test_unfinished_shards_are_left_out_and_missing_input_is_an_error(tmp_path):
     ("Beautiful dress | amazon.com", "beautiful dress"),
     ("a 3d render of a 4k tv, covid19", "a 3d render of a 4k tv, covid19"),
     ("&amp;amp;lt;b&amp;amp;gt;bold&amp;amp;lt;/b&amp;amp;gt; text", "bold text"),  # markup the first pass exposed
+    # legitimate text that looks like noise stays
+    ("Women's Sweater 100%Acrylic", "women's sweater 100%acrylic"),  # "%Ac" decodes to no UTF-8: no escape
+    ("Disney+ logo", "disney+ logo"),
+    ("Fresh apples.Net weight 500g", "fresh apples.net weight 500g"),  # a domain is typed in lower case
+    ("ASP.NET Core logo", "asp.net core logo"),
+    ("Modern office.Co-working space", "modern office.co-working space"),
+    ("see shop.example.com/x for more", "see for more"),
+    ("2 x 4 lumber", "2 x 4 lumber"),
+    ("a .45 caliber", "a .45 caliber"),
+    ("東京 、japan", "japan"),
 ])
 def test_caption_cleaning(raw, clean):
     assert clean_caption(raw) == clean
+
+
+def test_caption_cleaning_reads_a_bounded_prefix():
+    assert clean_caption("a" * 5000) == "a" * 1000  # the text encoder reads 77 tokens

@@ -100,10 +100,17 @@ def test_bad_validation_settings_are_named(tmp_path):
         tiny_config(tmp_path, validation={"every": 10})
     with pytest.raises(UserError, match="validation.num: must be > 0"):
         tiny_config(tmp_path, validation={"every": 10, "datadirs": ["x"], "num": 0})
+    heldout_shards(tmp_path / "val")
     shards = heldout_shards(tmp_path / "val256", column="latents_32")
     cfg = tiny_config(tmp_path / "run", validation=validation(shards))
     with pytest.raises(UserError, match=r"val256/index.json has no latents_64"):
         HeldOutLoss(cfg, EDMConfig(), 0, 1, torch.device("cpu"))
+    wrong_grid = tiny_config(tmp_path / "run", model={"latent_res": 16}, validation=validation(shards.replace(
+        "val256", "val")))
+    with pytest.raises(UserError, match=r"held-out latents \(4, 8, 8\) .* model takes \(4, 16, 16\)"):
+        HeldOutLoss(wrong_grid, EDMConfig(), 0, 1, torch.device("cpu"))
+    with pytest.raises(UserError, match="validation.resolution: must be > 0"):
+        tiny_config(tmp_path, validation={"every": 10, "datadirs": ["x"]})  # random data: no resolution to take
     with pytest.raises(UserError, match="fewer than the 16 ranks"):
         HeldOutLoss(tiny_config(tmp_path / "run", validation=validation(heldout_shards(tmp_path / "v2"))),
                     EDMConfig(), 0, 16, torch.device("cpu"))
@@ -126,4 +133,17 @@ def test_sample_grids_show_the_prompts_encoded_and_decoded(tmp_path, tiny_vae_di
     with Image.open(tmp_path / "samples" / "step_000000002.png") as image:
         assert image.size == (32 + 4, 2 * (32 + 2) + 2)  # two decoded 32 px images (the tiny VAE upsamples 4x)
     with pytest.raises(UserError, match="prompts and captions both given"):
-        tiny_config(tmp_path, samples={"prompts": ["a"], "captions": "c.safetensors"})
+        tiny_config(tmp_path, samples={"every": 2, "prompts": ["a"], "captions": str(tmp_path / "c.safetensors")})
+    tiny_config(tmp_path, samples={"prompts": ["a"], "captions": "c.safetensors"})  # no grids: nothing to refuse
+
+
+def test_heldout_time_is_left_out_of_the_rates_but_not_of_the_wall_time():
+    from microdit.train.metrics import Throughput
+
+    clock = Throughput(None, None, 1)
+    clock.start -= 10.0  # as if 10 s had passed, 5 of them scoring the held-out set
+    clock.mark -= 10.0
+    clock.add(100)
+    clock.exclude(5.0)
+    assert clock.mean_rate() == pytest.approx(20.0, rel=0.01) and clock.elapsed() == pytest.approx(10.0, rel=0.01)
+    assert clock.report()["img_per_s"] == pytest.approx(20.0, rel=0.01)

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from microdit.workflow import (GENEVAL_PROMPTS, RULE_NAMES, cli_options, config_errors, download_threads,
-                               generation_minutes, schema_errors, stage_setting_errors)
+                               generation_minutes, own_sample_captions, schema_errors,
+                               stage_setting_errors)
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = str(REPO / "config" / "schema.yaml")
@@ -67,6 +68,12 @@ def shell_commands(output: str, command: str) -> list[str]:
     """The `microdit <command>` lines a dry run with -p prints (Snakemake 9: after "Shell command: ")."""
     lines = (line.strip().removeprefix("Shell command:").strip() for line in output.splitlines())
     return [line for line in lines if line.startswith(f"microdit {command} ")]
+
+
+def train_arguments(output: str) -> dict[str, list[str]]:
+    """stage -> the arguments of its `microdit train` command in a dry run with -p."""
+    commands = [shlex.split(c) for c in shell_commands(output, "train")]
+    return {next(a for a in args if a.startswith("out_dir=")).split("/")[-1].rstrip('"'): args for args in commands}
 
 
 # ------------------------------------------------------------------------------------------- cross-references
@@ -186,15 +193,28 @@ def test_stage_settings_are_checked_as_their_job_will_resolve_them(tmp_path):
     assert "steps: expected an integer, got 'ten'" in printed
 
 
+def test_a_stage_with_its_own_grid_captions_gets_no_prompts(tmp_path):
+    base = str(REPO / "config" / "stages" / "tiny" / "stage1.yaml")
+    assert not own_sample_captions(base, {})
+    assert own_sample_captions(base, {"samples.captions": "c.safetensors"})
+    assert own_sample_captions(base, {"samples": {"every": 5, "captions": "c.safetensors"}})
+    config = load("tiny")
+    config["stages"]["stage2"]["set"] = {"samples.captions": str(tmp_path / "c.safetensors")}
+    result = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", write_config(tmp_path / "c.yaml", config))
+    assert result.returncode == 0, result.stdout[-3000:]
+    prompts = {stage: any(a.startswith("samples.prompts=") for a in args)
+               for stage, args in train_arguments(result.stdout).items()}
+    assert prompts == {"stage1": True, "stage2": False, "stage3": True, "stage4": True}
+
+
 def test_a_stage_resolution_sets_the_model_latent_grid(tmp_path):
     config = load("tiny")
     config["latents"]["resolutions"] = [32, 64, 48]
     config["stages"]["stage2"]["resolution"] = 64  # the tiny VAE downsamples 4x: 16x16 latents
     result = snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", write_config(tmp_path / "c.yaml", config))
     assert result.returncode == 0, result.stderr[-3000:]
-    latent_res = {next(a for a in shlex.split(c) if a.startswith("out_dir=")).split("/")[-1].rstrip('"'):
-                  next(a for a in shlex.split(c) if a.startswith("model.latent_res=")) for c in
-                  shell_commands(result.stdout, "train")}
+    latent_res = {stage: next(a for a in args if a.startswith("model.latent_res="))
+                  for stage, args in train_arguments(result.stdout).items()}
     assert latent_res == {"stage1": "model.latent_res=8", "stage2": "model.latent_res=16",
                           "stage3": "model.latent_res=16", "stage4": "model.latent_res=16"}
     config["stages"]["stage2"]["resolution"] = 48  # 12x12 latents: fine; 6 patches of 2
@@ -240,8 +260,7 @@ def test_commands_follow_chain_vae_channels_and_gpus(tmp_path):
     result = snakemake(tmp_path, "-n", "-p", "--cores", "64", "--configfile",
                        write_config(tmp_path / "c.yaml", config))
     assert result.returncode == 0, result.stderr[-3000:]
-    stage_configs = {next(a for a in shlex.split(c) if a.startswith("out_dir=")).split("/")[-1].rstrip('"'):
-                     shlex.split(c) for c in shell_commands(result.stdout, "train")}
+    stage_configs = train_arguments(result.stdout)
     assert "init=null" in stage_configs["stage2"]  # unchained: the base YAML's placeholder is dropped
     stage3 = stage_configs["stage3"]  # unchained with its own start: an empty init that its keys fill in
     assert stage3.index("init={}") < stage3.index('init.from="elsewhere"')
