@@ -106,9 +106,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
                               f"({reason.group(1) if reason else _first_line(err)})") from None
     except Exception as err:  # the weights-only unpickler raises assorted errors on damaged input
         raise CheckpointError(f"{path}: not a checkpoint, or truncated ({type(err).__name__}: {_first_line(err)})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("config"), dict) and "step" in obj:
-        return _extract_state_dict(obj, path), training_checkpoint_metadata(obj["config"], obj["step"], bool(obj.get("ema")))
-    return _extract_state_dict(obj, path), {"format": "torch.save"}
+    metadata = {"format": "torch.save"}
+    if isinstance(obj, dict) and isinstance(obj.get("config"), dict) and "step" in obj:  # one of our own (.pt)
+        metadata = training_checkpoint_metadata(obj["config"], obj["step"], bool(obj.get("ema")))
+    return _extract_state_dict(obj, path), metadata
 
 
 def training_checkpoint_metadata(settings: dict, step, has_ema: bool) -> dict:

@@ -160,15 +160,30 @@ def read_stage_yaml(path: str):
         return yaml.safe_load(f)
 
 
-def stage_has_ema(base_yaml: str, overrides: dict) -> bool:
-    """Whether a stage keeps an EMA of its weights (and so exports ema.safetensors): its YAML's `ema` section, unless
-    the workflow's `set` replaces it (`ema: null`) or adds one (`ema` or `ema.*` keys)."""
-    if "ema" in overrides:
-        return overrides["ema"] is not None
-    if any(key.startswith("ema.") for key in overrides):
-        return True
+def stage_section(base_yaml: str, overrides: dict, name: str):
+    """A section of a stage's settings as its job will resolve it (`--set` in order: `name` replaces the YAML's,
+    `name.key` sets one key); None when absent or null."""
     settings = read_stage_yaml(base_yaml) if os.path.isfile(base_yaml) else None
-    return isinstance(settings, dict) and settings.get("ema") is not None
+    section = settings.get(name) if isinstance(settings, dict) else None
+    for key, value in overrides.items():
+        if key == name:
+            section = value
+        elif key.startswith(name + "."):
+            section = dict(section) if isinstance(section, dict) else {}
+            section[key[len(name) + 1:]] = value
+    return section
+
+
+def stage_has_ema(base_yaml: str, overrides: dict) -> bool:
+    """Whether a stage keeps an EMA of its weights (and so exports ema.safetensors)."""
+    return stage_section(base_yaml, overrides, "ema") is not None
+
+
+def own_sample_captions(base_yaml: str, overrides: dict) -> bool:
+    """Whether a stage names a caption file of its own for the training-time grids (the workflow then passes no
+    prompts)."""
+    samples = stage_section(base_yaml, overrides, "samples")
+    return isinstance(samples, dict) and bool(samples.get("captions"))
 
 
 def stage_setting_errors(stage: str, base_yaml: str, overrides: dict) -> list[str]:
@@ -187,18 +202,6 @@ def stage_setting_errors(stage: str, base_yaml: str, overrides: dict) -> list[st
     except UserError as err:
         return [str(err)]
     return []
-
-
-def own_sample_captions(base_yaml: str, overrides: dict) -> bool:
-    """Whether a stage's YAML or `set` names a caption file of its own for the training-time grids (the workflow
-    then passes no prompts)."""
-    settings = read_stage_yaml(base_yaml) if os.path.isfile(base_yaml) else None
-    samples = settings.get("samples") if isinstance(settings, dict) else None
-    samples = dict(samples) if isinstance(samples, dict) else {}
-    samples.update(overrides.get("samples") or {})
-    if "samples.captions" in overrides:
-        samples["captions"] = overrides["samples.captions"]
-    return bool(samples.get("captions"))
 
 
 def latent_downsample(vae: dict) -> int:

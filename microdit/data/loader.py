@@ -19,7 +19,7 @@ import torch
 from streaming import Stream, StreamingDataLoader, StreamingDataset
 from streaming.base.util import clean_stale_shared_memory as streaming_clean_stale_shared_memory
 
-from microdit.data.mds import read_index
+from microdit.data.mds import missing_columns
 from microdit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,10 @@ class LatentsDataset(StreamingDataset):
         if proportions is not None and len(proportions) != len(datadirs):
             raise ValueError(f"{len(proportions)} proportions for {len(datadirs)} datasets")
         for datadir in datadirs:  # named here, rather than as a streaming RuntimeError or a worker's KeyError
-            for shard in read_index(datadir)["shards"]:
-                columns = shard.get("column_names", [])
-                if f"latents_{resolution}" not in columns or "caption_latents" not in columns:
-                    raise UserError(f"{datadir}: no latents_{resolution} or caption_latents column (its columns: "
-                                    f"{', '.join(columns)}); expected precompute's latents at {resolution} px")
+            missing, columns = missing_columns(datadir, [f"latents_{resolution}", "caption_latents"])
+            if missing:
+                raise UserError(f"{datadir}: no latents_{resolution} or caption_latents column (its columns: "
+                                f"{', '.join(columns)}); expected precompute's latents at {resolution} px")
         streams = [Stream(local=os.fspath(d), proportion=None if proportions is None else proportions[i])
                    for i, d in enumerate(datadirs)]
         super().__init__(streams=streams, batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed,

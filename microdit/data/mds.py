@@ -29,6 +29,16 @@ def read_index(mds_dir: str | os.PathLike) -> dict:
     return index
 
 
+def missing_columns(mds_dir: str | os.PathLike, wanted: list[str]) -> tuple[list[str], list[str]]:
+    """(the wanted columns a shard lacks, that shard's columns), or ([], []) when every shard has them all: read off
+    the index, before a reader or a loader worker would fail on a sample."""
+    for shard in read_index(mds_dir)["shards"]:
+        names = shard.get("column_names", [])
+        if missing := [column for column in wanted if column not in names]:
+            return missing, names
+    return [], []
+
+
 def shard_readers(mds_dir: str | os.PathLike) -> list:
     """One streaming reader per shard, after checking that every shard file is complete."""
     from streaming.base.format import reader_from_json

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from microdit.data.mds import INDEX, SIZE_LIMIT, iter_samples, merge_parts, read_index, shard_path, shard_readers
+from microdit.data.mds import (INDEX, SIZE_LIMIT, iter_samples, merge_parts, missing_columns, shard_path,
+                               shard_readers)
 from microdit.errors import UserError
 from microdit.files import claim_folder, fingerprint, model_identity, write_json
 
@@ -203,12 +204,11 @@ def input_identity(in_dir: str) -> dict:
 
 def check_columns(in_dir: str, config: Config) -> None:
     """The caption and image columns exist in every input shard: a wrong name would skip every sample as bad."""
-    for shard in read_index(in_dir)["shards"]:
-        names = shard.get("column_names", [])
-        for option, column in (("--caption-column", config.caption_column), ("--image-column", config.image_column)):
-            if column not in names:
-                raise UserError(f"{Path(in_dir) / INDEX}: no column {column!r} ({option}); its columns are "
-                                f"{', '.join(names)}")
+    missing, names = missing_columns(in_dir, [config.caption_column, config.image_column])
+    if missing:
+        option = "--caption-column" if missing[0] == config.caption_column else "--image-column"
+        raise UserError(f"{Path(in_dir) / INDEX}: no column {missing[0]!r} ({option}); its columns are "
+                        f"{', '.join(names)}")
 
 
 def precompute(in_dir: str, out_dir: str, config: Config, processes: int = 1, device: str | None = None) -> dict:

@@ -22,16 +22,16 @@ def read_heldout(datadirs: list[str], resolution: int, num: int,
                  caption_shape: tuple) -> list[tuple[np.ndarray, np.ndarray]]:
     """(latents, caption latents) of the first `num` samples of the directories, in order."""
     from microdit.data.loader import REFERENCE_VAE_DOWNSAMPLE, to_array
-    from microdit.data.mds import INDEX, iter_samples, shard_readers
+    from microdit.data.mds import INDEX, iter_samples, missing_columns, shard_readers
 
     column, side = f"latents_{resolution}", resolution // REFERENCE_VAE_DOWNSAMPLE
     samples = []
     for datadir in datadirs:
+        missing, columns = missing_columns(datadir, [column, "caption_latents"])
+        if missing:
+            raise UserError(f"validation.datadirs: {datadir}/{INDEX} has no {column} or caption_latents column "
+                            f"(its columns: {', '.join(columns)}); expected precompute's latents at {resolution} px")
         for reader in shard_readers(datadir):
-            if column not in reader.column_names or "caption_latents" not in reader.column_names:
-                raise UserError(f"validation.datadirs: {datadir}/{INDEX} has no {column} or caption_latents column "
-                                f"(its columns: {', '.join(reader.column_names)}); expected precompute's latents at "
-                                f"{resolution} px")
             for sample in iter_samples(reader):
                 samples.append((to_array(sample[column], (-1, side, side)),
                                 to_array(sample["caption_latents"], caption_shape)))
