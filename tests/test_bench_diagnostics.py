@@ -115,6 +115,27 @@ def test_kernels_are_told_apart_by_name(name, kind):
     assert kernel_kind(name) == kind
 
 
+def test_a_gpu_profile_counts_kernels_not_the_annotated_regions_over_them():
+    """Run 4's whole-model profile counted `Optimizer.step#AdamW.step` (a region's span on the device, 10.1 ms) on
+    top of the AdamW kernels inside it."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from microdit.bench.profile import timed_events
+
+    def event(key, us, device=DeviceType.CUDA, annotation=False):
+        return SimpleNamespace(key=key, self_device_time_total=us, self_cpu_time_total=us, count=3,
+                               device_type=device, is_user_annotation=annotation)
+
+    averages = [event("Optimizer.step#AdamW.step", 30_000.0, annotation=True),
+                event("multi_tensor_apply_kernel", 28_000.0), event("aten::mm", 500.0, device=DeviceType.CPU),
+                event("nvjet_sm90_tst", 0.0)]
+    assert timed_events(averages, cuda=True) == [("multi_tensor_apply_kernel", 28_000.0, 3)]
+    assert [name for name, _, _ in timed_events(averages, cuda=False)] == [
+        "Optimizer.step#AdamW.step", "multi_tensor_apply_kernel", "aten::mm"]
+
+
 def test_a_failing_profile_is_recorded_without_losing_the_step_timing(monkeypatch):
     import microdit.bench.training_step as training_step
     from microdit.models.speed import SpeedOptions

@@ -38,6 +38,17 @@ def kernel_kind(name: str) -> str:
     return next((kind for kind, pattern in KERNEL_KINDS if re.search(pattern, lowered)), "other")
 
 
+def timed_events(averages, cuda: bool) -> list[tuple[str, float, int]]:
+    """(name, microseconds, calls) of what ran: on a GPU its kernels, on the CPU each operator's self time. A GPU
+    also records the span of a `record_function` region, such as `Optimizer.step#AdamW.step`, as a device event
+    over kernels already counted: user annotations are left out (run 4 counted AdamW's 10 ms twice)."""
+    if cuda:
+        return [(e.key, e.self_device_time_total, e.count) for e in averages
+                if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0
+                and not getattr(e, "is_user_annotation", False)]
+    return [(e.key, e.self_cpu_time_total, e.count) for e in averages if e.self_cpu_time_total > 0]
+
+
 def time_breakdown(run_step, device: torch.device, steps: int = 3, top: int = 30) -> dict:
     """Run `run_step()` `steps` times under torch.profiler: the device's busy milliseconds per step, the time per
     kind of kernel (KERNEL_KINDS) and the `top` kernels by time: name, kind, ms per step, share, calls per step."""
@@ -47,11 +58,7 @@ def time_breakdown(run_step, device: torch.device, steps: int = 3, top: int = 30
         for _ in range(steps):
             run_step()
         synchronize(device)
-    if cuda:
-        events = [(e.key, e.self_device_time_total, e.count) for e in prof.key_averages()
-                  if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
-    else:
-        events = [(e.key, e.self_cpu_time_total, e.count) for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    events = timed_events(prof.key_averages(), cuda)
     busy_us = sum(us for _, us, _ in events) or 1.0
     kinds = defaultdict(lambda: [0.0, 0])
     for name, us, count in events:
