@@ -395,9 +395,12 @@ def test_suite_picks_the_card_by_memory_and_a_second_call_runs_chosen_items(tmp_
     # the authors' microbatch does not fit an 80 GB card; the checkpointing follows the card
     assert "mb128" in paper_suite("h100")[0][0] and "mb256" in paper_suite("h200")[0][0]
     def stage4(card: str) -> str:
-        return next(label for label, _ in paper_suite(card) if label.startswith("s4 blocks"))
+        return next(label for label, _ in paper_suite(card) if label.startswith("s4 blocks") and "ckpt" in label)
 
     assert stage4("h100").endswith("ckpt21") and stage4("h200").endswith("ckpt12")
+    # the one-hot dispatch is tried where run 4 measured the index one: stage 4 with the card's activation budget
+    assert ("s4 blocks mb64 lpnorm budget0.7 one-hot", "s4 blocks mb64 lpnorm budget0.5 one-hot") == tuple(
+        next(label for label, _ in paper_suite(card) if label.startswith("s4")) for card in ("h200", "h100"))
     parser = argparse.ArgumentParser()
     add_modes(parser)
     out = tmp_path / "bench.jsonl"
