@@ -99,22 +99,42 @@ def build_mds_source(cfg: StageConfig, accumulation: int) -> LatentsSource:
                         seed=cfg.seed, **cfg.data.options)
     except TypeError as err:
         raise UserError(f"data.options: {err}") from None
-    return RenamedLatents(batches, cfg.micro_batch)
+    m = cfg.model
+    return RenamedLatents(batches, cfg.micro_batch, (m.in_channels, m.latent_res, m.latent_res),
+                          cfg.data.options.get("resolution"))
 
 
 class RenamedLatents:
     """Endless microbatches from the MDS loader's per-rank batches, epoch after epoch (a stage is measured in steps,
     not epochs). The loader names image latents `image_latents` (as the reference does); the trainer reads
-    `latents`."""
+    `latents`. The first batch's latents are checked against the model's input (`latent_shape`), so that a wrong
+    `model.latent_res` (in the workflow, a wrong `vae.downsample`) is one line naming the setting, not a shape error
+    deep in the first step."""
 
-    def __init__(self, loader, micro_batch: int):
+    def __init__(self, loader, micro_batch: int, latent_shape: tuple | None = None, resolution: int | None = None):
         self.loader, self.micro_batch = loader, micro_batch
+        self.latent_shape, self.resolution = latent_shape, resolution
+
+    def check_latents(self, latents: torch.Tensor) -> None:
+        have = tuple(latents.shape[1:])
+        if self.latent_shape is None or have == tuple(self.latent_shape):
+            return
+        hint = ""
+        if len(have) == 3 and have[0] == self.latent_shape[0] and self.resolution and self.resolution % have[1] == 0:
+            hint = (f"; these latents are {self.resolution // have[1]}x smaller than the images: set model.latent_res "
+                    f"to {have[1]} (in the workflow config: vae.downsample: {self.resolution // have[1]})")
+        raise UserError(f"data.options.datadirs: the latents are {have} per image at {self.resolution} px, but "
+                        f"model.in_channels and model.latent_res make the model take {tuple(self.latent_shape)}"
+                        f"{hint}")
 
     def __iter__(self) -> Iterator[dict]:
-        empty_passes = 0
+        empty_passes, checked = 0, False
         while True:
             empty = True
             for batch in self.loader:  # each pass is the next epoch; streaming reshuffles and tracks the position
+                if not checked:
+                    self.check_latents(batch["image_latents"])
+                    checked = True
                 empty = False
                 parts = {"latents" if key == "image_latents" else key: value.split(self.micro_batch)
                          for key, value in batch.items()}

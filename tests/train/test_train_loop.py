@@ -262,6 +262,21 @@ def test_mds_batches_are_cut_into_microbatches_across_epochs_and_an_empty_datase
         next(iter(RenamedLatents([], micro_batch=2)))
 
 
+def test_mds_latents_of_another_size_than_the_model_takes_name_the_setting():
+    """Latents from a VAE that is not 8x, with the workflow's default vae.downsample: one line saying what to set, at
+    the first batch, instead of a shape error inside the first step."""
+    from microdit.errors import UserError
+    from microdit.train.data import RenamedLatents
+
+    epoch = [{"image_latents": torch.zeros(4, 4, 64, 64), "drop_caption_mask": torch.ones(4)}]
+    assert next(iter(RenamedLatents(epoch, 2, (4, 64, 64), 256)))["latents"].shape == (2, 4, 64, 64)
+    with pytest.raises(UserError, match=r"latents are \(4, 64, 64\) per image at 256 px.*take \(4, 32, 32\).*"
+                                        r"model.latent_res to 64 \(in the workflow config: vae.downsample: 4\)"):
+        next(iter(RenamedLatents(epoch, 2, (4, 32, 32), 256)))
+    with pytest.raises(UserError, match=r"take \(16, 64, 64\)$"):  # other channels: no downsampling hint
+        next(iter(RenamedLatents(epoch, 2, (16, 64, 64), 256)))
+
+
 def test_train_stats_feed_the_report_ledger(tmp_path):
     import json
 
