@@ -6,6 +6,7 @@ import torch
 
 import microdit.train.trainer as trainer_module
 from microdit.models.dit import create_dit
+from microdit.models.layers import ExpertChoiceMoE
 from microdit.train.config import load_stage_config
 from microdit.train.distributed import DistInfo
 from microdit.train.state import list_checkpoints
@@ -63,8 +64,9 @@ def test_checkpoints_of_another_config_are_set_aside_not_resumed(tmp_path):
         run(tiny_config(tmp_path, steps=6), callbacks=[kill_after(5)])
     cosmetic = Trainer(tiny_config(tmp_path, steps=6, log_every=3), DistInfo())
     assert cosmetic.step == 4  # watching the run differently keeps its checkpoints
-    recomputing = Trainer(tiny_config(tmp_path, steps=6, checkpoint_blocks=3), DistInfo())
-    assert recomputing.step == 4  # so does a memory switch that leaves the math alone
+    recomputing = Trainer(tiny_config(tmp_path, steps=6, checkpoint_blocks=3, moe_dispatch="one_hot"), DistInfo())
+    assert recomputing.step == 4  # so do memory and speed switches that leave the math alone
+    assert {m.dispatch for m in recomputing.raw.modules() if isinstance(m, ExpertChoiceMoE)} == {"one_hot"}
     changed = Trainer(tiny_config(tmp_path, steps=6, optim={"lr": 5e-4}), DistInfo())
     assert changed.step == 0 and list_checkpoints(tmp_path) == []
     (stale,) = tmp_path.glob("checkpoints.stale-*")
