@@ -151,7 +151,8 @@ def test_a_failing_profile_is_recorded_without_losing_the_step_timing(monkeypatc
 
 def test_bench_table_turns_the_stored_h200_runs_into_the_docs_numbers(tmp_path):
     """The measured lines of runs 2-4 give the ratios docs/benchmarks.md states (2.00x at stage 3, 2.04x for the
-    256 px sampler, 1.86x at stage 4, 1.98x for the 512 px sampler); layer lines and failures get rows of their own; a broken line names its file and line."""
+    256 px sampler, 1.86x at stage 4, 1.98x for the 512 px sampler); layer lines and failures get rows of their
+    own; a broken line names its file and line."""
     from pathlib import Path
 
     from microdit.bench.tables import markdown_tables, read_records
@@ -167,7 +168,8 @@ def test_bench_table_turns_the_stored_h200_runs_into_the_docs_numbers(tmp_path):
     assert "| s3 blocks mb128 lpnorm static precompiled8 | 3 | 128 | blocks, index, bf16 norms | 339.3 | 2.00 |" \
         in table
     assert "| 256 | 128 | blocks, index | 15.12 | 2.04 |" in table and "| 27/27 |" in table
-    assert "| s4 blocks mb64 lpnorm budget0.7 | 4 | 64 | blocks, index, bf16 norms, budget 0.7 | 122.0 | 1.86 |" in table
+    assert ("| s4 blocks mb64 lpnorm budget0.7 | 4 | 64 | blocks, index, bf16 norms, budget 0.7 | 122.0 | 1.86 |"
+            in table)
     assert "| 512 | 64 | blocks, index | 3.46 | 1.98 |" in table
     assert "| 4 | 64 | attention | flash |  |  | 1 of 2 shapes failed |" in table
     assert "- s4 blocks mb64 lpnorm ckpt12: time budget spent" in table
