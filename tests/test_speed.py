@@ -398,7 +398,10 @@ def test_suite_picks_the_card_by_memory_and_a_second_call_runs_chosen_items(tmp_
         return next(label for label, _ in paper_suite(card) if label.startswith("s4 blocks") and "ckpt" in label)
 
     assert stage4("h100").endswith("ckpt21") and stage4("h200").endswith("ckpt12")
-    # the one-hot dispatch is tried where run 4 measured the index one: stage 4 with the card's activation budget
+    # the one-hot dispatch is tried where the index one was measured: stage 1 as it fits (nothing checkpointed),
+    # stage 4 with the card's activation budget
+    s1 = dict(paper_suite("h200"))["s1 blocks mb256 lpnorm one-hot"]
+    assert "one_hot" in s1 and "--checkpoint-blocks" not in s1 and "--activation-budget" not in s1
     assert ("s4 blocks mb64 lpnorm budget0.7 one-hot", "s4 blocks mb64 lpnorm budget0.5 one-hot") == tuple(
         next(label for label, _ in paper_suite(card) if label.startswith("s4")) for card in ("h200", "h100"))
     parser = argparse.ArgumentParser()

@@ -24,7 +24,8 @@ CARD_FITS = {"h200": {1: (256, 0), 2: (256, 12), 3: (128, 0), 4: (64, 12)},
 # The same microbatches with no checkpointed block and the compiler's activation budget instead (models/speed.py):
 # fractions guessed from the eager predictions (a compiled step kept about 0.9 of the eager activations so far,
 # 13 GiB of weights and AdamW state) for a peak like the checkpointed rows'; not predicted, so an out-of-memory is
-# possible and recorded.
+# possible and recorded. The H200's ran in run 4 (peaks 81.7 and 79.2 GiB, under the checkpointed runs'); the
+# H100's are untried.
 CARD_BUDGETS = {"h200": {2: 0.7, 4: 0.7}, "h100": {2: 0.5, 3: 0.6, 4: 0.5}}
 # The authors' configuration at their microbatch (82.5 GiB on an H200) does not fit an 80 GB card: half of it does.
 BASELINE_MICROBATCH = {"h200": 256, "h100": 128}
@@ -50,11 +51,11 @@ def paper_suite(card: str) -> tuple:
     its block graphs in 8 processes first (models/precompile.py) from a cold cache of its own. Order: the same-card
     baseline (cheap; tells whether a card matches the last one); the open question, whether the one-hot dispatch
     should be the default (eager layers favoured it at every stage in run 4, up to 13 %): the compiled step with it
-    at stages 1, 2 and 4, each beside a run-4 number; where the stage-2 and stage-1 steps spend their time (the
+    at stages 1, 2 and 4, each beside an earlier number of the index dispatch (runs 1-4); where the stage-2 and stage-1 steps spend their time (the
     per-block profile in the format of run 4's whole-model one); the 256 px sampler's warm-up after the
-    static-shape fix; stage 3 again; flash attention at stage 1; then run 4's items again, for a same-machine
-    comparison where the card differs: checkpointed blocks at stages 2 and 4, whole-model compile, the 512 px
-    sampler, the eager layers, and the MoE layers compiled at stage 4."""
+    static-shape fix; stage 3 again; flash attention at stage 1; then items measured before, for a same-machine
+    comparison where the card differs: checkpointed blocks at stages 2 and 4 (runs 2 and 4), whole-model compile,
+    the 512 px sampler, the eager layers (run 4); last, the MoE layers compiled at stage 4 (never measured)."""
     blocks = ["--compile", "blocks", "--precompile-workers", "8"]
 
     def train(number: int, *switches: str) -> list[str]:
@@ -71,9 +72,9 @@ def paper_suite(card: str) -> tuple:
                 train(number, *(["--checkpoint-blocks", str(count)] if count else []), *extra))
 
     def fitted(number: int, suffix: str = "", *extra: str) -> tuple:
-        """The stage's fastest way to fit its microbatch: the compiler's activation budget where the card has one
-        for the stage (10.7 % faster than 12 checkpointed blocks at stage 4 on the H200), else checkpointed
-        blocks."""
+        """How the suite fits the stage's microbatch: the compiler's activation budget where the card has one for
+        the stage (on the H200, 10.7 % faster than 12 checkpointed blocks at stage 4; on the H100, guesses), else
+        checkpointed blocks."""
         if number not in CARD_BUDGETS[card]:
             return checkpointed(number, suffix, *extra)
         budget = CARD_BUDGETS[card][number]
@@ -113,7 +114,7 @@ MIN_ITEM_S = 20.0  # below this much budget an item cannot even build the model:
 
 
 def expected_seconds(args: list[str]) -> float:
-    """Roughly how long an item takes on an H200 machine (runs 1-3: process start, model build, FLOP count,
+    """Roughly how long an item takes on an H200 machine (runs 1-4: process start, model build, FLOP count,
     precompiling, warm-up, timing): an item is started only while the budget still holds this much, so that a
     long one left for a second call does not time out half-way and cost the shorter ones after it."""
     mode = args[0]

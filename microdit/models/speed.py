@@ -19,7 +19,7 @@ class SpeedOptions:
     compile: str = "none"             # none; model (one graph of the whole denoiser); blocks (MicroDiT.compile_blocks)
     low_precision_norm: bool = False  # LayerNorms in the autocast dtype
     checkpoint_blocks: int = 0        # DiT blocks whose activations are recomputed in backward (mixer first)
-    moe_dispatch: str = "index"       # index, or one_hot (the authors' dense form; for comparison)
+    moe_dispatch: str = "index"       # index (gather / scatter), or one_hot (the authors' dense einsums)
     attention_backend: str = "default"  # which SDPA kernels attention may use (layers.SDPA_BACKENDS)
     activation_budget: float = 1.0    # compiled graphs keep at most this fraction of their activations (below)
 

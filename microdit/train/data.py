@@ -119,13 +119,13 @@ class RenamedLatents:
         have = tuple(latents.shape[1:])
         if self.latent_shape is None or have == tuple(self.latent_shape):
             return
-        hint = ""
-        if len(have) == 3 and have[0] == self.latent_shape[0] and self.resolution and self.resolution % have[1] == 0:
+        at, hint = (f" at {self.resolution} px" if self.resolution else ""), ""
+        square = len(have) == 3 and have[1] == have[2]
+        if square and have[0] == self.latent_shape[0] and self.resolution and self.resolution % have[1] == 0:
             hint = (f"; these latents are {self.resolution // have[1]}x smaller than the images: set model.latent_res "
                     f"to {have[1]} (in the workflow config: vae.downsample: {self.resolution // have[1]})")
-        raise UserError(f"data.options.datadirs: the latents are {have} per image at {self.resolution} px, but "
-                        f"model.in_channels and model.latent_res make the model take {tuple(self.latent_shape)}"
-                        f"{hint}")
+        raise UserError(f"model.in_channels / model.latent_res: the model takes {tuple(self.latent_shape)} per image, "
+                        f"but the latents in data.options.datadirs are {have}{at}{hint}")
 
     def __iter__(self) -> Iterator[dict]:
         empty_passes, checked = 0, False

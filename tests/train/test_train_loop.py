@@ -272,11 +272,13 @@ def test_mds_latents_of_another_size_than_the_model_takes_name_the_setting():
 
     epoch = [{"image_latents": torch.zeros(4, 4, 64, 64), "drop_caption_mask": torch.ones(4)}]
     assert next(iter(RenamedLatents(epoch, 2, (4, 64, 64), 256)))["latents"].shape == (2, 4, 64, 64)
-    with pytest.raises(UserError, match=r"latents are \(4, 64, 64\) per image at 256 px.*take \(4, 32, 32\).*"
-                                        r"model.latent_res to 64 \(in the workflow config: vae.downsample: 4\)"):
+    with pytest.raises(UserError, match=r"takes \(4, 32, 32\) per image, but the latents .* are \(4, 64, 64\) at 256 "
+                                        r"px.*model.latent_res to 64 \(in the workflow config: vae.downsample: 4\)"):
         next(iter(RenamedLatents(epoch, 2, (4, 32, 32), 256)))
-    with pytest.raises(UserError, match=r"take \(16, 64, 64\)$"):  # other channels: no downsampling hint
+    with pytest.raises(UserError, match=r"are \(4, 64, 64\) at 256 px$"):  # other channels: no downsampling hint
         next(iter(RenamedLatents(epoch, 2, (16, 64, 64), 256)))
+    with pytest.raises(UserError, match=r"are \(4, 64, 64\)$"):  # no resolution among the data options
+        next(iter(RenamedLatents(epoch, 2, (4, 32, 32))))
 
 
 def test_train_stats_feed_the_report_ledger(tmp_path):
