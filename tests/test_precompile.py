@@ -53,7 +53,12 @@ def test_precompiled_graphs_are_compile_cache_hits_in_the_training_process(tmp_p
     options = SpeedOptions(compile="blocks")
     apply_speed_options(dit, options)
     result = precompile_blocks(dit, options, _loss(dit, 0.5), grad=True, workers=2)
-    assert result == {"graphs": 3, "compiled": 3, "failed": []}
+    assert (result["graphs"], result["compiled"], result["failed"]) == (3, 3, [])
+    # what each graph and each worker's share took, for a cold start that is slower than expected
+    regions = [region for region, _ in result["graph_seconds"]]
+    assert len(set(regions)) == 3 and regions == sorted(regions) and len(result["share_seconds"]) == 2
+    assert all(seconds > 0 for _, seconds in result["graph_seconds"])
+    assert sum(result["share_seconds"]) == pytest.approx(sum(s for _, s in result["graph_seconds"]), abs=0.05)
 
     counters.clear()
     torch.manual_seed(2)
@@ -86,15 +91,17 @@ def test_ranks_each_compile_their_share_and_a_failed_share_does_not_stop_trainin
     dit = _dit()
     options = SpeedOptions(compile="blocks")
     shares = []
-    monkeypatch.setattr(precompile, "compile_share",
-                        lambda config, options, calls, device, share, count: shares.append((share, count)) or 1)
+    monkeypatch.setattr(precompile, "compile_share", lambda config, options, calls, device, share, count:
+                        shares.append((share, count)) or [(1, 2.5)])
     result = precompile_blocks(dit, options, _loss(dit), grad=True, workers=8, rank=1, world_size=2)
-    assert shares == [(1, 2)] and result == {"graphs": 2, "compiled": 1, "failed": []}  # no worker processes
+    assert shares == [(1, 2)]  # no worker processes
+    assert result == {"graphs": 2, "compiled": 1, "failed": [], "graph_seconds": [[1, 2.5]], "share_seconds": [2.5]}
 
     def out_of_memory(*args):
         raise RuntimeError("CUDA out of memory")
 
     monkeypatch.setattr(precompile, "compile_share", out_of_memory)
     result = precompile_blocks(dit, options, _loss(dit), grad=True, workers=8, rank=1, world_size=2)
-    assert result == {"graphs": 2, "compiled": 0, "failed": ["RuntimeError: CUDA out of memory"]}
+    assert result == {"graphs": 2, "compiled": 0, "failed": ["RuntimeError: CUDA out of memory"], "graph_seconds": [],
+                      "share_seconds": []}
     assert "rank 1's share failed" in capsys.readouterr().err

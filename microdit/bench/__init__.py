@@ -29,7 +29,8 @@ def precompile_for_measurement(dit, options, forward, grad: bool, workers: int, 
         started = time.perf_counter()
         result = precompile_blocks(dit, options, forward, grad=grad, workers=workers)
         record = {"precompile_s": time.perf_counter() - started, "precompiled_graphs": result["graphs"],
-                  "precompile_failures": len(result["failed"])}
+                  "precompile_failures": len(result["failed"]), "precompile_share_s": result["share_seconds"],
+                  "precompile_graph_s": result["graph_seconds"]}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     return record

@@ -12,6 +12,7 @@ means the training process compiles those blocks itself.
 """
 import os
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -101,17 +102,19 @@ def distinct_calls(dit: MicroDiT, calls: list[RegionCall]) -> list[RegionCall]:
 
 
 def compile_share(config: MicroDiTConfig, options: SpeedOptions, calls: list[RegionCall], device,
-                  share: int = 0, shares: int = 1) -> int:
+                  share: int = 0, shares: int = 1) -> list[tuple[int, float]]:
     """Compile every `shares`-th of `calls` (from `share`) by running it forward (and backward) on random inputs
-    with the recorded properties; returns how many were run. The regions are built alone on `device` from a meta
-    model, so a share costs its blocks' parameters, not the model's."""
+    with the recorded properties; returns (region, seconds) for each, compiling and the first run included (on a
+    GPU the time also shows kernels being tuned). The regions are built alone on `device` from a meta model, so a
+    share costs its blocks' parameters, not the model's."""
     device = torch.device(device)
     with torch.device("meta"):
         dit = MicroDiT(config)
     apply_speed_options(dit, options)
     regions = dit.compile_regions()
-    mine = calls[share::shares]
-    for call in mine:
+    timings = []
+    for call in calls[share::shares]:
+        started = time.perf_counter()
         region = regions[call.region].to_empty(device=device).train(call.training)
         with torch.no_grad():
             for parameter in region.parameters():
@@ -122,25 +125,37 @@ def compile_share(config: MicroDiTConfig, options: SpeedOptions, calls: list[Reg
             out = MicroDiT.run_region(region, *args)
         if call.grad:
             out.backward(torch.ones_like(out))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timings.append((call.region, time.perf_counter() - started))
         regions[call.region].to_empty(device="meta")  # free the share's parameters before the next block
-    return len(mine)
+    return timings
 
 
 def precompile_in_processes(config: MicroDiTConfig, options: SpeedOptions, calls: list[RegionCall], device,
                             workers: int) -> dict:
     """Compile `calls` in `workers` fresh processes sharing the compile cache of this one (its environment, so
-    TORCHINDUCTOR_CACHE_DIR); returns {'compiled': n, 'failed': [messages]}."""
+    TORCHINDUCTOR_CACHE_DIR); returns share_result() of the shares that finished, with their failures."""
     workers = max(1, min(workers, len(calls)))
-    compiled, failed = 0, []
+    shares, failed = [], []
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(compile_share, config, options, calls, str(device), share, workers)
                    for share in range(workers)]
         for future in futures:
             try:
-                compiled += future.result()
+                shares.append(future.result())
             except Exception as error:  # the training process compiles that share itself, only slower
                 failed.append(_report_failure(error, "a worker's share"))
-    return {"compiled": compiled, "failed": failed}
+    return share_result(shares, failed)
+
+
+def share_result(shares: list[list[tuple[int, float]]], failed: list[str]) -> dict:
+    """{'compiled': graphs, 'failed': messages, 'graph_seconds': [[region, s]] by region, 'share_seconds': each
+    share's compiling time}: what a slow cold start spent its time on (one slow graph, an uneven split, or
+    everything) beside the time processes take to start."""
+    graphs = sorted((region, round(seconds, 2)) for share in shares for region, seconds in share)
+    return {"compiled": len(graphs), "failed": failed, "graph_seconds": [list(g) for g in graphs],
+            "share_seconds": [round(sum(seconds for _, seconds in share), 2) for share in shares]}
 
 
 def _report_failure(error: Exception, whose: str) -> str:
@@ -160,16 +175,16 @@ def precompile_blocks(dit: MicroDiT, options: SpeedOptions, forward, grad: bool,
                       rank: int = 0, world_size: int = 1) -> dict:
     """Fill the compile cache with `dit`'s block graphs before its first compiled call: `forward()` runs the model
     as training (`grad`) or sampling will, under the caller's autocast. With several ranks each compiles its share
-    in-process (call on every rank, then synchronise); alone, `workers` processes do. {'graphs', 'compiled',
-    'failed'}."""
+    in-process (call on every rank, then synchronise); alone, `workers` processes do. {'graphs'} and
+    share_result()'s."""
     if options.compile != "blocks":
         raise ValueError(f"precompiling needs compile: blocks, got {options.compile!r}")
     calls = distinct_calls(dit, record_region_calls(dit, forward, grad))
     device = next(dit.parameters()).device
     if world_size > 1:
         try:
-            compiled, failed = compile_share(dit.config, options, calls, device, rank, world_size), []
+            result = share_result([compile_share(dit.config, options, calls, device, rank, world_size)], [])
         except Exception as error:  # as for a worker: the first step compiles this rank's share instead
-            compiled, failed = 0, [_report_failure(error, f"rank {rank}'s share")]
-        return {"graphs": len(calls), "compiled": compiled, "failed": failed}
+            result = share_result([], [_report_failure(error, f"rank {rank}'s share")])
+        return {"graphs": len(calls), **result}
     return {"graphs": len(calls), **precompile_in_processes(dit.config, options, calls, device, workers)}
