@@ -51,11 +51,12 @@ def paper_suite(card: str) -> tuple:
     its block graphs in 8 processes first (models/precompile.py) from a cold cache of its own. Order: the same-card
     baseline (cheap; tells whether a card matches the last one); the open question, whether the one-hot dispatch
     should be the default (eager layers favoured it at every stage in run 4, up to 13 %): the compiled step with it
-    at stages 1, 2 and 4, each beside an earlier number of the index dispatch (runs 1-4); where the stage-2 and stage-1 steps spend their time (the
-    per-block profile in the format of run 4's whole-model one); the 256 px sampler's warm-up after the
-    static-shape fix; stage 3 again; flash attention at stage 1; then items measured before, for a same-machine
-    comparison where the card differs: checkpointed blocks at stages 2 and 4 (runs 2 and 4), whole-model compile,
-    the 512 px sampler, the eager layers (run 4); last, the MoE layers compiled at stage 4 (never measured)."""
+    at stages 1, 2 and 4, each beside an earlier number of the index dispatch (runs 1-4); where the stage-2 and
+    stage-1 steps spend their time (the per-block profile in the format of run 4's whole-model one); the 256 px
+    sampler's warm-up after the static-shape fix; stage 3 again; flash attention at stage 1; then items measured
+    before, for a same-machine comparison where the card differs: checkpointed blocks at stages 2 and 4 (runs 2 and
+    4), whole-model compile, the 512 px sampler, the eager layers (run 4); last, the MoE layers compiled at stage 4
+    (never measured)."""
     blocks = ["--compile", "blocks", "--precompile-workers", "8"]
 
     def train(number: int, *switches: str) -> list[str]:

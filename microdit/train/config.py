@@ -32,6 +32,11 @@ class ModelConfig:
     p_std: float = 1.2
     overrides: dict = field(default_factory=dict)  # any other MicroDiTConfig field, e.g. depth for tiny test models
 
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """One image's latents as the model takes them: (channels, height, width)."""
+        return self.in_channels, self.latent_res, self.latent_res
+
 
 @dataclass
 class DataConfig:

@@ -70,7 +70,7 @@ class RandomLatents:
 def build_source(cfg: StageConfig, rank: int, world_size: int, accumulation: int) -> LatentsSource:
     m, d = cfg.model, cfg.data
     if d.kind == "random":
-        return RandomLatents((m.in_channels, m.latent_res, m.latent_res), (1, d.caption_len, m.caption_channels),
+        return RandomLatents(m.latent_shape, (1, d.caption_len, m.caption_channels),
                              cfg.micro_batch, accumulation, rank, world_size, cfg.seed, d.cap_drop_prob)
     return build_mds_source(cfg, accumulation)
 
@@ -99,9 +99,7 @@ def build_mds_source(cfg: StageConfig, accumulation: int) -> LatentsSource:
                         seed=cfg.seed, **cfg.data.options)
     except TypeError as err:
         raise UserError(f"data.options: {err}") from None
-    m = cfg.model
-    return RenamedLatents(batches, cfg.micro_batch, (m.in_channels, m.latent_res, m.latent_res),
-                          cfg.data.options.get("resolution"))
+    return RenamedLatents(batches, cfg.micro_batch, cfg.model.latent_shape, cfg.data.options.get("resolution"))
 
 
 class RenamedLatents:
@@ -122,8 +120,9 @@ class RenamedLatents:
         at, hint = (f" at {self.resolution} px" if self.resolution else ""), ""
         square = len(have) == 3 and have[1] == have[2]
         if square and have[0] == self.latent_shape[0] and self.resolution and self.resolution % have[1] == 0:
-            hint = (f"; these latents are {self.resolution // have[1]}x smaller than the images: set model.latent_res "
-                    f"to {have[1]} (in the workflow config: vae.downsample: {self.resolution // have[1]})")
+            factor = self.resolution // have[1]
+            hint = (f"; these latents are {factor}x smaller than the images: set model.latent_res to {have[1]} (in "
+                    f"the workflow config: vae.downsample: {factor})")
         raise UserError(f"model.in_channels / model.latent_res: the model takes {tuple(self.latent_shape)} per image, "
                         f"but the latents in data.options.datadirs are {have}{at}{hint}")
 

@@ -71,7 +71,7 @@ def denoising_loss(model: nn.Module, batch: dict, edm: EDMConfig, mask_ratio: fl
 
 def example_batch(cfg: StageConfig, device: torch.device, size: int = 1) -> dict:
     m = cfg.model
-    return {"latents": torch.randn(size, m.in_channels, m.latent_res, m.latent_res, device=device),
+    return {"latents": torch.randn(size, *m.latent_shape, device=device),
             "caption_latents": torch.randn(size, 1, cfg.data.caption_len, m.caption_channels, device=device),
             "drop_caption_mask": torch.ones(size, device=device)}
 

@@ -56,11 +56,11 @@ class HeldOutLoss:
         resolution = v.resolution or cfg.data.options["resolution"]
         caption_shape = (1, cfg.data.caption_len, m.caption_channels)
         samples = read_heldout(v.datadirs, resolution, v.num, caption_shape)
-        if samples and (samples[0][0].shape != (m.in_channels, m.latent_res, m.latent_res)
+        if samples and (samples[0][0].shape != m.latent_shape
                         or samples[0][1].shape != caption_shape):
             raise UserError(f"validation.datadirs: held-out latents {samples[0][0].shape} with captions "
                             f"{samples[0][1].shape} at {resolution} px, but this stage's model takes "
-                            f"{(m.in_channels, m.latent_res, m.latent_res)} with {caption_shape}")
+                            f"{m.latent_shape} with {caption_shape}")
         used = len(samples) // world_size * world_size  # equal shares: every rank runs as many forwards
         if used == 0:
             raise UserError(f"validation: {len(samples)} held-out samples (num {v.num}), fewer than the {world_size} "
