@@ -182,7 +182,7 @@ def test_heun_sampler_precomputes_the_caption_side_once_with_the_same_result():
 def test_speed_options_are_validated():
     for bad in (dict(compile="yes"), dict(moe_dispatch="dense"), dict(checkpoint_blocks=-1),
                 dict(attention_backend="fast"), dict(compile="blocks", activation_budget=1.5),
-                dict(activation_budget=0.5)):  # the budget is the compiler's: eager steps have none
+                dict(activation_budget=0.5), dict(autotune=True)):  # the compiler's switches: eager has none
         with pytest.raises(ValueError):
             SpeedOptions(**bad)
     dit = _nano()
@@ -190,6 +190,20 @@ def test_speed_options_are_validated():
     assert sum(b.recompute_in_backward for b in dit.dit_blocks()) == 3
     with pytest.raises(ValueError, match="dispatch"):
         dit.set_moe_dispatch("dense")
+
+
+@pytest.mark.parametrize("compile", ["model", "blocks"])
+def test_autotune_reaches_every_compiled_graph_as_max_autotune_without_cuda_graphs(monkeypatch, compile):
+    """Precompiling workers build their blocks with apply_speed_options too, so the mode they compile under (part
+    of the compile cache's key) is the training process's."""
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: modes.append(kwargs.get("mode")) or fn)
+    dit = _nano()
+    apply_speed_options(dit, SpeedOptions(compile=compile, autotune=True))
+    assert modes == ["max-autotune-no-cudagraphs"] * (1 if compile == "model" else len(dit.compile_regions()))
+    modes.clear()
+    apply_speed_options(_nano(), SpeedOptions(compile=compile))
+    assert set(modes) == {None}  # torch.compile's default mode
 
 
 def test_activation_budget_makes_compiled_blocks_keep_less_with_the_same_gradients():

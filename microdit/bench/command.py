@@ -38,6 +38,8 @@ def _speed_arguments(p) -> None:
                    help="which SDPA kernels attention may use (default: PyTorch's pick; see bench layers)")
     p.add_argument("--activation-budget", type=float, default=1.0,
                    help="with --compile: fraction of activations compiled graphs keep, recomputing the rest")
+    p.add_argument("--autotune", action="store_true",
+                   help="with --compile: inductor's max-autotune matmul kernels (no CUDA graphs; longer cold compile)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precompile-workers", type=int, default=0,
                    help="with --compile blocks: compile the block graphs in this many processes first (0: off)")
@@ -46,7 +48,8 @@ def _speed_arguments(p) -> None:
 def _options(args) -> SpeedOptions:
     return SpeedOptions(compile=args.compile, low_precision_norm=args.low_precision_norm,
                         checkpoint_blocks=args.checkpoint_blocks, moe_dispatch=args.dispatch,
-                        attention_backend=args.attention_backend, activation_budget=args.activation_budget)
+                        attention_backend=args.attention_backend, activation_budget=args.activation_budget,
+                        autotune=args.autotune)
 
 
 def _stage_arguments(p) -> None:

@@ -137,6 +137,7 @@ class StageConfig:
                                     # recomputing the rest, cheapest first (models/speed.py)
     moe_dispatch: str = "index"   # how MoE layers route tokens: index (gather / scatter) or one_hot (the authors'
                                   # einsums); equal math, tested; `microdit bench layers` times both
+    autotune: bool = False        # with compile: inductor's max-autotune matmul kernels (models/speed.py)
     precompile_workers: int = -1  # compile: blocks -> compile the block graphs in this many processes first (-1: one
                                   # per two CPUs, 0: off); under DDP the ranks share them out instead
     strategy: str = "ddp"         # ddp, or fsdp (FSDP2 fully_shard, reshard_after_forward=False ~ SHARD_GRAD_OP)
@@ -157,7 +158,8 @@ class StageConfig:
     def speed_options(self) -> SpeedOptions:
         return SpeedOptions(compile=self.compile, low_precision_norm=self.low_precision_norm,
                             checkpoint_blocks=self.checkpoint_blocks, attention_backend=self.attention_backend,
-                            activation_budget=self.activation_budget, moe_dispatch=self.moe_dispatch)
+                            activation_budget=self.activation_budget, moe_dispatch=self.moe_dispatch,
+                            autotune=self.autotune)
 
     def accumulation(self, world_size: int) -> int:
         """Microbatches per rank per step that make up the global batch on `world_size` ranks."""

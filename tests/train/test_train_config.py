@@ -50,6 +50,7 @@ def test_paper_stages_follow_the_spec():
     ({"attention_backend": "fast"}, "attention_backend: expected one of"),
     ({"moe_dispatch": "grouped"}, "moe_dispatch: expected one of"),
     ({"activation_budget": 0.5}, "activation_budget: below 1 needs compile"),
+    ({"autotune": True}, "autotune: needs compile"),
     ({"optim": {"eps": -1}}, "optim.eps: must be > 0"),
     ({"optim": {"weight_decay": -1}}, "optim.weight_decay: must be >= 0"),
     ({"schedule": {"alpha": -1}}, "schedule.alpha: must be >= 0"),
