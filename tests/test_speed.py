@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from microdit.bench.memory import LiveBytes, cuda_autocast_policy, estimate_training_memory
-from microdit.diffusion.edm import EDMConfig, edm_loss
+from microdit.diffusion.edm import EDMConfig, edm_loss, heun_sampler
 from microdit.errors import UserError
 from microdit.models.dit import MicroDiT, create_dit, variant_config
 from microdit.models.layers import LayerNorm
@@ -158,8 +158,6 @@ def test_caption_context_traces_whole_under_the_compiler():
 
 
 def test_heun_sampler_precomputes_the_caption_side_once_with_the_same_result():
-    from microdit.diffusion.edm import heun_sampler
-
     class PerCallCaptions(torch.nn.Module):  # hides caption_context: the sampler re-encodes at every call
         def __init__(self, dit):
             super().__init__()
@@ -177,6 +175,57 @@ def test_heun_sampler_precomputes_the_caption_side_once_with_the_same_result():
     per_call = heun_sampler(PerCallCaptions(dit), noise, y, EDMConfig(), num_steps=4, cfg=3.0)
     assert len(calls) == 1 + 7  # 2N - 1 network calls
     torch.testing.assert_close(cached, per_call, atol=1e-5, rtol=1e-5)
+
+
+def _emulated_cuda_graph(replays: list):
+    """capture_cuda_graph's semantics on the CPU: the capture runs the call once; a replay recomputes it from the
+    graph's input buffers into its one output buffer, overwriting what the last replay left there."""
+    def capture(run, inputs):
+        first = run()
+        output = torch.empty_like(first)
+        return first, lambda: replays.append(1) or output.copy_(run()), output
+    return capture
+
+
+def test_cuda_graph_replays_give_the_sampler_the_same_images(monkeypatch):
+    """State or noise level not copied into the graph's buffers, or an output read after the next call overwrote
+    it, would change the images."""
+    from microdit.diffusion import cuda_graph
+
+    replays = []
+    monkeypatch.setattr(cuda_graph, "capture_cuda_graph", _emulated_cuda_graph(replays))
+    dit = _nano().eval()
+    noise, y = torch.randn(2, 4, 8, 8), torch.randn(2, 1, 77, 1024)
+    plain = heun_sampler(dit, noise, y, EDMConfig(), num_steps=4, cfg=3.0)
+    graphed = heun_sampler(dit, noise, y, EDMConfig(), num_steps=4, cfg=3.0, cuda_graph=True)
+    assert len(replays) == 6  # 2N - 1 calls; the first one is the capture's warm-up
+    assert torch.equal(graphed, plain)
+
+
+def test_bench_sample_measures_without_and_with_the_graph_in_one_process(monkeypatch):
+    from microdit.bench.sampling import time_sampling
+    from microdit.diffusion import cuda_graph
+
+    replays = []
+    monkeypatch.setattr(cuda_graph, "capture_cuda_graph", _emulated_cuda_graph(replays))
+    rows = time_sampling("MicroDiT_Nano_2", 64, 2, 2, 5.0, "fp32", "fp32", SpeedOptions(), 1, torch.device("cpu"),
+                         cuda_graphs=(False, True))
+    assert [row["cuda_graph"] for row in rows] == [False, True] and all(row["img_per_s"] > 0 for row in rows)
+    assert len(replays) == 2 + 2  # warm-up and timed batch: 3 calls each at 2 steps, the first one captures
+
+
+def test_a_cuda_graph_refuses_cpu_tensors_and_inputs_of_another_shape(monkeypatch):
+    from microdit.diffusion import cuda_graph
+
+    with pytest.raises(ValueError, match="needs CUDA tensors"):  # CPU work would run at capture only
+        cuda_graph.GraphedCall(torch.neg)(torch.ones(3))
+    monkeypatch.setattr(cuda_graph, "capture_cuda_graph", _emulated_cuda_graph([]))
+    call = cuda_graph.GraphedCall(torch.neg)
+    assert torch.equal(call(torch.ones(3)), -torch.ones(3))
+    assert torch.equal(call(torch.full((3,), 2.0)), torch.full((3,), -2.0))
+    with pytest.raises(ValueError, match=r"argument 0 is \(4,\) torch.float32 on cpu; the graph was captured for "
+                                         r"\(3,\)"):
+        call(torch.ones(4))
 
 
 def test_speed_options_are_validated():

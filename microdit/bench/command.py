@@ -24,6 +24,8 @@ from microdit.errors import UserError
 from microdit.models.layers import SDPA_BACKENDS, ExpertChoiceMoE
 from microdit.models.speed import COMPILE_MODES, SpeedOptions
 
+CUDA_GRAPH_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
+
 
 def _speed_arguments(p) -> None:
     p.add_argument("--arch", default="MicroDiT_XL_2")
@@ -93,6 +95,9 @@ def add_modes(bench) -> None:
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--state-dtype", choices=("fp32", "fp64"), default="fp32", help="dtype of the sampler's x")
     p.add_argument("--repeats", type=int, default=2, help="timed batches after a 3-step warm-up")
+    p.add_argument("--cuda-graph", choices=tuple(CUDA_GRAPH_CHOICES), default="off",
+                   help="replay the network's calls from a CUDA graph (GPU only); both: without, then with, in one "
+                        "process on the same compiled blocks")
     p.set_defaults(func=run_sample)
 
     p = modes.add_parser("layers", help="time the step's attention calls per SDPA backend and MoE layers per "
@@ -202,12 +207,15 @@ def run_sample(args) -> None:
     from microdit.bench.sampling import time_sampling
 
     device = _device(args)
+    if args.cuda_graph != "off" and device.type != "cuda":
+        raise UserError(f"--cuda-graph {args.cuda_graph}: CUDA graphs need a GPU; this device is {device}")
     for resolution in args.resolution or (256, 512):
-        measured = time_sampling(args.arch, resolution, args.batch, args.steps, args.guidance, args.precision,
-                                 args.state_dtype, _options(args), args.repeats, device, args.precompile_workers)
-        _emit({**_header(args, device, resolution=resolution, batch=args.batch, steps=args.steps,
-                         guidance=args.guidance, precision=args.precision, state_dtype=args.state_dtype),
-               **measured})
+        for measured in time_sampling(args.arch, resolution, args.batch, args.steps, args.guidance, args.precision,
+                                      args.state_dtype, _options(args), args.repeats, device,
+                                      args.precompile_workers, CUDA_GRAPH_CHOICES[args.cuda_graph]):
+            _emit({**_header(args, device, resolution=resolution, batch=args.batch, steps=args.steps,
+                             guidance=args.guidance, precision=args.precision, state_dtype=args.state_dtype),
+                   **measured})
 
 
 def run_layers(args) -> None:

@@ -20,7 +20,10 @@ STATE_DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
 
 def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: float, precision: str,
                   state_dtype: str, options: SpeedOptions, repeats: int, device: torch.device,
-                  precompile_workers: int = 0) -> dict:
+                  precompile_workers: int = 0, cuda_graphs: tuple[bool, ...] = (False,)) -> list[dict]:
+    """One measurement per entry of `cuda_graphs` (whether the network's calls replay a CUDA graph), in this
+    order, in this process: after the first, the compiled blocks are warm, so a later entry's warm-up is its
+    capture's alone, and the two compare on the same compiled code."""
     config = variant_config(arch, input_size=resolution // 8, pos_interp_scale=resolution / 256)
     torch.manual_seed(0)
     with device:
@@ -29,24 +32,31 @@ def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: 
     noise, captions = random_batch(config, batch, device)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext())
 
-    def sample(num_steps: int) -> None:
+    def sample(num_steps: int, cuda_graph: bool = False) -> None:
         with autocast:
             heun_sampler(dit, noise, captions, EDMConfig(), num_steps, cfg=guidance,
-                         state_dtype=STATE_DTYPES[state_dtype])
+                         state_dtype=STATE_DTYPES[state_dtype], cuda_graph=cuda_graph)
         synchronize(device)
 
     start = time.perf_counter()
     precompiled = precompile_for_measurement(dit, options, lambda: sample(1), False, precompile_workers, device)
-    # Three steps run every code path (Heun steps and the final Euler one) and pay any compile cost; a whole
-    # warm-up batch would double the cost of an eager measurement.
-    sample(min(steps, WARMUP_STEPS))
-    warmup_s = time.perf_counter() - start
-    if options.compile != "none":
-        precompiled.update(compile_cache_counts())
-    start = time.perf_counter()
-    for _ in range(repeats):
-        sample(steps)
-    batch_s = (time.perf_counter() - start) / repeats
-    return {"batch_s": batch_s, "warmup_s": warmup_s, **precompiled, "warmup_steps": min(steps, WARMUP_STEPS),
-            "img_per_s": batch / batch_s,
-            "peak_mem_gib": memory_gib(device)}
+    results = []
+    for cuda_graph in cuda_graphs:
+        if results:
+            start = time.perf_counter()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+        # Three steps run every code path (Heun steps and the final Euler one) and pay any compile cost; a whole
+        # warm-up batch would double the cost of an eager measurement.
+        sample(min(steps, WARMUP_STEPS), cuda_graph)
+        warmup_s = time.perf_counter() - start
+        if options.compile != "none":
+            precompiled.update(compile_cache_counts())
+        start = time.perf_counter()
+        for _ in range(repeats):
+            sample(steps, cuda_graph)
+        batch_s = (time.perf_counter() - start) / repeats
+        results.append({"cuda_graph": cuda_graph, "batch_s": batch_s, "warmup_s": warmup_s, **precompiled,
+                        "warmup_steps": min(steps, WARMUP_STEPS), "img_per_s": batch / batch_s,
+                        "peak_mem_gib": memory_gib(device)})
+    return results
