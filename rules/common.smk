@@ -132,7 +132,7 @@ def sampling_options(wildcards) -> str:
     ev = config["eval"]
     return cli_options({"vae": vae_argument(), "text-encoder": config["text_encoder"]["name"],
                         "resolution": ev["resolution"], "steps": ev["steps"], "guidance": ev["guidance_scale"],
-                        "seed": ev["seed"], "batch-size": ev["batch_size"]})
+                        "seed": ev["seed"], "batch-size": ev["batch_size"], "compile": ev.get("compile", "none")})
 
 
 def evaluation_outputs() -> dict:

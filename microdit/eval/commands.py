@@ -8,8 +8,9 @@ from microdit.errors import UserError
 from microdit.files import read_json, sha256_file, write_json, write_jsonl
 
 MANIFEST = "generation.json"
-# manifest keys that say where files lie or how fast images were drawn, not what the images are
-NOT_IN_IMAGES = ("checkpoint", "captions", "batch_size")
+# manifest keys that say where files lie or how fast images were drawn, not what the images are (the batch size
+# and compiling change which kernels round how, as another GPU would)
+NOT_IN_IMAGES = ("checkpoint", "captions", "batch_size", "compile")
 
 
 def register(subparsers) -> None:
@@ -100,7 +101,8 @@ def load_sampler(args):
         raise UserError(f"--resolution {args.resolution}: {args.checkpoint} with this VAE generates {resolution} px")
     settings = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": weights_digest(args.checkpoint),
                 "resolution": resolution, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
-                "batch_size": args.batch_size, "sampler": "EDM Heun", "precision": model.precision,
+                "batch_size": args.batch_size, "compile": args.compile, "sampler": "EDM Heun",
+                "precision": model.precision,
                 "vae": model.vae.name, "text_encoder": model.text_encoder.name,
                 "models": {"vae": model_identity(model.vae.name),
                            "text_encoder": model_identity(model.text_encoder.name)}}

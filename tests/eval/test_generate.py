@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -55,6 +57,19 @@ def test_generation_resumes_and_depends_on_neither_ranks_nor_batch_size(tmp_path
     assert_same_images(pixels(tmp_path / "batch3"), original)
     assert run(tiny_pipeline, tmp_path / "seed4", seed=4)["written"] == 5
     assert any(np.abs(a - b).max() > 1 for a, b in zip(pixels(tmp_path / "seed4").values(), original.values()))
+
+
+def test_compiling_or_another_batch_size_keeps_the_images_already_drawn(tmp_path):
+    from microdit.eval.commands import start_samples
+
+    out, manifest = tmp_path / "samples", {"seed": 1, "checkpoint": "a", "batch_size": 32, "compile": "none"}
+    start_samples(out, manifest, rank=0)
+    (out / image_name(0)).write_bytes(b"drawn eagerly")
+    start_samples(out, {**manifest, "batch_size": 64, "compile": "blocks"}, rank=0)  # kernels' rounding only
+    assert (out / image_name(0)).read_bytes() == b"drawn eagerly"
+    assert json.loads((out / "generation.json").read_text())["compile"] == "blocks"
+    start_samples(out, {**manifest, "seed": 2}, rank=0)
+    assert not (out / image_name(0)).exists()
 
 
 def test_images_of_other_settings_are_moved_aside_not_reused(tmp_path):

@@ -120,6 +120,7 @@ def test_the_ema_export_is_evaluated_when_asked(tmp_path):
     result = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--configfile", write_config(tmp_path / "c.yaml", config))
     (generate,) = shell_commands(result.stdout, "generate")
     assert "--checkpoint results/tiny/train/stage2/ema.safetensors" in generate
+    assert "--compile none" in generate  # the tiny preset samples on the CPU, where compiling takes minutes
     config["eval"]["weights"] = "raw"
     result = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--configfile", write_config(tmp_path / "c.yaml", config))
     (generate,) = shell_commands(result.stdout, "generate")
@@ -166,8 +167,8 @@ def test_schema_errors_are_one_line_each_naming_the_key():
     assert schema_errors(config, SCHEMA) == [
         "sample: unknown key (expected one of: datasets, downloads, eval, latents, launch, report, run, samples, "
         "seed, stages, text_encoder, vae, validation)",
-        "eval.guidance: unknown key (expected one of: batch_size, caption_seed, download, features, geneval, gpus, "
-        "guidance_scale, inception_weights, mode, num_captions, resolution, seed, stage, steps, weights)",
+        "eval.guidance: unknown key (expected one of: batch_size, caption_seed, compile, download, features, geneval, "
+        "gpus, guidance_scale, inception_weights, mode, num_captions, resolution, seed, stage, steps, weights)",
         "latents.resolutions.1: 'x' is not of type 'integer'",
         "vae: expected exactly one form (with name or train)"]
 
