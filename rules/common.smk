@@ -130,9 +130,12 @@ def feature_options(w=None) -> str:
 
 def sampling_options(wildcards) -> str:
     ev = config["eval"]
-    return cli_options({"vae": vae_argument(), "text-encoder": config["text_encoder"]["name"],
-                        "resolution": ev["resolution"], "steps": ev["steps"], "guidance": ev["guidance_scale"],
-                        "seed": ev["seed"], "batch-size": ev["batch_size"], "compile": ev.get("compile", "none")})
+    options = {"vae": vae_argument(), "text-encoder": config["text_encoder"]["name"], "resolution": ev["resolution"],
+               "steps": ev["steps"], "guidance": ev["guidance_scale"], "seed": ev["seed"],
+               "batch-size": ev["batch_size"]}
+    if ev.get("compile", "none") != "none":  # absent when off: runs made before the key keep their parameters
+        options["compile"] = ev["compile"]
+    return cli_options(options)
 
 
 def evaluation_outputs() -> dict:

@@ -23,7 +23,9 @@ def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: 
                   precompile_workers: int = 0, cuda_graphs: tuple[bool, ...] = (False,)) -> list[dict]:
     """One measurement per entry of `cuda_graphs` (whether the network's calls replay a CUDA graph), in this
     order, in this process: after the first, the compiled blocks are warm, so a later entry's warm-up is its
-    capture's alone, and the two compare on the same compiled code."""
+    capture's alone, and the two compare on the same compiled code. A later entry also says how far its latents
+    are from the first entry's (same noise, captions and kernels: a replay that read a stale input or an
+    overwritten output would show here, on the GPU, where the CPU tests can only emulate a graph)."""
     config = variant_config(arch, input_size=resolution // 8, pos_interp_scale=resolution / 256)
     torch.manual_seed(0)
     with device:
@@ -32,11 +34,12 @@ def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: 
     noise, captions = random_batch(config, batch, device)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext())
 
-    def sample(num_steps: int, cuda_graph: bool = False) -> None:
+    def sample(num_steps: int, cuda_graph: bool = False) -> torch.Tensor:
         with autocast:
-            heun_sampler(dit, noise, captions, EDMConfig(), num_steps, cfg=guidance,
-                         state_dtype=STATE_DTYPES[state_dtype], cuda_graph=cuda_graph)
+            latents = heun_sampler(dit, noise, captions, EDMConfig(), num_steps, cfg=guidance,
+                                   state_dtype=STATE_DTYPES[state_dtype], cuda_graph=cuda_graph)
         synchronize(device)
+        return latents
 
     start = time.perf_counter()
     precompiled = precompile_for_measurement(dit, options, lambda: sample(1), False, precompile_workers, device)
@@ -54,9 +57,14 @@ def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: 
             precompiled.update(compile_cache_counts())
         start = time.perf_counter()
         for _ in range(repeats):
-            sample(steps, cuda_graph)
+            latents = sample(steps, cuda_graph)
         batch_s = (time.perf_counter() - start) / repeats
+        agreement = {}
+        if results:
+            agreement = {"max_abs_diff_vs_first": (latents - first_latents).abs().max().item()}
+        else:
+            first_latents = latents
         results.append({"cuda_graph": cuda_graph, "batch_s": batch_s, "warmup_s": warmup_s, **precompiled,
                         "warmup_steps": min(steps, WARMUP_STEPS), "img_per_s": batch / batch_s,
-                        "peak_mem_gib": memory_gib(device)})
+                        "peak_mem_gib": memory_gib(device), **agreement})
     return results

@@ -4,14 +4,16 @@ A sampler calls the denoiser 2N - 1 times on inputs of one shape. Each call laun
 ~35 compiled blocks and the eager glue between them; captured once as a CUDA graph, a call is one launch, with no
 host work and no gaps between its kernels. What changes between calls (the state x and the noise level) is copied
 into the graph's own input buffers; what stays (the weights, the caption context) is read where it lies, so the
-graph is only valid within the sampling call that made it.
+graph is only valid within the sampling call that made it. One capture per sampling call: it synchronises the
+device and traces one call on the host, and the graph's memory pool holds one call's activations meanwhile.
 """
 import torch
 
 
 def capture_cuda_graph(run, inputs: list[torch.Tensor]):
-    """Run `run()`, which reads `inputs`, once on a side stream (the warm-up capture needs: lazy initialisation, kernel tuning), then
-    capture it into a CUDA graph. Returns (the warm-up's output, the graph's replay, the graph's output buffer).
+    """Run `run()`, which reads `inputs`, once on a side stream (the warm-up a capture needs: lazy initialisation,
+    kernel tuning), then capture it into a CUDA graph. Returns (the warm-up's output, the graph's replay, the
+    graph's output buffer).
 
     Under autocast, the captured glue reads the weights' low-precision copies from autocast's cache; those live
     until the caller's autocast exits, which is after the sampling call that owns the graph."""
