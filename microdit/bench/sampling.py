@@ -43,7 +43,7 @@ def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: 
 
     start = time.perf_counter()
     precompiled = precompile_for_measurement(dit, options, lambda: sample(1), False, precompile_workers, device)
-    results = []
+    results, first_latents = [], None
     for cuda_graph in cuda_graphs:
         if results:
             start = time.perf_counter()
@@ -60,10 +60,10 @@ def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: 
             latents = sample(steps, cuda_graph)
         batch_s = (time.perf_counter() - start) / repeats
         agreement = {}
-        if results:
-            agreement = {"max_abs_diff_vs_first": (latents - first_latents).abs().max().item()}
-        else:
+        if first_latents is None:
             first_latents = latents
+        else:
+            agreement = {"max_abs_diff_vs_first": (latents - first_latents).abs().max().item()}
         results.append({"cuda_graph": cuda_graph, "batch_s": batch_s, "warmup_s": warmup_s, **precompiled,
                         "warmup_steps": min(steps, WARMUP_STEPS), "img_per_s": batch / batch_s,
                         "peak_mem_gib": memory_gib(device), **agreement})
