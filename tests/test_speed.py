@@ -208,10 +208,20 @@ def test_bench_sample_measures_without_and_with_the_graph_in_one_process(monkeyp
 
     replays = []
     monkeypatch.setattr(cuda_graph, "capture_cuda_graph", _emulated_cuda_graph(replays))
-    rows = time_sampling("MicroDiT_Nano_2", 64, 2, 2, 5.0, "fp32", "fp32", SpeedOptions(), 1, torch.device("cpu"),
-                         cuda_graphs=(False, True))
+    rows = list(time_sampling("MicroDiT_Nano_2", 64, 2, 2, 5.0, "fp32", "fp32", SpeedOptions(), 1,
+                              torch.device("cpu"), cuda_graphs=(False, True)))
     assert [row["cuda_graph"] for row in rows] == [False, True] and all(row["img_per_s"] > 0 for row in rows)
     assert "max_abs_diff_vs_first" not in rows[0] and rows[1]["max_abs_diff_vs_first"] == 0
+
+    def failing_capture(run, inputs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(cuda_graph, "capture_cuda_graph", failing_capture)
+    measurements = time_sampling("MicroDiT_Nano_2", 64, 2, 2, 5.0, "fp32", "fp32", SpeedOptions(), 1,
+                                 torch.device("cpu"), cuda_graphs=(False, True))
+    assert next(measurements)["cuda_graph"] is False  # printed before the capture fails
+    with pytest.raises(RuntimeError, match="capturing"):
+        next(measurements)
     assert len(replays) == 2 + 2  # warm-up and timed batch: 3 calls each at 2 steps, the first one captures
 
 

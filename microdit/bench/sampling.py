@@ -3,6 +3,7 @@
 Random weights run exactly the kernels trained ones do, so images/s transfers; the VAE decode is not included.
 """
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 
 import torch
@@ -20,9 +21,9 @@ STATE_DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
 
 def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: float, precision: str,
                   state_dtype: str, options: SpeedOptions, repeats: int, device: torch.device,
-                  precompile_workers: int = 0, cuda_graphs: tuple[bool, ...] = (False,)) -> list[dict]:
+                  precompile_workers: int = 0, cuda_graphs: tuple[bool, ...] = (False,)) -> Iterator[dict]:
     """One measurement per entry of `cuda_graphs` (whether the network's calls replay a CUDA graph), in this
-    order, in this process: after the first, the compiled blocks are warm, so a later entry's warm-up is its
+    order, in this process, each yielded as it is done (a capture that fails keeps the plain measurement): after the first, the compiled blocks are warm, so a later entry's warm-up is its
     capture's alone, and the two compare on the same compiled code. A later entry also says how far its latents
     are from the first entry's (same noise, captions and kernels: a replay that read a stale input or an
     overwritten output would show here, on the GPU, where the CPU tests can only emulate a graph)."""
@@ -43,9 +44,9 @@ def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: 
 
     start = time.perf_counter()
     precompiled = precompile_for_measurement(dit, options, lambda: sample(1), False, precompile_workers, device)
-    results, first_latents = [], None
-    for cuda_graph in cuda_graphs:
-        if results:
+    first_latents = None
+    for number, cuda_graph in enumerate(cuda_graphs):
+        if number:
             start = time.perf_counter()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -64,7 +65,6 @@ def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: 
             first_latents = latents
         else:
             agreement = {"max_abs_diff_vs_first": (latents - first_latents).abs().max().item()}
-        results.append({"cuda_graph": cuda_graph, "batch_s": batch_s, "warmup_s": warmup_s, **precompiled,
-                        "warmup_steps": min(steps, WARMUP_STEPS), "img_per_s": batch / batch_s,
-                        "peak_mem_gib": memory_gib(device), **agreement})
-    return results
+        yield {"cuda_graph": cuda_graph, "batch_s": batch_s, "warmup_s": warmup_s, **precompiled,
+               "warmup_steps": min(steps, WARMUP_STEPS), "img_per_s": batch / batch_s,
+               "peak_mem_gib": memory_gib(device), **agreement}
