@@ -25,7 +25,8 @@ def capture_cuda_graph(run, inputs: list[torch.Tensor]):
         first = run()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # thread_local: CUDA work of other threads (a loader's pinning, an image writer) is not this capture's error
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         output = run()
     return first, graph.replay, output
 
