@@ -23,8 +23,9 @@ def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: 
                   state_dtype: str, options: SpeedOptions, repeats: int, device: torch.device,
                   precompile_workers: int = 0, cuda_graphs: tuple[bool, ...] = (False,)) -> Iterator[dict]:
     """One measurement per entry of `cuda_graphs` (whether the network's calls replay a CUDA graph), in this
-    order, in this process, each yielded as it is done (a capture that fails keeps the plain measurement): after the first, the compiled blocks are warm, so a later entry's warm-up is its
-    capture's alone, and the two compare on the same compiled code. A later entry also says how far its latents
+    order, in this process, each yielded as it is done (a capture that fails keeps the plain measurement). After
+    the first, the compiled blocks are warm, so a later entry's warm-up is its capture's alone, and the two compare
+    on the same compiled code. A later entry also says how far its latents
     are from the first entry's (same noise, captions and kernels: a replay that read a stale input or an
     overwritten output would show here, on the GPU, where the CPU tests can only emulate a graph)."""
     config = variant_config(arch, input_size=resolution // 8, pos_interp_scale=resolution / 256)
