@@ -212,6 +212,7 @@ def test_bench_sample_measures_without_and_with_the_graph_in_one_process(monkeyp
                               torch.device("cpu"), cuda_graphs=(False, True)))
     assert [row["cuda_graph"] for row in rows] == [False, True] and all(row["img_per_s"] > 0 for row in rows)
     assert "max_abs_diff_vs_first" not in rows[0] and rows[1]["max_abs_diff_vs_first"] == 0
+    assert len(replays) == 2 + 2  # warm-up and timed batch: 3 calls each at 2 steps, the first one captures
 
     def failing_capture(run, inputs):
         raise RuntimeError("operation not permitted when stream is capturing")
@@ -222,7 +223,6 @@ def test_bench_sample_measures_without_and_with_the_graph_in_one_process(monkeyp
     assert next(measurements)["cuda_graph"] is False  # printed before the capture fails
     with pytest.raises(RuntimeError, match="capturing"):
         next(measurements)
-    assert len(replays) == 2 + 2  # warm-up and timed batch: 3 calls each at 2 steps, the first one captures
 
 
 def test_a_cuda_graph_refuses_cpu_tensors_and_inputs_of_another_shape(monkeypatch):

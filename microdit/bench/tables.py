@@ -25,8 +25,10 @@ def _switches(r: dict) -> str:
     parts += [f"ckpt {r['checkpoint_blocks']}"] if r.get("checkpoint_blocks") else []
     parts += [f"budget {r['activation_budget']}"] if r.get("activation_budget", 1.0) < 1.0 else []
     parts += ["autotune"] if r.get("autotune") else []
-    parts += ["CUDA graph" + (f" (latents within {r['max_abs_diff_vs_first']:.2g} of the run without)"
-                              if "max_abs_diff_vs_first" in r else "")] if r.get("cuda_graph") else []
+    if r.get("cuda_graph"):
+        agreement = r.get("max_abs_diff_vs_first")
+        within = "" if agreement is None else f" (latents within {agreement:.2g} of the run without)"
+        parts.append("CUDA graph" + within)
     parts += [f"attention {r['attention_backend']}"] if r.get("attention_backend", "default") != "default" else []
     return ", ".join(p for p in parts if p)
 

@@ -50,8 +50,8 @@ class SpeedOptions:
         against Triton matmul templates, which can take the elementwise work after a matmul into their epilogue
         (that glue, not the matmuls, is what keeps a compiled step under 50 % MFU: docs/benchmarks.md), and the
         glue's own kernels are tuned by coordinate descent. Its CUDA graphs stay off: a training step's inputs are
-        not static. Autotuning lengthens a cold compile; the mode
-        is part of the compile cache's key, and precompiling workers apply these same options."""
+        not static. Autotuning lengthens a cold compile; the mode is part of the compile cache's key, and
+        precompiling workers apply these same options."""
         return "max-autotune-no-cudagraphs" if self.autotune else None
 
 
