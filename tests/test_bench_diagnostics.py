@@ -163,8 +163,13 @@ def test_bench_table_turns_the_stored_h200_runs_into_the_docs_numbers(tmp_path):
               "tflop_per_s": None, "shapes": [{"q": [1], "error": "No available kernel"}, {"q": [2]}]}
     graphed = {"resolution": 512, "batch": 64, "compile": "blocks", "moe_dispatch": "index", "cuda_graph": True,
                "img_per_s": 3.5, "max_abs_diff_vs_first": 0.0}
+    cold = {"label": "s2 cold", "stage": 2, "microbatch": 256, "img_per_s": 500.0, "first_step_s": 86.1,
+            "precompile_s": 66.2, "precompile_share_s": [40.0, 61.5],
+            "precompile_phase_s": {"compile": 50.0, "trace": 9.0, "wait_for_builds": 20.0, "compile_backward": 30.0,
+                                   "tune_kernels": 100.0, "tune_matmuls": 0.0},
+            "compile_phase_s": {"compile": 12.0, "cache_load": 6.5, "trace": 4.0, "compile_backward": 0.0}}
     extra = tmp_path / "layers.jsonl"
-    extra.write_text(json.dumps(layers) + "\n" + json.dumps(graphed) + "\n")
+    extra.write_text("".join(json.dumps(record) + "\n" for record in (layers, graphed, cold)))
     table = markdown_tables(read_records([runs / "2026-11-26-h200-run2.jsonl", runs / "2026-11-26-h200-run3.jsonl",
                                           runs / "2026-11-27-h200-run4.jsonl", extra]))
     assert "| s3 blocks mb128 lpnorm static precompiled8 | 3 | 128 | blocks, index, bf16 norms | 339.3 | 2.00 |" \
@@ -176,6 +181,10 @@ def test_bench_table_turns_the_stored_h200_runs_into_the_docs_numbers(tmp_path):
     assert "| 512 | 64 | blocks, index, CUDA graph (latents within 0 of the run without) | 3.50 | 2.00 |" in table
     assert "| 4 | 64 | attention | flash |  |  | 1 of 2 shapes failed |" in table
     assert "- s4 blocks mb64 lpnorm ckpt12: time budget spent" in table
+    # where a cold start went: workers' phases nested as they ran, timed-but-zero phases left out
+    assert ("| s2 cold | 86.1 | 66.2 | 40.0–61.5 (2) | compile 50.0 (trace 9.0, waiting for builds 20.0), backward 30.0,"
+            " kernel tuning 100.0 | compile 12.0 (trace 4.0, cache loads 6.5) |") in table
+    assert "| s4 blocks mb64 lpnorm budget0.7 | 89.1 | 70.2 |" in table  # run 4, before phases were recorded
     extra.write_text('{"stage": 1}\n{broken\n')
     with pytest.raises(UserError, match=r"layers\.jsonl:2: not a JSON line"):
         read_records([extra])

@@ -5,6 +5,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from microdit.diffusion.edm import EDMConfig, edm_loss
+from microdit.models.compile_phases import phase_totals, phases_since
 from microdit.models.dit import MicroDiT, variant_config
 from microdit.models.precompile import TensorSpec, distinct_calls, precompile_blocks, record_region_calls
 from microdit.models.speed import SpeedOptions, apply_speed_options
@@ -59,13 +60,20 @@ def test_precompiled_graphs_are_compile_cache_hits_in_the_training_process(tmp_p
     assert len(set(regions)) == 3 and regions == sorted(regions) and len(result["share_seconds"]) == 2
     assert all(seconds > 0 for _, seconds in result["graph_seconds"])
     assert sum(result["share_seconds"]) == pytest.approx(sum(s for _, s in result["graph_seconds"]), abs=0.05)
+    # and by compile phase, read from the compiler's own timers: each graph's forward and backward were compiled
+    phases = result["phase_seconds"]
+    assert 0 < phases["trace"] < phases["compile"] < sum(result["share_seconds"])
+    assert phases["compile_backward"] > 0 and "cache_load" not in phases  # cold: nothing loaded from the cache
 
     counters.clear()
     torch.manual_seed(2)
+    phases_before = phase_totals()
     loss = _loss(dit, 0.5)()
     grads = torch.autograd.grad(loss, list(dit.parameters()))
     assert counters["aot_autograd"]["autograd_cache_hit"] == 3  # nothing compiled here...
     assert counters["aot_autograd"].get("autograd_cache_miss", 0) == 0
+    phases = phases_since(phases_before)  # ...only traced, and both directions' code loaded from the cache
+    assert phases["cache_load"] > 0 and phases["trace"] > 0 and phases.get("compile_backward", 0) == 0
     torch.manual_seed(2)
     expected = _loss(reference, 0.5)()  # ...and the cached graphs compute what eager does
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-4)
@@ -92,10 +100,11 @@ def test_ranks_each_compile_their_share_and_a_failed_share_does_not_stop_trainin
     options = SpeedOptions(compile="blocks")
     shares = []
     monkeypatch.setattr(precompile, "compile_share", lambda config, options, calls, device, share, count:
-                        shares.append((share, count)) or [(1, 2.5)])
+                        shares.append((share, count)) or [(1, 2.5, {"compile": 2.0})])
     result = precompile_blocks(dit, options, _loss(dit), grad=True, workers=8, rank=1, world_size=2)
     assert shares == [(1, 2)]  # no worker processes
-    assert result == {"graphs": 2, "compiled": 1, "failed": [], "graph_seconds": [[1, 2.5]], "share_seconds": [2.5]}
+    assert result == {"graphs": 2, "compiled": 1, "failed": [], "graph_seconds": [[1, 2.5]], "share_seconds": [2.5],
+                      "phase_seconds": {"compile": 2.0}}
 
     def out_of_memory(*args):
         raise RuntimeError("CUDA out of memory")
@@ -103,5 +112,25 @@ def test_ranks_each_compile_their_share_and_a_failed_share_does_not_stop_trainin
     monkeypatch.setattr(precompile, "compile_share", out_of_memory)
     result = precompile_blocks(dit, options, _loss(dit), grad=True, workers=8, rank=1, world_size=2)
     assert result == {"graphs": 2, "compiled": 0, "failed": ["RuntimeError: CUDA out of memory"], "graph_seconds": [],
-                      "share_seconds": []}
+                      "share_seconds": [], "phase_seconds": {}}
     assert "rank 1's share failed" in capsys.readouterr().err
+
+
+def test_compile_phases_sum_the_compilers_timers_by_what_they_time(monkeypatch):
+    """The compiler's timers are named per region and per matmul kind; a phase adds up the ones it is made of."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    from microdit.models.compile_phases import add_phases
+
+    for name in list(compilation_time_metrics):
+        monkeypatch.delitem(compilation_time_metrics, name)
+    monkeypatch.setitem(compilation_time_metrics, "mm_template_autotuning", [1.0, 2.0])
+    monkeypatch.setitem(compilation_time_metrics, "bmm_template_precompiling", [0.5])
+    monkeypatch.setitem(compilation_time_metrics, "CachingAutotuner.benchmark_all_configs", [0.25])
+    monkeypatch.setitem(compilation_time_metrics, "GraphLowering.codegen", [9.0])  # in no phase
+    before = phase_totals()
+    assert before == {"tune_matmuls": 3.5, "tune_kernels": 0.25}
+    monkeypatch.setitem(compilation_time_metrics, "CachingAutotuner.coordinate_descent_tuning", [1.0])
+    monkeypatch.setitem(compilation_time_metrics, "_compile.compile_inner", [4.0])
+    assert phases_since(before) == {"tune_matmuls": 0.0, "tune_kernels": 1.0, "compile": 4.0}
+    assert add_phases([{"compile": 1.0}, {"compile": 2.0, "trace": 0.5}]) == {"compile": 3.0, "trace": 0.5}

@@ -3,6 +3,8 @@ import time
 
 import torch
 
+from microdit.models.compile_phases import phases_since
+
 
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work, so that wall-clock time measures it (a no-op on the CPU)."""
@@ -10,12 +12,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def compile_cache_counts() -> dict:
-    """This process's compile-cache lookups so far: hits mean graphs found compiled (a restart, or precompiled)."""
+def compile_record(phases_before: dict) -> dict:
+    """This process's compile-cache lookups so far (hits mean graphs found compiled: a restart, or precompiled) and
+    its compile phases since `phases_before` (a `phase_totals()` taken before the first compiled call)."""
     from torch._dynamo.utils import counters
 
     cache = counters["aot_autograd"]
-    return {"compile_cache_hits": cache["autograd_cache_hit"], "compile_cache_misses": cache["autograd_cache_miss"]}
+    return {"compile_cache_hits": cache["autograd_cache_hit"], "compile_cache_misses": cache["autograd_cache_miss"],
+            "compile_phase_s": phases_since(phases_before)}
 
 
 def precompile_for_measurement(dit, options, forward, grad: bool, workers: int, device: torch.device) -> dict:
@@ -30,7 +34,7 @@ def precompile_for_measurement(dit, options, forward, grad: bool, workers: int, 
         result = precompile_blocks(dit, options, forward, grad=grad, workers=workers)
         record = {"precompile_s": time.perf_counter() - started, "precompiled_graphs": result["graphs"],
                   "precompile_failures": len(result["failed"]), "precompile_share_s": result["share_seconds"],
-                  "precompile_graph_s": result["graph_seconds"]}
+                  "precompile_graph_s": result["graph_seconds"], "precompile_phase_s": result["phase_seconds"]}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     return record

@@ -8,9 +8,10 @@ from contextlib import nullcontext
 
 import torch
 
-from microdit.bench import compile_cache_counts, precompile_for_measurement, synchronize
+from microdit.bench import compile_record, precompile_for_measurement, synchronize
 from microdit.bench.training_step import random_batch
 from microdit.diffusion.edm import EDMConfig, heun_sampler
+from microdit.models.compile_phases import phase_totals
 from microdit.models.dit import MicroDiT, variant_config
 from microdit.models.speed import SpeedOptions, apply_speed_options
 from microdit.train.metrics import memory_gib
@@ -53,10 +54,11 @@ def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: 
                 torch.cuda.reset_peak_memory_stats(device)
         # Three steps run every code path (Heun steps and the final Euler one) and pay any compile cost; a whole
         # warm-up batch would double the cost of an eager measurement.
+        phases_before = phase_totals()
         sample(min(steps, WARMUP_STEPS), cuda_graph)
         warmup_s = time.perf_counter() - start
         if options.compile != "none":
-            precompiled.update(compile_cache_counts())
+            precompiled.update(compile_record(phases_before))
         start = time.perf_counter()
         for _ in range(repeats):
             latents = sample(steps, cuda_graph)

@@ -52,6 +52,27 @@ def _sampling_row(r: dict) -> str:
             f"| {_number(r.get('warmup_s'))} |")
 
 
+def _phases(phases: dict | None) -> str:
+    """`compile 80.1 (trace 9.0, ...), backward 40.2, kernel tuning 60.3`: the compile phases, nested as they ran."""
+    if not phases:
+        return ""
+    inner = ", ".join(f"{name} {phases[key]:.1f}" for key, name in
+                      (("trace", "trace"), ("cache_load", "cache loads"), ("wait_for_builds", "waiting for builds"),
+                       ("tune_matmuls", "matmul tuning")) if phases.get(key))
+    outer = [(f"compile {phases['compile']:.1f}" + (f" ({inner})" if inner else "")) if "compile" in phases else ""]
+    outer += [f"{name} {phases[key]:.1f}" for key, name in
+              (("compile_backward", "backward"), ("tune_kernels", "kernel tuning")) if phases.get(key)]
+    return ", ".join(part for part in outer if part)
+
+
+def _cold_start_row(r: dict) -> str:
+    shares = r.get("precompile_share_s") or []
+    spread = f"{min(shares):.1f}–{max(shares):.1f} ({len(shares)})" if shares else ""
+    return (f"| {r.get('label', '')} | {_number(r.get('first_step_s', r.get('warmup_s')))} "
+            f"| {_number(r.get('precompile_s'))} | {spread} | {_phases(r.get('precompile_phase_s'))} "
+            f"| {_phases(r.get('compile_phase_s'))} |")
+
+
 def _layer_row(r: dict) -> str:
     variant = r.get("backend") or f"{r['dispatch']}{', compiled' if r.get('compiled') else ''}"
     failed = sum("error" in s for s in r["shapes"])
@@ -71,6 +92,9 @@ def markdown_tables(records: list[dict]) -> str:
          lambda r: "img_per_s" in r and "stage" in r, _training_row),
         ("| label | resolution | batch | switches | img/s | ratio | peak GiB | warm-up s |",
          lambda r: "img_per_s" in r and "resolution" in r, _sampling_row),
+        ("| label | first step or warm-up s | precompile s | shares s (processes) | precompiling processes' compile "
+         "phases s (summed) | measuring process's compile phases s |",
+         lambda r: "compile_phase_s" in r or "precompile_s" in r, _cold_start_row),
         ("| stage | microbatch | layer | variant | ms per step | TFLOP/s | note |",
          lambda r: "layer" in r and "ms_per_step" in r, _layer_row),
     )

@@ -15,10 +15,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from microdit.bench import compile_cache_counts, precompile_for_measurement, synchronize
+from microdit.bench import compile_record, precompile_for_measurement, synchronize
 from microdit.bench.memory import estimate_training_memory
 from microdit.bench.profile import time_breakdown
 from microdit.diffusion.edm import EDMConfig, edm_loss
+from microdit.models.compile_phases import phase_totals
 from microdit.models.dit import MicroDiT, variant_config
 from microdit.models.speed import SpeedOptions, apply_speed_options
 from microdit.train.metrics import memory_gib, train_flops_per_sample
@@ -152,11 +153,12 @@ def time_training_step(arch: str, stage: StageShape, microbatch: int, options: S
     start = time.perf_counter()
     loss_of = make_loss(stage, latents, captions, autocast=device.type == "cuda")
     precompiled = precompile_for_measurement(dit, options, lambda: loss_of(dit), True, precompile_workers, device)
+    phases_before = phase_totals()
     step(dit, optimizer)
     synchronize(device)
     first_step_s = time.perf_counter() - start
     if options.compile != "none":  # whether the first step compiled or found its graphs in the compile cache
-        precompiled.update(compile_cache_counts())
+        precompiled.update(compile_record(phases_before))
     for _ in range(warmup - 1):
         step(dit, optimizer)
     start = time.perf_counter()

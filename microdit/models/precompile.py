@@ -20,6 +20,7 @@ from multiprocessing import get_context
 import torch
 from torch.utils._pytree import tree_map_only
 
+from microdit.models.compile_phases import add_phases, phase_totals, phases_since
 from microdit.models.dit import MicroDiT, MicroDiTConfig
 from microdit.models.speed import SpeedOptions, apply_speed_options
 
@@ -102,11 +103,11 @@ def distinct_calls(dit: MicroDiT, calls: list[RegionCall]) -> list[RegionCall]:
 
 
 def compile_share(config: MicroDiTConfig, options: SpeedOptions, calls: list[RegionCall], device,
-                  share: int = 0, shares: int = 1) -> list[tuple[int, float]]:
+                  share: int = 0, shares: int = 1) -> list[tuple[int, float, dict]]:
     """Compile every `shares`-th of `calls` (from `share`) by running it forward (and backward) on random inputs
-    with the recorded properties; returns (region, seconds) for each, compiling and the first run included (on a
-    GPU the time also shows kernels being tuned). The regions are built alone on `device` from a meta model, so a
-    share costs its blocks' parameters, not the model's."""
+    with the recorded properties; returns (region, seconds, compile phases) for each, compiling and the first run
+    included (on a GPU the time also shows kernels being tuned: models/compile_phases.py). The regions are built
+    alone on `device` from a meta model, so a share costs its blocks' parameters, not the model's."""
     device = torch.device(device)
     with torch.device("meta"):
         dit = MicroDiT(config)
@@ -114,7 +115,7 @@ def compile_share(config: MicroDiTConfig, options: SpeedOptions, calls: list[Reg
     regions = dit.compile_regions()
     timings = []
     for call in calls[share::shares]:
-        started = time.perf_counter()
+        started, phases_before = time.perf_counter(), phase_totals()
         region = regions[call.region].to_empty(device=device).train(call.training)
         with torch.no_grad():
             for parameter in region.parameters():
@@ -127,7 +128,7 @@ def compile_share(config: MicroDiTConfig, options: SpeedOptions, calls: list[Reg
             out.backward(torch.ones_like(out))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        timings.append((call.region, time.perf_counter() - started))
+        timings.append((call.region, time.perf_counter() - started, phases_since(phases_before)))
         regions[call.region].to_empty(device="meta")  # free the share's parameters before the next block
     return timings
 
@@ -149,13 +150,15 @@ def precompile_in_processes(config: MicroDiTConfig, options: SpeedOptions, calls
     return share_result(shares, failed)
 
 
-def share_result(shares: list[list[tuple[int, float]]], failed: list[str]) -> dict:
+def share_result(shares: list[list[tuple[int, float, dict]]], failed: list[str]) -> dict:
     """{'compiled': graphs, 'failed': messages, 'graph_seconds': [[region, s]] by region, 'share_seconds': each
-    share's compiling time}: what a slow cold start spent its time on (one slow graph, an uneven split, or
-    everything) beside the time processes take to start."""
-    graphs = sorted((region, round(seconds, 2)) for share in shares for region, seconds in share)
+    share's compiling time, 'phase_seconds': all graphs' compile phases summed}: what a slow cold start spent its
+    time on (one slow graph, an uneven split, everything, or one phase such as tuning kernels on a shared GPU)
+    beside the time processes take to start."""
+    graphs = sorted((region, round(seconds, 2)) for share in shares for region, seconds, _ in share)
     return {"compiled": len(graphs), "failed": failed, "graph_seconds": [list(g) for g in graphs],
-            "share_seconds": [round(sum(seconds for _, seconds in share), 2) for share in shares]}
+            "share_seconds": [round(sum(seconds for _, seconds, _ in share), 2) for share in shares],
+            "phase_seconds": add_phases([phases for share in shares for _, _, phases in share])}
 
 
 def _report_failure(error: Exception, whose: str) -> str:
