@@ -5,6 +5,7 @@ Ratios are to the authors' numbers of issue #7, measured on an H200 with their c
 unlike with like, which the table says in its header.
 """
 from microdit.files import read_jsonl
+from microdit.models.compile_phases import describe_phases
 
 # The authors' img/s per GPU on one H200 (issue #7): training (eager, compiled or None) and sampling per resolution.
 AUTHORS_TRAIN = {1: (751.0, 1229.0), 2: (276.0, 450.0), 3: (170.0, None), 4: (65.7, None)}
@@ -52,25 +53,12 @@ def _sampling_row(r: dict) -> str:
             f"| {_number(r.get('warmup_s'))} |")
 
 
-def _phases(phases: dict | None) -> str:
-    """`compile 80.1 (trace 9.0, ...), backward 40.2, kernel tuning 60.3`: the compile phases, nested as they ran."""
-    if not phases:
-        return ""
-    inner = ", ".join(f"{name} {phases[key]:.1f}" for key, name in
-                      (("trace", "trace"), ("cache_load", "cache loads"), ("wait_for_builds", "waiting for builds"),
-                       ("tune_matmuls", "matmul tuning")) if phases.get(key))
-    outer = [(f"compile {phases['compile']:.1f}" + (f" ({inner})" if inner else "")) if "compile" in phases else ""]
-    outer += [f"{name} {phases[key]:.1f}" for key, name in
-              (("compile_backward", "backward"), ("tune_kernels", "kernel tuning")) if phases.get(key)]
-    return ", ".join(part for part in outer if part)
-
-
 def _cold_start_row(r: dict) -> str:
     shares = r.get("precompile_share_s") or []
     spread = f"{min(shares):.1f}–{max(shares):.1f} ({len(shares)})" if shares else ""
     return (f"| {r.get('label', '')} | {_number(r.get('first_step_s', r.get('warmup_s')))} "
-            f"| {_number(r.get('precompile_s'))} | {spread} | {_phases(r.get('precompile_phase_s'))} "
-            f"| {_phases(r.get('compile_phase_s'))} |")
+            f"| {_number(r.get('precompile_s'))} | {spread} | {describe_phases(r.get('precompile_phase_s'))} "
+            f"| {describe_phases(r.get('compile_phase_s'))} |")
 
 
 def _layer_row(r: dict) -> str:

@@ -50,3 +50,17 @@ def add_phases(records: list[dict[str, float]]) -> dict[str, float]:
         for phase, seconds in record.items():
             total[phase] = round(total.get(phase, 0.0) + seconds, 2)
     return total
+
+
+def describe_phases(phases: dict | None) -> str:
+    """`compile 80.1 (trace 9.0, ...), backward 40.2, kernel tuning 60.3`: phases in seconds, nested as they ran
+    (phases timed but empty left out)."""
+    if not phases:
+        return ""
+    inner = ", ".join(f"{name} {phases[key]:.1f}" for key, name in
+                      (("trace", "trace"), ("cache_load", "cache loads"), ("wait_for_builds", "waiting for builds"),
+                       ("tune_matmuls", "matmul tuning")) if phases.get(key))
+    outer = [(f"compile {phases['compile']:.1f}" + (f" ({inner})" if inner else "")) if "compile" in phases else ""]
+    outer += [f"{name} {phases[key]:.1f}" for key, name in
+              (("compile_backward", "backward"), ("tune_kernels", "kernel tuning")) if phases.get(key)]
+    return ", ".join(part for part in outer if part)

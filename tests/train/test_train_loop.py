@@ -294,7 +294,7 @@ def test_train_stats_feed_the_report_ledger(tmp_path):
     assert row.images_seen == 2 * 4 and row.wall_hours > 0
 
 
-def test_block_compilation_is_shared_out_before_the_first_step(tmp_path, monkeypatch):
+def test_block_compilation_is_shared_out_before_the_first_step(tmp_path, monkeypatch, capsys):
     """The trainer hands the precompiler a forward at its own microbatch, mask ratio and precision, leaves the
     training randomness as it was, and skips it when not compiling per block or when precompiling is off. The
     precompiler itself is tested against the compile cache in tests/test_precompile.py."""
@@ -306,12 +306,14 @@ def test_block_compilation_is_shared_out_before_the_first_step(tmp_path, monkeyp
         forward()
         hook.remove()
         calls.append({"compile": options.compile, "grad": grad, "workers": workers, "x": seen["x"]})
-        return {"graphs": 1, "compiled": 1, "failed": []}
+        return {"graphs": 1, "compiled": 1, "failed": [], "phase_seconds": {"compile": 3.0, "tune_kernels": 1.5}}
 
     monkeypatch.setattr(trainer_module, "precompile_blocks", fake_precompile)
     monkeypatch.setattr(trainer_module, "apply_speed_options", lambda dit, options: None)  # no real compile here
     Trainer(tiny_config(tmp_path / "a", steps=2, compile="blocks", precompile_workers=3), DistInfo())
     after_precompile = torch.rand(4)
+    logged = capsys.readouterr().err  # with what it spent the time on
+    assert "1 block graphs precompiled in" in logged and "(compile phases, s: compile 3.0, kernel tuning 1.5)" in logged
     cfg = tiny_config(tmp_path / "b", steps=2, compile="model")
     Trainer(cfg, DistInfo())
     assert torch.equal(torch.rand(4), after_precompile)  # the recording forward's noise and mask are not drawn
