@@ -59,13 +59,14 @@ def test_generation_resumes_and_depends_on_neither_ranks_nor_batch_size(tmp_path
     assert any(np.abs(a - b).max() > 1 for a, b in zip(pixels(tmp_path / "seed4").values(), original.values()))
 
 
-def test_compiling_or_another_batch_size_keeps_the_images_already_drawn(tmp_path):
+def test_compiling_cuda_graphs_or_another_batch_size_keep_the_images_already_drawn(tmp_path):
     from microdit.eval.commands import start_samples
 
     out, manifest = tmp_path / "samples", {"seed": 1, "checkpoint": "a", "batch_size": 32, "compile": "none"}
     start_samples(out, manifest, rank=0)
     (out / image_name(0)).write_bytes(b"drawn eagerly")
-    start_samples(out, {**manifest, "batch_size": 64, "compile": "blocks"}, rank=0)  # kernels' rounding only
+    # kernels' rounding only (a manifest from before `cuda_graph` was recorded claims the same images)
+    start_samples(out, {**manifest, "batch_size": 64, "compile": "blocks", "cuda_graph": True}, rank=0)
     assert (out / image_name(0)).read_bytes() == b"drawn eagerly"
     assert json.loads((out / "generation.json").read_text())["compile"] == "blocks"
     start_samples(out, {**manifest, "seed": 2}, rank=0)
@@ -122,3 +123,25 @@ def test_impossible_ranks_and_sizes_are_usage_errors(capsys):
     with pytest.raises(SystemExit) as exit_code:
         main(["generate", "--captions", "c.jsonl", "--out", "o", "--checkpoint", "x", "--batch-size", "0"])
     assert exit_code.value.code == 2 and "--batch-size: expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_cuda_graphs_reach_the_sampler_and_need_a_gpu(tiny_pipeline, tmp_path, monkeypatch, capsys):
+    """Replaying a CUDA graph is tested against the plain sampler in tests/test_edm.py; here, that the switch gets
+    there, and that a CPU run is refused before anything is loaded (the checkpoint is not even looked for)."""
+    import microdit.models.latent_diffusion as latent_diffusion
+    from microdit.cli import main
+
+    seen = []
+    real_sampler = latent_diffusion.heun_sampler
+    monkeypatch.setattr(latent_diffusion, "heun_sampler",
+                        lambda *args, **kwargs: seen.append(kwargs["cuda_graph"]) or real_sampler(
+                            *args, **{**kwargs, "cuda_graph": False}))
+    tiny_pipeline.generate(prompt=["a"], num_inference_steps=1, seed=0)
+    tiny_pipeline.cuda_graph = True
+    tiny_pipeline.generate(prompt=["a"], num_inference_steps=1, seed=0)
+    assert seen == [False, True]
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text('{"index": 0, "caption": "a"}\n')
+    assert main(["generate", "--captions", str(captions), "--out", str(tmp_path / "out"), "--checkpoint",
+                 str(tmp_path / "nosuch.safetensors"), "--device", "cpu", "--cuda-graph", "on"]) == 2
+    assert "--cuda-graph on: CUDA graphs need a GPU, but the device is cpu" in capsys.readouterr().err
