@@ -169,8 +169,9 @@ def test_schema_errors_are_one_line_each_naming_the_key():
     assert schema_errors(config, SCHEMA) == [
         "sample: unknown key (expected one of: datasets, downloads, eval, latents, launch, report, run, samples, "
         "seed, stages, text_encoder, vae, validation)",
-        "eval.guidance: unknown key (expected one of: batch_size, caption_seed, compile, download, features, geneval, "
-        "gpus, guidance_scale, inception_weights, mode, num_captions, resolution, seed, stage, steps, weights)",
+        "eval.guidance: unknown key (expected one of: batch_size, caption_seed, compile, cuda_graph, download, "
+        "features, geneval, gpus, guidance_scale, inception_weights, mode, num_captions, resolution, seed, stage, "
+        "steps, weights)",
         "latents.resolutions.1: 'x' is not of type 'integer'",
         "vae: expected exactly one form (with name or train)"]
 
