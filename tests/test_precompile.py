@@ -60,10 +60,12 @@ def test_precompiled_graphs_are_compile_cache_hits_in_the_training_process(tmp_p
     assert len(set(regions)) == 3 and regions == sorted(regions) and len(result["share_seconds"]) == 2
     assert all(seconds > 0 for _, seconds in result["graph_seconds"])
     assert sum(result["share_seconds"]) == pytest.approx(sum(s for _, s in result["graph_seconds"]), abs=0.05)
-    # and by compile phase, read from the compiler's own timers: each graph's forward and backward were compiled
-    phases = result["phase_seconds"]
-    assert 0 < phases["trace"] < phases["compile"] < sum(result["share_seconds"])
-    assert phases["compile_backward"] > 0 and "cache_load" not in phases  # cold: nothing loaded from the cache
+    # and by compile phase, read from the compiler's own timers: each share compiled forward and backward graphs,
+    # one after the other, within the share's time
+    for seconds, phases in zip(result["share_seconds"], result["share_phase_seconds"], strict=True):
+        assert 0 < phases["trace"] < phases["compile"] and phases["compile_backward"] > 0
+        assert phases["compile"] + phases["compile_backward"] < seconds
+        assert "cache_load" not in phases  # cold: nothing loaded from the cache
 
     counters.clear()
     torch.manual_seed(2)
@@ -104,7 +106,7 @@ def test_ranks_each_compile_their_share_and_a_failed_share_does_not_stop_trainin
     result = precompile_blocks(dit, options, _loss(dit), grad=True, workers=8, rank=1, world_size=2)
     assert shares == [(1, 2)]  # no worker processes
     assert result == {"graphs": 2, "compiled": 1, "failed": [], "graph_seconds": [[1, 2.5]], "share_seconds": [2.5],
-                      "phase_seconds": {"compile": 2.0}}
+                      "share_phase_seconds": [{"compile": 2.0}]}
 
     def out_of_memory(*args):
         raise RuntimeError("CUDA out of memory")
@@ -112,7 +114,7 @@ def test_ranks_each_compile_their_share_and_a_failed_share_does_not_stop_trainin
     monkeypatch.setattr(precompile, "compile_share", out_of_memory)
     result = precompile_blocks(dit, options, _loss(dit), grad=True, workers=8, rank=1, world_size=2)
     assert result == {"graphs": 2, "compiled": 0, "failed": ["RuntimeError: CUDA out of memory"], "graph_seconds": [],
-                      "share_seconds": [], "phase_seconds": {}}
+                      "share_seconds": [], "share_phase_seconds": []}
     assert "rank 1's share failed" in capsys.readouterr().err
 
 
@@ -120,7 +122,7 @@ def test_compile_phases_sum_the_compilers_timers_by_what_they_time(monkeypatch):
     """The compiler's timers are named per region and per matmul kind; a phase adds up the ones it is made of."""
     from torch._dynamo.utils import compilation_time_metrics
 
-    from microdit.models.compile_phases import add_phases
+    from microdit.models.compile_phases import add_phases, describe_phases, slowest_share_phases
 
     for name in list(compilation_time_metrics):
         monkeypatch.delitem(compilation_time_metrics, name)
@@ -133,4 +135,27 @@ def test_compile_phases_sum_the_compilers_timers_by_what_they_time(monkeypatch):
     monkeypatch.setitem(compilation_time_metrics, "CachingAutotuner.coordinate_descent_tuning", [1.0])
     monkeypatch.setitem(compilation_time_metrics, "_compile.compile_inner", [4.0])
     assert phases_since(before) == {"tune_matmuls": 0.0, "tune_kernels": 1.0, "compile": 4.0}
+    monkeypatch.setitem(compilation_time_metrics, "mm_template_autotuning", [1.5])  # torch._dynamo.reset() cleared it
+    assert phases_since(before)["tune_matmuls"] == 2.0
     assert add_phases([{"compile": 1.0}, {"compile": 2.0, "trace": 0.5}]) == {"compile": 3.0, "trace": 0.5}
+    assert slowest_share_phases([3.0, 9.0, 4.0], [{}, {"compile": 8.0}, {}]) == {"compile": 8.0}
+    assert slowest_share_phases([], []) == {}
+    assert describe_phases({"compile": 40.06, "compile_backward": 30.2, "trace": 9.0, "cache_load": 0.0,
+                            "wait_for_builds": 20.0, "tune_kernels": 60.3}) == \
+        "compile 40.1, backward 30.2 (of which trace 9.0, waiting for builds 20.0), kernel tuning 60.3"
+    assert describe_phases({"compile": 0.0, "tune_kernels": 1.0}) == "kernel tuning 1.0" and describe_phases({}) == ""
+
+
+def test_every_timer_a_phase_reads_is_one_the_installed_torch_has():
+    """A timer renamed by a torch upgrade would silently drop out of its phase: each name (or the suffix of a
+    per-matmul-kind name) must still be written in torch's source as a timed region's name."""
+    from pathlib import Path
+
+    from microdit.models.compile_phases import PHASES
+
+    source = "\n".join(path.read_text(errors="replace") for folder in ("_dynamo", "_inductor", "_functorch")
+                       for path in (Path(torch.__file__).parent / folder).rglob("*.py"))
+    for phase, patterns in PHASES.items():
+        for pattern in patterns:
+            written = f'{pattern[1:]}"' if pattern.startswith("*") else f'"{pattern}"'
+            assert written in source, f"{phase}: torch {torch.__version__} times no region named {pattern!r}"

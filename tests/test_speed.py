@@ -206,11 +206,15 @@ def test_bench_sample_measures_without_and_with_the_graph_in_one_process(monkeyp
     from microdit.bench.sampling import time_sampling
     from microdit.diffusion import cuda_graph
 
+    import microdit.bench.sampling as bench_sampling
+
     replays = []
     monkeypatch.setattr(cuda_graph, "capture_cuda_graph", _emulated_cuda_graph(replays))
+    monkeypatch.setattr(bench_sampling, "precompile_for_measurement", lambda *args: {"precompile_s": 50.0})
     rows = list(time_sampling("MicroDiT_Nano_2", 64, 2, 2, 5.0, "fp32", "fp32", SpeedOptions(), 1,
                               torch.device("cpu"), cuda_graphs=(False, True)))
     assert [row["cuda_graph"] for row in rows] == [False, True] and all(row["img_per_s"] > 0 for row in rows)
+    assert rows[0]["precompile_s"] == 50.0 and "precompile_s" not in rows[1]  # the second started warm
     assert "max_abs_diff_vs_first" not in rows[0] and rows[1]["max_abs_diff_vs_first"] == 0
     assert len(replays) == 2 + 2  # warm-up and timed batch: 3 calls each at 2 steps, the first one captures
 
@@ -481,6 +485,9 @@ def test_suite_picks_the_card_by_memory_and_a_second_call_runs_chosen_items(tmp_
     assert "one_hot" in s1 and "--checkpoint-blocks" not in s1 and "--activation-budget" not in s1
     assert ("s4 blocks mb64 lpnorm budget0.7 one-hot", "s4 blocks mb64 lpnorm budget0.5 one-hot") == tuple(
         next(label for label, _ in paper_suite(card) if label.startswith("s4")) for card in ("h200", "h100"))
+    # item 4: the first stage-2 compile-phase record (the cold start there is 20-29 s over the goal)
+    assert [paper_suite(card)[3][0] for card in ("h200", "h100")] == [
+        "s2 blocks mb256 lpnorm budget0.7 one-hot", "s2 blocks mb256 lpnorm budget0.5 one-hot"]
     parser = argparse.ArgumentParser()
     add_modes(parser)
     out = tmp_path / "bench.jsonl"

@@ -34,7 +34,8 @@ def precompile_for_measurement(dit, options, forward, grad: bool, workers: int, 
         result = precompile_blocks(dit, options, forward, grad=grad, workers=workers)
         record = {"precompile_s": time.perf_counter() - started, "precompiled_graphs": result["graphs"],
                   "precompile_failures": len(result["failed"]), "precompile_share_s": result["share_seconds"],
-                  "precompile_graph_s": result["graph_seconds"], "precompile_phase_s": result["phase_seconds"]}
+                  "precompile_graph_s": result["graph_seconds"],
+                  "precompile_share_phase_s": result["share_phase_seconds"]}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     return record

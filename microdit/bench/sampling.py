@@ -71,3 +71,4 @@ def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: 
         yield {"cuda_graph": cuda_graph, "batch_s": batch_s, "warmup_s": warmup_s, **precompiled,
                "warmup_steps": min(steps, WARMUP_STEPS), "img_per_s": batch / batch_s,
                "peak_mem_gib": memory_gib(device), **agreement}
+        precompiled = {}  # the precompiling was the first entry's; a later one reports its own compile record

@@ -8,8 +8,9 @@ from microdit.errors import UserError
 from microdit.files import read_json, sha256_file, write_json, write_jsonl
 
 MANIFEST = "generation.json"
-# manifest keys that say where files lie or how fast images were drawn, not what the images are (the batch size,
-# compiling and CUDA graphs change which kernels round how, as another GPU would)
+# manifest keys that say where files lie or how fast images were drawn, not what the images are (the batch size
+# and compiling change which kernels round how, as another GPU would; a CUDA graph replays the same kernels, and is
+# listed so that switching it never redraws images)
 NOT_IN_IMAGES = ("checkpoint", "captions", "batch_size", "compile", "cuda_graph")
 
 

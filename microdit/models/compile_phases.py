@@ -5,46 +5,52 @@ A cold start over the 60 s goal (docs/benchmarks.md) has several suspects: traci
 kernels, waiting for the kernel builds of a pool that several processes share, or benchmarking kernel configurations
 on the GPU while other processes use it. These phases tell them apart without a profiler.
 """
-from torch._dynamo.utils import compilation_time_metrics
 
-# A phase is the compiler's timed regions it is made of, by name as torch 2.11-2.14 times them. Phases nest: `trace`,
-# `cache_load`, `tune_matmuls` and `wait_for_builds` happen inside `compile` or `compile_backward`; `tune_kernels`
-# happens at a kernel's first launch, outside both. A version that times none of a phase's regions leaves the phase
-# out of a record (not timed), which is not the same as 0 (timed, nothing spent).
+# A phase is the compiler's timed regions it is made of, by name as torch 2.14 times them (tests/test_precompile.py
+# checks that the installed torch still has each name). `compile` (a graph's first call: tracing, the joint graph,
+# the forward's code, or both directions' from the cache) and `compile_backward` (the backward's code, at the first
+# backward) are disjoint for the static graphs we compile. Inside them: `trace`, `cache_load`, and, in either
+# direction, `wait_for_builds` and `tune_matmuls`. `tune_kernels` runs at a kernel's first launch, outside both, except
+# under max-autotune, where the scheduler also benchmarks fused kernels while compiling: there it overlaps them.
 PHASES = {
-    # dynamo's work at a graph's first call: tracing, the joint forward-backward graph, and compiling the forward
-    # (or finding both in the compile cache)
-    "compile": lambda name: name == "_compile.compile_inner",
-    "trace": lambda name: name == "bytecode_tracing",
-    "cache_load": lambda name: name == "AOTAutogradCache.inductor_load",
-    # max-autotune: matmuls benchmarked against Triton templates while compiling
-    "tune_matmuls": lambda name: name.endswith(("_template_autotuning", "_template_precompiling")),
-    "wait_for_builds": lambda name: name == "async_compile.wait",
-    # the backward graph compiles at the first backward, unless it came from the cache with the forward
-    "compile_backward": lambda name: name == "compile_fx.<locals>.bw_compiler",
-    # inductor benchmarks a kernel's candidate launch configurations at its first launch
-    "tune_kernels": lambda name: name in ("CachingAutotuner.benchmark_all_configs",
-                                          "CachingAutotuner.coordinate_descent_tuning"),
+    "compile": ("_compile.compile_inner",),
+    "trace": ("bytecode_tracing",),
+    "cache_load": ("AOTAutogradCache.inductor_load",),
+    "compile_backward": ("backward._backward_impl",),
+    "wait_for_builds": ("async_compile.wait",),
+    "tune_matmuls": ("*_template_autotuning", "*_template_precompiling"),  # one timer per kind of matmul (mm, bmm...)
+    "tune_kernels": ("CachingAutotuner.benchmark_all_configs", "CachingAutotuner.coordinate_descent_tuning",
+                     "CachingAutotuner.combo_sequential_autotune"),
 }
 
 
+def _in_phase(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(name.endswith(pattern[1:]) if pattern.startswith("*") else name == pattern for pattern in patterns)
+
+
 def phase_totals() -> dict[str, float]:
-    """This process's compile seconds so far, by phase (only phases it has timed)."""
+    """This process's compile seconds so far, by phase. A phase appears once one of its timers has run in this
+    process: absent means not entered yet, which differs from 0 in a `phases_since` window (entered before it)."""
+    from torch._dynamo.utils import compilation_time_metrics  # here: importing dynamo costs every command seconds
+
     totals: dict[str, float] = {}
     for name, seconds in list(compilation_time_metrics.items()):
-        for phase, matches in PHASES.items():
-            if matches(name):
+        for phase, patterns in PHASES.items():
+            if _in_phase(name, patterns):
                 totals[phase] = totals.get(phase, 0.0) + sum(seconds)
     return totals
 
 
 def phases_since(before: dict[str, float]) -> dict[str, float]:
-    """Seconds spent in each phase since `before` (an earlier `phase_totals()`)."""
-    return {phase: round(total - before.get(phase, 0.0), 2) for phase, total in phase_totals().items()}
+    """Seconds spent in each phase since `before` (an earlier `phase_totals()`). `torch._dynamo.reset()` clears the
+    timers: a total below its earlier value then counts from the reset."""
+    now = phase_totals()
+    return {phase: round(total - before.get(phase, 0.0) if total >= before.get(phase, 0.0) else total, 2)
+            for phase, total in now.items()}
 
 
 def add_phases(records: list[dict[str, float]]) -> dict[str, float]:
-    """The phases of several graphs or processes, summed."""
+    """The phases of several graphs, summed."""
     total: dict[str, float] = {}
     for record in records:
         for phase, seconds in record.items():
@@ -52,15 +58,22 @@ def add_phases(records: list[dict[str, float]]) -> dict[str, float]:
     return total
 
 
+def slowest_share_phases(share_seconds: list[float], share_phases: list[dict]) -> dict:
+    """The compile phases of the process (or rank) whose share took longest, {} when none finished: shares run at
+    once, so the slowest sets the wall time."""
+    return share_phases[share_seconds.index(max(share_seconds))] if share_seconds else {}
+
+
 def describe_phases(phases: dict | None) -> str:
-    """`compile 80.1 (trace 9.0, ...), backward 40.2, kernel tuning 60.3`: phases in seconds, nested as they ran
-    (phases timed but empty left out)."""
+    """`compile 40.1, backward 30.2 (of which trace 9.0, waiting for builds 20.0), kernel tuning 60.3`, in seconds:
+    the disjoint phases, then what ran inside them; phases with nothing spent left out."""
     if not phases:
         return ""
-    inner = ", ".join(f"{name} {phases[key]:.1f}" for key, name in
-                      (("trace", "trace"), ("cache_load", "cache loads"), ("wait_for_builds", "waiting for builds"),
-                       ("tune_matmuls", "matmul tuning")) if phases.get(key))
-    outer = [(f"compile {phases['compile']:.1f}" + (f" ({inner})" if inner else "")) if "compile" in phases else ""]
-    outer += [f"{name} {phases[key]:.1f}" for key, name in
-              (("compile_backward", "backward"), ("tune_kernels", "kernel tuning")) if phases.get(key)]
-    return ", ".join(part for part in outer if part)
+    def named(pairs) -> list[str]:
+        return [f"{name} {phases[key]:.1f}" for key, name in pairs if phases.get(key)]
+
+    outer = named((("compile", "compile"), ("compile_backward", "backward")))
+    inner = named((("trace", "trace"), ("cache_load", "cache loads"), ("wait_for_builds", "waiting for builds"),
+                   ("tune_matmuls", "matmul tuning")))
+    text = ", ".join(outer) + (f" (of which {', '.join(inner)})" if inner and outer else "")
+    return ", ".join(part for part in [text, *named((("tune_kernels", "kernel tuning"),))] if part)

@@ -33,7 +33,8 @@ class LatentDiffusion(nn.Module):
         self.dit, self.vae, self.text_encoder = dit, vae, text_encoder
         self.edm, self.train_mask_ratio = edm, train_mask_ratio
         self.precision = precision  # the denoiser's, when sampling: fp32, or bf16 autocast
-        self.cuda_graph = cuda_graph  # sampling replays the denoiser from a CUDA graph (diffusion/cuda_graph.py)
+        # a GPU sampler's calls are short enough for kernel launches to show; replaying a graph removes them
+        self.cuda_graph = cuda_graph
         for frozen in (vae, text_encoder):
             if frozen is not None:
                 frozen.requires_grad_(False)

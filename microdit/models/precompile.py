@@ -152,13 +152,13 @@ def precompile_in_processes(config: MicroDiTConfig, options: SpeedOptions, calls
 
 def share_result(shares: list[list[tuple[int, float, dict]]], failed: list[str]) -> dict:
     """{'compiled': graphs, 'failed': messages, 'graph_seconds': [[region, s]] by region, 'share_seconds': each
-    share's compiling time, 'phase_seconds': all graphs' compile phases summed}: what a slow cold start spent its
-    time on (one slow graph, an uneven split, everything, or one phase such as tuning kernels on a shared GPU)
-    beside the time processes take to start."""
+    share's compiling time, 'share_phase_seconds': each share's compile phases (its graphs' summed)}: what a slow
+    cold start spent its time on (one slow graph, an uneven split, everything, or one phase such as tuning kernels
+    on a shared GPU) beside the time processes take to start. Shares run at once: the slowest sets the wall time."""
     graphs = sorted((region, round(seconds, 2)) for share in shares for region, seconds, _ in share)
     return {"compiled": len(graphs), "failed": failed, "graph_seconds": [list(g) for g in graphs],
             "share_seconds": [round(sum(seconds for _, seconds, _ in share), 2) for share in shares],
-            "phase_seconds": add_phases([phases for share in shares for _, _, phases in share])}
+            "share_phase_seconds": [add_phases([phases for _, _, phases in share]) for share in shares]}
 
 
 def _report_failure(error: Exception, whose: str) -> str:

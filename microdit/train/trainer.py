@@ -23,8 +23,8 @@ from microdit.checkpoint import encoder_metadata, save_dit
 from microdit.diffusion.edm import EDMConfig, edm_loss
 from microdit.errors import UserError
 from microdit.files import read_jsonl, write_json
+from microdit.models.compile_phases import describe_phases, slowest_share_phases
 from microdit.models.dit import MicroDiT, create_dit
-from microdit.models.compile_phases import describe_phases
 from microdit.models.precompile import default_workers, precompile_blocks
 from microdit.models.speed import apply_speed_options
 from microdit.train import state as ckpt
@@ -164,9 +164,11 @@ class Trainer:
         barrier()
         if info.is_main:
             failed = f", {len(result['failed'])} shares failed" if result["failed"] else ""
-            phases = describe_phases(result["phase_seconds"])  # this rank's share only, with several ranks
+            # with several ranks, this rank's share; else the slowest worker's, which sets the wall time
+            phases = describe_phases(slowest_share_phases(result["share_seconds"], result["share_phase_seconds"]))
             print(f"{cfg.name}: {result['graphs']} block graphs precompiled in {time.perf_counter() - started:.1f} s"
-                  f"{failed}" + (f" (compile phases, s: {phases})" if phases else ""), file=sys.stderr, flush=True)
+                  f"{failed}" + (f" (the slowest process's compile phases, s: {phases})" if phases else ""),
+                  file=sys.stderr, flush=True)
 
     def _load_full_state(self, state: dict, same_stage: bool, source: Path) -> None:
         continue_data = not same_stage and ckpt.reads_same_stream(state, to_dict(self.cfg))

@@ -126,10 +126,40 @@ def test_impossible_ranks_and_sizes_are_usage_errors(capsys):
 
 
 def test_cuda_graphs_reach_the_sampler_and_need_a_gpu(tiny_pipeline, tmp_path, monkeypatch, capsys):
-    """Replaying a CUDA graph is tested against the plain sampler in tests/test_edm.py; here, that the switch gets
-    there, and that a CPU run is refused before anything is loaded (the checkpoint is not even looked for)."""
+    """Replaying a CUDA graph is tested against the plain sampler in tests/test_speed.py; here, that the switch gets
+    from each command to the sampler, and that a CPU run is refused before anything is loaded."""
+    import microdit.commands.sample as sample_command
     import microdit.models.latent_diffusion as latent_diffusion
+    import microdit.sampling as sampling
     from microdit.cli import main
+    from microdit.errors import UserError
+
+    class Stub(torch.nn.Module):  # an encoder that `pipeline_from_checkpoint` can move to a GPU this machine lacks
+        width = tiny_pipeline.dit.config.caption_channels
+
+        def to(self, device):
+            return self
+
+    built = []
+    monkeypatch.setattr(sampling, "pick_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(sampling, "load_dit", lambda *args, **kwargs: (None, tiny_pipeline.dit, {}))
+    monkeypatch.setattr(sampling, "VAE", lambda *args, **kwargs: Stub())
+    monkeypatch.setattr(sampling, "create_text_encoder", lambda name: Stub())
+    monkeypatch.setattr(sampling, "LatentDiffusion", lambda *args, **kwargs: built.append(kwargs["cuda_graph"]))
+    sampling.pipeline_from_checkpoint("weights.safetensors", "vae", "text", cuda_graph=True)
+    assert built == [True]
+
+    def stop(*args):  # the commands' call: stop there, saying what was asked
+        raise UserError(f"asked for cuda_graph={args[-1]}")
+
+    monkeypatch.setattr(sampling, "pipeline_from_checkpoint", stop)
+    monkeypatch.setattr(sample_command, "pipeline_from_checkpoint", stop)
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text('{"index": 0, "caption": "a"}\n')
+    common = ["--checkpoint", "w.safetensors", "--cuda-graph", "on"]
+    assert main(["generate", "--captions", str(captions), "--out", str(tmp_path / "out"), *common]) == 2
+    assert main(["sample", "--prompt", "a", "--out", str(tmp_path / "grid.png"), *common]) == 2
+    assert capsys.readouterr().err.count("asked for cuda_graph=True") == 2
 
     seen = []
     real_sampler = latent_diffusion.heun_sampler
@@ -137,11 +167,10 @@ def test_cuda_graphs_reach_the_sampler_and_need_a_gpu(tiny_pipeline, tmp_path, m
                         lambda *args, **kwargs: seen.append(kwargs["cuda_graph"]) or real_sampler(
                             *args, **{**kwargs, "cuda_graph": False}))
     tiny_pipeline.generate(prompt=["a"], num_inference_steps=1, seed=0)
-    tiny_pipeline.cuda_graph = True
+    monkeypatch.setattr(tiny_pipeline, "cuda_graph", True)  # the fixture is shared: undone below
     tiny_pipeline.generate(prompt=["a"], num_inference_steps=1, seed=0)
     assert seen == [False, True]
-    captions = tmp_path / "captions.jsonl"
-    captions.write_text('{"index": 0, "caption": "a"}\n')
+    monkeypatch.undo()
     assert main(["generate", "--captions", str(captions), "--out", str(tmp_path / "out"), "--checkpoint",
                  str(tmp_path / "nosuch.safetensors"), "--device", "cpu", "--cuda-graph", "on"]) == 2
     assert "--cuda-graph on: CUDA graphs need a GPU, but the device is cpu" in capsys.readouterr().err

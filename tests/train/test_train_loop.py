@@ -306,14 +306,16 @@ def test_block_compilation_is_shared_out_before_the_first_step(tmp_path, monkeyp
         forward()
         hook.remove()
         calls.append({"compile": options.compile, "grad": grad, "workers": workers, "x": seen["x"]})
-        return {"graphs": 1, "compiled": 1, "failed": [], "phase_seconds": {"compile": 3.0, "tune_kernels": 1.5}}
+        return {"graphs": 1, "compiled": 1, "failed": [], "share_seconds": [5.0, 4.0],
+                "share_phase_seconds": [{"compile": 3.0, "tune_kernels": 1.5}, {"compile": 4.0}]}
 
     monkeypatch.setattr(trainer_module, "precompile_blocks", fake_precompile)
     monkeypatch.setattr(trainer_module, "apply_speed_options", lambda dit, options: None)  # no real compile here
     Trainer(tiny_config(tmp_path / "a", steps=2, compile="blocks", precompile_workers=3), DistInfo())
     after_precompile = torch.rand(4)
     logged = capsys.readouterr().err  # with what it spent the time on
-    assert "1 block graphs precompiled in" in logged and "(compile phases, s: compile 3.0, kernel tuning 1.5)" in logged
+    assert "1 block graphs precompiled in" in logged
+    assert "(the slowest process's compile phases, s: compile 3.0, kernel tuning 1.5)" in logged
     cfg = tiny_config(tmp_path / "b", steps=2, compile="model")
     Trainer(cfg, DistInfo())
     assert torch.equal(torch.rand(4), after_precompile)  # the recording forward's noise and mask are not drawn
