@@ -43,7 +43,7 @@ def test_recorded_calls_describe_each_region_input_and_deduplicate_equal_graphs(
 
 
 @pytest.mark.slow
-def test_precompiled_graphs_are_compile_cache_hits_in_the_training_process(tmp_path, monkeypatch):
+def test_precompiled_graphs_are_compile_cache_hits_in_the_training_process(tmp_path, monkeypatch, capfd):
     """Masking gives the backbone blocks fewer tokens than the mixer's: three graphs, of which the training process
     compiles the backbone's after the mixer's and a worker compiles it first. Shapes that change between calls of
     one compiled function make dynamo re-trace with symbolic sizes unless compiling is static, and the two processes
@@ -55,6 +55,7 @@ def test_precompiled_graphs_are_compile_cache_hits_in_the_training_process(tmp_p
     apply_speed_options(dit, options)
     result = precompile_blocks(dit, options, _loss(dit, 0.5), grad=True, workers=2)
     assert (result["graphs"], result["compiled"], result["failed"]) == (3, 3, [])
+    assert capfd.readouterr().err.count("precompile: share ") == 3  # the workers' line per graph, as it is done
     # what each graph and each worker's share took, for a cold start that is slower than expected
     regions = [region for region, _ in result["graph_seconds"]]
     assert len(set(regions)) == 3 and regions == sorted(regions) and len(result["share_seconds"]) == 2

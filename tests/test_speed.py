@@ -554,3 +554,19 @@ def test_suite_items_start_cold_and_a_timeout_kills_the_whole_item(tmp_path):
     while not dead() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert dead()
+
+
+def test_an_item_killed_at_its_time_limit_says_how_far_its_cold_start_got(tmp_path):
+    from microdit.bench.suite import _progress, _run_item
+
+    slow_python = tmp_path / "python"
+    slow_python.write_text('#!/bin/sh\nfor region in 0 5; do echo "precompile: share 1/8: compile region $region in '
+                           '40.0 s (compile 30.0, backward 10.0)" >&2; done\nexec sleep 30\n')
+    slow_python.chmod(0o755)
+    log = tmp_path / "stderr.log"
+    (record,) = _run_item(str(slow_python), ["train"], timeout_s=2, label="s1 autotune", log=log)
+    assert record["error"] == "timed out after 2 s (time budget); 2 block graphs had compiled"
+    assert log.read_text().count("compile region") == 2  # each graph's line, kept for the docs
+    assert _progress("precompile: share 1/8: ...\nprecompiled 27 of 27 graphs in 350.2 s\n") == \
+        "; precompiled 27 of 27 graphs in 350.2 s"  # past precompiling: killed in the measurement itself
+    assert _progress(None) == _progress(b"") == ""

@@ -1,4 +1,5 @@
 """Speed and memory measurements of MicroDiT at the paper's shapes (`microdit bench`)."""
+import sys
 import time
 
 import torch
@@ -36,6 +37,9 @@ def precompile_for_measurement(dit, options, forward, grad: bool, workers: int, 
                   "precompile_failures": len(result["failed"]), "precompile_share_s": result["share_seconds"],
                   "precompile_graph_s": result["graph_seconds"],
                   "precompile_share_phase_s": result["share_phase_seconds"]}
+        # before the measurement: an item killed at its time limit keeps this in the suite's log
+        print(f"precompiled {result['compiled']} of {result['graphs']} graphs in {record['precompile_s']:.1f} s",
+              file=sys.stderr, flush=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     return record

@@ -186,7 +186,7 @@ def _run_item(python: str, args: list[str], timeout_s: float, label: str, log: P
             done = _run_group(command, timeout_s, {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache})
     except subprocess.TimeoutExpired as timeout:
         _append_log(log, label, timeout.stderr)
-        return [{"args": args, "error": f"timed out after {timeout_s:.0f} s (time budget)"}]
+        return [{"args": args, "error": f"timed out after {timeout_s:.0f} s (time budget){_progress(timeout.stderr)}"}]
     _append_log(log, label, done.stderr)
     records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0:
@@ -194,6 +194,17 @@ def _run_item(python: str, args: list[str], timeout_s: float, label: str, log: P
         error = next((line for line in reversed(lines) if "OutOfMemoryError" in line), lines[-1])
         records.append({"args": args, "error": error[-500:], "returncode": done.returncode})
     return records
+
+
+def _progress(stderr: str | bytes | None) -> str:
+    """How far a killed item got, from the lines precompiling prints as it goes (models/precompile.py)."""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr or ""
+    lines = text.splitlines()
+    done = [line for line in lines if line.startswith("precompiled ")]
+    if done:
+        return f"; {done[-1]}"
+    graphs = sum(line.startswith("precompile: share ") for line in lines)
+    return f"; {graphs} block graphs had compiled" if graphs else ""
 
 
 def _run_group(command: list[str], timeout_s: float, env: dict) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ from multiprocessing import get_context
 import torch
 from torch.utils._pytree import tree_map_only
 
-from microdit.models.compile_phases import add_phases, phase_totals, phases_since
+from microdit.models.compile_phases import add_phases, describe_phases, phase_totals, phases_since
 from microdit.models.dit import MicroDiT, MicroDiTConfig
 from microdit.models.speed import SpeedOptions, apply_speed_options
 
@@ -130,6 +130,9 @@ def compile_share(config: MicroDiTConfig, options: SpeedOptions, calls: list[Reg
             torch.cuda.synchronize(device)
         timings.append((call.region, time.perf_counter() - started, phases_since(phases_before)))
         regions[call.region].to_empty(device="meta")  # free the share's parameters before the next block
+        # as each graph is done: a cold start killed at a time limit still says how far it got and at what pace
+        print(f"precompile: share {share + 1}/{shares}: compile region {call.region} in {timings[-1][1]:.1f} s "
+              f"({describe_phases(timings[-1][2])})", file=sys.stderr, flush=True)
     return timings
 
 
