@@ -12,6 +12,7 @@ MANIFEST = "generation.json"
 # and compiling change which kernels round how, as another GPU would; a CUDA graph replays the same kernels, and is
 # listed so that switching it never redraws images)
 NOT_IN_IMAGES = ("checkpoint", "captions", "batch_size", "compile", "cuda_graph")
+DRAWING_DEFAULTS = {"batch_size": None, "compile": "none", "cuda_graph": False}
 
 
 def register(subparsers) -> None:
@@ -121,12 +122,25 @@ def sampling_kwargs(settings: dict, rank: int, world_size: int) -> dict:
 
 
 def start_samples(out: Path, manifest: dict, rank: int) -> None:
-    """Claim the output folder for what determines its images (the manifest less file locations and the batch
-    size), then write the manifest (every rank writes the same one, so any rank may finish last)."""
+    """Claim the output folder for what determines its images (the manifest less file locations and how they were
+    drawn), then write the manifest: every rank writes the same one, so any rank may finish last. The runs before
+    this one may have drawn some of the images under another batch size or compile setting: those settings are
+    listed under `earlier_drawing_settings`, so that a score's provenance stays whole."""
     from microdit.eval.generate import claim_samples
 
     claim_samples(out, {k: v for k, v in manifest.items() if k not in NOT_IN_IMAGES}, rank)
-    write_json(manifest, out / MANIFEST)
+    earlier = read_json(out / MANIFEST, "generation manifest") if (out / MANIFEST).is_file() else {}
+    history = earlier.get("earlier_drawing_settings", [])
+    previous = drawing_settings(earlier) if earlier else None
+    if previous not in (None, drawing_settings(manifest), *history):
+        history = [*history, previous]
+    write_json({**manifest, **({"earlier_drawing_settings": history} if history else {})}, out / MANIFEST)
+
+
+def drawing_settings(manifest: dict) -> dict:
+    """How a folder's images were drawn, not which they are; keys a manifest predates take their defaults (the
+    settings they had before they could be chosen)."""
+    return {key: manifest.get(key, default) for key, default in DRAWING_DEFAULTS.items()}
 
 
 def run_generate(args) -> None:

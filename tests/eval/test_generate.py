@@ -68,9 +68,22 @@ def test_compiling_cuda_graphs_or_another_batch_size_keep_the_images_already_dra
     # kernels' rounding only (a manifest from before `cuda_graph` was recorded claims the same images)
     start_samples(out, {**manifest, "batch_size": 64, "compile": "blocks", "cuda_graph": True}, rank=0)
     assert (out / image_name(0)).read_bytes() == b"drawn eagerly"
-    assert json.loads((out / "generation.json").read_text())["compile"] == "blocks"
+    written = json.loads((out / "generation.json").read_text())
+    assert written["compile"] == "blocks"  # and how the images already there were drawn:
+    assert written["earlier_drawing_settings"] == [{"batch_size": 32, "compile": "none", "cuda_graph": False}]
+    for _ in range(2):  # a rerun, or another rank writing after this one, adds nothing
+        start_samples(out, {**manifest, "batch_size": 64, "compile": "blocks", "cuda_graph": True}, rank=0)
+    start_samples(out, manifest, rank=0)  # back to the first settings: the second joins the list
+    assert json.loads((out / "generation.json").read_text())["earlier_drawing_settings"] == [
+        {"batch_size": 32, "compile": "none", "cuda_graph": False},
+        {"batch_size": 64, "compile": "blocks", "cuda_graph": True}]
+    fresh = tmp_path / "fresh"
+    start_samples(fresh, manifest, rank=0)
+    start_samples(fresh, {**manifest, "cuda_graph": False}, rank=0)  # a manifest from before the key: the same
+    assert "earlier_drawing_settings" not in json.loads((fresh / "generation.json").read_text())
     start_samples(out, {**manifest, "seed": 2}, rank=0)
-    assert not (out / image_name(0)).exists()
+    assert not (out / image_name(0)).exists()  # other images: moved aside with their manifest and its list
+    assert "earlier_drawing_settings" not in json.loads((out / "generation.json").read_text())
 
 
 def test_images_of_other_settings_are_moved_aside_not_reused(tmp_path):
