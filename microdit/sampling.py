@@ -5,6 +5,7 @@ import os
 import torch
 
 from microdit.checkpoint import load_dit
+from microdit.diffusion.cuda_graph import require_gpu
 from microdit.diffusion.edm import EDMConfig
 from microdit.errors import UserError
 from microdit.files import atomic_write
@@ -32,8 +33,8 @@ def pipeline_from_checkpoint(checkpoint: str, vae: str | None = None, text_encod
     bf16 autocast on a GPU and in fp32 on the CPU (where bf16 is slower). `cuda_graph`: the sampler replays the
     denoiser's calls from a CUDA graph (a GPU only)."""
     device = pick_device(device)
-    if cuda_graph and device.type != "cuda":  # before loading anything
-        raise UserError(f"--cuda-graph on: CUDA graphs need a GPU, but the device is {device}")
+    if cuda_graph:
+        require_gpu(device, "--cuda-graph on")
     _, dit, metadata = load_dit(checkpoint, latent_res=latent_res, device=device)
     vae_name = vae or metadata.get("vae") or paper_vae(dit.config.in_channels)
     text_name = text_encoder or metadata.get("text_encoder") or PAPER_TEXT_ENCODER

@@ -20,6 +20,7 @@ from microdit.bench.suite import CARD_FITS
 from microdit.bench.training_step import (
     STAGES, fit_checkpointing, predicted_memory, stage_config, time_training_step, training_flops_per_image,
 )
+from microdit.diffusion.cuda_graph import require_gpu
 from microdit.errors import UserError
 from microdit.models.layers import SDPA_BACKENDS, ExpertChoiceMoE
 from microdit.models.speed import COMPILE_MODES, SpeedOptions
@@ -207,8 +208,8 @@ def run_sample(args) -> None:
     from microdit.bench.sampling import time_sampling
 
     device = _device(args)
-    if args.cuda_graph != "off" and device.type != "cuda":
-        raise UserError(f"--cuda-graph {args.cuda_graph}: CUDA graphs need a GPU; this device is {device}")
+    if args.cuda_graph != "off":
+        require_gpu(device, f"--cuda-graph {args.cuda_graph}")
     for resolution in args.resolution or (256, 512):
         for measured in time_sampling(args.arch, resolution, args.batch, args.steps, args.guidance, args.precision,
                                       args.state_dtype, _options(args), args.repeats, device,

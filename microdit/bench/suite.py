@@ -196,10 +196,14 @@ def _run_item(python: str, args: list[str], timeout_s: float, label: str, log: P
     return records
 
 
+def _text(output: str | bytes | None) -> str:
+    """A child's output as text: a timeout hands it over as bytes, or None."""
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+
+
 def _progress(stderr: str | bytes | None) -> str:
     """How far a killed item got, from the lines precompiling prints as it goes (models/precompile.py)."""
-    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr or ""
-    lines = text.splitlines()
+    lines = _text(stderr).splitlines()
     done = [line for line in lines if line.startswith("precompiled ")]
     if done:
         return f"; {done[-1]}"
@@ -230,6 +234,5 @@ def _append(path: Path, record: dict) -> None:
 def _append_log(log: Path | None, label: str, stderr: str | bytes | None) -> None:
     if log is None or not stderr:
         return
-    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
     with Path(log).open("a") as f:
-        f.write(f"===== {label}\n{text[-20000:]}\n")
+        f.write(f"===== {label}\n{_text(stderr)[-20000:]}\n")

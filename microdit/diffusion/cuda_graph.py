@@ -9,6 +9,15 @@ device and traces one call on the host, and the graph's memory pool holds one ca
 """
 import torch
 
+from microdit.errors import UserError
+
+
+def require_gpu(device: torch.device, setting: str) -> None:
+    """Refuse CUDA graphs on another device before anything is loaded (`setting` names the option asking for them);
+    `capture_cuda_graph` would only refuse once the first network call is due."""
+    if device.type != "cuda":
+        raise UserError(f"{setting}: CUDA graphs need a GPU, but the device is {device}")
+
 
 def capture_cuda_graph(run, inputs: list[torch.Tensor]):
     """Run `run()`, which reads `inputs`, once on a side stream (the warm-up a capture needs: lazy initialisation,
