@@ -142,7 +142,7 @@ def precompile_in_processes(config: MicroDiTConfig, options: SpeedOptions, calls
     TORCHINDUCTOR_CACHE_DIR); returns share_result() of the shares that finished, with their failures."""
     workers = max(1, min(workers, len(calls)))
     shares, failed = [], []
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with compile_pool(workers) as pool:
         futures = [pool.submit(compile_share, config, options, calls, str(device), share, workers)
                    for share in range(workers)]
         for future in futures:
@@ -151,6 +151,21 @@ def precompile_in_processes(config: MicroDiTConfig, options: SpeedOptions, calls
             except Exception as error:  # the training process compiles that share itself, only slower
                 failed.append(_report_failure(error, "a worker's share"))
     return share_result(shares, failed)
+
+
+def compile_pool(workers: int) -> ProcessPoolExecutor:
+    """Fresh (spawned) processes whose compile-cache keys are the parent's."""
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_forget_parent_script)
+
+
+def _forget_parent_script() -> None:
+    """Pickle names an object that has no module of its own, such as `torch.contiguous_format`, after the first
+    module in sys.modules that reaches it. A spawned process re-imports the parent's script as `__mp_main__`, so
+    when that script imports torch, a worker's compile-cache keys (which pickle tensor metadata) name `__mp_main__`
+    where the parent's name `torch._utils`, and the parent finds none of the worker's graphs (on the CPU: 0 of 9 cache hits,
+    started from a script; the `microdit` and `python -m microdit.bench` entry points do not import torch there).
+    The workers' tasks refer to nothing in that script."""
+    sys.modules.pop("__mp_main__", None)
 
 
 def share_result(shares: list[list[tuple[int, float, dict]]], failed: list[str]) -> dict:
