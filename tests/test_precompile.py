@@ -102,16 +102,22 @@ def test_tensor_spec_rebuilds_views_with_their_strides_and_storage_offset():
 def test_workers_key_the_compile_cache_as_the_parent_does_when_it_runs_from_a_script(tmp_path):
     """The cache keys pickle tensor metadata, whose memory format pickle names after the first module that reaches
     it; a spawned worker re-imports the parent's script, and a script that imports torch then came first there:
-    started from one, the training process found none of the workers' graphs (0 of 9 hits on the CPU)."""
+    started from one, the training process found none of the workers' graphs (0 of 9 hits on the CPU). The keys
+    also hold global settings that a script may change and a fresh process would not have."""
     script = tmp_path / "train.py"
-    script.write_text("import pickle\nimport torch\nfrom microdit.models.precompile import compile_pool\n"
-                      "if __name__ == '__main__':\n"
-                      "    with compile_pool(1) as pool:\n"
-                      "        in_worker = pool.submit(pickle.dumps, torch.contiguous_format).result()\n"
-                      "    print(in_worker == pickle.dumps(torch.contiguous_format), in_worker)\n")
+    script.write_text(
+        "import pickle\nimport torch\nfrom microdit.models.precompile import compile_pool, compiler_state\n"
+        "if __name__ == '__main__':\n"
+        "    torch.backends.cuda.matmul.fp32_precision = 'tf32'\n"
+        "    torch.set_num_threads(1)\n"
+        "    torch._inductor.config.coordinate_descent_tuning = True\n"
+        "    with compile_pool(1) as pool:\n"
+        "        in_worker = pool.submit(pickle.dumps, torch.contiguous_format).result()\n"
+        "        state = pool.submit(compiler_state).result()\n"
+        "    print(in_worker == pickle.dumps(torch.contiguous_format), state == compiler_state(), state['threads'])\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.startswith("True"), done.stdout
+    assert done.stdout.split() == ["True", "True", "1"], done.stdout
 
 
 def test_ranks_each_compile_their_share_and_a_failed_share_does_not_stop_training(monkeypatch, capsys):

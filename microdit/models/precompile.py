@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 
 import torch
+import torch._functorch.config as functorch_config
+import torch._inductor.config as inductor_config
 from torch.utils._pytree import tree_map_only
 
 from microdit.models.compile_phases import add_phases, describe_phases, phase_totals, phases_since
@@ -154,18 +156,43 @@ def precompile_in_processes(config: MicroDiTConfig, options: SpeedOptions, calls
 
 
 def compile_pool(workers: int) -> ProcessPoolExecutor:
-    """Fresh (spawned) processes whose compile-cache keys are the parent's."""
-    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_forget_parent_script)
+    """Fresh (spawned) processes whose compile-cache keys are this one's."""
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_adopt_compiler_state,
+                               initargs=(compiler_state(),))
 
 
-def _forget_parent_script() -> None:
-    """Pickle names an object that has no module of its own, such as `torch.contiguous_format`, after the first
-    module in sys.modules that reaches it. A spawned process re-imports the parent's script as `__mp_main__`, so
-    when that script imports torch, a worker's compile-cache keys (which pickle tensor metadata) name `__mp_main__`
-    where the parent's name `torch._utils`, and the parent finds none of the worker's graphs (on the CPU: 0 of 9 cache hits,
-    started from a script; the `microdit` and `python -m microdit.bench` entry points do not import torch there).
-    The workers' tasks refer to nothing in that script."""
+def compiler_state() -> dict:
+    """This process's settings that enter a compiled graph's cache key besides the graph and its inputs
+    (torch._inductor.codecache.FxGraphHashDetails). A fresh process starts from the defaults, so a parent that
+    changed one (a script's `torch.backends.cuda.matmul.allow_tf32 = True`, the launcher's `torch.set_num_threads`,
+    which CPU kernels are specialised on) would have its workers compile graphs that it never finds."""
+    matmul = torch.backends.cuda.matmul
+    return {"inductor": inductor_config.save_config(), "functorch": functorch_config.save_config(),
+            "deterministic": (torch.are_deterministic_algorithms_enabled(),
+                              torch.is_deterministic_algorithms_warn_only_enabled()),
+            "fill_uninitialized_memory": torch.utils.deterministic.fill_uninitialized_memory,
+            "matmul": (matmul.fp32_precision, matmul.allow_fp16_reduced_precision_reduction,
+                       matmul.allow_bf16_reduced_precision_reduction),
+            "default_dtype": torch.get_default_dtype(), "threads": torch.get_num_threads()}
+
+
+def _adopt_compiler_state(state: dict) -> None:
+    """A worker's initializer: the parent's compiler_state(). It also forgets the parent's script, which spawning
+    re-imports as `__mp_main__`: pickle names an object that has no module of its own, such as
+    `torch.contiguous_format`, after the first module in sys.modules that reaches it, and where that script imports
+    torch, the workers' keys (which pickle tensor metadata) named `__mp_main__` where the parent's name
+    `torch._utils` (on the CPU: 0 of 9 cache hits, started from a script). The tasks refer to nothing in it."""
     sys.modules.pop("__mp_main__", None)
+    inductor_config.load_config(state["inductor"])
+    functorch_config.load_config(state["functorch"])
+    deterministic, warn_only = state["deterministic"]
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.utils.deterministic.fill_uninitialized_memory = state["fill_uninitialized_memory"]
+    matmul = torch.backends.cuda.matmul
+    matmul.fp32_precision, matmul.allow_fp16_reduced_precision_reduction, \
+        matmul.allow_bf16_reduced_precision_reduction = state["matmul"]
+    torch.set_default_dtype(state["default_dtype"])
+    torch.set_num_threads(state["threads"])
 
 
 def share_result(shares: list[list[tuple[int, float, dict]]], failed: list[str]) -> dict:
