@@ -155,6 +155,12 @@ def precompile_in_processes(config: MicroDiTConfig, options: SpeedOptions, calls
     return share_result(shares, failed)
 
 
+# what the cache key reads of torch.backends.cuda.matmul; fp32_precision is TF32's switch since torch 2.9 (an older
+# torch has none, and its allow_tf32 is not carried)
+MATMUL_SETTINGS = ("fp32_precision", "allow_fp16_reduced_precision_reduction",
+                   "allow_bf16_reduced_precision_reduction")
+
+
 def compile_pool(workers: int) -> ProcessPoolExecutor:
     """Fresh (spawned) processes whose compile-cache keys are this one's."""
     return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_adopt_compiler_state,
@@ -171,8 +177,7 @@ def compiler_state() -> dict:
             "deterministic": (torch.are_deterministic_algorithms_enabled(),
                               torch.is_deterministic_algorithms_warn_only_enabled()),
             "fill_uninitialized_memory": torch.utils.deterministic.fill_uninitialized_memory,
-            "matmul": (matmul.fp32_precision, matmul.allow_fp16_reduced_precision_reduction,
-                       matmul.allow_bf16_reduced_precision_reduction),
+            "matmul": {name: getattr(matmul, name) for name in MATMUL_SETTINGS if hasattr(matmul, name)},
             "default_dtype": torch.get_default_dtype(), "threads": torch.get_num_threads()}
 
 
@@ -188,9 +193,8 @@ def _adopt_compiler_state(state: dict) -> None:
     deterministic, warn_only = state["deterministic"]
     torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     torch.utils.deterministic.fill_uninitialized_memory = state["fill_uninitialized_memory"]
-    matmul = torch.backends.cuda.matmul
-    matmul.fp32_precision, matmul.allow_fp16_reduced_precision_reduction, \
-        matmul.allow_bf16_reduced_precision_reduction = state["matmul"]
+    for name, value in state["matmul"].items():
+        setattr(torch.backends.cuda.matmul, name, value)
     torch.set_default_dtype(state["default_dtype"])
     torch.set_num_threads(state["threads"])
 
