@@ -128,7 +128,7 @@ def test_ranks_each_compile_their_share_and_a_failed_share_does_not_stop_trainin
     shares = []
     monkeypatch.setattr(precompile, "compile_share", lambda config, options, calls, device, share, count:
                         shares.append((share, count)) or [(1, 2.5, {"compile": 2.0})])
-    result = precompile_blocks(dit, options, _loss(dit), grad=True, workers=8, rank=1, world_size=2)
+    result = precompile_blocks(dit, options, _loss(dit), grad=True, workers=8, peer=1, peers=2)
     assert shares == [(1, 2)]  # no worker processes
     assert result == {"graphs": 2, "compiled": 1, "failed": [], "graph_seconds": [[1, 2.5]], "share_seconds": [2.5],
                       "share_phase_seconds": [{"compile": 2.0}]}
@@ -137,10 +137,30 @@ def test_ranks_each_compile_their_share_and_a_failed_share_does_not_stop_trainin
         raise RuntimeError("CUDA out of memory")
 
     monkeypatch.setattr(precompile, "compile_share", out_of_memory)
-    result = precompile_blocks(dit, options, _loss(dit), grad=True, workers=8, rank=1, world_size=2)
+    result = precompile_blocks(dit, options, _loss(dit), grad=True, workers=8, peer=1, peers=2)
     assert result == {"graphs": 2, "compiled": 0, "failed": ["RuntimeError: CUDA out of memory"], "graph_seconds": [],
                       "share_seconds": [], "share_phase_seconds": []}
-    assert "rank 1's share failed" in capsys.readouterr().err
+    assert "share 2/2 failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("devices, rank, expected", [
+    (["cpu", "cpu"], 1, (1, 2)),  # over gloo every rank compiles for the CPU: they share the graphs out
+    ([f"cuda:{i}" for i in range(8)], 5, (0, 1)),  # one node of 8 GPUs: each rank precompiles its own with workers
+    ([f"cuda:{i}" for i in range(4)] * 2, 6, (1, 2)),  # two nodes: with the rank of its index on the other node
+])
+def test_ranks_share_compiled_graphs_only_with_ranks_on_the_same_device(monkeypatch, devices, rank, expected):
+    """A compiled graph's cache key names its device, index included, so a graph compiled on cuda:3 is no use to
+    the rank on cuda:5."""
+    import microdit.train.distributed as distributed
+
+    def all_gather_object(into, mine):
+        assert mine == devices[rank]
+        into[:] = devices
+
+    monkeypatch.setattr(distributed.dist, "all_gather_object", all_gather_object)
+    info = distributed.DistInfo(rank, len(devices), rank % 8, torch.device(devices[rank]))
+    assert distributed.device_peers(info) == expected
+    assert distributed.device_peers(distributed.DistInfo()) == (0, 1)
 
 
 def test_compile_phases_sum_the_compilers_timers_by_what_they_time(monkeypatch):

@@ -224,19 +224,21 @@ def default_workers() -> int:
 
 
 def precompile_blocks(dit: MicroDiT, options: SpeedOptions, forward, grad: bool, workers: int,
-                      rank: int = 0, world_size: int = 1) -> dict:
+                      peer: int = 0, peers: int = 1) -> dict:
     """Fill the compile cache with `dit`'s block graphs before its first compiled call: `forward()` runs the model
-    as training (`grad`) or sampling will, under the caller's autocast. With several ranks each compiles its share
-    in-process (call on every rank, then synchronise); alone, `workers` processes do. {'graphs'} and
-    share_result()'s."""
+    as training (`grad`) or sampling will, under the caller's autocast. `peers` processes (ranks) that compile for
+    the same device as this one, this one being number `peer`, each compile a share in-process (call on each, then
+    synchronise); alone, `workers` processes do. A compiled graph is specific to its device, index included (its
+    cache key names it), so ranks on the GPUs of one node are not peers: each precompiles its own with workers.
+    {'graphs'} and share_result()'s."""
     if options.compile != "blocks":
         raise ValueError(f"precompiling needs compile: blocks, got {options.compile!r}")
     calls = distinct_calls(dit, record_region_calls(dit, forward, grad))
     device = next(dit.parameters()).device
-    if world_size > 1:
+    if peers > 1:
         try:
-            result = share_result([compile_share(dit.config, options, calls, device, rank, world_size)], [])
-        except Exception as error:  # as for a worker: the first step compiles this rank's share instead
-            result = share_result([], [_report_failure(error, f"rank {rank}'s share")])
+            result = share_result([compile_share(dit.config, options, calls, device, peer, peers)], [])
+        except Exception as error:  # as for a worker: the first step compiles this share instead
+            result = share_result([], [_report_failure(error, f"share {peer + 1}/{peers}")])
         return {"graphs": len(calls), **result}
     return {"graphs": len(calls), **precompile_in_processes(dit.config, options, calls, device, workers)}

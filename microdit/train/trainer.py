@@ -31,7 +31,7 @@ from microdit.train import state as ckpt
 from microdit.train.config import StageConfig, save_stage_config, to_dict
 from microdit.train.data import build_source
 from microdit.train.distributed import (
-    DistInfo, barrier, full_tensor, gradient_sync, mean_across_ranks, wrap_model,
+    DistInfo, barrier, device_peers, full_tensor, gradient_sync, mean_across_ranks, wrap_model,
 )
 from microdit.train.ema import EMA
 from microdit.train.metrics import MetricsLog, Throughput, memory_gib, peak_flops, train_flops_per_sample
@@ -145,8 +145,8 @@ class Trainer:
 
     def _precompile(self) -> None:
         """Cold compilation of the block graphs shared out before the first step (models/precompile.py): over worker
-        processes, or over the ranks when there are several (DDP or FSDP: the blocks are recorded and compiled
-        unwrapped, and the wrapped blocks compile to the same kernels)."""
+        processes, or over the ranks that compile for the same device when there are several (DDP or FSDP: the
+        blocks are recorded and compiled unwrapped, and the wrapped blocks compile to the same kernels)."""
         cfg, info = self.cfg, self.info
         if cfg.compile != "blocks" or cfg.precompile_workers == 0:
             return
@@ -159,12 +159,13 @@ class Trainer:
                     denoising_loss(self.raw, batch, self.edm, cfg.model.train_mask_ratio)
 
             workers = cfg.precompile_workers if cfg.precompile_workers > 0 else default_workers()
+            peer, peers = device_peers(info)
             result = precompile_blocks(self.raw, cfg.speed_options(), forward, grad=True, workers=workers,
-                                       rank=info.rank, world_size=info.world_size)
+                                       peer=peer, peers=peers)
         barrier()
         if info.is_main:
             failed = f", {len(result['failed'])} shares failed" if result["failed"] else ""
-            # with several ranks, this rank's share; else the slowest worker's, which sets the wall time
+            # with peer ranks, this rank's share; else the slowest worker's, which sets the wall time
             phases = describe_phases(slowest_share_phases(result["share_seconds"], result["share_phase_seconds"]))
             print(f"{cfg.name}: {result['graphs']} block graphs precompiled in {time.perf_counter() - started:.1f} s"
                   f"{failed}" + (f" (the slowest process's compile phases, s: {phases})" if phases else ""),

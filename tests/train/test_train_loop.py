@@ -300,7 +300,7 @@ def test_block_compilation_is_shared_out_before_the_first_step(tmp_path, monkeyp
     precompiler itself is tested against the compile cache in tests/test_precompile.py."""
     calls = []
 
-    def fake_precompile(dit, options, forward, grad, workers, rank, world_size):
+    def fake_precompile(dit, options, forward, grad, workers, peer, peers):
         seen = {}
         hook = dit.blocks[0].register_forward_pre_hook(lambda module, args: seen.update(x=args[0].shape))
         forward()
