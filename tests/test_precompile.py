@@ -1,5 +1,6 @@
 """Cold compilation shared out over processes (microdit/models/precompile.py): what the workers compile must be
 exactly what the training process then asks for, so that every block graph is a compile-cache hit there."""
+import pickle
 import subprocess
 import sys
 
@@ -204,3 +205,38 @@ def test_every_timer_a_phase_reads_is_one_the_installed_torch_has():
         for pattern in patterns:
             written = f'{pattern[1:]}"' if pattern.startswith("*") else f'"{pattern}"'
             assert written in source, f"{phase}: torch {torch.__version__} times no region named {pattern!r}"
+
+
+def test_the_kernel_build_pool_keeps_to_the_tasks_cpus(monkeypatch):
+    """Each precompiling worker inherits the compiler's settings, its pool size among them: on a node it was not
+    bound to, one task would start up to 32 build processes in itself and in every worker."""
+    import torch._inductor.config as inductor_config
+
+    from microdit.models.precompile import compiler_state, default_workers, keep_compiling_within
+
+    monkeypatch.setattr(inductor_config, "compile_threads", 32)
+    keep_compiling_within(8)
+    assert inductor_config.compile_threads == 8
+    assert pickle.loads(compiler_state()["inductor"])["compile_threads"] == 8  # what the workers load
+    keep_compiling_within(16)  # never raised past what the CPUs it sees gave
+    assert inductor_config.compile_threads == 8
+    assert (default_workers(8), default_workers(1)) == (4, 1)
+
+
+def test_bench_runs_as_one_task_of_a_launch_with_its_cpus_and_the_trainers_worker_count(tmp_path):
+    """`bench --cpus N` measures one rank of the paper's launch (8 CPUs per GPU) on a bigger machine: the process
+    and the precompiling workers it starts keep to N CPUs, with the kernel-build pool and the trainer's default
+    worker count of a task allotted N. Run in a child: binding would narrow this test process's CPUs."""
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import argparse, os, pickle\nfrom microdit.bench.command import _cpus_and_workers\n"
+        "from microdit.models.precompile import compile_pool, compiler_state\n"
+        "if __name__ == '__main__':\n"
+        "    cpus, workers = _cpus_and_workers(argparse.Namespace(cpus=1, precompile_workers=-1))\n"
+        "    with compile_pool(1) as pool:\n"
+        "        seen = pool.submit(os.sched_getaffinity, 0).result()\n"
+        "        state = pool.submit(compiler_state).result()\n"
+        "    print(cpus, workers, len(seen), pickle.loads(state['inductor'])['compile_threads'])\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "1", "1", "1"], done.stdout

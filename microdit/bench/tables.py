@@ -55,7 +55,8 @@ def _sampling_row(r: dict) -> str:
 
 def _cold_start_row(r: dict) -> str:
     shares = r.get("precompile_share_s") or []
-    spread = f"{min(shares):.1f}–{max(shares):.1f} ({len(shares)})" if shares else ""
+    on = f" on {r['cpus']} CPUs" if "cpus" in r else ""
+    spread = f"{min(shares):.1f}–{max(shares):.1f} ({len(shares)}{on})" if shares else ""
     slowest = slowest_share_phases(shares, r["precompile_share_phase_s"]) if "precompile_share_phase_s" in r else {}
     label = r.get("label", "") + (", CUDA graph" if r.get("cuda_graph") else "")
     return (f"| {label} | {_number(r.get('first_step_s', r.get('warmup_s')))} "

@@ -217,10 +217,23 @@ def _report_failure(error: Exception, whose: str) -> str:
     return message
 
 
-def default_workers() -> int:
-    """One process per two CPUs this process may use (the compiler also runs kernel builds in a pool), at least 1."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus // 2)
+def visible_cpus() -> int:
+    """The CPUs this process may run on: a SLURM task bound to its cpus_per_task sees those only."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_workers(cpus: int | None = None) -> int:
+    """One process per two of `cpus` (default: all this process may use), at least 1: each worker's compiler
+    also builds kernels in a pool of its own (below)."""
+    return max(1, (cpus or visible_cpus()) // 2)
+
+
+def keep_compiling_within(cpus: int) -> None:
+    """Size the compiler's kernel-build pool (inductor's compile_threads: one per visible CPU, up to 32) by the
+    `cpus` a task was allotted. A task that sees the whole node (SLURM without CPU binding) would otherwise start
+    up to 32 build processes in itself and in each precompiling worker, which inherit this setting, on every
+    rank of the node. Not part of any compiled graph's cache key."""
+    inductor_config.compile_threads = max(1, min(inductor_config.compile_threads or 1, cpus))
 
 
 def precompile_blocks(dit: MicroDiT, options: SpeedOptions, forward, grad: bool, workers: int,

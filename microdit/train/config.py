@@ -139,7 +139,8 @@ class StageConfig:
                                   # einsums); equal math, tested; `microdit bench layers` times both
     autotune: bool = False        # with compile: inductor's max-autotune matmul kernels (models/speed.py)
     precompile_workers: int = -1  # compile: blocks -> compile the block graphs in this many processes first (-1: one
-                                  # per two CPUs, 0: off); under DDP the ranks share them out instead
+                                  # per two of the task's CPUs, launch.cpus_per_task; 0: off); ranks that compile
+                                  # for one device share them out instead
     strategy: str = "ddp"         # ddp, or fsdp (FSDP2 fully_shard, reshard_after_forward=False ~ SHARD_GRAD_OP)
     log_every: int = 50
     save_every: int = 2500

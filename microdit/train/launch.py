@@ -22,13 +22,16 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.config, self.resume = config, resume
 
     def __call__(self) -> dict:
+        from microdit.models.precompile import keep_compiling_within
         from microdit.train.callbacks import SampleGrid
         from microdit.train.distributed import init_distributed, shutdown_distributed
         from microdit.train.trainer import Trainer
 
         cfg = stage_config_from_dict(self.config)
-        if not torch.cuda.is_available():  # N tasks on one machine must not each take every core
+        # N tasks on one machine must not each take every core
+        if not torch.cuda.is_available():
             torch.set_num_threads(cfg.launch.cpus_per_task)
+        keep_compiling_within(cfg.launch.cpus_per_task)
         info = init_distributed()
         try:
             grid = SampleGrid(cfg.samples, cfg.out_dir, cfg.data.text_encoder, cfg.data.caption_len)

@@ -25,7 +25,7 @@ from microdit.errors import UserError
 from microdit.files import read_jsonl, write_json
 from microdit.models.compile_phases import describe_phases, slowest_share_phases
 from microdit.models.dit import MicroDiT, create_dit
-from microdit.models.precompile import default_workers, precompile_blocks
+from microdit.models.precompile import default_workers, precompile_blocks, visible_cpus
 from microdit.models.speed import apply_speed_options
 from microdit.train import state as ckpt
 from microdit.train.config import StageConfig, save_stage_config, to_dict
@@ -158,7 +158,9 @@ class Trainer:
                 with self.autocast():
                     denoising_loss(self.raw, batch, self.edm, cfg.model.train_mask_ratio)
 
-            workers = cfg.precompile_workers if cfg.precompile_workers > 0 else default_workers()
+            # by the rank's allotment: a task that is not bound to its CPUs sees the whole node
+            allotted = min(visible_cpus(), cfg.launch.cpus_per_task)
+            workers = cfg.precompile_workers if cfg.precompile_workers > 0 else default_workers(allotted)
             peer, peers = device_peers(info)
             result = precompile_blocks(self.raw, cfg.speed_options(), forward, grad=True, workers=workers,
                                        peer=peer, peers=peers)

@@ -33,6 +33,12 @@ def test_paper_stages_follow_the_spec():
     assert all(s.optim.moe_half_lr and s.global_batch == 2048 for s in (s1, s2, s3, s4))
     # every LayerNorm in bf16 like the authors (SPEC §3.5); compiled per block, the measured best (docs/benchmarks.md)
     assert all(s.compile == "blocks" and s.low_precision_norm for s in (s1, s2, s3, s4))
+    # the bench's one-rank item measures the cold start of one task as these launch it
+    from microdit.bench.suite import PAPER_RANK_CPUS, paper_suite
+
+    assert all(s.launch.cpus_per_task == PAPER_RANK_CPUS and s.precompile_workers == -1 for s in (s1, s2, s3, s4))
+    rank = next(args for label, args in paper_suite("h200") if "paper-rank" in label)
+    assert rank[rank.index("--cpus") + 1] == str(PAPER_RANK_CPUS) and "-1" in rank
 
 
 @pytest.mark.parametrize("change, message", [

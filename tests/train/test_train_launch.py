@@ -62,6 +62,34 @@ def test_slurm_parameters():
     assert params["slurm_additional_parameters"] == {"exclusive": True, "mail-type": "END"}
 
 
+def test_a_task_keeps_its_threads_and_the_compilers_build_pool_to_its_cpus(tmp_path, monkeypatch):
+    """A task that its cluster does not bind to its CPUs sees the whole node; the build pool, which every
+    precompiling worker inherits, is sized by what the task was allotted."""
+    import torch._inductor.config as inductor_config
+
+    import microdit.train.trainer as trainer_module
+    from microdit.train.config import to_dict
+    from microdit.train.launch import TrainJob
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, cfg, info, resume, callbacks):
+            seen.update(threads=torch.get_num_threads(), builds=inductor_config.compile_threads)
+
+        def run(self) -> dict:
+            return {}
+
+    monkeypatch.setattr(trainer_module, "Trainer", Recorder)
+    monkeypatch.setattr(inductor_config, "compile_threads", 32)
+    threads = torch.get_num_threads()
+    try:
+        TrainJob(to_dict(tiny_config(tmp_path, launch={"cpus_per_task": 1})), resume="none")()
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == {"threads": 1, "builds": 1}
+
+
 def test_failure_reason_is_the_exception_line():
     text = ("Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent call "
             "last):\n  File x\nValueError: boom\n\n----------------------\nYou can check full logs at:\n - a.err\n")

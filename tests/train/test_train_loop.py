@@ -325,6 +325,13 @@ def test_block_compilation_is_shared_out_before_the_first_step(tmp_path, monkeyp
     assert len(calls) == 1
     Trainer(tiny_config(tmp_path / "d", steps=2, compile="blocks", strategy="fsdp"), DistInfo())
     assert len(calls) == 2 and calls[1]["workers"] >= 1  # -1: one per two CPUs
+    # a task that SLURM did not bind to its CPUs sees the whole node; -1 is then by the task's allotment, which
+    # eight ranks on one node each take
+    monkeypatch.setattr(trainer_module, "visible_cpus", lambda: 224)
+    Trainer(tiny_config(tmp_path / "e", steps=2, compile="blocks", launch={"cpus_per_task": 8}), DistInfo())
+    monkeypatch.setattr(trainer_module, "visible_cpus", lambda: 6)  # and by the CPUs it has, where fewer
+    Trainer(tiny_config(tmp_path / "f", steps=2, compile="blocks", launch={"cpus_per_task": 8}), DistInfo())
+    assert [call["workers"] for call in calls[2:]] == [4, 3]
 
 
 def test_exports_record_the_encoders_their_latents_came_from(tmp_path, tiny_vae_dir, capsys):
