@@ -207,19 +207,19 @@ def test_every_timer_a_phase_reads_is_one_the_installed_torch_has():
             assert written in source, f"{phase}: torch {torch.__version__} times no region named {pattern!r}"
 
 
-def test_the_kernel_build_pool_keeps_to_the_tasks_cpus(monkeypatch):
+def test_the_kernel_build_pool_keeps_to_the_tasks_cpus():
     """Each precompiling worker inherits the compiler's settings, its pool size among them: on a node it was not
     bound to, one task would start up to 32 build processes in itself and in every worker."""
     import torch._inductor.config as inductor_config
 
     from microdit.models.precompile import compiler_state, default_workers, keep_compiling_within
 
-    monkeypatch.setattr(inductor_config, "compile_threads", 32)
-    keep_compiling_within(8)
-    assert inductor_config.compile_threads == 8
-    assert pickle.loads(compiler_state()["inductor"])["compile_threads"] == 8  # what the workers load
-    keep_compiling_within(16)  # never raised past what the CPUs it sees gave
-    assert inductor_config.compile_threads == 8
+    with inductor_config.patch(compile_threads=32):  # (monkeypatch would delete a config entry on undo)
+        keep_compiling_within(8)
+        assert inductor_config.compile_threads == 8
+        assert pickle.loads(compiler_state()["inductor"])["compile_threads"] == 8  # what the workers load
+        keep_compiling_within(16)  # never raised past what the CPUs it sees gave
+        assert inductor_config.compile_threads == 8
     assert (default_workers(8), default_workers(1)) == (4, 1)
 
 

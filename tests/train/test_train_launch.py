@@ -81,10 +81,10 @@ def test_a_task_keeps_its_threads_and_the_compilers_build_pool_to_its_cpus(tmp_p
             return {}
 
     monkeypatch.setattr(trainer_module, "Trainer", Recorder)
-    monkeypatch.setattr(inductor_config, "compile_threads", 32)
     threads = torch.get_num_threads()
     try:
-        TrainJob(to_dict(tiny_config(tmp_path, launch={"cpus_per_task": 1})), resume="none")()
+        with inductor_config.patch(compile_threads=32):
+            TrainJob(to_dict(tiny_config(tmp_path, launch={"cpus_per_task": 1})), resume="none")()
     finally:
         torch.set_num_threads(threads)
     assert seen == {"threads": 1, "builds": 1}
