@@ -100,6 +100,13 @@ def test_tensor_spec_rebuilds_views_with_their_strides_and_storage_offset():
         assert (rebuilt.shape, rebuilt.stride(), rebuilt.storage_offset()) == (values.shape, values.stride(), 128)
 
 
+def _printed_by(script) -> list[str]:
+    """The words a Python script printed, run in a process of its own (spawned workers re-import it as a script)."""
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.split()
+
+
 def test_workers_key_the_compile_cache_as_the_parent_does_when_it_runs_from_a_script(tmp_path):
     """The cache keys pickle tensor metadata, whose memory format pickle names after the first module that reaches
     it; a spawned worker re-imports the parent's script, and a script that imports torch then came first there:
@@ -116,9 +123,7 @@ def test_workers_key_the_compile_cache_as_the_parent_does_when_it_runs_from_a_sc
         "        in_worker = pool.submit(pickle.dumps, torch.contiguous_format).result()\n"
         "        state = pool.submit(compiler_state).result()\n"
         "    print(in_worker == pickle.dumps(torch.contiguous_format), state == compiler_state(), state['threads'])\n")
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["True", "True", "1"], done.stdout
+    assert _printed_by(script) == ["True", "True", "1"]
 
 
 def test_ranks_each_compile_their_share_and_a_failed_share_does_not_stop_training(monkeypatch, capsys):
@@ -237,6 +242,4 @@ def test_bench_runs_as_one_task_of_a_launch_with_its_cpus_and_the_trainers_worke
         "        seen = pool.submit(os.sched_getaffinity, 0).result()\n"
         "        state = pool.submit(compiler_state).result()\n"
         "    print(cpus, workers, len(seen), pickle.loads(state['inductor'])['compile_threads'])\n")
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["1", "1", "1", "1"], done.stdout
+    assert _printed_by(script) == ["1", "1", "1", "1"]
