@@ -167,10 +167,13 @@ class Trainer:
         barrier()
         if info.is_main:
             failed = f", {len(result['failed'])} shares failed" if result["failed"] else ""
+            processes = min(workers, result["graphs"])
+            by = f"{peers} ranks" if peers > 1 else f"{processes} process" + ("es" if processes > 1 else "")
             # with peer ranks, this rank's share; else the slowest worker's, which sets the wall time
             phases = describe_phases(slowest_share_phases(result["share_seconds"], result["share_phase_seconds"]))
-            print(f"{cfg.name}: {result['graphs']} block graphs precompiled in {time.perf_counter() - started:.1f} s"
-                  f"{failed}" + (f" (the slowest process's compile phases, s: {phases})" if phases else ""),
+            print(f"{cfg.name}: {result['graphs']} block graphs precompiled by {by} in "
+                  f"{time.perf_counter() - started:.1f} s{failed}"
+                  + (f" (the slowest process's compile phases, s: {phases})" if phases else ""),
                   file=sys.stderr, flush=True)
 
     def _load_full_state(self, state: dict, same_stage: bool, source: Path) -> None:
