@@ -5,7 +5,6 @@ import os
 import torch
 
 from microdit.checkpoint import load_dit
-from microdit.diffusion.cuda_graph import require_gpu
 from microdit.diffusion.edm import EDMConfig
 from microdit.errors import UserError
 from microdit.files import atomic_write
@@ -26,15 +25,12 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def pipeline_from_checkpoint(checkpoint: str, vae: str | None = None, text_encoder: str | None = None,
                              latent_res: int | None = None, device: str = "auto", precision: str = "auto",
-                             compile_mode: str = "none", cuda_graph: bool = False) -> LatentDiffusion:
+                             compile_mode: str = "none") -> LatentDiffusion:
     """Encoders come from the arguments, else from the checkpoint's metadata (our exports record the encoders of
     their latents, `data.vae` / `data.text_encoder`), else the paper's (the SDXL VAE, or ostris/vae-kl-f8-d16 for
     16 latent channels, and DFN5B CLIP-H: these need the model hub or its cache). precision "auto" samples under
-    bf16 autocast on a GPU and in fp32 on the CPU (where bf16 is slower). `cuda_graph`: the sampler replays the
-    denoiser's calls from a CUDA graph (a GPU only)."""
+    bf16 autocast on a GPU and in fp32 on the CPU (where bf16 is slower)."""
     device = pick_device(device)
-    if cuda_graph:
-        require_gpu(device, "--cuda-graph on")
     _, dit, metadata = load_dit(checkpoint, latent_res=latent_res, device=device)
     vae_name = vae or metadata.get("vae") or paper_vae(dit.config.in_channels)
     text_name = text_encoder or metadata.get("text_encoder") or PAPER_TEXT_ENCODER
@@ -47,8 +43,7 @@ def pipeline_from_checkpoint(checkpoint: str, vae: str | None = None, text_encod
                         f"{dit.config.caption_channels}-wide caption embeddings")
     dit.eval()
     apply_speed_options(dit, SpeedOptions(compile=compile_mode))
-    return LatentDiffusion(dit, vae_module, text_module, EDMConfig(), precision=resolve_precision(precision, device),
-                           cuda_graph=cuda_graph)
+    return LatentDiffusion(dit, vae_module, text_module, EDMConfig(), precision=resolve_precision(precision, device))
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -133,11 +133,8 @@ def sampling_options(wildcards) -> str:
     options = {"vae": vae_argument(), "text-encoder": config["text_encoder"]["name"], "resolution": ev["resolution"],
                "steps": ev["steps"], "guidance": ev["guidance_scale"], "seed": ev["seed"],
                "batch-size": ev["batch_size"]}
-    # each absent when off: runs made before the key keep their parameters
-    if ev.get("compile", "none") != "none":
+    if ev.get("compile", "none") != "none":  # absent when off: runs made before the key keep their parameters
         options["compile"] = ev["compile"]
-    if ev.get("cuda_graph", False):
-        options["cuda-graph"] = "on"
     return cli_options(options)
 
 

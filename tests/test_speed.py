@@ -177,76 +177,10 @@ def test_heun_sampler_precomputes_the_caption_side_once_with_the_same_result():
     torch.testing.assert_close(cached, per_call, atol=1e-5, rtol=1e-5)
 
 
-def _emulated_cuda_graph(replays: list):
-    """capture_cuda_graph's semantics on the CPU: the capture runs the call once; a replay recomputes it from the
-    graph's input buffers into its one output buffer, overwriting what the last replay left there."""
-    def capture(run, inputs):
-        first = run()
-        output = torch.full_like(first, float("nan"))  # a real graph's buffer holds nothing before its replay
-        return first, lambda: replays.append(1) or output.copy_(run()), output
-    return capture
-
-
-def test_cuda_graph_replays_give_the_sampler_the_same_images(monkeypatch):
-    """State or noise level not copied into the graph's buffers, or an output read after the next call overwrote
-    it, would change the images."""
-    from microdit.diffusion import cuda_graph
-
-    replays = []
-    monkeypatch.setattr(cuda_graph, "capture_cuda_graph", _emulated_cuda_graph(replays))
-    dit = _nano().eval()
-    noise, y = torch.randn(2, 4, 8, 8), torch.randn(2, 1, 77, 1024)
-    plain = heun_sampler(dit, noise, y, EDMConfig(), num_steps=4, cfg=3.0)
-    graphed = heun_sampler(dit, noise, y, EDMConfig(), num_steps=4, cfg=3.0, cuda_graph=True)
-    assert len(replays) == 6  # 2N - 1 calls; the first one is the capture's warm-up
-    assert torch.equal(graphed, plain)
-
-
-def test_bench_sample_measures_without_and_with_the_graph_in_one_process(monkeypatch):
-    from microdit.bench.sampling import time_sampling
-    from microdit.diffusion import cuda_graph
-
-    import microdit.bench.sampling as bench_sampling
-
-    replays = []
-    monkeypatch.setattr(cuda_graph, "capture_cuda_graph", _emulated_cuda_graph(replays))
-    monkeypatch.setattr(bench_sampling, "precompile_for_measurement", lambda *args: {"precompile_s": 50.0})
-    rows = list(time_sampling("MicroDiT_Nano_2", 64, 2, 2, 5.0, "fp32", "fp32", SpeedOptions(), 1,
-                              torch.device("cpu"), cuda_graphs=(False, True)))
-    assert [row["cuda_graph"] for row in rows] == [False, True] and all(row["img_per_s"] > 0 for row in rows)
-    assert rows[0]["precompile_s"] == 50.0 and "precompile_s" not in rows[1]  # the second started warm
-    assert "max_abs_diff_vs_first" not in rows[0] and rows[1]["max_abs_diff_vs_first"] == 0
-    assert len(replays) == 2 + 2  # warm-up and timed batch: 3 calls each at 2 steps, the first one captures
-
-    def failing_capture(run, inputs):
-        raise RuntimeError("operation not permitted when stream is capturing")
-
-    monkeypatch.setattr(cuda_graph, "capture_cuda_graph", failing_capture)
-    measurements = time_sampling("MicroDiT_Nano_2", 64, 2, 2, 5.0, "fp32", "fp32", SpeedOptions(), 1,
-                                 torch.device("cpu"), cuda_graphs=(False, True))
-    assert next(measurements)["cuda_graph"] is False  # printed before the capture fails
-    with pytest.raises(RuntimeError, match="capturing"):
-        next(measurements)
-
-
-def test_a_cuda_graph_refuses_cpu_tensors_and_inputs_of_another_shape(monkeypatch):
-    from microdit.diffusion import cuda_graph
-
-    with pytest.raises(ValueError, match="needs CUDA tensors"):  # CPU work would run at capture only
-        cuda_graph.GraphedCall(torch.neg)(torch.ones(3))
-    monkeypatch.setattr(cuda_graph, "capture_cuda_graph", _emulated_cuda_graph([]))
-    call = cuda_graph.GraphedCall(torch.neg)
-    assert torch.equal(call(torch.ones(3)), -torch.ones(3))
-    assert torch.equal(call(torch.full((3,), 2.0)), torch.full((3,), -2.0))
-    with pytest.raises(ValueError, match=r"argument 0 is \(4,\) torch.float32 on cpu; the graph was captured for "
-                                         r"\(3,\)"):
-        call(torch.ones(4))
-
-
 def test_speed_options_are_validated():
     for bad in (dict(compile="yes"), dict(moe_dispatch="dense"), dict(checkpoint_blocks=-1),
                 dict(attention_backend="fast"), dict(compile="blocks", activation_budget=1.5),
-                dict(activation_budget=0.5), dict(autotune=True)):  # the compiler's switches: eager has none
+                dict(activation_budget=0.5)):  # the budget is the compiler's: eager steps have none
         with pytest.raises(ValueError):
             SpeedOptions(**bad)
     dit = _nano()
@@ -254,20 +188,6 @@ def test_speed_options_are_validated():
     assert sum(b.recompute_in_backward for b in dit.dit_blocks()) == 3
     with pytest.raises(ValueError, match="dispatch"):
         dit.set_moe_dispatch("dense")
-
-
-@pytest.mark.parametrize("compile", ["model", "blocks"])
-def test_autotune_reaches_every_compiled_graph_as_max_autotune_without_cuda_graphs(monkeypatch, compile):
-    """Precompiling workers build their blocks with apply_speed_options too, so the mode they compile under (part
-    of the compile cache's key) is the training process's."""
-    modes = []
-    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: modes.append(kwargs.get("mode")) or fn)
-    dit = _nano()
-    apply_speed_options(dit, SpeedOptions(compile=compile, autotune=True))
-    assert modes == ["max-autotune-no-cudagraphs"] * (1 if compile == "model" else len(dit.compile_regions()))
-    modes.clear()
-    apply_speed_options(_nano(), SpeedOptions(compile=compile))
-    assert set(modes) == {None}  # torch.compile's default mode
 
 
 def test_activation_budget_makes_compiled_blocks_keep_less_with_the_same_gradients():
@@ -485,8 +405,10 @@ def test_suite_picks_the_card_by_memory_and_a_second_call_runs_chosen_items(tmp_
     assert "one_hot" in s1 and "--checkpoint-blocks" not in s1 and "--activation-budget" not in s1
     assert ("s4 blocks mb64 lpnorm budget0.7 one-hot", "s4 blocks mb64 lpnorm budget0.5 one-hot") == tuple(
         next(label for label, _ in paper_suite(card) if label.startswith("s4")) for card in ("h200", "h100"))
-    # item 4: the first stage-2 compile-phase record (the cold start there is 20-29 s over the goal)
-    assert [paper_suite(card)[3][0] for card in ("h200", "h100")] == [
+    # item 1: the cold start one rank of the paper's launch pays (its 8 CPUs); item 2: the first stage-2
+    # compile-phase record (the cold start there is 20-29 s over the goal)
+    assert paper_suite("h200")[0][0] == "s1 blocks mb256 lpnorm profiled paper-rank cpus8"
+    assert [paper_suite(card)[1][0] for card in ("h200", "h100")] == [
         "s2 blocks mb256 lpnorm budget0.7 one-hot", "s2 blocks mb256 lpnorm budget0.5 one-hot"]
     parser = argparse.ArgumentParser()
     add_modes(parser)
@@ -564,7 +486,7 @@ def test_an_item_killed_at_its_time_limit_says_how_far_its_cold_start_got(tmp_pa
                            '40.0 s (compile 30.0, backward 10.0)" >&2; done\nexec sleep 30\n')
     slow_python.chmod(0o755)
     log = tmp_path / "stderr.log"
-    (record,) = _run_item(str(slow_python), ["train"], timeout_s=2, label="s1 autotune", log=log)
+    (record,) = _run_item(str(slow_python), ["train"], timeout_s=2, label="s1 cold", log=log)
     assert record["error"] == "timed out after 2 s (time budget); 2 block graphs had compiled"
     assert log.read_text().count("compile region") == 2  # each graph's line, kept for the docs
     assert _progress("precompile: share 1/8: ...\nprecompiled 27 of 27 graphs in 350.2 s\n") == \

@@ -21,12 +21,9 @@ from microdit.bench.suite import CARD_FITS
 from microdit.bench.training_step import (
     STAGES, fit_checkpointing, predicted_memory, stage_config, time_training_step, training_flops_per_image,
 )
-from microdit.diffusion.cuda_graph import require_gpu
 from microdit.errors import UserError
 from microdit.models.layers import SDPA_BACKENDS, ExpertChoiceMoE
 from microdit.models.speed import COMPILE_MODES, SpeedOptions
-
-CUDA_GRAPH_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
 def _speed_arguments(p) -> None:
@@ -42,8 +39,6 @@ def _speed_arguments(p) -> None:
                    help="which SDPA kernels attention may use (default: PyTorch's pick; see bench layers)")
     p.add_argument("--activation-budget", type=float, default=1.0,
                    help="with --compile: fraction of activations compiled graphs keep, recomputing the rest")
-    p.add_argument("--autotune", action="store_true",
-                   help="with --compile: inductor's max-autotune matmul kernels (no CUDA graphs; longer cold compile)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precompile-workers", type=int, default=0,
                    help="with --compile blocks: compile the block graphs in this many processes first (0: off; "
@@ -57,8 +52,7 @@ def _speed_arguments(p) -> None:
 def _options(args) -> SpeedOptions:
     return SpeedOptions(compile=args.compile, low_precision_norm=args.low_precision_norm,
                         checkpoint_blocks=args.checkpoint_blocks, moe_dispatch=args.dispatch,
-                        attention_backend=args.attention_backend, activation_budget=args.activation_budget,
-                        autotune=args.autotune)
+                        attention_backend=args.attention_backend, activation_budget=args.activation_budget)
 
 
 def _stage_arguments(p) -> None:
@@ -102,9 +96,6 @@ def add_modes(bench) -> None:
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--state-dtype", choices=("fp32", "fp64"), default="fp32", help="dtype of the sampler's x")
     p.add_argument("--repeats", type=int, default=2, help="timed batches after a 3-step warm-up")
-    p.add_argument("--cuda-graph", choices=tuple(CUDA_GRAPH_CHOICES), default="off",
-                   help="replay the network's calls from a CUDA graph (GPU only); both: without, then with, in one "
-                        "process on the same compiled blocks")
     p.set_defaults(func=run_sample)
 
     p = modes.add_parser("layers", help="time the step's attention calls per SDPA backend and MoE layers per "
@@ -234,17 +225,14 @@ def run_sample(args) -> None:
     from microdit.bench.sampling import time_sampling
 
     device = _device(args)
-    if args.cuda_graph != "off":
-        require_gpu(device, f"--cuda-graph {args.cuda_graph}")
     cpus, workers = _cpus_and_workers(args)
     for resolution in args.resolution or (256, 512):
-        for measured in time_sampling(args.arch, resolution, args.batch, args.steps, args.guidance, args.precision,
-                                      args.state_dtype, _options(args), args.repeats, device,
-                                      workers, CUDA_GRAPH_CHOICES[args.cuda_graph]):
-            _emit({**_header(args, device, resolution=resolution, batch=args.batch, steps=args.steps,
-                             guidance=args.guidance, precision=args.precision, state_dtype=args.state_dtype,
-                             cpus=cpus, precompile_workers=workers),
-                   **measured})
+        measured = time_sampling(args.arch, resolution, args.batch, args.steps, args.guidance, args.precision,
+                                 args.state_dtype, _options(args), args.repeats, device, workers)
+        _emit({**_header(args, device, resolution=resolution, batch=args.batch, steps=args.steps,
+                         guidance=args.guidance, precision=args.precision, state_dtype=args.state_dtype, cpus=cpus,
+                         precompile_workers=workers),
+               **measured})
 
 
 def run_layers(args) -> None:

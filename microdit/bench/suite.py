@@ -49,23 +49,19 @@ def gpu_memory_gib(python: str = sys.executable) -> float:
 
 def paper_suite(card: str) -> tuple:
     """(label, `python -m microdit.bench` arguments) for `card`, most important first. Measured on an H200 so far
-    (docs/benchmarks.md, runs 1-4): every stage eager and compiled per block, stages 2 and 4 with the activation
+    (docs/benchmarks.md, runs 1-5): every stage eager and compiled per block, stages 2 and 4 with the activation
     budget, whole-model compile at stage 1, both samplers compiled, every layer eager. Every compiled item compiles
-    its block graphs in 8 processes first (models/precompile.py) from a cold cache of its own. Order: the two
-    levers never measured, the 512 px sampler replaying CUDA graphs (1 % short of 2x in run 4; without and with in
-    one process, two batches each) and max-autotune at stage 1 (whether Triton matmul templates take in the
-    elementwise glue that keeps the step under 50 % MFU; profiled), with the plain per-block stage-1 step profiled
-    right after it for a same-machine comparison, run as one rank of the paper's launch would (its 8 CPUs, 4
-    precompiling workers: the cold start that launch pays, never measured); stage 2 with the one-hot dispatch,
-    whose compile phases say why the cold start at stages 2 and 4 is slower than at 1 and 3
-    (models/compile_phases.py); the same-card baseline
+    its block graphs in 8 processes first (models/precompile.py; the paper-rank item in 4) from a cold cache of
+    its own. Order: the profiled
+    per-block stage-1 step run as one rank of the paper's launch would (its 8 CPUs, 4 precompiling workers: the
+    cold start that launch pays, never measured); stage 2 with the one-hot dispatch, whose compile phases say why
+    the cold start at stages 2 and 4 is slower than at 1 and 3 (models/compile_phases.py); the same-card baseline
     (the authors' configuration); whether the one-hot dispatch should be the default (eager layers favoured it at
     every stage in run 4, up to 13 %): the compiled step with it at stages 2 (above), 1 and 4, each beside an
-    earlier number of the index dispatch (runs 1-4);
-    where the stage-2 step spends its time; the 256 px sampler without and with CUDA graphs; stage 3 again; flash
-    attention at stage 1; then items measured before, for a same-machine comparison where the card differs:
-    checkpointed blocks at stages 2 and 4 (runs 2 and 4), whole-model compile, the eager layers (run 4); last, the
-    MoE layers compiled at stage 4 (never measured)."""
+    earlier number of the index dispatch (runs 1-4); where the stage-2 step spends its time; the 256 px sampler
+    (its compile phases, never recorded); stage 3 again; flash attention at stage 1; then items measured before,
+    for a same-machine comparison where the card differs: checkpointed blocks at stages 2 and 4 (runs 2 and 4),
+    whole-model compile, the eager layers (run 4); last, the MoE layers compiled at stage 4 (never measured)."""
     blocks = ["--compile", "blocks", "--precompile-workers", "8"]
     # as the trainer runs in one task of the paper's launch: its CPUs, and its default of one worker per two
     paper_rank = ["--compile", "blocks", "--cpus", str(PAPER_RANK_CPUS), "--precompile-workers", "-1"]
@@ -97,16 +93,9 @@ def paper_suite(card: str) -> tuple:
         return (f"layers s{'-'.join(map(str, numbers))} mb{microbatch}",
                 ["layers", *(f"--stage={n}" for n in numbers), "--microbatch", str(microbatch)])
 
-    def sample(resolution: int, batch: int) -> tuple:
-        return (f"sample bf16 blocks {resolution} cuda-graph both",
-                ["sample", "--batch", str(batch), "--resolution", str(resolution), *blocks, "--repeats", "2",
-                 "--cuda-graph", "both"])
-
     one_hot = ("--dispatch", "one_hot")
     baseline = BASELINE_MICROBATCH[card]
     return (
-        sample(512, 64),
-        fitted(1, " autotune profiled", "--autotune", "--profile"),
         # stage 1 fits every card without checkpointing or a budget: this is fitted(1) as one rank would run it
         (f"{label(1)} profiled paper-rank cpus{PAPER_RANK_CPUS}", train(1, "--profile", compiling=paper_rank)),
         fitted(2, " one-hot", *one_hot),
@@ -114,7 +103,7 @@ def paper_suite(card: str) -> tuple:
                                                    *one_hot]),
         *(fitted(number, " one-hot", *one_hot) for number in (1, 4)),
         fitted(2, " profiled", "--profile"),
-        sample(256, 128),
+        ("sample bf16 blocks 256", ["sample", "--batch", "128", "--resolution", "256", *blocks]),
         fitted(3),
         fitted(1, " flash", "--attention-backend", "flash"),
         *(checkpointed(number) for number in sorted(CARD_BUDGETS[card]) if CARD_FITS[card][number][1]),
@@ -136,17 +125,10 @@ def expected_seconds(args: list[str]) -> float:
     mode = args[0]
     if mode == "layers":
         return 30.0 + (150.0 if "--compile-moe" in args else 0.0)
-
-    def option(name: str, default: str) -> str:
-        return args[args.index(name) + 1] if name in args else default
-
-    compiled = option("--compile", "none")
+    compiled = args[args.index("--compile") + 1] if "--compile" in args else "none"
     seconds = {"none": 45.0, "blocks": 120.0, "model": 300.0}[compiled] if mode in ("train", "sample") else MIN_ITEM_S
-    # max-autotune benchmarks every matmul shape of the 27 graphs while precompiling (a guess: never run); a
-    # second sampler measurement reuses the compiled blocks (its batches and their captures); half the CPUs
-    # precompile in half the processes (a guess: about twice the 40-50 s of 8 processes)
-    return (seconds + (10.0 if "--profile" in args else 0.0) + (240.0 if "--autotune" in args else 0.0)
-            + (60.0 if option("--cuda-graph", "off") == "both" else 0.0) + (50.0 if "--cpus" in args else 0.0))
+    # half the CPUs precompile in half the processes (a guess: about twice the 40-50 s of 8 processes)
+    return seconds + (10.0 if "--profile" in args else 0.0) + (50.0 if "--cpus" in args else 0.0)
 
 
 def select_items(items, spec: str):

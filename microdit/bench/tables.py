@@ -25,11 +25,6 @@ def _switches(r: dict) -> str:
     parts += ["bf16 norms"] if r.get("low_precision_norm") else []
     parts += [f"ckpt {r['checkpoint_blocks']}"] if r.get("checkpoint_blocks") else []
     parts += [f"budget {r['activation_budget']}"] if r.get("activation_budget", 1.0) < 1.0 else []
-    parts += ["autotune"] if r.get("autotune") else []
-    if r.get("cuda_graph"):
-        agreement = r.get("max_abs_diff_vs_first")
-        within = "" if agreement is None else f" (latents within {agreement:.2g} of the run without)"
-        parts.append("CUDA graph" + within)
     parts += [f"attention {r['attention_backend']}"] if r.get("attention_backend", "default") != "default" else []
     return ", ".join(p for p in parts if p)
 
@@ -58,8 +53,7 @@ def _cold_start_row(r: dict) -> str:
     on = f" on {r['cpus']} CPUs" if "cpus" in r else ""
     spread = f"{min(shares):.1f}–{max(shares):.1f} ({len(shares)}{on})" if shares else ""
     slowest = slowest_share_phases(shares, r["precompile_share_phase_s"]) if "precompile_share_phase_s" in r else {}
-    label = r.get("label", "") + (", CUDA graph" if r.get("cuda_graph") else "")
-    return (f"| {label} | {_number(r.get('first_step_s', r.get('warmup_s')))} "
+    return (f"| {r.get('label', '')} | {_number(r.get('first_step_s', r.get('warmup_s')))} "
             f"| {_number(r.get('precompile_s'))} | {spread} | {describe_phases(slowest)} "
             f"| {describe_phases(r.get('compile_phase_s'))} |")
 

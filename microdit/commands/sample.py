@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 def run(args) -> None:
     latent_res = args.resolution // 8 if args.resolution else None
     model = pipeline_from_checkpoint(args.checkpoint, args.vae, args.text_encoder, latent_res, args.device,
-                                     args.precision, args.compile, args.cuda_graph == "on")
+                                     args.precision, args.compile)
     prompts = [p for p in args.prompt for _ in range(args.images_per_prompt)]
     images = model.generate(prompt=prompts, num_inference_steps=args.steps, guidance_scale=args.guidance,
                             seed=args.seed)

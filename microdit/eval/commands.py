@@ -9,10 +9,9 @@ from microdit.files import read_json, sha256_file, write_json, write_jsonl
 
 MANIFEST = "generation.json"
 # manifest keys that say where files lie or how fast images were drawn, not what the images are (the batch size
-# and compiling change which kernels round how, as another GPU would; a CUDA graph replays the same kernels, and is
-# listed so that switching it never redraws images)
-NOT_IN_IMAGES = ("checkpoint", "captions", "batch_size", "compile", "cuda_graph")
-DRAWING_DEFAULTS = {"batch_size": None, "compile": "none", "cuda_graph": False}
+# and compiling change which kernels round how, as another GPU would)
+NOT_IN_IMAGES = ("checkpoint", "captions", "batch_size", "compile")
+DRAWING_DEFAULTS = {"batch_size": None, "compile": "none"}
 
 
 def register(subparsers) -> None:
@@ -49,9 +48,6 @@ def add_speed_args(p) -> None:
                    help="the denoiser's precision: auto = bf16 autocast on a GPU, fp32 on the CPU")
     p.add_argument("--compile", choices=COMPILE_MODES, default="none",
                    help="torch.compile the denoiser: model or blocks (pays off over many batches of one shape)")
-    p.add_argument("--cuda-graph", choices=("off", "on"), default="off",
-                   help="on: the denoiser's calls after a batch's first replay one CUDA graph (GPU only; fewer "
-                        "kernel launches; equal to the plain sampler in the CPU tests, not yet measured on a GPU)")
 
 
 def add_feature_args(p) -> None:
@@ -100,14 +96,13 @@ def load_sampler(args):
 
     latent_res = args.resolution // 8 if args.resolution else None  # only read for files without pos_embed
     model = pipeline_from_checkpoint(args.checkpoint, args.vae, args.text_encoder, latent_res, args.device,
-                                     args.precision, args.compile, args.cuda_graph == "on")
+                                     args.precision, args.compile)
     resolution = model.latent_res * model.vae.downsample
     if args.resolution and args.resolution != resolution:
         raise UserError(f"--resolution {args.resolution}: {args.checkpoint} with this VAE generates {resolution} px")
     settings = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": weights_digest(args.checkpoint),
                 "resolution": resolution, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
-                "batch_size": args.batch_size, "compile": args.compile,
-                "cuda_graph": args.cuda_graph == "on", "sampler": "EDM Heun",
+                "batch_size": args.batch_size, "compile": args.compile, "sampler": "EDM Heun",
                 "precision": model.precision,
                 "vae": model.vae.name, "text_encoder": model.text_encoder.name,
                 "models": {"vae": model_identity(model.vae.name),
@@ -132,7 +127,8 @@ def start_samples(out: Path, manifest: dict, rank: int) -> None:
     earlier = read_json(out / MANIFEST, "generation manifest") if (out / MANIFEST).is_file() else {}
     history = earlier.get("earlier_drawing_settings", [])
     previous = drawing_settings(earlier) if earlier else None
-    if previous not in (None, drawing_settings(manifest), *history):
+    # compared as drawing settings: entries of an earlier version may name one since dropped (cuda_graph)
+    if previous not in (None, drawing_settings(manifest), *map(drawing_settings, history)):
         history = [*history, previous]
     write_json({**manifest, **({"earlier_drawing_settings": history} if history else {})}, out / MANIFEST)
 

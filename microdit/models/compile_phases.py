@@ -10,22 +10,16 @@ on the GPU while other processes use it. These phases tell them apart without a 
 # checks that the installed torch still has each name). `compile` (a graph's first call: tracing, the joint graph,
 # the forward's code, or both directions' from the cache) and `compile_backward` (the backward's code, at the first
 # backward) are disjoint for the static graphs we compile. Inside them: `trace`, `cache_load`, and, in either
-# direction, `wait_for_builds` and `tune_matmuls`. `tune_kernels` runs at a kernel's first launch, outside both, except
-# under max-autotune, where the scheduler also benchmarks fused kernels while compiling: there it overlaps them.
+# direction, `wait_for_builds`. `tune_kernels` runs at a kernel's first launch, outside both.
 PHASES = {
     "compile": ("_compile.compile_inner",),
     "trace": ("bytecode_tracing",),
     "cache_load": ("AOTAutogradCache.inductor_load",),
     "compile_backward": ("backward._backward_impl",),
     "wait_for_builds": ("async_compile.wait",),
-    "tune_matmuls": ("*_template_autotuning", "*_template_precompiling"),  # one timer per kind of matmul (mm, bmm...)
     "tune_kernels": ("CachingAutotuner.benchmark_all_configs", "CachingAutotuner.coordinate_descent_tuning",
                      "CachingAutotuner.combo_sequential_autotune"),
 }
-
-
-def _in_phase(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(name.endswith(pattern[1:]) if pattern.startswith("*") else name == pattern for pattern in patterns)
 
 
 def phase_totals() -> dict[str, float]:
@@ -35,8 +29,8 @@ def phase_totals() -> dict[str, float]:
 
     totals: dict[str, float] = {}
     for name, seconds in list(compilation_time_metrics.items()):
-        for phase, patterns in PHASES.items():
-            if _in_phase(name, patterns):
+        for phase, timers in PHASES.items():
+            if name in timers:
                 totals[phase] = totals.get(phase, 0.0) + sum(seconds)
     return totals
 
@@ -73,7 +67,6 @@ def describe_phases(phases: dict | None) -> str:
         return [f"{name} {phases[key]:.1f}" for key, name in pairs if phases.get(key)]
 
     outer = named((("compile", "compile"), ("compile_backward", "backward")))
-    inner = named((("trace", "trace"), ("cache_load", "cache loads"), ("wait_for_builds", "waiting for builds"),
-                   ("tune_matmuls", "matmul tuning")))
+    inner = named((("trace", "trace"), ("cache_load", "cache loads"), ("wait_for_builds", "waiting for builds")))
     text = ", ".join(outer) + (f" (of which {', '.join(inner)})" if inner and outer else "")
     return ", ".join(part for part in [text, *named((("tune_kernels", "kernel tuning"),))] if part)

@@ -22,7 +22,7 @@ PRECISIONS = ("fp32", "bf16")
 
 class LatentDiffusion(nn.Module):
     def __init__(self, dit: MicroDiT, vae: VAE | None, text_encoder: nn.Module | None, edm: EDMConfig,
-                 train_mask_ratio: float = 0.0, precision: str = "fp32", cuda_graph: bool = False):
+                 train_mask_ratio: float = 0.0, precision: str = "fp32"):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}; expected one of {PRECISIONS}")
@@ -33,8 +33,6 @@ class LatentDiffusion(nn.Module):
         self.dit, self.vae, self.text_encoder = dit, vae, text_encoder
         self.edm, self.train_mask_ratio = edm, train_mask_ratio
         self.precision = precision  # the denoiser's, when sampling: fp32, or bf16 autocast
-        # a GPU sampler's calls are short enough for kernel launches to show; replaying a graph removes them
-        self.cuda_graph = cuda_graph
         for frozen in (vae, text_encoder):
             if frozen is not None:
                 frozen.requires_grad_(False)
@@ -76,7 +74,7 @@ class LatentDiffusion(nn.Module):
         noise = self.initial_noise(caption_latents.shape[0], seed)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             latents = heun_sampler(self.dit, noise, caption_latents.float(), self.edm, num_inference_steps,
-                                   cfg=guidance_scale, cuda_graph=self.cuda_graph)
+                                   cfg=guidance_scale)
         if return_only_latents:
             return latents
         if self.vae is None:

@@ -22,7 +22,6 @@ class SpeedOptions:
     moe_dispatch: str = "index"       # index (gather / scatter), or one_hot (the authors' dense einsums)
     attention_backend: str = "default"  # which SDPA kernels attention may use (layers.SDPA_BACKENDS)
     activation_budget: float = 1.0    # compiled graphs keep at most this fraction of their activations (below)
-    autotune: bool = False            # compiled graphs tune their matmul kernels (compile_mode, below)
 
     def __post_init__(self):
         # worded as field errors: a stage config reports them under its file name (train/config.py)
@@ -41,18 +40,6 @@ class SpeedOptions:
         if self.activation_budget < 1.0 and self.compile == "none":
             raise ValueError("activation_budget: below 1 needs compile (model or blocks): the compiler chooses what "
                              "to recompute; without it use checkpoint_blocks")
-        if self.autotune and self.compile == "none":
-            raise ValueError("autotune: needs compile (model or blocks): it tunes the compiler's kernels")
-
-    @property
-    def compile_mode(self) -> str | None:
-        """torch.compile's mode. With `autotune`, inductor's max-autotune: each matmul shape is benchmarked
-        against Triton matmul templates, which can take the elementwise work after a matmul into their epilogue
-        (that glue, not the matmuls, is what keeps a compiled step under 50 % MFU: docs/benchmarks.md), and the
-        glue's own kernels are tuned by coordinate descent. Its CUDA graphs stay off: a training step's inputs are
-        not static. Autotuning lengthens a cold compile; the mode is part of the compile cache's key, and
-        precompiling workers apply these same options."""
-        return "max-autotune-no-cudagraphs" if self.autotune else None
 
 
 def apply_speed_options(dit: MicroDiT, options: SpeedOptions) -> None:
@@ -63,9 +50,9 @@ def apply_speed_options(dit: MicroDiT, options: SpeedOptions) -> None:
     dit.set_moe_dispatch(options.moe_dispatch)
     dit.set_attention_backend(options.attention_backend)
     if options.compile == "model":
-        dit.compile(mode=options.compile_mode)  # in place: parameter names stay free of `_orig_mod.`
+        dit.compile()  # in place: parameter names stay free of `_orig_mod.`
     elif options.compile == "blocks":
-        dit.compile_blocks(mode=options.compile_mode)
+        dit.compile_blocks()
 
 
 def set_activation_budget(budget: float) -> None:

@@ -137,7 +137,6 @@ class StageConfig:
                                     # recomputing the rest, cheapest first (models/speed.py)
     moe_dispatch: str = "index"   # how MoE layers route tokens: index (gather / scatter) or one_hot (the authors'
                                   # einsums); equal math, tested; `microdit bench layers` times both
-    autotune: bool = False        # with compile: inductor's max-autotune matmul kernels (models/speed.py)
     precompile_workers: int = -1  # compile: blocks -> compile the block graphs in this many processes first (-1: one
                                   # per two of the task's CPUs, launch.cpus_per_task; 0: off); ranks that compile
                                   # for one device share them out instead
@@ -159,8 +158,7 @@ class StageConfig:
     def speed_options(self) -> SpeedOptions:
         return SpeedOptions(compile=self.compile, low_precision_norm=self.low_precision_norm,
                             checkpoint_blocks=self.checkpoint_blocks, attention_backend=self.attention_backend,
-                            activation_budget=self.activation_budget, moe_dispatch=self.moe_dispatch,
-                            autotune=self.autotune)
+                            activation_budget=self.activation_budget, moe_dispatch=self.moe_dispatch)
 
     def accumulation(self, world_size: int) -> int:
         """Microbatches per rank per step that make up the global batch on `world_size` ranks."""
@@ -239,6 +237,10 @@ def _plain(value):
     return value
 
 
+# a stage.yaml resolved by an earlier version may still hold these (docs/benchmarks.md: measured, did not win)
+REMOVED_FIELDS = {"autotune": "max-autotune, 2026-11-27"}
+
+
 def _yaml_key(name: str) -> str:
     return name.rstrip("_")  # `from_` is spelled `from` in YAML
 
@@ -249,7 +251,9 @@ def _build(cls, raw, where: str):
     fields = {_yaml_key(f.name): f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise UserError(f"{where}{unknown[0]}: unknown field; expected one of {sorted(fields)}")
+        removed = REMOVED_FIELDS.get(unknown[0])
+        raise UserError(f"{where}{unknown[0]}: " + (f"removed ({removed}); delete the line" if removed else
+                                                      f"unknown field; expected one of {sorted(fields)}"))
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, f in fields.items():

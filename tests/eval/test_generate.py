@@ -59,31 +59,52 @@ def test_generation_resumes_and_depends_on_neither_ranks_nor_batch_size(tmp_path
     assert any(np.abs(a - b).max() > 1 for a, b in zip(pixels(tmp_path / "seed4").values(), original.values()))
 
 
-def test_compiling_cuda_graphs_or_another_batch_size_keep_the_images_already_drawn(tmp_path):
+def test_compiling_or_another_batch_size_keeps_the_images_already_drawn(tmp_path):
     from microdit.eval.commands import start_samples
 
     out, manifest = tmp_path / "samples", {"seed": 1, "checkpoint": "a", "batch_size": 32, "compile": "none"}
     start_samples(out, manifest, rank=0)
     (out / image_name(0)).write_bytes(b"drawn eagerly")
-    # kernels' rounding only (a manifest from before `cuda_graph` was recorded claims the same images)
-    start_samples(out, {**manifest, "batch_size": 64, "compile": "blocks", "cuda_graph": True}, rank=0)
+    start_samples(out, {**manifest, "batch_size": 64, "compile": "blocks"}, rank=0)  # kernels' rounding only
     assert (out / image_name(0)).read_bytes() == b"drawn eagerly"
     written = json.loads((out / "generation.json").read_text())
     assert written["compile"] == "blocks"  # and how the images already there were drawn:
-    assert written["earlier_drawing_settings"] == [{"batch_size": 32, "compile": "none", "cuda_graph": False}]
+    assert written["earlier_drawing_settings"] == [{"batch_size": 32, "compile": "none"}]
     for _ in range(2):  # a rerun, or another rank writing after this one, adds nothing
-        start_samples(out, {**manifest, "batch_size": 64, "compile": "blocks", "cuda_graph": True}, rank=0)
+        start_samples(out, {**manifest, "batch_size": 64, "compile": "blocks"}, rank=0)
     start_samples(out, manifest, rank=0)  # back to the first settings: the second joins the list
     assert json.loads((out / "generation.json").read_text())["earlier_drawing_settings"] == [
-        {"batch_size": 32, "compile": "none", "cuda_graph": False},
-        {"batch_size": 64, "compile": "blocks", "cuda_graph": True}]
+        {"batch_size": 32, "compile": "none"}, {"batch_size": 64, "compile": "blocks"}]
     fresh = tmp_path / "fresh"
-    start_samples(fresh, manifest, rank=0)
-    start_samples(fresh, {**manifest, "cuda_graph": False}, rank=0)  # a manifest from before the key: the same
+    start_samples(fresh, {key: value for key, value in manifest.items() if key != "compile"}, rank=0)
+    start_samples(fresh, manifest, rank=0)  # a manifest from before `compile` was recorded: the same
     assert "earlier_drawing_settings" not in json.loads((fresh / "generation.json").read_text())
     start_samples(out, {**manifest, "seed": 2}, rank=0)
     assert not (out / image_name(0)).exists()  # other images: moved aside with their manifest and its list
     assert "earlier_drawing_settings" not in json.loads((out / "generation.json").read_text())
+
+
+def test_images_drawn_by_a_version_with_cuda_graphs_are_resumed(tmp_path):
+    """Earlier versions could replay the sampler's network calls from a CUDA graph (dropped: no faster) and wrote
+    `cuda_graph` into the manifest; it was never part of the images' claim, so such a folder resumes as it is."""
+    from microdit.eval.commands import start_samples
+
+    out, manifest = tmp_path / "samples", {"seed": 1, "checkpoint": "a", "batch_size": 32, "compile": "blocks"}
+    # the folder as such a version left it: claimed for the manifest less checkpoint, batch size, compile, cuda_graph
+    claim_samples(out, {"seed": 1}, log=lambda msg: None)
+    (out / image_name(0)).write_bytes(b"drawn with a CUDA graph")
+    old_entry = {"batch_size": 64, "compile": "none", "cuda_graph": False}
+    (out / "generation.json").write_text(json.dumps({**manifest, "cuda_graph": True,
+                                                     "earlier_drawing_settings": [old_entry]}))
+    start_samples(out, manifest, rank=0)
+    assert (out / image_name(0)).read_bytes() == b"drawn with a CUDA graph"
+    written = json.loads((out / "generation.json").read_text())
+    assert "cuda_graph" not in written and written["earlier_drawing_settings"] == [old_entry]
+    start_samples(out, {**manifest, "batch_size": 64, "compile": "none"}, rank=0)
+    start_samples(out, manifest, rank=0)  # back: 64 / none is the old entry, listed already (with its old key)
+    assert json.loads((out / "generation.json").read_text())["earlier_drawing_settings"] == [
+        old_entry, {"batch_size": 32, "compile": "blocks"}]
+    assert (out / image_name(0)).is_file()
 
 
 def test_images_of_other_settings_are_moved_aside_not_reused(tmp_path):
@@ -136,54 +157,3 @@ def test_impossible_ranks_and_sizes_are_usage_errors(capsys):
     with pytest.raises(SystemExit) as exit_code:
         main(["generate", "--captions", "c.jsonl", "--out", "o", "--checkpoint", "x", "--batch-size", "0"])
     assert exit_code.value.code == 2 and "--batch-size: expected an integer >= 1" in capsys.readouterr().err
-
-
-def test_cuda_graphs_reach_the_sampler_and_need_a_gpu(tiny_pipeline, tmp_path, monkeypatch, capsys):
-    """Replaying a CUDA graph is tested against the plain sampler in tests/test_speed.py; here, that the switch gets
-    from each command to the sampler, and that a CPU run is refused before anything is loaded."""
-    import microdit.commands.sample as sample_command
-    import microdit.models.latent_diffusion as latent_diffusion
-    import microdit.sampling as sampling
-    from microdit.cli import main
-    from microdit.errors import UserError
-
-    class Stub(torch.nn.Module):  # an encoder that `pipeline_from_checkpoint` can move to a GPU this machine lacks
-        width = tiny_pipeline.dit.config.caption_channels
-
-        def to(self, device):
-            return self
-
-    built = []
-    monkeypatch.setattr(sampling, "pick_device", lambda name: torch.device("cuda"))
-    monkeypatch.setattr(sampling, "load_dit", lambda *args, **kwargs: (None, tiny_pipeline.dit, {}))
-    monkeypatch.setattr(sampling, "VAE", lambda *args, **kwargs: Stub())
-    monkeypatch.setattr(sampling, "create_text_encoder", lambda name: Stub())
-    monkeypatch.setattr(sampling, "LatentDiffusion", lambda *args, **kwargs: built.append(kwargs["cuda_graph"]))
-    sampling.pipeline_from_checkpoint("weights.safetensors", "vae", "text", cuda_graph=True)
-    assert built == [True]
-
-    def stop(*args):  # the commands' call: stop there, saying what was asked
-        raise UserError(f"asked for cuda_graph={args[-1]}")
-
-    monkeypatch.setattr(sampling, "pipeline_from_checkpoint", stop)
-    monkeypatch.setattr(sample_command, "pipeline_from_checkpoint", stop)
-    captions = tmp_path / "captions.jsonl"
-    captions.write_text('{"index": 0, "caption": "a"}\n')
-    common = ["--checkpoint", "w.safetensors", "--cuda-graph", "on"]
-    assert main(["generate", "--captions", str(captions), "--out", str(tmp_path / "out"), *common]) == 2
-    assert main(["sample", "--prompt", "a", "--out", str(tmp_path / "grid.png"), *common]) == 2
-    assert capsys.readouterr().err.count("asked for cuda_graph=True") == 2
-
-    seen = []
-    real_sampler = latent_diffusion.heun_sampler
-    monkeypatch.setattr(latent_diffusion, "heun_sampler",
-                        lambda *args, **kwargs: seen.append(kwargs["cuda_graph"]) or real_sampler(
-                            *args, **{**kwargs, "cuda_graph": False}))
-    tiny_pipeline.generate(prompt=["a"], num_inference_steps=1, seed=0)
-    monkeypatch.setattr(tiny_pipeline, "cuda_graph", True)  # the fixture is shared: undone below
-    tiny_pipeline.generate(prompt=["a"], num_inference_steps=1, seed=0)
-    assert seen == [False, True]
-    monkeypatch.undo()
-    assert main(["generate", "--captions", str(captions), "--out", str(tmp_path / "out"), "--checkpoint",
-                 str(tmp_path / "nosuch.safetensors"), "--device", "cpu", "--cuda-graph", "on"]) == 2
-    assert "--cuda-graph on: CUDA graphs need a GPU, but the device is cpu" in capsys.readouterr().err

@@ -99,7 +99,6 @@ BROKEN = {
     "datasets.downloads": lambda c: c["datasets"].update(downloads=c["datasets"]["synthetic"]),
     "validation.dataset": lambda c: c["validation"].update(dataset="nosuch"),
     "eval.weights": lambda c: c["stages"]["stage4"].update(set={"ema": None}),  # ema asked of a stage without one
-    "eval.cuda_graph": lambda c: c["eval"].update(cuda_graph=True),  # the tiny preset samples on the CPU
 }
 
 
@@ -122,11 +121,10 @@ def test_the_ema_export_is_evaluated_when_asked(tmp_path):
     (generate,) = shell_commands(result.stdout, "generate")
     assert "--checkpoint results/tiny/train/stage2/ema.safetensors" in generate
     assert "--compile" not in generate  # the tiny preset samples on the CPU, where compiling takes minutes
-    assert "--cuda-graph" not in generate  # off: absent, so runs made before the key keep their parameters
-    config["eval"].update(weights="raw", gpus=1, cuda_graph=True)
+    config["eval"]["weights"] = "raw"
     result = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--configfile", write_config(tmp_path / "c.yaml", config))
     (generate,) = shell_commands(result.stdout, "generate")
-    assert "--checkpoint results/tiny/train/stage2/final.safetensors" in generate and "--cuda-graph on" in generate
+    assert "--checkpoint results/tiny/train/stage2/final.safetensors" in generate
 
 
 def test_a_stage_yaml_that_is_no_mapping_of_settings_is_named(tmp_path):
@@ -169,9 +167,8 @@ def test_schema_errors_are_one_line_each_naming_the_key():
     assert schema_errors(config, SCHEMA) == [
         "sample: unknown key (expected one of: datasets, downloads, eval, latents, launch, report, run, samples, "
         "seed, stages, text_encoder, vae, validation)",
-        "eval.guidance: unknown key (expected one of: batch_size, caption_seed, compile, cuda_graph, download, "
-        "features, geneval, gpus, guidance_scale, inception_weights, mode, num_captions, resolution, seed, stage, "
-        "steps, weights)",
+        "eval.guidance: unknown key (expected one of: batch_size, caption_seed, compile, download, features, geneval, "
+        "gpus, guidance_scale, inception_weights, mode, num_captions, resolution, seed, stage, steps, weights)",
         "latents.resolutions.1: 'x' is not of type 'integer'",
         "vae: expected exactly one form (with name or train)"]
 
