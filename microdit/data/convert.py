@@ -3,7 +3,7 @@
 Rules: skip an image whose short side is below `min_side` (256; 512 for the separate min-res-512 split); resize the
 short side to `resize_to` (512) with bicubic antialiasing when it is larger; never flip. width/height store the saved
 size (fixing the reference's CC12M bug, SPEC §7.10). Unreadable images and missing, empty or non-UTF-8 captions are
-skipped, logged and counted by reason in <out>/convert_stats.json.
+skipped, logged and counted by reason in <out>/convert_stats.json, as are samples whose key is not unique in its tar.
 
 Workers take every n-th input tar and each writes <tmp>/<worker>/; the indexes are merged and the finished
 directory is renamed onto <out>, so <out> is either complete or absent.
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = {"key": "str", "width": "int32", "height": "int32", "jpg": "jpeg", "caption": "str"}
 STATS_FILE = "convert_stats.json"
-SKIP_REASONS = ("too_small", "bad_image", "no_image", "bad_caption")
+SKIP_REASONS = ("too_small", "bad_image", "no_image", "bad_caption", "duplicate_key")
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def convert_part(tar: str, part_dir: str, rules: Rules) -> Counter:
     above); returns counts of kept/resized/skip reasons."""
     counts: Counter = Counter()
     with MDSWriter(out=part_dir, columns=COLUMNS, compression=None, size_limit=SIZE_LIMIT) as writer:
-        for key, files in read_shard(tar):
+        for key, files in read_shard(tar, counts):  # counts and logs duplicate keys itself
             record, outcome = convert_sample(key, files, rules)
             counts[outcome] += 1
             if record is None:

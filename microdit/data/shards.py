@@ -82,19 +82,19 @@ def write_shard(out_dir: str | os.PathLike, shard_id: int, samples: Iterable[Sam
 
     def write_tar(tmp: str) -> None:
         nonlocal count
-        previous = None
+        written = set()
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for sample in samples:
                 key = member_key(sample.key)
-                if key == previous:  # adjacent members of one key are one sample to every reader
-                    log.warning("%s: sample %r skipped: its key %r repeats the one before it",
+                if key in written:  # readers merge adjacent members of one key and refuse a key seen before
+                    log.warning("%s: sample %r skipped: its key %r repeats an earlier one",
                                 tar_path(out_dir, shard_id), sample.key, key)
                     skipped["duplicate_key"] = skipped.get("duplicate_key", 0) + 1
                     continue
                 _add_member(tar, f"{key}.{sample.image_ext}", sample.image)
                 _add_member(tar, f"{key}.txt", sample.caption.encode("utf-8"))
                 _add_member(tar, f"{key}.json", json.dumps(sample.meta, sort_keys=True).encode("utf-8"))
-                previous = key
+                written.add(key)
                 count += 1
 
     atomic_write(tar_path(out_dir, shard_id), write_tar)
@@ -109,8 +109,8 @@ def write_stats(out_dir: str | os.PathLike, shard_id: int, stats: dict) -> dict:
     return stats
 
 
-def count_samples(path: str | os.PathLike) -> int:
-    return sum(1 for _ in read_shard(path))
+def count_samples(path: str | os.PathLike, skipped: dict[str, int] | None = None) -> int:
+    return sum(1 for _ in read_shard(path, skipped))
 
 
 def list_shards(in_dir: str | os.PathLike) -> list[Path]:
@@ -127,9 +127,9 @@ def list_shards(in_dir: str | os.PathLike) -> list[Path]:
     return finished
 
 
-def read_shard(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) per sample; members of a sample are adjacent as in any webdataset tar."""
-    key, files = None, {}
+def _member_runs(path: str | os.PathLike) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
+    """(key, [(extension, bytes), ...]) per run of adjacent tar members that share a key."""
+    key, members = None, []
     try:
         with tarfile.open(path, "r|") as tar:
             for member in tar:
@@ -138,12 +138,33 @@ def read_shard(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]
                 base = os.path.basename(member.name)
                 member_key, _, ext = base.partition(".")
                 member_key = os.path.join(os.path.dirname(member.name), member_key)
-                if member_key != key and files:
-                    yield key, files
-                    files = {}
+                if member_key != key and members:
+                    yield key, members
+                    members = []
                 key = member_key
-                files[ext.lower()] = tar.extractfile(member).read()
+                members.append((ext.lower(), tar.extractfile(member).read()))
     except (tarfile.TarError, EOFError, OSError) as err:
         raise UserError(f"{path}: truncated or not a tar file ({err})") from None
-    if files:
-        yield key, files
+    if members:
+        yield key, members
+
+
+def read_shard(path: str | os.PathLike,
+               skipped: dict[str, int] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) per sample; members of a sample are adjacent as in any webdataset tar.
+
+    A key that is not exactly one sample (two images, a repeated member, or the key again after other samples) is
+    skipped, logged and counted in skipped["duplicate_key"], one per image: merging its members would pair an image
+    with another sample's caption, and a second sample under a used key would break key lookups downstream."""
+    seen = set()
+    for key, members in _member_runs(path):
+        exts = [ext for ext, _ in members]
+        images = sum(ext in IMAGE_EXTS for ext in exts)
+        repeated = key in seen or len(set(exts)) < len(exts) or images > 1
+        seen.add(key)
+        if repeated:
+            log.warning("%s: sample %s skipped: duplicate_key (members %s)", path, key, ", ".join(exts))
+            if skipped is not None:
+                skipped["duplicate_key"] = skipped.get("duplicate_key", 0) + max(images, 1)
+            continue
+        yield key, dict(members)

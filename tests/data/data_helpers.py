@@ -1,6 +1,7 @@
 """Helpers shared by the data pipeline tests."""
 import argparse
 import io
+import tarfile
 
 from PIL import Image
 
@@ -12,6 +13,16 @@ def jpeg_bytes(width: int, height: int, color=(200, 30, 30)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), color).save(buffer, format="JPEG")
     return buffer.getvalue()
+
+
+def make_tar(path, members, mode="w"):
+    """A tar of `members` ({name: bytes}, or (name, bytes) pairs where a name repeats), in that order."""
+    with tarfile.open(path, mode) as tar:
+        for name, data in (members.items() if isinstance(members, dict) else members):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
 
 
 def write_wds(out, samples: list[Sample], shard_id: int = 0):

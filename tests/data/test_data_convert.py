@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from data_helpers import jpeg_bytes, run, write_wds
+from data_helpers import jpeg_bytes, make_tar, run, write_wds
 from microdit.data import mds
 from microdit.data.captions import clean_caption
 from microdit.data.convert import Rules, convert, convert_sample
@@ -49,7 +49,23 @@ def test_bad_samples_are_counted_skips(tmp_path):
     write_wds(tmp_path / "wds", samples)
     stats = convert(tmp_path / "wds", tmp_path / "mds")
     assert stats["kept"] == 1 and stats["skipped"] == {"too_small": 0, "bad_image": 2, "no_image": 0,
-                                                       "bad_caption": 1}
+                                                       "bad_caption": 1, "duplicate_key": 0}
+
+
+def test_a_key_that_is_not_one_sample_is_a_counted_skip(tmp_path):
+    # issue 29: two images under one key were merged (the jpg stored with the png's caption), and a key seen again
+    # after another sample became a second sample with the same key
+    image = jpeg_bytes(300, 300)
+    (tmp_path / "wds").mkdir()
+    make_tar(tmp_path / "wds" / "00000.tar", [
+        ("dup.jpg", image), ("dup.txt", b"first"), ("dup.png", image), ("dup.txt", b"second"),
+        ("again.jpg", image), ("again.txt", b"a"), ("ok.jpg", image), ("ok.txt", b"fine"),
+        ("again.jpg", image), ("again.txt", b"b")])
+    (tmp_path / "wds" / "00000_stats.json").write_text("{}")
+    stats = convert(tmp_path / "wds", tmp_path / "mds")
+    samples = read_all(tmp_path / "mds")
+    assert sorted(samples) == ["again", "ok"] and samples["again"]["caption"] == "a"
+    assert mds.count(tmp_path / "mds") == 2 and stats["kept"] == 2 and stats["skipped"]["duplicate_key"] == 3
 
 
 def test_non_utf8_caption_is_skipped():

@@ -1,13 +1,11 @@
 """The network-free parts of the hub/web sources: subsets, resume, metadata parsing and caption pairing."""
-import io
 import json
-import tarfile
 import zipfile
 
 import pandas as pd
 import pytest
 
-from data_helpers import jpeg_bytes, parse, run
+from data_helpers import jpeg_bytes, make_tar, parse, run
 from microdit.data.shards import finished_shards, read_shard, tar_path
 from microdit.data.sources import SOURCES, cc12m, coco2014, diffdb, jdb, sa1b, textcaps
 from microdit.data.sources.common import iter_tar_images, iter_zip_images, run_shards, select_subset, \
@@ -16,15 +14,6 @@ from microdit.data.sources.fetch import hub_token
 from microdit.data.sources.synthetic import shard_samples
 from microdit.data.shards import write_shard
 from microdit.errors import UserError
-
-
-def make_tar(path, members: dict[str, bytes], mode="w"):
-    with tarfile.open(path, mode) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 def test_every_source_has_a_download_command():

@@ -104,8 +104,10 @@ def hub_shard(out: Path, shard_id: int) -> dict:
 
     path = hub_download(HUB_REPO, f"cc12m-train-{shard_id:04d}.tar", out / "_hub")
     os.replace(path, tar_path(out, shard_id))
-    count = count_samples(tar_path(out, shard_id))
-    return write_stats(out, shard_id, {"count": count, "successes": count, "skipped": {}})
+    skipped: dict[str, int] = {}
+    count = count_samples(tar_path(out, shard_id), skipped)
+    return write_stats(out, shard_id, {"count": count + sum(skipped.values()), "successes": count,
+                                       "skipped": skipped})
 
 
 def download(args) -> dict:
