@@ -15,6 +15,14 @@ MDS_LOADER_MODULE = "microdit.data.loader"
 _SEED_STRIDE = 0x9E3779B97F4A7C15  # odd 64-bit constant: consecutive sample ids map to well-spread generator seeds
 
 
+def microbatch_index(k: int, rank: int, world_size: int) -> int:
+    """Which microbatch of its step a rank's k-th is. mosaicml-streaming deals each global batch to the ranks in
+    turn, sample by sample, so a rank holds every world-th sample of it and its k-th microbatch (every
+    accumulation-th of those) is every (world x accumulation)-th: the samples of microbatch k * world + rank, the
+    same ones whatever the world size. The trainer seeds a microbatch's noise by this index."""
+    return k * world_size + rank
+
+
 def sample_generator(seed: int, index: int) -> torch.Generator:
     """A CPU generator of sample `index` alone: what it draws does not depend on batching or ranks."""
     return torch.Generator().manual_seed((seed + index * _SEED_STRIDE) % 2 ** 63)
@@ -32,8 +40,8 @@ class RandomLatents:
     """Deterministic synthetic latents for smoke runs and tests.
 
     Sample i of the global stream depends only on (seed, i), and microbatch k of rank r at step s holds the samples of
-    global microbatch (s * world + r) * accumulation + k. So the global batch of a step is the same whatever the world
-    size, and the position (steps consumed) is the whole resumable state.
+    global microbatch s * world * accumulation + microbatch_index(k, r, world). So the global batch of a step is the
+    same whatever the world size, and the position (steps consumed) is the whole resumable state.
     """
 
     def __init__(self, latent_shape: tuple, caption_shape: tuple, micro_batch: int, accumulation: int, rank: int,
@@ -45,8 +53,9 @@ class RandomLatents:
 
     def __iter__(self) -> Iterator[dict]:
         while True:
-            first = (self.step * self.world_size + self.rank) * self.accumulation
-            batches = [self._microbatch(first + k) for k in range(self.accumulation)]
+            first = self.step * self.world_size * self.accumulation
+            batches = [self._microbatch(first + microbatch_index(k, self.rank, self.world_size))
+                       for k in range(self.accumulation)]
             self.step += 1  # before yielding, so a checkpoint taken after the step records the next position
             yield from batches
 
@@ -83,7 +92,8 @@ def build_mds_source(cfg: StageConfig, accumulation: int) -> LatentsSource:
     The loader's batch is this rank's share of a step (micro batch x accumulation), cut into microbatches here, as
     the reference's loader gave Composer the device batch to split: streaming orders samples by its batch size, so
     the order, and a saved position, follow the global batch and the world size, not the microbatch (a memory knob
-    that differs between stages which continue each other's stream)."""
+    that differs between stages which continue each other's stream). Microbatch k takes every accumulation-th sample
+    from the k-th (microbatch_index)."""
     try:
         loader = importlib.import_module(MDS_LOADER_MODULE)
     except ModuleNotFoundError as err:
@@ -99,7 +109,7 @@ def build_mds_source(cfg: StageConfig, accumulation: int) -> LatentsSource:
                         seed=cfg.seed, **cfg.data.options)
     except TypeError as err:
         raise UserError(f"data.options: {err}") from None
-    return RenamedLatents(batches, cfg.micro_batch, cfg.model.latent_shape, cfg.data.options.get("resolution"))
+    return RenamedLatents(batches, accumulation, cfg.model.latent_shape, cfg.data.options.get("resolution"))
 
 
 class RenamedLatents:
@@ -109,8 +119,8 @@ class RenamedLatents:
     `model.latent_res` (in the workflow, a wrong `vae.downsample`) is one line naming the setting, not a shape error
     deep in the first step."""
 
-    def __init__(self, loader, micro_batch: int, latent_shape: tuple | None = None, resolution: int | None = None):
-        self.loader, self.micro_batch = loader, micro_batch
+    def __init__(self, loader, accumulation: int, latent_shape: tuple | None = None, resolution: int | None = None):
+        self.loader, self.accumulation = loader, accumulation
         self.latent_shape, self.resolution = latent_shape, resolution
 
     def check_latents(self, latents: torch.Tensor) -> None:
@@ -135,10 +145,9 @@ class RenamedLatents:
                     self.check_latents(batch["image_latents"])
                     checked = True
                 empty = False
-                parts = {"latents" if key == "image_latents" else key: value.split(self.micro_batch)
-                         for key, value in batch.items()}
-                for k in range(len(parts["latents"])):
-                    yield {key: chunks[k] for key, chunks in parts.items()}
+                for k in range(self.accumulation):
+                    yield {"latents" if key == "image_latents" else key: value[k::self.accumulation]
+                           for key, value in batch.items()}
             # a position restored at the end of an epoch leaves that epoch's pass empty; two empty passes in a row
             # mean there is nothing to read
             empty_passes = empty_passes + 1 if empty else 0

@@ -29,7 +29,7 @@ from microdit.models.precompile import default_workers, precompile_blocks, visib
 from microdit.models.speed import apply_speed_options
 from microdit.train import state as ckpt
 from microdit.train.config import StageConfig, save_stage_config, to_dict
-from microdit.train.data import build_source
+from microdit.train.data import build_source, microbatch_index
 from microdit.train.distributed import (
     DistInfo, barrier, device_peers, full_tensor, gradient_sync, mean_across_ranks, wrap_model,
 )
@@ -259,7 +259,8 @@ class Trainer:
         losses = []
         for k in range(self.accumulation):
             batch = {key: value.to(self.info.device, non_blocking=True) for key, value in next(batches).items()}
-            torch.manual_seed(noise_seed(self.cfg.seed, self.step, self.info.rank * self.accumulation + k))
+            microbatch = microbatch_index(k, self.info.rank, self.info.world_size)
+            torch.manual_seed(noise_seed(self.cfg.seed, self.step, microbatch))
             with gradient_sync(self.model, enabled=k == self.accumulation - 1), self.autocast():
                 micro_loss = denoising_loss(self.model, batch, self.edm, self.cfg.model.train_mask_ratio)
                 (micro_loss / self.accumulation).backward()

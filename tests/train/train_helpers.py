@@ -51,3 +51,19 @@ def heldout_shards(path, column="latents_64", samples=10) -> str:
 
 def validation(datadir, **changes) -> dict:
     return {"every": 2, "datadirs": [datadir], "resolution": 64, "num": 8, "batch_size": 3, "seed": 5, **changes}
+
+
+def numbered_latents(path, samples: int) -> str:
+    """Latents in precompute's layout for the test model whose first value is the sample's number, so that a test
+    can tell which samples a batch holds; the rest is noise, so that the weights depend on which ones."""
+    from streaming import MDSWriter
+
+    rng = np.random.default_rng(1)
+    columns = {"caption_latents": "ndarray:float16:1,4,32", "latents_64": "ndarray:float16:4,8,8"}
+    with MDSWriter(out=str(path), columns=columns, compression=None) as writer:
+        for i in range(samples):
+            latents = rng.standard_normal((4, 8, 8)).astype(np.float16)
+            latents[0, 0, 0] = i
+            writer.write({"caption_latents": rng.standard_normal((1, 4, 32)).astype(np.float16),
+                          "latents_64": latents})
+    return str(path)
