@@ -1,19 +1,21 @@
 """Process-group setup and model wrapping: one process per GPU (or per CPU task), NCCL on GPU, gloo on CPU.
 
-Rank and world size come from submitit's JobEnvironment inside a submitit job (its `local` cluster sets no RANK /
-WORLD_SIZE), else from torchrun-style environment variables, else this is a single process with no process group.
+Where a process sits comes from one place, `export_layout`: torchrun's variables when it started the process, else
+submitit's TorchDistributedEnvironment (a submitit job on SLURM or local processes, or a task of a plain srun).
+The layout goes into the environment whole, LOCAL_WORLD_SIZE included: mosaicml-streaming reads it there to tell the
+ranks of one node (which share one shared-memory block) from those of another.
 """
 import contextlib
 import os
-import random
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from submitit.helpers import TorchDistributedEnvironment
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-PORT_RANGE = (20000, 60000)
+LAYOUT_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass(frozen=True)
@@ -32,47 +34,38 @@ class DistInfo:
         return self.world_size > 1
 
 
-def _submitit_env() -> dict | None:
-    import submitit
-
+def export_layout() -> bool:
+    """Put this process's rank, world, local rank, local world and rendezvous address into the environment (torch's
+    env:// names); False when it is the only process. torchrun sets all six itself. A task of an srun that submitit
+    did not start is a SLURM task all the same: submitit reads SLURM's variables once told the executor is slurm."""
+    if all(key in os.environ for key in LAYOUT_VARIABLES):
+        return int(os.environ["WORLD_SIZE"]) > 1
+    if "SUBMITIT_EXECUTOR" not in os.environ and "SLURM_PROCID" in os.environ and "SLURM_STEP_ID" in os.environ:
+        os.environ["SUBMITIT_EXECUTOR"] = "slurm"
     try:
-        env = submitit.JobEnvironment()
-        rank, world, local = env.global_rank, env.num_tasks, env.local_rank
-        master, job_id = env.hostnames[0], env.job_id
-    except RuntimeError:  # not inside a submitit job
-        return None
-    # the job id, shared by all tasks, picks the port, so every task agrees without talking first
-    port = os.environ.get("MASTER_PORT") or random.Random(job_id).randint(*PORT_RANGE)
-    return {"rank": rank, "world": world, "local": local, "addr": master, "port": str(port)}
-
-
-def _env_vars() -> dict | None:
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return None
-    return {"rank": int(os.environ["RANK"]), "world": int(os.environ["WORLD_SIZE"]),
-            "local": int(os.environ.get("LOCAL_RANK", 0)), "addr": os.environ.get("MASTER_ADDR", "127.0.0.1"),
-            "port": os.environ.get("MASTER_PORT", "29500")}
+        layout = TorchDistributedEnvironment()
+    except RuntimeError:  # neither a submitit job nor a SLURM task
+        return False
+    if layout.world_size == 1:
+        return False
+    # a requeued or nested job may inherit another job's values: this job's own win
+    layout.export(set_cuda_visible_devices=False, overwrite=True)
+    return True
 
 
 def init_distributed() -> DistInfo:
-    found = _submitit_env() or _env_vars()
-    if found is None or found["world"] == 1:
-        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-        return DistInfo(device=device)
+    if not export_layout():
+        return DistInfo(device=torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
+    rank, world, local = (int(os.environ[key]) for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     if torch.cuda.is_available():
-        device = torch.device("cuda", found["local"] % torch.cuda.device_count())
+        device = torch.device("cuda", local % torch.cuda.device_count())
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    # libraries that read the environment (mosaicml-streaming) see the same layout as torch.distributed
-    for key, value in {"RANK": found["rank"], "WORLD_SIZE": found["world"], "LOCAL_RANK": found["local"],
-                       "MASTER_ADDR": found["addr"], "MASTER_PORT": found["port"]}.items():
-        os.environ.setdefault(key, str(value))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                init_method=f"tcp://{found['addr']}:{found['port']}",
-                                rank=found["rank"], world_size=found["world"])
-    return DistInfo(found["rank"], found["world"], found["local"], device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
+                                rank=rank, world_size=world)
+    return DistInfo(rank, world, local, device)
 
 
 def device_peers(info: DistInfo) -> tuple[int, int]:

@@ -1,6 +1,9 @@
-"""submitit launch: a 2-task `local` job over gloo trains the nano model, writes the stage outputs, and matches one
-process on the same global batch (the data and noise of a step do not depend on how many ranks share it)."""
+"""submitit launch: a 2-task `local` job over gloo trains the nano model on MDS latents, writes the stage outputs, and
+matches one process on the same global batch (the data and noise of a step do not depend on how many ranks share
+it)."""
+import gc
 import json
+import tempfile
 
 import pytest
 import torch
@@ -9,14 +12,18 @@ from microdit.train import commands
 from microdit.train.distributed import DistInfo
 from microdit.train.launch import executor_parameters, failure_reason, launch
 from microdit.train.trainer import Trainer
-from train_helpers import heldout_shards, tiny_config, validation, weights
+from train_helpers import heldout_shards, numbered_latents, tiny_config, validation, weights
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_local_two_tasks_match_one_process(tmp_path, monkeypatch, strategy):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    changes = dict(steps=3, save_every=3, ema={"decay": 0.9, "start_step": 1},
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # streaming's locks, here and in the job's processes
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    data = {"kind": "mds", "options": {"datadirs": [numbered_latents(tmp_path / "latents", 24)], "resolution": 64,
+                                       "num_workers": 0}}
+    changes = dict(steps=3, save_every=3, ema={"decay": 0.9, "start_step": 1}, data=data,
                    validation=validation(heldout_shards(tmp_path / "held_out")))
     two = tiny_config(tmp_path / "two", strategy=strategy,
                       launch={"cluster": "local", "tasks_per_node": 2, "cpus_per_task": 1}, **changes)
@@ -27,6 +34,7 @@ def test_local_two_tasks_match_one_process(tmp_path, monkeypatch, strategy):
     one = Trainer(tiny_config(tmp_path / "one", **changes), DistInfo())
     assert one.accumulation == 2
     one.run()
+    gc.collect()  # streaming refuses a second live dataset on the same shards
     for name in ("final.safetensors", "ema.safetensors"):
         a, b = weights(tmp_path / "one" / name), weights(tmp_path / "two" / name)
         assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), name
