@@ -12,7 +12,7 @@ import os
 import pickle
 import re
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -193,8 +193,8 @@ def infer_config(state: dict, metadata: dict, latent_res: int | None = None) -> 
                               f"; known: {sorted(VARIANTS)}")
     patch = variant_config(arch).patch_size
     if "pos_embed" in state:
-        grid = math.isqrt(state["pos_embed"].shape[1])
-        latent_res, scale = grid * patch, _pos_interp_scale(state["pos_embed"][0])
+        grid, scale = _read_pos_embed(state["pos_embed"], int(dim))
+        latent_res = grid * patch
     else:
         latent_res = 64 if latent_res is None else latent_res
         if latent_res <= 0 or latent_res % patch:
@@ -210,39 +210,100 @@ def _count_blocks(state: dict, prefix: str) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def _pos_interp_scale(pos_embed: torch.Tensor) -> float:
-    """Token 1 sits at column 1/scale; channel 0 is sin(col) and channel dim/4 is cos(col) (lowest frequency 1)."""
-    quarter = pos_embed.shape[1] // 4
-    column = math.atan2(float(pos_embed[1, 0]), float(pos_embed[1, quarter]))
-    return round(1.0 / column, 4)
+def _read_pos_embed(pos_embed: torch.Tensor, dim: int) -> tuple[int, float]:
+    """(grid side, pos_interp_scale) of a sin-cos table (1, grid², dim). Token 1 sits at column 1/scale; channel 0
+    is sin(col) and channel dim/4 is cos(col) (lowest frequency 1)."""
+    shape = tuple(pos_embed.shape)
+    tokens = shape[1] if len(shape) == 3 else 0
+    grid = math.isqrt(tokens)
+    if len(shape) != 3 or shape[0] != 1 or shape[2] != dim or grid < 2 or grid * grid != tokens:
+        raise CheckpointError(f"pos_embed has shape {shape}, expected (1, grid * grid, {dim}) for a grid of at "
+                              "least 2 x 2 tokens")
+    column = math.atan2(float(pos_embed[0, 1, 0]), float(pos_embed[0, 1, dim // 4]))
+    if not (math.isfinite(column) and column > 0):  # all zeros, NaN, or not sin-cos positions at all
+        raise CheckpointError(f"pos_embed is not a sin-cos position table (token 1 at column {column:g}, expected "
+                              "a positive column 1/pos_interp_scale)")
+    return grid, round(1.0 / column, 4)
 
 
-def load_dit_state(dit: MicroDiT, state: dict, source: str = "state_dict", max_listed: int = 5) -> None:
-    """Strict load. `pos_embed` and `mask_token` are recomputed buffers: used when present, kept when absent."""
-    expected = dit.state_dict()
+def _check_config(config: MicroDiTConfig, state: dict) -> None:
+    """Refuse a config the file's weights cannot have before a model is built from it: a metadata config could
+    otherwise ask for a negative size (a traceback), thousands of blocks (minutes of building) or a position
+    table of terabytes (the weights' shapes are compared on the meta device, but recomputed buffers absent from
+    the file are allocated as the config says)."""
+    for f in fields(config):
+        least = 0 if f.name == "patch_mixer_depth" else 1
+        if not _fits_field(f.default, getattr(config, f.name), least):
+            expected = f"an integer >= {least}" if isinstance(f.default, int) else "finite numbers > 0"
+            raise CheckpointError(f"config {f.name} is {getattr(config, f.name)!r}, expected {expected}")
+    for name, prefix in (("depth", "blocks."), ("patch_mixer_depth", "patch_mixer.")):
+        if getattr(config, name) != _count_blocks(state, prefix):
+            raise CheckpointError(f"config {name} is {getattr(config, name)}, but the file has "
+                                  f"{_count_blocks(state, prefix)} {prefix.rstrip('.')}")
+    weights = sum(v.numel() for v in state.values())
+    if "pos_embed" not in state and config.num_tokens * config.dim > weights:
+        raise CheckpointError(f"config input_size {config.input_size} and dim {config.dim} ask for a position table "
+                              f"of {config.num_tokens * config.dim:,} numbers, more than the file's {weights:,}")
+
+
+def _meta_model(config: MicroDiTConfig) -> MicroDiT:
+    """The model's shapes without storage (which also skips a random init that the load overwrites)."""
+    try:
+        with torch.device("meta"):
+            return MicroDiT(config)
+    except (ValueError, RuntimeError, AssertionError, ZeroDivisionError) as err:  # sizes that do not fit together
+        raise CheckpointError(f"its config does not make a MicroDiT ({type(err).__name__}: {_first_line(err)})") \
+            from None
+
+
+def _fits_field(default, value, least: int) -> bool:
+    """Whether a config value has its field's form: integers >= least, or finite positive numbers (in tuples)."""
+    if isinstance(default, tuple):
+        return (isinstance(value, tuple) and len(value) == len(default)
+                and all(_fits_field(d, v, least) for d, v in zip(default, value)))
+    if isinstance(default, int):
+        return type(value) is int and value >= least
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _shape_problems(expected: dict, state: dict, max_listed: int) -> str:
+    """'' if `state` fits the shapes of `expected` (recomputed buffers may be absent), else what does not."""
     missing = [k for k in expected if k not in state and k not in RECOMPUTABLE_BUFFERS]
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
                    if k in state and state[k].shape != v.shape]
     problems = ([f"missing {k}" for k in missing[:max_listed]] + [f"unexpected {k}" for k in unexpected[:max_listed]]
                 + [f"shape {s}" for s in wrong_shape[:max_listed]])
+    if not problems:
+        return ""
+    counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong_shape)} wrong shape"
+    return f"does not match the model ({counts}): " + "; ".join(problems)
+
+
+def load_dit_state(dit: MicroDiT, state: dict, source: str = "state_dict", max_listed: int = 5) -> None:
+    """Strict load. `pos_embed` and `mask_token` are recomputed buffers: used when present, kept when absent."""
+    expected = dit.state_dict()
+    problems = _shape_problems(expected, state, max_listed)
     if problems:
-        counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong_shape)} wrong shape"
-        raise CheckpointError(f"{source}: does not match the model ({counts}): " + "; ".join(problems))
+        raise CheckpointError(f"{source}: {problems}")
     dit.load_state_dict({k: state.get(k, v) for k, v in expected.items()}, strict=True)
 
 
 def load_dit(path: str | os.PathLike, latent_res: int | None = None, device="cpu") -> tuple[str, MicroDiT, dict]:
-    """(arch, model, metadata) from any supported checkpoint file, after a strict load."""
+    """(arch, model, metadata) from any supported checkpoint file, after a strict load. Every size is checked
+    against the file's tensors before the model takes any memory."""
     state, metadata = read_checkpoint(path)
     try:
         arch, config = infer_config(state, metadata, latent_res)
+        _check_config(config, state)
+        dit = _meta_model(config)
+        problems = _shape_problems(dit.state_dict(), state, max_listed=5)
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
+    if problems:
+        raise CheckpointError(f"{path}: {problems}")
     metadata["resolution_from"] = "config" if "config" in metadata else (
         "pos_embed" if "pos_embed" in state else "assumed (no pos_embed in the file)")
-    with torch.device("meta"):  # skip a random init that the load overwrites (seconds for XL)
-        dit = MicroDiT(config)
     dit = dit.to_empty(device=device)
     dit.mask_token.zero_()
     dit.reset_pos_embed()

@@ -1,4 +1,5 @@
 """Checkpoint reading: the authors' torch.save'd state_dicts, our safetensors, and every kind of bad file."""
+import dataclasses
 import datetime
 import json
 import os
@@ -197,5 +198,36 @@ def test_unusable_metadata_keys_or_resolution_give_one_line_errors(tmp_path, cap
             argv = ["--resolution", "12"]  # a 1-token latent grid
         torch.save(state, path)
     assert main(["checkpoint", "info", str(path), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert reason in err and str(path) in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("case,reason", [
+    ("all-zero-pos-embed", "pos_embed is not a sin-cos position table"),
+    ("1-d-pos-embed", "pos_embed has shape (64,), expected (1, grid * grid, 128)"),
+    ("huge-width", "does not match the model"),
+    ("negative-width", "config dim is -128, expected an integer >= 1"),
+    ("many-blocks", "config depth is 100000, but the file has 6 blocks"),
+    ("huge-grid", "config input_size 65536 and dim 128 ask for a position table"),
+])
+def test_sizes_are_checked_before_the_model_takes_memory(tmp_path, capsys, case, reason):
+    # issue 29: a ZeroDivisionError, an IndexError, and a model built at the size a metadata config asks for (4 TB)
+    from safetensors.torch import save_file
+
+    dit = create_dit("MicroDiT_Nano_2", input_size=8)
+    state = {k: v.contiguous() for k, v in dit.state_dict().items()}
+    if case.endswith("pos-embed") and not case.startswith("huge"):
+        state["pos_embed"] = torch.zeros(1, 16, 128) if case.startswith("all-zero") else torch.zeros(64)
+        path = tmp_path / "authors.pt"
+        torch.save(state, path)
+    else:
+        changes = {"huge-width": {"dim": 2 ** 20}, "negative-width": {"dim": -128}, "many-blocks": {"depth": 100_000},
+                   "huge-grid": {"input_size": 2 ** 16}}[case]
+        if case == "huge-grid":  # no pos_embed to compare: it would be recomputed at the config's size
+            state.pop("pos_embed")
+        path = tmp_path / "export.safetensors"
+        config = json.dumps({**dataclasses.asdict(dit.config), **changes})
+        save_file(state, str(path), metadata={"format": "microdit", "config": config})
+    assert main(["checkpoint", "info", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert reason in err and str(path) in err and len(err.splitlines()) == 1
