@@ -1,5 +1,6 @@
 """argparse types shared by the commands: a bad value is a usage error naming the option, not a traceback later."""
 import argparse
+import math
 
 
 def positive_int(text: str) -> int:
@@ -14,10 +15,11 @@ def positive_int(text: str) -> int:
 
 
 def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (float() also reads 'nan' and 'inf')."""
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
     return value

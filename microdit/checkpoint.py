@@ -281,11 +281,17 @@ def _shape_problems(expected: dict, state: dict, max_listed: int) -> str:
 
 
 def load_dit_state(dit: MicroDiT, state: dict, source: str = "state_dict", max_listed: int = 5) -> None:
-    """Strict load. `pos_embed` and `mask_token` are recomputed buffers: used when present, kept when absent."""
+    """Strict load of finite weights. `pos_embed` and `mask_token` are recomputed buffers: used when present, kept
+    when absent."""
     expected = dit.state_dict()
     problems = _shape_problems(expected, state, max_listed)
     if problems:
         raise CheckpointError(f"{source}: {problems}")
+    # NaN or inf weights load without complaint and then sample black images: name them instead
+    broken = [k for k, v in state.items() if k in expected and v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise CheckpointError(f"{source}: {len(broken)} tensors hold NaN or infinite values: "
+                              + ", ".join(broken[:max_listed]) + (", ..." if len(broken) > max_listed else ""))
     dit.load_state_dict({k: state.get(k, v) for k, v in expected.items()}, strict=True)
 
 

@@ -53,7 +53,11 @@ def schema_errors(config: dict, schema_path: str) -> list[str]:
 
     with open(schema_path, encoding="utf-8") as f:
         schema = yaml.safe_load(f)
-    validator = jsonschema.validators.validator_for(schema)(schema)
+    base = jsonschema.validators.validator_for(schema)
+    # YAML reads .nan and .inf as numbers, and no bound refuses NaN: a number must be finite to be one
+    finite = base.TYPE_CHECKER.redefine(
+        "number", lambda checker, value: base.TYPE_CHECKER.is_type(value, "number") and math.isfinite(value))
+    validator = jsonschema.validators.extend(base, type_checker=finite)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.path)))
     return [_schema_error(error) for error in errors]
 

@@ -231,3 +231,29 @@ def test_sizes_are_checked_before_the_model_takes_memory(tmp_path, capsys, case,
     assert main(["checkpoint", "info", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert reason in err and str(path) in err and len(err.splitlines()) == 1
+
+
+def test_non_finite_weights_are_refused_by_name(tmp_path, capsys):
+    # issue 29: NaN weights loaded (`checkpoint info` said pos_interp_scale: nan) and `sample` wrote a black PNG
+    dit = create_dit("MicroDiT_Nano_2", input_size=8)
+    with torch.no_grad():
+        dit.blocks[2].attn.qkv.weight[0, 0] = float("nan")
+        dit.final_layer.linear.bias[1] = float("inf")
+    path = tmp_path / "nan.safetensors"
+    save_dit(dit, path, "MicroDiT_Nano_2")
+    assert main(["checkpoint", "info", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("2 tensors hold NaN or infinite values: blocks.2.attn.qkv.weight, final_layer.linear.bias")
+    assert str(path) in err and len(err.splitlines()) == 1
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(path), "--prompt", "x", "--out", str(out), "--device", "cpu"]) == 2
+    assert "NaN or infinite" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("guidance", ["nan", "-1", "inf"])
+def test_guidance_must_be_a_finite_number_of_at_least_zero(tmp_path, capsys, guidance):
+    # issue 29: NaN or a negative guidance silently meant no guidance
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", "--checkpoint", str(tmp_path / "x.safetensors"), "--prompt", "x", "--out",
+              str(tmp_path / "g.png"), f"--guidance={guidance}"])
+    assert exit_.value.code == 2 and f"expected a finite number >= 0, got {guidance!r}" in capsys.readouterr().err

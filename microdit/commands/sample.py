@@ -1,5 +1,5 @@
 """`microdit sample`: images from a checkpoint (the authors' .pt or our .safetensors) for a few prompts."""
-from microdit.arguments import positive_int
+from microdit.arguments import non_negative_float, positive_int
 from microdit.eval.commands import add_speed_args
 from microdit.sampling import pipeline_from_checkpoint, save_image_grid
 
@@ -15,7 +15,8 @@ def register(subparsers) -> None:
                                           "else DFN5B CLIP-H)")
     p.add_argument("--resolution", type=positive_int, help="image size for files without pos_embed (default 512)")
     p.add_argument("--steps", type=positive_int, default=30, help="Heun steps (default 30)")
-    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
+    p.add_argument("--guidance", type=non_negative_float, default=5.0,
+                   help="classifier-free guidance scale; 1 or less: none (default 5.0)")
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--images-per-prompt", type=positive_int, default=1)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")

@@ -29,7 +29,8 @@ def add_sampling_args(p) -> None:
     p.add_argument("--resolution", type=int, help="image size in pixels (checked against the model; needed for "
                                                   "files without pos_embed)")
     p.add_argument("--steps", type=positive_int, default=30, help="EDM Heun steps (default 30)")
-    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
+    p.add_argument("--guidance", type=non_negative_float, default=5.0,
+                   help="classifier-free guidance scale; 1 or less: none (default 5.0)")
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--batch-size", type=positive_int, default=32,
                    help="images per batch (image i's noise is its own: the batch size does not choose the images)")

@@ -150,6 +150,9 @@ def test_stage_config_is_found_beside_the_workflow(tmp_path, monkeypatch):
     lambda c: c["datasets"].update({"a b": c["datasets"]["synthetic"]}),
     lambda c: c["eval"].update(gpus=2),
     lambda c: c["downloads"]["synthetic"]["options"].update({"shuffle": True}),  # no source takes a bare flag
+    lambda c: c["samples"].update(guidance_scale=float("nan")),  # YAML's .nan: no bound refuses it
+    lambda c: c["eval"].update(guidance_scale=float("inf")),
+    lambda c: c["report"].update(price_per_gpu_hour=float("nan")),
 ])
 def test_schema_refuses_unsafe_names_idle_gpus_and_flags(change):
     config = load("tiny")
