@@ -116,6 +116,7 @@ class LaunchConfig:
     constraint: str = ""
     timeout_min: int = 60
     max_requeues: int = 10        # preemptions / time limits survived by requeueing
+    cancel_on_exit: bool = False  # a stopped driver cancels its job (default: the job runs on, the next driver waits)
     sbatch_extra: list = field(default_factory=list)  # extra "--key=value" sbatch lines, passed as a list, no shell
 
 

@@ -1,9 +1,14 @@
 """Run a stage through submitit: on SLURM, as N local processes, or in this process (debug), and wait for it.
 
-A preempted or timed-out SLURM job is requeued by submitit (TrainJob is Checkpointable) and the new attempt resumes
-from the newest full-state checkpoint of the stage directory. Rank, world size and master address come from
-submitit.JobEnvironment inside the job (microdit.train.distributed).
+One job per stage folder: the driver holds the folder's lock and records its job before it waits, so a driver that
+was stopped or killed is followed by one that waits on the same job (microdit.train.stage_job). A stopped driver
+leaves its job running unless launch.cancel_on_exit. A preempted, timed-out or requeued SLURM job resumes from the
+newest full-state checkpoint of the stage directory (TrainJob is Checkpointable). Rank, world size and rendezvous
+come from submitit inside the job (microdit.train.distributed).
 """
+import contextlib
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -13,6 +18,7 @@ from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from microdit.errors import UserError
 from microdit.train.config import LaunchConfig, StageConfig, stage_config_from_dict, to_dict
+from microdit.train.stage_job import driver_lock, forget_job, record_job, recorded_job, still_running
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -28,6 +34,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         from microdit.train.trainer import Trainer
 
         cfg = stage_config_from_dict(self.config)
+        # `scontrol requeue` reruns the job as submitted: an attempt after the first resumes whatever the first did
+        resume = "auto" if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 else self.resume
         # N tasks on one machine must not each take every core
         if not torch.cuda.is_available():
             torch.set_num_threads(cfg.launch.cpus_per_task)
@@ -35,7 +43,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         info = init_distributed()
         try:
             grid = SampleGrid(cfg.samples, cfg.out_dir, cfg.data.text_encoder, cfg.data.caption_len)
-            return Trainer(cfg, info, resume=self.resume, callbacks=[grid]).run()
+            return Trainer(cfg, info, resume=resume, callbacks=[grid]).run()
         finally:
             shutdown_distributed()
 
@@ -105,22 +113,104 @@ def check_init(cfg: StageConfig, resume: str) -> None:
         resolve_init(cfg.init.from_, cfg.init.mode)
 
 
+class DriverStopped(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stopped_by_signals():
+    """Ctrl-C and SIGTERM (Snakemake stopping its jobs) end the wait with DriverStopped, not with a traceback."""
+    def stop(signum, frame):
+        raise DriverStopped(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def launch(cfg: StageConfig, resume: str = "auto") -> int:
-    """Submit, block until the job ends, return 0 or 1 (printing the log path of a failed job)."""
+    """Wait on the stage's job, submitting one unless a previous driver's still runs; 0 when it ends well, 1 when it
+    fails (with its log path), 128 + the signal when this driver is stopped first."""
     absolute_paths(cfg)
+    out_dir = Path(cfg.out_dir)
+    with driver_lock(out_dir):
+        if cfg.launch.cluster == "debug":  # in this process: nothing outlives the driver
+            return collect(submit(cfg, resume), cfg)
+        with stopped_by_signals():
+            job = None
+            try:
+                job = reattach(cfg) or submit(cfg, resume)
+                return collect(job, cfg)
+            except DriverStopped as stop:
+                return leave(job, cfg, stop.signum)
+
+
+def submit(cfg: StageConfig, resume: str):
     check_init(cfg, resume)
     job = make_executor(cfg).submit(TrainJob(to_dict(cfg), resume))
+    if cfg.launch.cluster != "debug":
+        record_job(Path(cfg.out_dir), job, cfg.launch.cluster, job.num_tasks)
     print(f"microdit train: stage {cfg.name!r} submitted as job {job.job_id} on {cfg.launch.cluster}; "
           f"logs: {job.paths.stdout} {job.paths.stderr}", file=sys.stderr, flush=True)
+    return job
+
+
+def reattach(cfg: StageConfig):
+    """The job a previous driver submitted, if it runs or left a result; None to submit a new one."""
+    found = recorded_job(Path(cfg.out_dir))
+    if found is None:
+        return None
+    job, record = found
+    what = f"{record['cluster']} job {job.job_id} of stage {cfg.name!r}"
+    if still_running(job):
+        print(f"microdit train: reattached to {what} (submitted {record['submitted']} by {record['driver']}); "
+              f"logs: {job.task(0).paths.stdout} {job.task(0).paths.stderr}", file=sys.stderr, flush=True)
+        return job
+    if job.task(0).paths.result_pickle.exists():
+        print(f"microdit train: {what} ended while no driver watched; collecting it", file=sys.stderr, flush=True)
+        return job
+    state = job.get_info().get("State") or job.get_info().get("jobState") or "no state"
+    print(f"microdit train: {what} ended without a result while no driver watched ({state}); submitting a new job, "
+          "which resumes from the stage's newest checkpoint", file=sys.stderr, flush=True)
+    forget_job(Path(cfg.out_dir))
+    return None
+
+
+def collect(job, cfg: StageConfig) -> int:
     try:
         results = job.results()
     except UserError:
         raise  # the debug cluster runs in this process and re-raises the job's own error
     except (FailedJobError, UncompletedJobError) as err:
+        forget_job(Path(cfg.out_dir))
         print(f"microdit train: job {job.job_id} failed ({failure_reason(str(err))}); "
-              f"log: {job.paths.stderr}", file=sys.stderr)
+              f"log: {job.task(0).paths.stderr}", file=sys.stderr)
         return 1
+    forget_job(Path(cfg.out_dir))
     stats = results[0]
     print(f"microdit train: stage {cfg.name!r} done at step {stats['global_step']}, final loss "
           f"{stats['final_loss']:.4f}; outputs in {cfg.out_dir}", file=sys.stderr)
     return 0
+
+
+def leave(job, cfg: StageConfig, signum: int) -> int:
+    """The driver was stopped: its job runs on (the next driver waits on it), or is cancelled if the config says."""
+    name = signal.Signals(signum).name
+    if job is None:
+        print(f"microdit train: stopped by {name} before a job was submitted", file=sys.stderr)
+    elif cfg.launch.cancel_on_exit:
+        job.cancel(check=False)
+        forget_job(Path(cfg.out_dir))
+        print(f"microdit train: stopped by {name}; job {job.job_id} cancelled (launch.cancel_on_exit)",
+              file=sys.stderr)
+    else:
+        cancel = f"scancel {job.job_id}" if cfg.launch.cluster == "slurm" else f"kill -INT {job.job_id}"
+        print(f"microdit train: stopped by {name}; stage {cfg.name!r} goes on as {cfg.launch.cluster} job "
+              f"{job.job_id} (log: {job.task(0).paths.stderr}). Running this again waits on it; `{cancel}` "
+              "cancels it", file=sys.stderr)
+    return 128 + signum

@@ -183,7 +183,9 @@ class Trainer:
         # resuming this stage keeps its start; continuing another stage's state starts this stage at its step
         self.stage_start = int(state["stage_start"]) if same_stage else self.step
         self.wall_time_before = float(state.get("wall_time", 0.0)) if same_stage else 0.0
-        if not same_stage and self.info.is_main:
+        if same_stage and self.info.is_main:
+            print(f"{self.cfg.name}: resumes {source} at step {self.step}", file=sys.stderr, flush=True)
+        elif self.info.is_main:
             how = ("continues its data stream where it stopped" if continue_data else
                    "starts a new pass over its data (datasets, seed or global batch differ from that stage's)")
             print(f"{self.cfg.name}: continues {source} at step {self.step}; {how}", file=sys.stderr, flush=True)
