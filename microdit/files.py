@@ -1,8 +1,9 @@
-"""File helpers every step shares. Writes go to a temporary file in the same directory and are renamed into place,
-so a crash never leaves half a file."""
+"""File helpers every step shares. Writes go to a temporary file (or folder) in the same directory and are renamed
+into place, so a crash never leaves half a file."""
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -18,9 +19,11 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; results are shared like any new file
     try:
         write(tmp)
+        # results are shared like any new file: mkstemp makes the file private, and some writers replace it with
+        # a private file of their own (safetensors)
+        os.chmod(tmp, 0o666 & ~current_umask())
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
         os.replace(tmp, path)
@@ -28,6 +31,24 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    sync_folder(path.parent)
+
+
+def atomic_folder(path: str | os.PathLike, fill) -> None:
+    """Call fill(staging folder), then rename it onto `path` (absent or empty), so the folder is complete or
+    absent. What fill wrote gets the umask's permissions, as atomic_write's files do."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        fill(staging)
+        mask = current_umask()
+        for item in [staging, *staging.rglob("*")]:
+            if not item.is_symlink():
+                os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+        os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     sync_folder(path.parent)
 
 

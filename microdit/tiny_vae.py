@@ -7,8 +7,6 @@ roughly unit-variance latents (EDM's sigma_data assumption).
 """
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -16,6 +14,7 @@ import torch
 from microdit.data.mds import iter_samples, shard_readers
 from microdit.data.precompute import image_transform
 from microdit.errors import UserError
+from microdit.files import atomic_folder
 
 
 def build_tiny_vae(seed: int = 0, latent_channels: int = 4, widths: tuple[int, ...] = (16, 32, 32)):
@@ -79,18 +78,21 @@ def run(args) -> None:
     images = load_images(args.input, args.resolution, limit=args.max_images)
     vae, stats = train_tiny_vae(images, args.steps, args.batch_size, args.lr, args.seed,
                                 latent_channels=args.latent_channels)
-    out = Path(args.out)
+    save_trained_vae(vae, stats, args.out)
+    print(json.dumps(stats))
+
+
+def save_trained_vae(vae, stats: dict, out: str | os.PathLike) -> None:
+    """The diffusers folder with its training stats, written whole or not at all."""
+    out = Path(out)
     if out.exists():
         raise UserError(f"{out}: exists; remove it to retrain the VAE")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def fill(staging: Path) -> None:
         vae.save_pretrained(staging)
         (staging / "train_stats.json").write_text(json.dumps(stats, indent=2))
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    print(json.dumps(stats))
+
+    atomic_folder(out, fill)
 
 
 def register(subparsers) -> None:

@@ -48,3 +48,24 @@ def test_written_files_get_the_umask_s_permissions_not_private_ones(tmp_path):
     finally:
         os.umask(before)
     assert (tmp_path / "fid.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_exports_and_the_tiny_vae_folder_get_the_umask_s_permissions(tmp_path):
+    # issue 29: safetensors writes its files 0600 whatever the temporary file was, and mkdtemp makes folders 0700,
+    # so a shared project folder could not read the exports or the preset's VAE
+    from microdit.checkpoint import save_dit
+    from microdit.models.dit import create_dit
+    from microdit.tiny_vae import build_tiny_vae, save_trained_vae
+
+    before = os.umask(0o022)
+    try:
+        save_dit(create_dit("MicroDiT_Nano_2", input_size=8), tmp_path / "final.safetensors", "MicroDiT_Nano_2")
+        save_trained_vae(build_tiny_vae(widths=(8, 8)), {"steps": 0}, tmp_path / "vae")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "final.safetensors").stat().st_mode & 0o777 == 0o644
+    vae = tmp_path / "vae"
+    assert vae.stat().st_mode & 0o777 == 0o755
+    assert {p.name: p.stat().st_mode & 0o777 for p in vae.iterdir()} == {
+        "config.json": 0o644, "diffusion_pytorch_model.safetensors": 0o644, "train_stats.json": 0o644}
+    assert sorted(os.listdir(tmp_path)) == ["final.safetensors", "vae"]  # no staging left behind
