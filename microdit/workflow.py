@@ -73,6 +73,9 @@ def _schema_error(error) -> str:
         forms = [sorted(option.get("required", [])) for option in error.validator_value]
         needs = " or ".join(", ".join(keys) for keys in forms if keys)
         return f"{where or 'config'}: expected exactly one form" + (f" (with {needs})" if needs else "")
+    if error.validator == "not":  # jsonschema would print the refused subschema
+        expected = error.schema.get("description")
+        return f"{where or 'config'}: {error.instance!r} is not allowed" + (f" (expected {expected})" if expected else "")
     message = error.message if len(error.message) <= 160 else error.message[:157] + "..."
     return f"{where or 'config'}: {message}"
 

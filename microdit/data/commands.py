@@ -63,7 +63,8 @@ def add_download(subparsers) -> None:
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
     for name in SOURCES:
         source = load_source(name)
-        sub = sources.add_parser(name, help=source.HELP, description=source.__doc__)
+        # no abbreviations: an option named "ou" in a workflow config would otherwise be a second --out
+        sub = sources.add_parser(name, help=source.HELP, description=source.__doc__, allow_abbrev=False)
         sub.add_argument("--out", required=True, help="output directory (NNNNN.tar + NNNNN_stats.json)")
         sub.add_argument("--subset", choices=sorted(SUBSETS), default="full", help="small = the first ~1%%")
         sub.add_argument("--summary", help="also write the JSON summary here, once the download is complete")

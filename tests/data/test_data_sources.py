@@ -23,6 +23,14 @@ def test_every_source_has_a_download_command():
         assert args.source == name and args.subset == "small" and callable(args.func)
 
 
+@pytest.mark.parametrize("abbreviation", ["--ou", "--summ", "--subs"])
+def test_a_download_option_cannot_abbreviate_the_rule_s_own_flags(abbreviation, capsys):
+    # issue 29: the workflow passes a config's options after --out/--subset; an abbreviation would override them
+    with pytest.raises(SystemExit):
+        parse(["download", "synthetic", "--out", "x", abbreviation, "elsewhere"])
+    assert f"unrecognized arguments: {abbreviation}" in capsys.readouterr().err
+
+
 def test_small_subset_is_about_one_percent():
     assert select_subset(list(range(2176)), "small") == list(range(22))
     assert select_subset(list(range(1, 14001)), "small") == list(range(1, 141))

@@ -153,12 +153,17 @@ def test_stage_config_is_found_beside_the_workflow(tmp_path, monkeypatch):
     lambda c: c["samples"].update(guidance_scale=float("nan")),  # YAML's .nan: no bound refuses it
     lambda c: c["eval"].update(guidance_scale=float("inf")),
     lambda c: c["report"].update(price_per_gpu_hour=float("nan")),
+    lambda c: c.update(run=".."),  # results/../ is the repository itself
+    # the rule's own flags: the second --out (or --summary, --subset) would win and send the shards elsewhere
+    lambda c: c["downloads"]["synthetic"]["options"].update({"out": "/elsewhere"}),
+    lambda c: c["downloads"]["synthetic"]["options"].update({"summary": "/elsewhere.json"}),
+    lambda c: c["downloads"]["synthetic"]["options"].update({"subset": "small"}),
 ])
 def test_schema_refuses_unsafe_names_idle_gpus_and_flags(change):
     config = load("tiny")
     change(config)
     (error,) = schema_errors(config, SCHEMA)
-    assert re.search("does not match|greater than the maximum|is not of type", error)
+    assert re.search("does not match|greater than the maximum|is not of type|is not allowed", error)
 
 
 def test_schema_errors_are_one_line_each_naming_the_key():
