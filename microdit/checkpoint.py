@@ -48,7 +48,27 @@ def save_dit(dit: MicroDiT, path: str | os.PathLike, arch: str, kind: str = "raw
     tensors = {k: v.detach().contiguous().cpu() for k, v in dit.state_dict().items()}
     metadata = {"format": "microdit", "arch": arch, "kind": kind, "config": json.dumps(asdict(dit.config))}
     metadata.update({k: str(v) for k, v in (extra or {}).items()})
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+    def write(tmp: str) -> None:
+        save_file(tensors, tmp, metadata=metadata)
+        _sort_safetensors_header(tmp)
+
+    atomic_write(path, write)
+
+
+def _sort_safetensors_header(path: str) -> None:
+    """Rewrite a safetensors header in place with its keys sorted. safetensors keeps metadata in a hash map and
+    writes it in a different order on every call, so identical weights gave different bytes (and checkpoint
+    digests); the same entries in compact JSON have the same length, and the header's space padding absorbs any
+    difference in escaping."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:
+            raise RuntimeError(f"{path}: the sorted safetensors header is {len(text)} bytes, {size} were written")
+        f.seek(8)
+        f.write(text.ljust(size))
 
 
 def encoder_metadata(vae: str, text_encoder: str) -> dict:
@@ -63,8 +83,9 @@ def encoder_metadata(vae: str, text_encoder: str) -> dict:
 
 
 def weights_digest(path: str | os.PathLike) -> str:
-    """sha256 of a checkpoint's contents. A safetensors header is hashed with its keys sorted: safetensors writes its
-    metadata in no fixed order, so two exports of the same weights differ in bytes but not here."""
+    """sha256 of a checkpoint's contents. A safetensors header is hashed with its keys sorted: save_dit sorts it, but
+    safetensors itself writes metadata in no fixed order (so did our earlier exports), and the digest must not
+    depend on that."""
     path = str(path)
     if not path.endswith(".safetensors"):
         return sha256_file(path)

@@ -159,20 +159,26 @@ def test_read_checkpoint_reports_unknown_architecture(tmp_path):
         load_dit(tmp_path / "odd.pt")  # ...but not one of ours
 
 
-def test_two_exports_of_the_same_weights_have_one_digest(tmp_path):
+def test_exports_of_the_same_weights_are_the_same_bytes(tmp_path):
+    # issue 29: safetensors writes metadata in a different order on every call, so identical runs gave different
+    # checkpoint_sha256 values in fid.json and the report
     from microdit.checkpoint import weights_digest
+    from microdit.files import sha256_file
 
     dit = create_dit("MicroDiT_Nano_2", input_size=8)
-    extra = {f"key{i}": i for i in range(8)}  # safetensors writes metadata in no fixed order
-    digests = set()
-    for name in ("a", "b"):
+    extra = {f"key{i}": i for i in range(8)} | {"text_encoder": "caf\u00e9 \"quoted\"\n"}
+    digests, contents = set(), set()
+    for name in ("a", "b", "c"):
         save_dit(dit, tmp_path / f"{name}.safetensors", "MicroDiT_Nano_2", extra=extra)
         digests.add(weights_digest(tmp_path / f"{name}.safetensors"))
-    assert len(digests) == 1
+        contents.add(sha256_file(tmp_path / f"{name}.safetensors"))
+    assert len(digests) == 1 and len(contents) == 1
+    arch, loaded, metadata = load_dit(tmp_path / "a.safetensors")
+    assert metadata["text_encoder"] == "caf\u00e9 \"quoted\"\n" and loaded.config == dit.config
     with torch.no_grad():
         dit.final_layer.linear.bias.add_(1.0)
-    save_dit(dit, tmp_path / "c.safetensors", "MicroDiT_Nano_2", extra=extra)
-    assert weights_digest(tmp_path / "c.safetensors") not in digests
+    save_dit(dit, tmp_path / "d.safetensors", "MicroDiT_Nano_2", extra=extra)
+    assert weights_digest(tmp_path / "d.safetensors") not in digests
 
 
 @pytest.mark.parametrize("case,reason", [
