@@ -9,6 +9,7 @@ Each prints a JSON summary on stdout; logs go to stderr.
 import json
 import logging
 
+from microdit.data.images import add_max_pixels
 from microdit.data.sources import SOURCES, load_source
 from microdit.data.sources.common import SUBSETS
 from microdit.files import claim_folder, fingerprint, write_json
@@ -44,7 +45,8 @@ def run_convert(args) -> int:
     from microdit.data.convert import Rules, convert
 
     _setup_logging()
-    rules = Rules(min_side=args.min_side, resize_to=args.resize_to, clean_captions=args.clean_captions)
+    rules = Rules(min_side=args.min_side, resize_to=args.resize_to, clean_captions=args.clean_captions,
+                  max_pixels=args.max_pixels)
     return _print(convert(args.input, args.out, rules, workers=args.workers))
 
 
@@ -81,6 +83,7 @@ def add_convert(subparsers) -> None:
     parser.add_argument("--resize-to", type=int, default=512, help="resize the short side to this when larger "
                         "(0 = never)")
     parser.add_argument("--clean-captions", action="store_true", help="strip markup/URLs from alt-text (cc12m)")
+    add_max_pixels(parser)
     parser.add_argument("--workers", type=int, default=1, help="writer processes")
     parser.set_defaults(func=run_convert)
 

@@ -2,13 +2,13 @@
 
 Rules: skip an image whose short side is below `min_side` (256; 512 for the separate min-res-512 split); resize the
 short side to `resize_to` (512) with bicubic antialiasing when it is larger; never flip. width/height store the saved
-size (fixing the reference's CC12M bug, SPEC §7.10). Unreadable images and missing, empty or non-UTF-8 captions are
-skipped, logged and counted by reason in <out>/convert_stats.json, as are samples whose key is not unique in its tar.
+size (fixing the reference's CC12M bug, SPEC §7.10). Unreadable images, images over `max_pixels` (checked before
+decoding) and missing, empty or non-UTF-8 captions are skipped, logged and counted by reason in
+<out>/convert_stats.json, as are samples whose key is not unique in its tar.
 
 Workers take every n-th input tar and each writes <tmp>/<worker>/; the indexes are merged and the finished
 directory is renamed onto <out>, so <out> is either complete or absent.
 """
-import io
 import json
 import logging
 import os
@@ -24,6 +24,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.functional import resize
 
 from microdit.data.captions import clean_caption, decode_caption
+from microdit.data.images import MAX_PIXELS, decode_image
 from microdit.data.mds import SIZE_LIMIT, merge_parts
 from microdit.data.shards import IMAGE_EXTS, list_shards, read_shard
 from microdit.errors import UserError
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = {"key": "str", "width": "int32", "height": "int32", "jpg": "jpeg", "caption": "str"}
 STATS_FILE = "convert_stats.json"
-SKIP_REASONS = ("too_small", "bad_image", "no_image", "bad_caption", "duplicate_key")
+SKIP_REASONS = ("too_small", "too_large", "bad_image", "no_image", "bad_caption", "duplicate_key")
 
 
 @dataclass(frozen=True)
@@ -40,16 +41,7 @@ class Rules:
     min_side: int = 256
     resize_to: int = 512  # 0 = never resize
     clean_captions: bool = False
-
-
-def load_image(data: bytes) -> Image.Image | None:
-    """A fully decoded RGB image, or None for empty, truncated or undecodable bytes."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()  # decode now: a truncated file fails here rather than inside the MDS writer
-        return image.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # Pillow: SyntaxError for broken PNGs
-        return None
+    max_pixels: int = MAX_PIXELS  # larger images are skipped before they are decoded
 
 
 def resize_short_side(image: Image.Image, size: int) -> Image.Image:
@@ -66,9 +58,9 @@ def convert_sample(key: str, files: dict[str, bytes], rules: Rules) -> tuple[dic
     data = next((files[ext] for ext in IMAGE_EXTS if ext in files), None)
     if data is None:
         return None, "no_image"
-    image = load_image(data)
+    image, outcome = decode_image(data, rules.max_pixels)
     if image is None:
-        return None, "bad_image"
+        return None, outcome
     if min(image.size) < rules.min_side:
         return None, "too_small"
     outcome = "kept"

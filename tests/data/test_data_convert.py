@@ -1,7 +1,10 @@
 """Convert: the SPEC §4.1 size rules on crafted sizes, bad samples counted, the MDS round trip, atomic output."""
 import json
+import struct
+import zlib
 
 import pytest
+from PIL import ImageFile
 
 from data_helpers import jpeg_bytes, make_tar, run, write_wds
 from microdit.data import mds
@@ -48,7 +51,7 @@ def test_bad_samples_are_counted_skips(tmp_path):
                Sample("empty_file", b"", "x"), Sample("empty_caption", good, "   ")]
     write_wds(tmp_path / "wds", samples)
     stats = convert(tmp_path / "wds", tmp_path / "mds")
-    assert stats["kept"] == 1 and stats["skipped"] == {"too_small": 0, "bad_image": 2, "no_image": 0,
+    assert stats["kept"] == 1 and stats["skipped"] == {"too_small": 0, "too_large": 0, "bad_image": 2, "no_image": 0,
                                                        "bad_caption": 1, "duplicate_key": 0}
 
 
@@ -147,3 +150,31 @@ def test_caption_cleaning(raw, clean):
 
 def test_caption_cleaning_reads_a_bounded_prefix():
     assert clean_caption("a" * 5000) == "a" * 1000  # the text encoder reads 77 tokens
+
+
+def png_header(width: int, height: int) -> bytes:
+    """The start of an RGB PNG of that size: Pillow reads its size from it, and there is nothing to decode."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_an_image_over_the_pixel_cap_is_skipped_before_decoding(monkeypatch):
+    # issue 29: Pillow only warns between 89.5 and 179 MP, so such an image was decoded in full (0.3 GB as RGB)
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size) or real_load(self))
+    record, reason = convert_sample("huge", {"png": png_header(10_000, 9_000), "txt": b"a caption"}, Rules())
+    assert (record, reason, decoded) == (None, "too_large", [])
+    image = {"jpg": jpeg_bytes(300, 300), "txt": b"a caption"}
+    assert convert_sample("capped", image, Rules(max_pixels=300 * 300 - 1)) == (None, "too_large")
+    assert convert_sample("at_cap", image, Rules(max_pixels=300 * 300))[1] == "kept"
+
+
+@pytest.mark.parametrize("value", ["0", "89478486", "many"])
+def test_the_pixel_cap_stays_below_pillow_s_limit(value, capsys):
+    with pytest.raises(SystemExit):
+        run(["convert", "--input", "in", "--out", "out", "--max-pixels", value])
+    assert "expected an integer from 1 to Pillow's limit 89478485" in capsys.readouterr().err
