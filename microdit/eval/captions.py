@@ -5,17 +5,23 @@ Input: a directory of webdataset shards (what `microdit download coco2014` write
 or COCO's own `captions_val2014.json`.
 """
 import json
+import logging
 import os
 import random
 import tarfile
 from pathlib import Path
 
+from microdit.data.captions import decode_caption
 from microdit.data.shards import finished_shards, tar_path
 from microdit.errors import UserError
 
+log = logging.getLogger(__name__)
 
-def shard_captions(wds_dir: str | os.PathLike) -> dict[str, str]:
-    """image key -> caption from the `<key>.txt` members of the finished shards."""
+
+def shard_captions(wds_dir: str | os.PathLike, skipped: dict[str, int] | None = None) -> dict[str, str]:
+    """image key -> caption from the `<key>.txt` members of the finished shards. A caption that is empty or not
+    UTF-8 is skipped, logged and counted in skipped["bad_caption"], as convert does: one bad caption used to
+    reject the whole shard."""
     wds_dir = Path(wds_dir)
     captions: dict[str, str] = {}
     for shard_id in sorted(finished_shards(wds_dir)):
@@ -23,8 +29,15 @@ def shard_captions(wds_dir: str | os.PathLike) -> dict[str, str]:
             with tarfile.open(tar_path(wds_dir, shard_id)) as tar:
                 for member in tar:
                     if member.isfile() and member.name.endswith(".txt"):
-                        captions[member.name[:-4]] = tar.extractfile(member).read().decode("utf-8").strip()
-        except (tarfile.TarError, UnicodeDecodeError) as err:
+                        text = decode_caption(tar.extractfile(member).read())
+                        if text is None:
+                            log.warning("%s: caption %s skipped: bad_caption", tar_path(wds_dir, shard_id),
+                                        member.name)
+                            if skipped is not None:
+                                skipped["bad_caption"] = skipped.get("bad_caption", 0) + 1
+                            continue
+                        captions[member.name[:-4]] = text
+        except tarfile.TarError as err:
             raise UserError(f"{tar_path(wds_dir, shard_id)}: unreadable shard ({err})") from None
     return captions
 
@@ -39,8 +52,8 @@ def annotation_captions(path: str | os.PathLike) -> dict[str, str]:
     return first_captions(annotations, str(path))
 
 
-def read_source_captions(source: str | os.PathLike) -> dict[str, str]:
-    captions = shard_captions(source) if Path(source).is_dir() else annotation_captions(source)
+def read_source_captions(source: str | os.PathLike, skipped: dict[str, int] | None = None) -> dict[str, str]:
+    captions = shard_captions(source, skipped) if Path(source).is_dir() else annotation_captions(source)
     captions = {key: text for key, text in captions.items() if text}
     if not captions:
         raise UserError(f"{source}: no captions found (expected finished webdataset shards or a COCO captions JSON)")

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from microdit.arguments import non_negative_float, positive_int
+from microdit.data.images import add_max_pixels
 from microdit.errors import UserError
 from microdit.files import read_json, sha256_file, write_json, write_jsonl
 
@@ -75,9 +76,10 @@ def add_captions(subparsers) -> None:
 def run_captions(args) -> None:
     from microdit.eval.captions import read_source_captions, sample_captions
 
-    rows = sample_captions(read_source_captions(args.source), args.num, args.seed)
+    skipped: dict[str, int] = {}
+    rows = sample_captions(read_source_captions(args.source, skipped), args.num, args.seed)
     write_jsonl(rows, args.out)
-    print(json.dumps({"captions": len(rows), "out": args.out}))
+    print(json.dumps({"captions": len(rows), "skipped": skipped, "out": args.out}))
 
 
 def add_generate(subparsers) -> None:
@@ -160,6 +162,7 @@ def add_fid_stats(subparsers) -> None:
     p.add_argument("--out", required=True, help=".npz to write (in the results tree)")
     p.add_argument("--resolution", type=positive_int, required=True, help="center-crop size = the evaluation resolution")
     p.add_argument("--captions", help="caption JSONL: use only the images it names (default: all)")
+    add_max_pixels(p)
     add_feature_args(p)
     p.set_defaults(func=run_fid_stats)
 
@@ -180,7 +183,7 @@ def run_fid_stats(args) -> None:
         keys = {row["image_id"] for row in rows}
     extractor = build_extractor(args.features, args.mode, device, args.inception_weights)
     meta = compute_reference_stats(args.images, args.out, extractor, args.mode, args.resolution, device,
-                                   args.batch_size, keys)
+                                   args.batch_size, keys, args.max_pixels)
     print(json.dumps({**meta, "out": args.out}))
 
 

@@ -2,22 +2,28 @@
 as .npz in the results tree (clean-fid's `make_custom_stats` would write into site-packages instead).
 
 Each reference image is resized (short side, bicubic) and center-cropped to the evaluation resolution first, the
-same geometry the generated images have. The reference is a folder of image files or of webdataset shards; shard
-images are unpacked into a scratch folder next to the output and removed afterwards.
+same geometry the generated images have. The reference is a folder of image files or of webdataset shards; the
+images that decode within the pixel cap are unpacked (shards) or linked (a folder) into a scratch folder next to the
+output, removed afterwards; the others are skipped, logged and counted, as convert does.
 """
+import logging
 import os
 import shutil
 import tarfile
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image
 
+from microdit.data.images import MAX_PIXELS, decode_image
 from microdit.data.shards import IMAGE_EXTS, finished_shards, tar_path
 from microdit.errors import UserError
 from microdit.eval.fid import FeatureExtractor, folder_features, save_stats, statistics
+
+log = logging.getLogger(__name__)
 
 
 def center_crop(resolution: int):
@@ -33,16 +39,41 @@ def center_crop(resolution: int):
     return transform
 
 
-def unpack_shard_images(wds_dir: Path, dest: Path, keys: set[str] | None = None) -> int:
-    """Copy the image members of the finished shards into dest (named by key); returns how many."""
-    count = 0
+def shard_images(wds_dir: Path, keys: set[str] | None = None) -> Iterator[tuple[str, bytes, Path | None]]:
+    """(file name, bytes, None) of the finished shards' image members (named by key)."""
     for shard_id in sorted(finished_shards(wds_dir)):
         with tarfile.open(tar_path(wds_dir, shard_id)) as tar:
             for member in tar:
                 key, _, ext = member.name.rpartition(".")
                 if member.isfile() and ext.lower() in IMAGE_EXTS and (keys is None or key in keys):
-                    (dest / f"{key.replace('/', '_')}.{ext.lower()}").write_bytes(tar.extractfile(member).read())
-                    count += 1
+                    yield f"{key.replace('/', '_')}.{ext.lower()}", tar.extractfile(member).read(), None
+
+
+def folder_images(folder: Path) -> Iterator[tuple[str, bytes, Path | None]]:
+    """(file name, bytes, path) of the image files under `folder` that clean-fid would read."""
+    from cleanfid.utils import EXTENSIONS
+
+    for path in sorted(p for p in folder.rglob("*") if p.suffix[1:] in EXTENSIONS and p.is_file()):
+        yield str(path.relative_to(folder)).replace(os.sep, "_"), path.read_bytes(), path
+
+
+def stage_images(images: Iterable[tuple[str, bytes, Path | None]], dest: Path, max_pixels: int,
+                 skipped: dict[str, int]) -> int:
+    """Put the images that decode within the pixel cap into dest (a folder's files as links); the others are
+    skipped, logged and counted by reason, as convert does. Returns how many were put."""
+    count = 0
+    for name, data, path in images:
+        if not name.lower().endswith(".npy"):  # clean-fid also reads arrays; they need no decoding
+            image, reason = decode_image(data, max_pixels)
+            if image is None:
+                log.warning("reference image %s skipped: %s", path or name, reason)
+                skipped[reason] = skipped.get(reason, 0) + 1
+                continue
+        if path is None:
+            (dest / name).write_bytes(data)
+        else:
+            os.symlink(path.resolve(), dest / name)
+        count += 1
     return count
 
 
@@ -51,21 +82,25 @@ def is_shard_dir(path: Path) -> bool:
 
 
 @contextmanager
-def reference_folder(source: str | os.PathLike, scratch_parent: Path, keys: set[str] | None = None):
-    """A folder holding the reference images: `source` itself, or the shards' images unpacked."""
+def reference_folder(source: str | os.PathLike, scratch_parent: Path, keys: set[str] | None = None,
+                     max_pixels: int = MAX_PIXELS, skipped: dict[str, int] | None = None):
+    """A scratch folder holding the reference images that can be used (the shards' images unpacked, or links to
+    a folder's files); `skipped` receives the counts of the others by reason."""
     source = Path(source)
+    skipped = {} if skipped is None else skipped
     if not source.is_dir():
         raise UserError(f"{source}: not a directory of images or of webdataset shards")
-    if not is_shard_dir(source):
-        if keys is not None:
-            raise UserError(f"{source}: --captions selects images by key, which needs webdataset shards")
-        yield source
-        return
+    shards = is_shard_dir(source)
+    if keys is not None and not shards:
+        raise UserError(f"{source}: --captions selects images by key, which needs webdataset shards")
     scratch_parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".reference_images.", dir=scratch_parent))
     try:
-        if unpack_shard_images(source, scratch, keys) == 0:
-            raise UserError(f"{source}: no images found in the finished shards")
+        images = shard_images(source, keys) if shards else folder_images(source)
+        count = stage_images(images, scratch, max_pixels, skipped)
+        if count < 2:
+            raise UserError(f"{source}: {count} image files usable (skipped: {skipped or 'none'}); statistics need "
+                            "at least 2")
         yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -73,15 +108,18 @@ def reference_folder(source: str | os.PathLike, scratch_parent: Path, keys: set[
 
 def compute_reference_stats(source: str | os.PathLike, out: str | os.PathLike, extractor: FeatureExtractor,
                             mode: str, resolution: int, device="cpu", batch_size: int = 64,
-                            keys: set[str] | None = None) -> dict:
-    """Write the statistics file; returns its metadata. `keys` limits shard images to those image ids."""
+                            keys: set[str] | None = None, max_pixels: int = MAX_PIXELS) -> dict:
+    """Write the statistics file; returns its metadata and the skipped images' counts by reason. `keys` limits
+    shard images to those image ids."""
     out = Path(out)
-    with reference_folder(source, out.parent, keys) as folder:
+    skipped: dict[str, int] = {}
+    with reference_folder(source, out.parent, keys, max_pixels, skipped) as folder:
         features = folder_features(folder, extractor, mode, device, batch_size, center_crop(resolution))
-    if keys is not None and len(features) < len(keys):
-        raise UserError(f"{source}: {len(keys) - len(features)} of the {len(keys)} selected images are missing")
+    if keys is not None and len(features) + sum(skipped.values()) < len(keys):
+        missing = len(keys) - len(features) - sum(skipped.values())
+        raise UserError(f"{source}: {missing} of the {len(keys)} selected images are missing")
     mu, sigma = statistics(features)
     meta = {"feature_extractor": extractor.name, "metric": extractor.metric, "mode": mode,
             "resolution": resolution, "num_images": len(features), "source": str(source)}
     save_stats(out, mu, sigma, **meta)
-    return meta
+    return {**meta, "skipped": skipped}

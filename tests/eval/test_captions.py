@@ -50,3 +50,19 @@ def test_too_many_or_bad_captions_are_user_errors(tmp_path, coco_annotations):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no captions"):
         read_source_captions(tmp_path / "empty")
+
+
+def test_a_bad_caption_is_a_counted_skip_not_a_rejected_shard(tmp_path):
+    # issue 29: one non-UTF-8 caption made eval-captions reject its whole shard
+    import io
+    import tarfile
+
+    wds = write_shards(tmp_path / "wds", smooth_images(3, 16, seed=0), ["a", "b", "c"])
+    with tarfile.open(wds / "00000.tar", "a") as tar:
+        for name, data in (("latin1.png", b"x"), ("latin1.txt", "caf\xe9".encode("latin-1"))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    skipped = {}
+    captions = read_source_captions(wds, skipped)
+    assert sorted(captions.values()) == ["a", "b", "c"] and skipped == {"bad_caption": 1}

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eval_helpers import noise_images, smooth_images, write_folder, write_shards
+from eval_helpers import noise_images, png_bytes, smooth_images, write_folder, write_shards
 from microdit.errors import UserError
 from microdit.eval import fid as fidmod
 from microdit.eval.features import LABEL, load_efficientnet_lite0, preprocess
@@ -98,3 +98,23 @@ def test_staged_inception_weights_are_copied_where_cleanfid_looks(tmp_path, offl
     assert offline_inception.read_bytes() == b"weights"
     with pytest.raises(UserError, match="no such file"):
         offline_inception.unlink() or fidmod.ensure_inception_weights("clean", tmp_path / "absent.pt")
+
+
+def test_bad_reference_images_are_counted_skips(tmp_path, efficientnet_extractor):
+    # issue 29: one undecodable or oversized reference image stopped fid-stats with a traceback
+    from microdit.data.shards import Sample, write_shard
+
+    good = [png_bytes(image) for image in smooth_images(3, 40, seed=4)]
+    samples = [Sample(f"ok{i}", data, "c", image_ext="png") for i, data in enumerate(good)]
+    samples += [Sample("truncated", good[0][:60], "c", image_ext="png"),
+                Sample("large", png_bytes(noise_images(1, 64, seed=5)[0]), "c", image_ext="png")]
+    write_shard(tmp_path / "wds", 0, samples)
+    keys = {"ok0", "ok1", "ok2", "truncated", "large"}
+    meta = compute_reference_stats(tmp_path / "wds", tmp_path / "ref.npz", efficientnet_extractor, "clean", 32,
+                                   keys=keys, max_pixels=40 * 40)
+    assert meta["num_images"] == 3 and meta["skipped"] == {"bad_image": 1, "too_large": 1}
+    folder = write_folder(tmp_path / "folder", smooth_images(2, 40, seed=6))
+    (folder / "broken.png").write_bytes(good[1][:60])
+    meta = compute_reference_stats(folder, tmp_path / "folder.npz", efficientnet_extractor, "clean", 32)
+    assert meta["num_images"] == 2 and meta["skipped"] == {"bad_image": 1}
+    assert sorted(p.name for p in folder.iterdir()) == ["000000.png", "000001.png", "broken.png"]
