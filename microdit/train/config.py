@@ -4,6 +4,7 @@ Every error names the file and the dotted field (`stage1.yaml: optim.lr: expecte
 config fails in the launching shell rather than minutes later on a cluster node.
 """
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -286,7 +287,17 @@ def _coerce(hint, value, where: str):
         expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
                     dict: "a mapping"}[hint]
         raise UserError(f"{where}: expected {expected}, got {value!r}")
+    if (bad := _non_finite(value, where)) is not None:  # YAML reads .nan and .inf as numbers; no bound refuses NaN
+        raise UserError(f"{bad[0]}: expected a finite number, got {bad[1]}")
     return float(value) if hint is float else value
+
+
+def _non_finite(value, where: str) -> tuple[str, float] | None:
+    """(dotted name, value) of the first NaN or infinity in a setting, nested lists and mappings included."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where, value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return next((bad for key, item in items if (bad := _non_finite(item, f"{where}.{key}")) is not None), None)
 
 
 def _number(text: str):

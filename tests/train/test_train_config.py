@@ -71,6 +71,21 @@ def test_bad_fields_are_named(tmp_path, change, message):
         tiny_config(tmp_path, **change)
 
 
+@pytest.mark.parametrize("line, message", [
+    ("optim:\n  lr: .nan\n", "s.yaml: optim.lr: expected a finite number, got nan"),
+    ("ema:\n  decay: .inf\n", "s.yaml: ema.decay: expected a finite number, got inf"),
+    ("samples:\n  guidance_scale: -.inf\n", "s.yaml: samples.guidance_scale: expected a finite number, got -inf"),
+    ("model:\n  overrides:\n    mlp_ratio: .nan\n", "s.yaml: model.overrides.mlp_ratio: expected a finite number"),
+    ("data:\n  options:\n    weights: [1, .nan]\n", "s.yaml: data.options.weights.1: expected a finite number"),
+], ids=["lr", "ema", "guidance", "overrides", "options"])
+def test_non_finite_numbers_are_refused_by_name(tmp_path, line, message):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: x\nsteps: 3\nglobal_batch: 8\nmicro_batch: 2\n" + line)
+    with pytest.raises(UserError, match=re.escape(message)) as caught:
+        load_stage_config(path)
+    assert "\n" not in str(caught.value)
+
+
 def test_yaml_overrides_and_missing_fields(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("name: x\nsteps: 3\nglobal_batch: 8\nmicro_batch: 2\n")
