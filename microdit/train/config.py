@@ -6,8 +6,10 @@ config fails in the launching shell rather than minutes later on a cluster node.
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -380,5 +382,21 @@ def _validate(cfg: StageConfig, w: str) -> None:
     _check(launch.cluster in CLUSTERS, w, f"launch.cluster: expected one of {list(CLUSTERS)}, got {launch.cluster!r}")
     _check(launch.nodes > 0 and launch.tasks_per_node > 0, w, "launch.nodes and launch.tasks_per_node must be > 0")
     _check(launch.cpus_per_task > 0, w, f"launch.cpus_per_task: must be > 0, got {launch.cpus_per_task}")
-    _check(all(isinstance(x, str) and x.startswith("--") for x in launch.sbatch_extra), w,
-           "launch.sbatch_extra: expected a list of '--key=value' strings")
+    _validate_launch_strings(launch, w)
+
+
+# an sbatch option as a list item: `--key` or `--key=value`
+SBATCH_OPTION = re.compile(r"--[A-Za-z][A-Za-z0-9_-]*(=.*)?", re.DOTALL)
+
+
+def _validate_launch_strings(launch: LaunchConfig, w: str) -> None:
+    """Launch strings become lines of the sbatch script submitit writes: a newline in one would be a line of its
+    own there, and run. So no control character anywhere, and extra options only in the `--key[=value]` form."""
+    named = [(f"launch.{f.name}", getattr(launch, f.name)) for f in dataclasses.fields(launch) if f.type is str]
+    for i, item in enumerate(launch.sbatch_extra):
+        _check(isinstance(item, str) and SBATCH_OPTION.fullmatch(item) is not None, w,
+               f"launch.sbatch_extra.{i}: expected '--key' or '--key=value', got {item!r}")
+        named.append((f"launch.sbatch_extra.{i}", item))
+    for key, text in named:
+        _check(not any(unicodedata.category(c) == "Cc" for c in text), w,
+               f"{key}: control characters (a newline, a tab, ...) are not allowed, got {text!r}")

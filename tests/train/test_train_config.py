@@ -86,6 +86,31 @@ def test_non_finite_numbers_are_refused_by_name(tmp_path, line, message):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("launch, message", [
+    ({"partition": "gpu\n#SBATCH --wrap=id"}, "launch.partition: control characters"),
+    ({"account": "a\tb"}, "launch.account: control characters"),
+    ({"qos": "high\r"}, "launch.qos: control characters"),
+    ({"constraint": "h100\x1b[2J"}, "launch.constraint: control characters"),
+    ({"cluster": "slurm\n"}, "launch.cluster: expected one of"),
+    ({"sbatch_extra": ["--mail-type=END\n#SBATCH --wrap=id"]}, "launch.sbatch_extra.0: control characters"),
+    ({"sbatch_extra": ["--exclusive", "exclusive"]}, "launch.sbatch_extra.1: expected '--key' or '--key=value'"),
+    ({"sbatch_extra": ["--=x"]}, "launch.sbatch_extra.0: expected '--key' or '--key=value'"),
+    ({"sbatch_extra": ["-- wrap"]}, "launch.sbatch_extra.0: expected '--key' or '--key=value'"),
+    ({"sbatch_extra": [3]}, "launch.sbatch_extra.0: expected '--key' or '--key=value'"),
+], ids=["partition", "account", "qos", "constraint", "cluster", "extra-newline", "extra-no-dashes", "extra-no-key",
+        "extra-space", "extra-number"])
+def test_launch_strings_cannot_add_sbatch_lines(tmp_path, launch, message):
+    with pytest.raises(UserError, match=re.escape(message)) as caught:
+        tiny_config(tmp_path, launch=launch)
+    assert "\n" not in str(caught.value)
+
+
+def test_launch_strings_that_sbatch_takes_pass(tmp_path):
+    cfg = tiny_config(tmp_path, launch={"partition": "gpu,gpu-long", "constraint": "h100|a100", "account": "proj-1",
+                                        "sbatch_extra": ["--exclusive", "--mail-type=END", "--gres=gpu:h100:4"]})
+    assert cfg.launch.sbatch_extra[2] == "--gres=gpu:h100:4"
+
+
 def test_yaml_overrides_and_missing_fields(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("name: x\nsteps: 3\nglobal_batch: 8\nmicro_batch: 2\n")
