@@ -45,6 +45,17 @@ def prune_checkpoints(out_dir: str | Path, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
+def remove_dead_temp_files(out_dir: str | Path) -> list[Path]:
+    """Half-written checkpoints (atomic_write's temporary files) of a save that was killed: an exception removes
+    its own, a kill -9 or a lost node leaves one as big as a checkpoint. Only for rank 0 at the stage's start, before
+    any save: a stage folder has one job at a time (its driver's lock), in which rank 0 alone writes checkpoints,
+    so no live writer can own them then. Returns what was removed."""
+    found = sorted((Path(out_dir) / CHECKPOINT_DIR).glob(".step_*.pt.*.tmp"))
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
+
+
 def run_fingerprint(settings: dict) -> str:
     """sha256 of what decides the trained weights: the stage's settings (a stage config as a dict, cosmetic keys
     dropped), the run it starts from and what its data were made from. Checkpoints are resumed only under the same
@@ -130,9 +141,10 @@ def restore_rng(state: dict) -> None:
 
 # -------------------------------------------------------------------------------------------- save / load
 def save_full_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema, source, clock: dict,
-                    info: DistInfo) -> None:
-    """Collective: every rank calls it; rank 0 writes. `clock` holds step, stage_start and stage name. Names are
-    the plain model's (no DDP `module.`), so a state saved on N ranks resumes on M."""
+                    info: DistInfo, keep: int) -> None:
+    """Collective: every rank calls it; rank 0 writes, keeping the newest `keep` checkpoints. `clock` holds step,
+    stage_start and stage name. Names are the plain model's (no DDP `module.`), so a state saved on N ranks resumes
+    on M."""
     model_state, optim_state = get_state_dict(unwrap(model), optimizer,
                                               options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     ema_state = ema.state_dict() if ema is not None else None
@@ -141,7 +153,13 @@ def save_full_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     if info.is_main:
         payload = {**clock, "world_size": info.world_size, "model": model_state, "optimizer": optim_state,
                    "ema": ema_state, "rng": rng, "loader": loader}
+        out_dir = path.parent.parent
+        # Room first, so that the folder peaks at `keep` checkpoints, not keep + 1: the oldest goes before the write,
+        # but the newest keep - 1 stay through it, and the newest is always valid (written whole by this run, or the
+        # one it resumed from, read back then). With keep 1 the only one goes only once the new one is in place.
+        prune_checkpoints(out_dir, max(keep - 1, 1))
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
+        prune_checkpoints(out_dir, keep)
 
 
 def read_full_state(path: str | Path) -> dict:

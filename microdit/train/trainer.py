@@ -92,6 +92,9 @@ class Trainer:
         self.raw = build_model(cfg).to(info.device)
         self.flops_per_sample = self._measure_flops()
         if info.is_main:
+            if removed := ckpt.remove_dead_temp_files(self.out_dir):
+                print(f"{self.out_dir}: removed {len(removed)} half-written checkpoint file(s) of a save that was "
+                      f"killed, e.g. {removed[0].name}", file=sys.stderr, flush=True)
             stale = ckpt.claim_checkpoints(self.out_dir, ckpt.run_fingerprint(to_dict(cfg)))
             if stale is not None:
                 print(f"{self.out_dir}: the config, the stage it starts from or its data changed since its "
@@ -311,9 +314,8 @@ class Trainer:
         path = ckpt.checkpoint_path(self.out_dir, self.step)
         clock = {"step": self.step, "stage_start": self.stage_start, "stage": self.cfg.name,
                  "wall_time": self.wall_time_before + elapsed, "config": to_dict(self.cfg)}
-        ckpt.save_full_state(path, self.model, self.optimizer, self.ema, self.source, clock, self.info)
-        if self.info.is_main:
-            ckpt.prune_checkpoints(self.out_dir, self.cfg.keep_checkpoints)
+        ckpt.save_full_state(path, self.model, self.optimizer, self.ema, self.source, clock, self.info,
+                             self.cfg.keep_checkpoints)
         barrier()
         self.last_checkpoint = path
 

@@ -1,0 +1,78 @@
+"""A stage's checkpoint files under faults: a save killed mid-write, pruning's peak."""
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import microdit.train.state as state_module
+from microdit.train.distributed import DistInfo
+from microdit.train.state import checkpoint_path, list_checkpoints
+from microdit.train.trainer import Trainer
+from train_helpers import tiny_config
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_after(step):
+    def callback(ctx):
+        if ctx.step == step:
+            raise Killed
+    return callback
+
+
+def interrupted_run(out, steps=6, after=5, **changes):
+    """A stage stopped after step `after`: its checkpoints are those of the steps before, by save_every 2."""
+    cfg = tiny_config(out, steps=steps, **changes)
+    with pytest.raises(Killed):
+        Trainer(cfg, DistInfo(), callbacks=[kill_after(after)]).run()
+    return cfg
+
+
+# a checkpoint save in a process that is killed (SIGKILL: no handler runs) once it has written part of the file
+KILLED_SAVE = """
+import os, signal, sys
+from microdit.files import atomic_write
+
+def write(tmp):
+    with open(tmp, "wb") as f:
+        f.write(b"half a checkpoint" * 1000)
+        f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+atomic_write(sys.argv[1], write)
+"""
+
+
+def test_a_save_killed_mid_write_leaves_no_file_after_the_next_start(tmp_path, capsys):
+    cfg = interrupted_run(tmp_path, after=3)
+    done = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(checkpoint_path(tmp_path, 4))])
+    assert done.returncode == -signal.SIGKILL
+    (leaked,) = (tmp_path / "checkpoints").glob(".step_000000004.pt.*.tmp")  # what the probe found
+    resumed = Trainer(cfg, DistInfo())
+    assert resumed.step == 2 and not leaked.exists()
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.endswith(".tmp")] == []
+    assert "removed 1 half-written checkpoint file(s) of a save that was killed" in capsys.readouterr().err
+    assert resumed.run()["global_step"] == 6
+
+
+@pytest.mark.parametrize("keep, seen", [
+    (2, [[], ["step_000000002.pt"], ["step_000000004.pt"]]),  # K files at the peak, not K + 1
+    (1, [[], ["step_000000002.pt"], ["step_000000004.pt"]]),  # the only one stays until the new one is in place
+    (3, [[], ["step_000000002.pt"], ["step_000000002.pt", "step_000000004.pt"]]),
+])
+def test_pruning_makes_room_before_a_save_but_keeps_a_valid_checkpoint(tmp_path, monkeypatch, keep, seen):
+    writes = []
+    real = state_module.atomic_write
+
+    def watching(path, write):
+        writes.append([p.name for p in list_checkpoints(tmp_path)])
+        real(path, write)
+
+    monkeypatch.setattr(state_module, "atomic_write", watching)
+    Trainer(tiny_config(tmp_path, steps=6, keep_checkpoints=keep), DistInfo()).run()
+    assert writes == seen
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000002.pt", "step_000000004.pt",
+                                                            "step_000000006.pt"][-keep:]
