@@ -5,6 +5,7 @@ kept. Files are read back with torch.load(weights_only=True), so they hold only 
 """
 import random
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,27 @@ def read_full_state(path: str | Path) -> dict:
     if not isinstance(state, dict) or "optimizer" not in state or "step" not in state:
         raise CheckpointError(f"{path}: not a full training state (no optimizer / step); use init.mode: weights")
     return state
+
+
+def read_newest_valid(out_dir: str | Path, is_main: bool) -> tuple[Path, dict]:
+    """The newest checkpoint that reads back, and its state. Newer ones that do not (truncated, corrupted) are
+    renamed `<name>.corrupt` by rank 0: kept for the user, but never tried or counted by pruning again (pruning
+    must not keep a broken newest in place of the valid one). The fallback is said on stderr."""
+    broken = []
+    for path in reversed(list_checkpoints(out_dir)):
+        try:
+            state = read_full_state(path)
+        except CheckpointError as err:
+            broken.append((path, err))
+            continue
+        for bad, err in broken if is_main else ():
+            bad.replace(bad.with_name(bad.name + ".corrupt"))
+            print(f"{err}; renamed to {bad.name}.corrupt, resuming the newest valid checkpoint, {path.name}, instead",
+                  file=sys.stderr, flush=True)
+        return path, state
+    if not broken:
+        raise CheckpointError(f"{Path(out_dir) / CHECKPOINT_DIR}: no checkpoint to resume")
+    raise CheckpointError(f"{broken[0][1]}; no older checkpoint reads back either (start afresh with --resume none)")
 
 
 def check_state_fits(state: dict, model: nn.Module, source: str | Path) -> None:

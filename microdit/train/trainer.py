@@ -122,12 +122,13 @@ class Trainer:
         self.heldout = (HeldOutLoss(cfg, self.edm, info.rank, info.world_size, info.device)
                         if cfg.validation.every else None)
         full_state = source = None
-        if resume_from is not None:
-            source = resume_from
+        if resume_from is not None:  # a newest checkpoint that does not read back falls back to an older one
+            source, full_state = ckpt.read_newest_valid(self.out_dir, info.is_main)
+            resume_from = source
         elif init is not None and init.mode == "full":
             source = ckpt.resolve_init(init.from_, "full")
-        if source is not None:
             full_state = ckpt.read_full_state(source)
+        if source is not None:
             ckpt.check_state_fits(full_state, self.model, source)
             self._load_full_state(full_state, same_stage=resume_from is not None, source=source)
             self.last_checkpoint = resume_from

@@ -1,4 +1,5 @@
-"""A stage's checkpoint files under faults: a save killed mid-write, pruning's peak."""
+"""A stage's checkpoint files under faults: a save killed mid-write, pruning's peak, a broken newest checkpoint."""
+import os
 import signal
 import subprocess
 import sys
@@ -6,6 +7,7 @@ import sys
 import pytest
 
 import microdit.train.state as state_module
+from microdit.checkpoint import CheckpointError
 from microdit.train.distributed import DistInfo
 from microdit.train.state import checkpoint_path, list_checkpoints
 from microdit.train.trainer import Trainer
@@ -76,3 +78,32 @@ def test_pruning_makes_room_before_a_save_but_keeps_a_valid_checkpoint(tmp_path,
     assert writes == seen
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000002.pt", "step_000000004.pt",
                                                             "step_000000006.pt"][-keep:]
+
+
+def truncate(path):
+    os.truncate(path, path.stat().st_size // 2)
+
+
+def test_a_broken_newest_checkpoint_falls_back_to_the_newest_valid_one(tmp_path, capsys):
+    cfg = interrupted_run(tmp_path)
+    newest = checkpoint_path(tmp_path, 4)
+    truncate(newest)
+    resumed = Trainer(cfg, DistInfo())
+    assert resumed.step == 2 and resumed.last_checkpoint == checkpoint_path(tmp_path, 2)
+    err = capsys.readouterr().err
+    assert f"{newest}: not a readable training checkpoint" in err
+    assert "renamed to step_000000004.pt.corrupt, resuming the newest valid checkpoint, step_000000002.pt" in err
+    assert (tmp_path / "checkpoints" / "step_000000004.pt.corrupt").is_file()
+    assert resumed.run()["global_step"] == 6
+    # the broken file is neither resumed nor kept by pruning in place of a valid one
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000004.pt", "step_000000006.pt"]
+
+
+def test_no_valid_checkpoint_is_one_error_naming_the_newest(tmp_path):
+    cfg = interrupted_run(tmp_path)
+    for step in (2, 4):
+        truncate(checkpoint_path(tmp_path, step))
+    with pytest.raises(CheckpointError, match="step_000000004.pt: not a readable training checkpoint .*; no older "
+                                              r"checkpoint reads back either \(start afresh with --resume none\)"):
+        Trainer(cfg, DistInfo())
+    assert len(list_checkpoints(tmp_path)) == 2  # nothing renamed: the user decides
