@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# CI: the tiny preset's data rules and first two training stages through a real one-node SLURM.
-# Data rules are sbatch jobs of the Snakemake SLURM executor; each training stage is an sbatch job of submitit.
+# CI: the tiny preset's whole DAG through a real one-node SLURM, up to the report. Data and evaluation rules are sbatch
+# jobs of the Snakemake SLURM executor; each of the four training stages is one sbatch job of submitit with 2 tasks
+# sharded by FSDP2 (tests/slurm/tiny_on_slurm.yaml).
 # Needs the venv (make install) and a started cluster (tests/slurm/cluster.sh start).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -10,7 +11,7 @@ source "${MICRODIT_SLURM_DIR:-/tmp/microdit-slurm}/env"
 rm -rf results/tiny-slurm
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-snakemake stage2 --profile profiles/slurm --configfile config/tiny.yaml tests/slurm/tiny_on_slurm.yaml 2>&1 | tee "$log"
+snakemake --profile profiles/slurm --configfile config/tiny.yaml tests/slurm/tiny_on_slurm.yaml 2>&1 | tee "$log"
 SNAKEMAKE_LOG="$log" python - <<'PY'
 import json
 import os
@@ -19,8 +20,9 @@ import subprocess
 from pathlib import Path
 
 run = Path("results/tiny-slurm")
-for stage in ("stage1", "stage2"):
+for stage in ("stage1", "stage2", "stage3", "stage4"):
     stats = json.loads((run / "train" / stage / "train_stats.json").read_text())
+    assert stats["world_size"] == 2, f"{stage}: {stats['world_size']} ranks"
     assert (run / "train" / stage / "final.safetensors").stat().st_size > 0, stage
     jobs = list((run / "train" / stage / "submitit").glob("*/*_submitted.pkl"))
     assert jobs, f"{stage}: no submitit job folder"
@@ -28,11 +30,13 @@ for stage in ("stage1", "stage2"):
     state = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True, text=True,
                            check=True).stdout.split()
     assert state == ["COMPLETED"], f"{stage}: SLURM job {job_id} is {state}"
-    print(f"{stage}: {stats['steps']} steps, final loss {stats['final_loss']:.4f}, SLURM job {job_id} COMPLETED")
+    print(f"{stage}: {stats['steps']} steps on 2 ranks, final loss {stats['final_loss']:.4f}, SLURM job {job_id} "
+          "COMPLETED")
 assert (run / "data" / "synthetic" / "latents" / "index.json").exists()
+assert (run / "report.html").stat().st_size > 0
 # the executor plugin deletes the logs of successful jobs; its submissions are in Snakemake's own output
 submitted = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", Path(os.environ["SNAKEMAKE_LOG"]).read_text())
 rules = {rule for _, rule in submitted}
 assert {"download", "convert", "train_vae", "precompute"} <= rules, f"rules through the SLURM executor: {rules}"
-print(f"ok: {len(submitted)} executor jobs ({', '.join(sorted(rules))}) and 2 submitit training jobs")
+print(f"ok: {len(submitted)} executor jobs ({', '.join(sorted(rules))}), 4 submitit training jobs, the report")
 PY
