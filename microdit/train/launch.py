@@ -121,11 +121,12 @@ class DriverStopped(Exception):
 
 @contextlib.contextmanager
 def stopped_by_signals():
-    """Ctrl-C and SIGTERM (Snakemake stopping its jobs) end the wait with DriverStopped, not with a traceback."""
+    """Ctrl-C, SIGTERM (Snakemake stopping its jobs) and SIGHUP (a closed terminal or ssh session) end the wait with
+    DriverStopped, not with a traceback."""
     def stop(signum, frame):
         raise DriverStopped(signum)
 
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
