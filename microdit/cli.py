@@ -1,10 +1,13 @@
 """`microdit <command>`: one entry point for every step a Snakemake rule or a user runs.
 
 Each command module exposes register(subparsers), adding its parser with set_defaults(func=handler);
-a handler returns an exit status (None = 0). UserError becomes a one-line message and exit status 2.
+a handler returns an exit status (None = 0). UserError, and a full disk met by any command, become a one-line
+message and exit status 2.
 """
 import argparse
+import errno
 import importlib
+import os
 import sys
 
 from microdit.errors import UserError
@@ -40,6 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"microdit {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno not in FULL_DISK:
+            raise
+        print(f"microdit {args.command}: error: {full_disk(err, args)}", file=sys.stderr)
+        return 2
+
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+def full_disk(err: OSError, args) -> str:
+    """A full disk or quota, whichever step's write met it, as the cause and the path: the file when the error
+    names it (open, rename), else the command's output (a write to an open file names none)."""
+    where = err.filename or getattr(args, "out", None) or "the output"
+    return f"{where}: {os.strerror(err.errno).lower()}; free some space there (or write elsewhere) and rerun"
 
 
 if __name__ == "__main__":
