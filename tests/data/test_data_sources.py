@@ -262,3 +262,33 @@ def test_a_truncated_or_corrupt_archive_is_named_and_leaves_no_shard(tmp_path):
     with pytest.raises(UserError, match="part.zip: a broken archive"):
         write_paired_shard(tmp_path / "out", 1, iter_zip_images(tmp_path / "part.zip"), lambda stem: "a cat")
     assert finished_shards(tmp_path / "out") == set() and not list(tmp_path.glob("out/*.tar"))
+
+
+def test_the_fetch_route_says_in_one_line_why_the_hub_failed(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+    import requests
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from microdit.cli import main
+    from microdit.data.sources.fetch import hub_download
+
+    # offline (as the tests run): the client's error, as the user met it, through the command
+    assert main(["download", "textcaps", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == ("microdit download: error: hub dataset HuggingFaceM4/TextCaps (its file list): "
+                                       "download failed (offline mode is on (HF_HUB_OFFLINE): unset it to download)\n")
+    with pytest.raises(UserError, match=r"^hub dataset a/b, file c.tar: download failed \(offline mode is on"):
+        hub_download("a/b", "c.tar", tmp_path / "hub")
+    gone = requests.Response()
+    gone.status_code = 404
+    for raised, reason in [(HfHubHTTPError("404 Client Error\nRepository Not Found", response=gone),
+                            "HTTP 404: no such dataset, file or revision"),
+                           (requests.ConnectionError("Max retries exceeded\n..."),
+                            "the hub cannot be reached (ConnectionError)")]:
+        def failing(*args, raised=raised, **kwargs):
+            raise raised
+
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", failing)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # as if online
+        with pytest.raises(UserError) as failed:
+            hub_download("a/b", "c.tar", tmp_path / "hub")
+        assert str(failed.value) == f"hub dataset a/b, file c.tar: download failed ({reason})"

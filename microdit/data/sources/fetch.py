@@ -58,17 +58,49 @@ def hub_token(required: bool) -> str | None:
     return token
 
 
+@contextlib.contextmanager
+def asking_hub(what: str):
+    """What the hub client raises when the hub cannot be reached, refuses the request or breaks a transfer, as one
+    line naming the dataset file; the client's own messages run to many lines of retries and URLs. A full disk is
+    an OSError of another kind: the CLI reports it."""
+    import requests
+    import urllib3
+    from huggingface_hub import constants
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    try:
+        yield
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OfflineModeIsEnabled) as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status:
+            reason = f"HTTP {status}" + HTTP_HINTS.get(status, "")
+        elif constants.HF_HUB_OFFLINE:
+            reason = "offline mode is on (HF_HUB_OFFLINE): unset it to download"
+        else:
+            reason = f"the hub cannot be reached ({type(err).__name__})"
+        raise UserError(f"hub dataset {what}: download failed ({reason})") from None
+
+
+HTTP_HINTS = {401: ": not signed in; for a gated dataset export " + TOKEN_ENV,
+              403: ": its terms not accepted on huggingface.co, or the token lacks access",
+              404: ": no such dataset, file or revision"}
+
+
 def hub_download(repo_id: str, filename: str, cache_dir: str | os.PathLike, token_required: bool = False,
                  revision: str | None = None) -> Path:
     """A dataset repo file through huggingface_hub (which resumes partial files itself)."""
     from huggingface_hub import hf_hub_download
 
-    path = hf_hub_download(repo_id, filename, repo_type="dataset", local_dir=str(cache_dir), revision=revision,
-                           token=hub_token(token_required))
+    token = hub_token(token_required)
+    with asking_hub(f"{repo_id}, file {filename}"):
+        path = hf_hub_download(repo_id, filename, repo_type="dataset", local_dir=str(cache_dir), revision=revision,
+                               token=token)
     return Path(path)
 
 
 def hub_files(repo_id: str, token_required: bool = False, revision: str | None = None) -> list[str]:
     from huggingface_hub import HfApi
 
-    return HfApi().list_repo_files(repo_id, repo_type="dataset", revision=revision, token=hub_token(token_required))
+    token = hub_token(token_required)
+    with asking_hub(f"{repo_id} (its file list)"):
+        return HfApi().list_repo_files(repo_id, repo_type="dataset", revision=revision, token=token)
