@@ -28,9 +28,12 @@ test: $(STAMP)
 	$(BIN)/pytest --numprocesses $(TEST_WORKERS) --dist worksteal; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# The rules call `microdit`, so the venv's bin goes first on PATH.
+# The rules call `microdit`, so the venv's bin goes first on PATH. A lock left by a killed demo is removed first
+# when no Snakemake runs here (microdit/snakemake_lock.py); else that step says what to run.
+DEMO_ARGS := --profile profiles/local --configfile config/tiny.yaml
 demo: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --profile profiles/local --configfile config/tiny.yaml
+	$(BIN)/microdit unlock-stale --snakemake $(BIN)/snakemake -- $(DEMO_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake $(DEMO_ARGS)
 
 clean-demo:
 	rm -rf results/tiny

@@ -23,6 +23,7 @@ COMMANDS = {
     "train": "microdit.train.commands",
     **dict.fromkeys(("eval-captions", "generate", "fid-stats", "fid", "clip-score", "geneval-metadata",
                      "geneval-generate", "geneval-summary", "report"), "microdit.eval.commands"),
+    "unlock-stale": "microdit.snakemake_lock",
 }
 
 
