@@ -11,18 +11,7 @@ from microdit.checkpoint import CheckpointError
 from microdit.train.distributed import DistInfo
 from microdit.train.state import checkpoint_path, list_checkpoints
 from microdit.train.trainer import Trainer
-from train_helpers import tiny_config
-
-
-class Killed(Exception):
-    pass
-
-
-def kill_after(step):
-    def callback(ctx):
-        if ctx.step == step:
-            raise Killed
-    return callback
+from train_helpers import Killed, kill_after, tiny_config
 
 
 def interrupted_run(out, steps=6, after=5, **changes):

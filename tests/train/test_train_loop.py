@@ -11,18 +11,7 @@ from microdit.train.config import load_stage_config
 from microdit.train.distributed import DistInfo
 from microdit.train.state import list_checkpoints
 from microdit.train.trainer import Trainer, TrainingDiverged
-from train_helpers import tiny_config, weights
-
-
-class Killed(Exception):
-    pass
-
-
-def kill_after(step):
-    def callback(ctx):
-        if ctx.step == step:
-            raise Killed
-    return callback
+from train_helpers import Killed, kill_after, tiny_config, weights
 
 
 def run(cfg, **kwargs):

@@ -18,6 +18,17 @@ BASE = {
 }
 
 
+class Killed(Exception):
+    """Raised by kill_after's callback: a run that dies after a step, its checkpoints as they were then."""
+
+
+def kill_after(step):
+    def callback(ctx):
+        if ctx.step == step:
+            raise Killed
+    return callback
+
+
 def merge(base: dict, changes: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in changes.items():
