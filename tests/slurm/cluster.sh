@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real one-node SLURM (with slurmdbd + MariaDB accounting) for tests and CI.
+# A real SLURM (with slurmdbd + MariaDB accounting) of two nodes on this one host, for tests and CI.
 #
 #   bash tests/slurm/cluster.sh start    # install if needed, start, wait until the node is idle
 #   bash tests/slurm/cluster.sh status   # what runs, sinfo
@@ -171,7 +171,7 @@ SQL
 # --- configs ----------------------------------------------------------------------------------------------
 write_configs() {
     local host="$1" hw
-    install -d -m 0755 "$ETC" "$DIR/state" "$DIR/spool"
+    install -d -m 0755 "$ETC" "$DIR/state" "$DIR/spool/$host" "$DIR/spool/$(second_node "$host")"
     # The node line must match the hardware slurmd detects, else the node is drained as "invalid".
     hw="$(slurmd -C | head -n 1)"
     hw="${hw#NodeName=* }"
@@ -203,11 +203,12 @@ SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2
 MpiDefault=none
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
+# Two node daemons on this one host (%n: each node's own spool, pid file and log).
+SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$DIR/slurmctld.pid
-SlurmdPidFile=$DIR/slurmd.pid
+SlurmdPidFile=$DIR/slurmd-%n.pid
 SlurmctldLogFile=$LOG/slurmctld.log
-SlurmdLogFile=$LOG/slurmd.log
+SlurmdLogFile=$LOG/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 JobAcctGatherType=jobacct_gather/none
@@ -215,8 +216,10 @@ JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=6819
-NodeName=$host NodeAddr=127.0.0.1 $hw State=UNKNOWN
-PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
+# Two nodes on this host, told apart by their slurmd ports, so that a multi-node job runs here for real.
+NodeName=$host NodeAddr=127.0.0.1 Port=6818 $hw State=UNKNOWN
+NodeName=$(second_node "$host") NodeHostname=$host NodeAddr=127.0.0.1 Port=6828 $hw State=UNKNOWN
+PartitionName=$PARTITION Nodes=$host,$(second_node "$host") Default=YES MaxTime=INFINITE State=UP
 EOF
     # slurmdbd reads slurmdbd.conf next to SLURM_CONF, and refuses it unless it is 600 and owned by SlurmUser.
     (umask 077 && cat >"$ETC/slurmdbd.conf" <<EOF
@@ -276,6 +279,8 @@ setup_accounting() {
         || SLURM_CONF="$SLURM_CONF_FILE" sacctmgr -i modify user "$user" set DefaultAccount="$ACCOUNT" >/dev/null
 }
 
+second_node() { printf '%s-2' "$1"; }  # the name of the second node daemon on host $1
+
 # --- node readiness ---------------------------------------------------------------------------------------
 node_ready() {  # node_ready HOST SINCE: idle AND registered by the slurmd we started (restored state reads idle early)
     local host="$1" since="$2" state started
@@ -324,10 +329,17 @@ cmd_start() {
     wait_for "slurmctld" scontrol ping
     since="$(date +%Y-%m-%dT%H:%M:%S)"
     launch slurmd "$LOG/slurmd.out" /usr/sbin/slurmd -D -N "$host"
+    # The second node's daemon, and so its jobs, get a /dev/shm of their own, as a second machine would: the ranks
+    # of each node share a shared-memory block under a fixed name (mosaicml-streaming), which one /dev/shm for
+    # both nodes would make collide. unshare and sh exec in place, so the recorded PID is slurmd's.
+    launch slurmd2 "$LOG/slurmd2.out" unshare --mount --propagation private sh -c \
+        'mount -t tmpfs -o size=2g,mode=1777 tmpfs /dev/shm && exec /usr/sbin/slurmd -D -N "$1"' sh \
+        "$(second_node "$host")"
     wait_for "node $host idle" node_ready "$host" "$since"
+    wait_for "node $(second_node "$host") idle" node_ready "$(second_node "$host")" "$since"
     wait_for "sacct" sacct -n -X -S now-1minute
     trap - EXIT
-    log "ready in $((SECONDS - t0))s: partition '$PARTITION', node '$host', account '$ACCOUNT'"
+    log "ready in $((SECONDS - t0))s: partition '$PARTITION', nodes '$host' and '$(second_node "$host")', account '$ACCOUNT'"
     cat "$DIR/env"
 }
 

@@ -1,6 +1,6 @@
-"""A training stage on the real SLURM (tests/slurm/cluster.sh) outlives its driver and its requeues; skipped unless
-MICRODIT_SLURM=1. Both stages run in the paper's topology, 2 tasks sharded by FSDP2 on MDS latents, and end with the
-weights of a run that was never interrupted (the same 2 tasks as local processes).
+"""A training stage on the real SLURM (tests/slurm/cluster.sh) outlives its driver and its requeues, and spans two
+nodes; skipped unless MICRODIT_SLURM=1. Every stage here runs as the paper's do, its tasks sharded by FSDP2 on MDS
+latents, and ends with the weights of a run that was never interrupted (the same 2 tasks as local processes).
 """
 from __future__ import annotations
 
@@ -73,10 +73,32 @@ def start_without_requeue_delay(job_id: str) -> None:
     slurm("scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
 
+def mds_stage(tmp_path, **changes) -> dict:
+    # streaming's sample order follows its canonical node count, the node count by default: pinned, it is the same
+    # on one node and on two
+    return dict(strategy="fsdp", ema={"decay": 0.9, "start_step": 1},
+                data={"kind": "mds", "options": {"datadirs": [numbered_latents(tmp_path / "latents", 48)],
+                                                 "resolution": 64, "num_workers": 0, "num_canonical_nodes": 2}},
+                **changes)
+
+
+def test_a_two_node_stage_meets_on_its_first_node_and_trains_as_one(tmp_path):
+    from microdit.train.launch import launch
+
+    settings = mds_stage(tmp_path, steps=6)
+    nodes = tiny_config(tmp_path / "nodes", launch={"cluster": "slurm", "partition": PARTITION, **TOPOLOGY,
+                                                    "nodes": 2, "tasks_per_node": 1}, **settings)
+    assert launch(nodes) == 0
+    (job_id,) = [p.name for p in (tmp_path / "nodes" / "submitit").iterdir() if p.name.isdigit()]
+    completed(job_id)
+    assert len(slurm("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "NodeList").strip().split(",")) == 2
+    assert "node=1(2), global_rank=1(2)" in (tmp_path / "nodes" / "submitit" / job_id / f"{job_id}_1_log.out").read_text()
+    assert launch(tiny_config(tmp_path / "local", launch={"cluster": "local", **TOPOLOGY}, **settings)) == 0
+    same_weights(tmp_path / "nodes", tmp_path / "local")
+
+
 def test_a_requeued_job_resumes_and_ends_with_the_uninterrupted_weights(tmp_path):
-    settings = dict(steps=120, save_every=10, strategy="fsdp", ema={"decay": 0.9, "start_step": 1},
-                    data={"kind": "mds", "options": {"datadirs": [numbered_latents(tmp_path / "latents", 48)],
-                                                     "resolution": 64, "num_workers": 0}})
+    settings = mds_stage(tmp_path, steps=120, save_every=10)
     from microdit.train.config import save_stage_config
     from microdit.train.launch import launch
 
