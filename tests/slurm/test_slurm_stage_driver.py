@@ -92,7 +92,8 @@ def test_a_two_node_stage_meets_on_its_first_node_and_trains_as_one(tmp_path):
     (job_id,) = [p.name for p in (tmp_path / "nodes" / "submitit").iterdir() if p.name.isdigit()]
     completed(job_id)
     assert len(slurm("sacct", "-n", "-X", "-P", "-j", job_id, "-o", "NodeList").strip().split(",")) == 2
-    assert "node=1(2), global_rank=1(2)" in (tmp_path / "nodes" / "submitit" / job_id / f"{job_id}_1_log.out").read_text()
+    rank_1 = (tmp_path / "nodes" / "submitit" / job_id / f"{job_id}_1_log.out").read_text()
+    assert "node=1(2), global_rank=1(2)" in rank_1
     assert launch(tiny_config(tmp_path / "local", launch={"cluster": "local", **TOPOLOGY}, **settings)) == 0
     same_weights(tmp_path / "nodes", tmp_path / "local")
 
@@ -145,8 +146,9 @@ def test_a_killed_snakemake_driver_is_followed_by_one_that_waits_on_the_same_job
     job_id = json.loads((stage / "job.json").read_text())["job_id"]
     assert slurm("squeue", "-h", "-j", job_id, "-o", "%T").strip() == "RUNNING"
 
-    # a killed Snakemake leaves its own lock behind: --unlock, then the same command
-    subprocess.run([*command, "--unlock"], cwd=REPO, check=True, capture_output=True, timeout=120)
+    # a killed Snakemake leaves its own lock behind, which unlock-stale removes; then the same command
+    subprocess.run([str(BIN / "microdit"), "unlock-stale", "--snakemake", command[0], "--", *command[1:]], cwd=REPO,
+                   check=True, capture_output=True, timeout=120)
     second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-4000:]
     driver_log = (REPO / "results" / run / "logs" / "train" / "stage1.log").read_text()
