@@ -8,18 +8,20 @@ from microdit.train.distributed import LAYOUT_VARIABLES, export_layout
 
 
 @pytest.fixture
-def environ(monkeypatch):
-    """A process environment with no launcher's variables; returns a setter for some."""
-    for key in [*LAYOUT_VARIABLES, "SUBMITIT_EXECUTOR"]:
-        monkeypatch.delenv(key, raising=False)
+def environ():
+    """A process environment with no launcher's variables; returns a setter for some. The whole environment comes
+    back afterwards: export_layout writes to it, and a WORLD_SIZE left behind would make every later
+    StreamingDataset of this process wait for ranks that never come."""
+    saved = dict(os.environ)
     for key in list(os.environ):
-        if key.startswith(("SLURM_", "SUBMITIT_")):
-            monkeypatch.delenv(key)
+        if key in LAYOUT_VARIABLES or key.startswith(("SLURM_", "SUBMITIT_")):
+            del os.environ[key]
 
     def set_variables(**values):
-        for key, value in values.items():
-            monkeypatch.setenv(key, str(value))
-    return set_variables
+        os.environ.update({key: str(value) for key, value in values.items()})
+    yield set_variables
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def layout() -> dict:
