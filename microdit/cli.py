@@ -7,6 +7,7 @@ message and exit status 2.
 import argparse
 import errno
 import importlib
+import importlib.metadata
 import os
 import sys
 
@@ -30,6 +31,7 @@ COMMANDS = {
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of one command's module, or of all of them (help, an unknown command)."""
     parser = argparse.ArgumentParser(prog="microdit", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"microdit {importlib.metadata.version('microdit')}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in [COMMANDS[command]] if command in COMMANDS else dict.fromkeys(COMMANDS.values()):
         importlib.import_module(name).register(subparsers)
