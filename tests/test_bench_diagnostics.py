@@ -22,7 +22,7 @@ CPU = torch.device("cpu")
 def test_recorded_calls_are_every_attention_and_moe_call_of_a_training_forward(stage, kept):
     attention, moe = recorded_layer_calls("MicroDiT_Nano_2", STAGES[stage], 2)
     dit = create_dit("MicroDiT_Nano_2")  # 256 px: 16 x 16 = 256 tokens, a quarter kept when masked
-    blocks, mixer = len(dit.dit_blocks()), len(dit.patch_mixer)
+    blocks, mixer = len(dit.patch_mixer) + len(dit.blocks), len(dit.patch_mixer)
     assert sum(attention.values()) == 2 * blocks + 1  # self- and cross-attention per block, the prompt block
     assert sum(moe.values()) == sum(isinstance(m, ExpertChoiceMoE) for m in dit.modules())
 

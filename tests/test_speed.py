@@ -18,7 +18,8 @@ from microdit.diffusion.edm import EDMConfig, edm_loss, heun_sampler
 from microdit.errors import UserError
 from microdit.models.dit import MicroDiT, create_dit, variant_config
 from microdit.models.layers import LayerNorm
-from microdit.models.speed import SpeedOptions, apply_speed_options
+from microdit.models.latent_diffusion import sample_latents
+from microdit.models.speed import RecomputedDiTBlock, SpeedOptions, apply_speed_options, compile_blocks
 
 
 def _nano(input_size: int = 8, **overrides) -> MicroDiT:
@@ -63,7 +64,7 @@ def test_low_precision_norm_runs_in_bf16_under_autocast_and_is_plain_layer_norm_
 
 def test_low_precision_norms_keep_names_and_stay_within_bf16_tolerance():
     reference, low = _nano(), _nano()
-    low.set_low_precision_norms(True)
+    apply_speed_options(low, SpeedOptions(low_precision_norm=True))
     assert list(low.state_dict()) == list(reference.state_dict())
     assert all(m.low_precision for m in low.modules() if isinstance(m, LayerNorm))
     ref_loss, _ = _loss_and_grads(reference, 0.5, autocast=True)
@@ -75,8 +76,10 @@ def test_low_precision_norms_keep_names_and_stay_within_bf16_tolerance():
 def test_activation_checkpointing_gives_the_same_loss_and_gradients(mask_ratio):
     reference = _nano()
     recomputed = _nano()
-    recomputed.set_activation_checkpointing(5)
-    assert [b.recompute_in_backward for b in recomputed.dit_blocks()] == [True] * 5 + [False] * 3
+    apply_speed_options(recomputed, SpeedOptions(checkpoint_blocks=5))
+    blocks = [*recomputed.patch_mixer, *recomputed.blocks]
+    assert [isinstance(b, RecomputedDiTBlock) for b in blocks] == [True] * 5 + [False] * 3
+    assert list(recomputed.state_dict()) == list(reference.state_dict())
     _assert_same(_loss_and_grads(recomputed, mask_ratio), _loss_and_grads(reference, mask_ratio))
 
 
@@ -87,13 +90,14 @@ def test_regional_compile_traces_every_block_whole_and_matches_eager():
     from torch._dynamo.utils import counters
 
     reference, compiled = _nano(input_size=4, depth=7), _nano(input_size=4, depth=7)
-    shapes = {(type(b.mlp), tuple(p.shape for p in b.parameters())) for b in compiled.dit_blocks()}
+    blocks = [*compiled.patch_mixer, *compiled.blocks]
+    shapes = {(type(b.mlp), tuple(p.shape for p in b.parameters())) for b in blocks}
     assert len(shapes) > 8
-    compiled.set_activation_checkpointing(3)
-    for dit in (compiled, reference):  # the autocast switches inside the norms must trace too
-        dit.set_low_precision_norms(True)
+    # the autocast switches inside the norms must trace too
+    apply_speed_options(compiled, SpeedOptions(low_precision_norm=True, checkpoint_blocks=3))
+    apply_speed_options(reference, SpeedOptions(low_precision_norm=True))
     counters.clear()
-    compiled.compile_blocks(backend="eager", fullgraph=True)
+    compile_blocks(compiled, backend="eager", fullgraph=True)
     data = torch.Generator().manual_seed(1)
     x, y = torch.randn(2, 4, 4, 4, generator=data), torch.randn(2, 1, 77, 1024, generator=data)
     results = []
@@ -112,7 +116,7 @@ def test_whole_model_compile_traces_the_masked_training_loss_as_one_graph():
     """`compile: model` (the authors' route): a graph break would split the graph, and the comparison with per-block
     compilation would measure the split, not the route."""
     dit = _nano(depth=3, patch_mixer_depth=2).train()  # MoE and SwiGLU blocks in both parts
-    dit.set_low_precision_norms(True)
+    apply_speed_options(dit, SpeedOptions(low_precision_norm=True))
     x, y = torch.randn(2, 4, 8, 8), torch.randn(2, 1, 77, 1024)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         explained = torch._dynamo.explain(lambda: edm_loss(dit, x, y, EDMConfig(), 0.75))()
@@ -150,29 +154,22 @@ def test_caption_context_traces_whole_under_the_compiler():
     torch.testing.assert_close(whole, reference, atol=1e-6, rtol=1e-5)
 
     torch._dynamo.reset()
-    dit.compile_blocks(backend="eager", fullgraph=True)
+    compile_blocks(dit, backend="eager", fullgraph=True)
     edm_loss(dit.train(), x, y, EDMConfig(), 0.5).backward()  # the training graphs first, masked
     with torch.no_grad():
         per_block = dit.eval()(x, t, dit.caption_context(y, guided=True), cfg=3.0)["sample"]
     torch.testing.assert_close(per_block, reference, atol=1e-6, rtol=1e-5)
 
 
-def test_heun_sampler_precomputes_the_caption_side_once_with_the_same_result():
-    class PerCallCaptions(torch.nn.Module):  # hides caption_context: the sampler re-encodes at every call
-        def __init__(self, dit):
-            super().__init__()
-            self.dit = dit
-
-        def forward(self, *args, **kwargs):
-            return self.dit(*args, **kwargs)
-
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_sample_latents_encodes_the_captions_once_with_the_same_result(guidance):
     dit = _nano().eval()
     calls = []
     dit.y_emb_preprocess.register_forward_hook(lambda *_: calls.append(1))
     noise, y = torch.randn(2, 4, 8, 8), torch.randn(2, 1, 77, 1024)
-    cached = heun_sampler(dit, noise, y, EDMConfig(), num_steps=4, cfg=3.0)
+    cached = sample_latents(dit, noise, y, EDMConfig(), num_steps=4, guidance_scale=guidance)
     assert len(calls) == 1
-    per_call = heun_sampler(PerCallCaptions(dit), noise, y, EDMConfig(), num_steps=4, cfg=3.0)
+    per_call = heun_sampler(dit, noise, y, EDMConfig(), num_steps=4, cfg=guidance)  # raw captions: each call encodes
     assert len(calls) == 1 + 7  # 2N - 1 network calls
     torch.testing.assert_close(cached, per_call, atol=1e-5, rtol=1e-5)
 
@@ -184,10 +181,12 @@ def test_speed_options_are_validated():
         with pytest.raises(ValueError):
             SpeedOptions(**bad)
     dit = _nano()
-    apply_speed_options(dit, SpeedOptions(low_precision_norm=True, checkpoint_blocks=3, moe_dispatch="one_hot"))
-    assert sum(b.recompute_in_backward for b in dit.dit_blocks()) == 3
-    with pytest.raises(ValueError, match="dispatch"):
-        dit.set_moe_dispatch("dense")
+    apply_speed_options(dit, SpeedOptions(low_precision_norm=True, checkpoint_blocks=3, moe_dispatch="one_hot",
+                                          attention_backend="math"))
+    assert sum(isinstance(b, RecomputedDiTBlock) for b in dit.modules()) == 3
+    assert {m.dispatch for m in dit.modules() if hasattr(m, "num_experts")} == {"one_hot"}
+    assert {m.backend for m in dit.modules() if hasattr(m, "backend")} == {"math"}
+    assert all(m.low_precision for m in dit.modules() if isinstance(m, LayerNorm))
 
 
 def test_activation_budget_makes_compiled_blocks_keep_less_with_the_same_gradients():

@@ -9,9 +9,10 @@ import torch
 
 from microdit.bench import compile_record, precompile_for_measurement, synchronize
 from microdit.bench.training_step import random_batch
-from microdit.diffusion.edm import EDMConfig, heun_sampler
+from microdit.diffusion.edm import EDMConfig
 from microdit.models.compile_phases import phase_totals
 from microdit.models.dit import MicroDiT, variant_config
+from microdit.models.latent_diffusion import sample_latents
 from microdit.models.speed import SpeedOptions, apply_speed_options
 from microdit.train.metrics import memory_gib
 
@@ -32,8 +33,7 @@ def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: 
 
     def sample(num_steps: int) -> None:
         with autocast:
-            heun_sampler(dit, noise, captions, EDMConfig(), num_steps, cfg=guidance,
-                         state_dtype=STATE_DTYPES[state_dtype])
+            sample_latents(dit, noise, captions, EDMConfig(), num_steps, guidance, STATE_DTYPES[state_dtype])
         synchronize(device)
 
     start = time.perf_counter()

@@ -8,11 +8,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 
 from microdit.models.layers import (
-    SDPA_BACKENDS, CrossAttention, ExpertChoiceMoE, LayerNorm, Mlp, PatchEmbed, SelfAttention, SwiGLU,
-    TimestepEmbedder, layer_norm, modulate, random_token_mask, round_up, sincos_pos_embed_2d,
+    CrossAttention, ExpertChoiceMoE, Mlp, PatchEmbed, SelfAttention, SwiGLU, TimestepEmbedder, layer_norm, modulate,
+    random_token_mask, round_up, sincos_pos_embed_2d,
 )
 
 
@@ -66,14 +65,15 @@ class DiTBlock(nn.Module):
         self.mlp = (ExpertChoiceMoE(dim, ffn_hidden, multiple_of, num_experts, capacity) if use_moe
                     else SwiGLU(dim, ffn_hidden, multiple_of))
         self.adaLN_modulation = nn.Sequential(nn.GELU(approximate="tanh"), nn.Linear(cond_dim, 6 * dim))
-        self.recompute_in_backward = False  # activation checkpointing; see MicroDiT.set_activation_checkpointing
 
     def forward(self, x: torch.Tensor, y, c: torch.Tensor) -> torch.Tensor:
-        """y: caption tokens, or their cross-attention keys and values (CaptionContext)."""
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
-        x = x + self.cross_attn(self.norm2(x), y)
-        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm3(x), shift_mlp, scale_mlp))
+        """x (N, T, D) image tokens; y: caption tokens, or their cross-attention keys and values (CaptionContext);
+        c (N, D') the timestep-and-caption condition."""
+        modulation = self.adaLN_modulation(c).chunk(6, dim=-1)             # 6 x (N, D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (N, T, D)
+        x = x + self.cross_attn(self.norm2(x), y)                           # (N, T, D)
+        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm3(x), shift_mlp, scale_mlp))  # (N, T, D)
 
 
 class PromptBlock(nn.Module):
@@ -177,6 +177,7 @@ class MicroDiT(nn.Module):
 
     def forward_without_cfg(self, x: torch.Tensor, t: torch.Tensor, y: "torch.Tensor | CaptionContext",
                             mask_ratio: float = 0.0) -> dict:
+        # N images, T = (H/p)(W/p) tokens, K = T(1 - mask_ratio) kept, D = dim, Dm = patch_mixer_dim, P = p*p*C
         batch, side = x.shape[0], self.config.input_size
         if tuple(x.shape[-2:]) != (side, side):  # other sizes can broadcast against pos_embed without an error
             raise ValueError(f"latents of {tuple(x.shape[-2:])}: this model takes {side} x {side} (its input_size)")
@@ -184,44 +185,46 @@ class MicroDiT(nn.Module):
         if caption.pooled.shape[0] != batch:  # a context of batch 1 would broadcast silently
             raise ValueError(f"a caption context of batch {caption.pooled.shape[0]} for {batch} latents (with guidance "
                              "the batch doubles: caption_context(y, guided=True) with cfg, guided=False without)")
-        x = self.x_embedder(x) + self.pos_embed
-        c = self.t_embedder(t.reshape(-1).expand(batch)) + caption.pooled
+        x = self.x_embedder(x) + self.pos_embed                             # (N, C, H, W) -> (N, T, D)
+        c = self.t_embedder(t.reshape(-1).expand(batch)) + caption.pooled   # (N, D)
 
-        x = self.patch_mixer_map_xin(x)
+        x = self.patch_mixer_map_xin(x)                                     # (N, T, Dm)
         for block, context in zip(self.patch_mixer, caption.mixer):
-            x = _run_block(block, x, context, c)
+            x = block(x, context, c)                                        # (N, T, Dm)
 
         mask = None
         if mask_ratio > 0:  # deferred masking: the mixer saw every token, the backbone sees only the kept ones
-            mask, ids_keep, ids_restore = random_token_mask(batch, x.shape[1], mask_ratio, x.device)
-            x = x.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        x = self.patch_mixer_map_xout(x)
+            mask, ids_keep, ids_restore = random_token_mask(batch, x.shape[1], mask_ratio, x.device)  # (N, T), (N, K)
+            x = x.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (N, K, Dm)
+        x = self.patch_mixer_map_xout(x)                                    # (N, K, D)
         for block, context in zip(self.blocks, caption.backbone):
-            x = _run_block(block, x, context, c)
-        x = self.final_layer(x, c)
+            x = block(x, context, c)                                        # (N, K, D)
+        x = self.final_layer(x, c)                                          # (N, K, P)
 
-        if mask is not None:
+        if mask is not None:  # dropped tokens come back as the mask token, in their places
             dropped = self.mask_token.to(x.dtype).expand(batch, ids_restore.shape[1] - x.shape[1], -1)
-            x = torch.cat([x, dropped], dim=1)
-            x = x.gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        return {"sample": self.unpatchify(x), "mask": mask}
+            x = torch.cat([x, dropped], dim=1)                              # (N, T, P), kept first
+            x = x.gather(1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (N, T, P), token order
+        return {"sample": self.unpatchify(x), "mask": mask}                # (N, C, H, W)
 
     def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: "torch.Tensor | CaptionContext",
                          cfg: float) -> dict:
         """Guidance on the raw network output with the all-zero caption embedding as the null condition. A
         CaptionContext `y` must come from `caption_context(y, guided=True)` (null half included)."""
         t = t.reshape(-1)
-        t = t if t.numel() == 1 else torch.cat([t, t])
-        y = y if isinstance(y, CaptionContext) else _with_null_caption(y)
-        out = self.forward_without_cfg(torch.cat([x, x]), t, y)["sample"]
-        cond, uncond = out.chunk(2)
+        t = t if t.numel() == 1 else torch.cat([t, t])                      # (1,) or (2N,)
+        y = y if isinstance(y, CaptionContext) else _with_null_caption(y)   # (2N, ...): conditional, then null
+        out = self.forward_without_cfg(torch.cat([x, x]), t, y)["sample"]   # (2N, C, H, W)
+        cond, uncond = out.chunk(2)                                         # (N, C, H, W) each
         return {"sample": uncond + cfg * (cond - uncond), "mask": None}
 
     def encode_caption(self, y: torch.Tensor) -> CaptionContext:
         """Caption embeddings (N,1,L,D) or (N,L,D) -> projected, refined and pooled; every block reads the tokens."""
-        tokens = self.y_emb_preprocess(self.y_embedder(y.flatten(1, -2) if y.dim() == 4 else y))
-        pooled = self.pooled_y_emb_process(tokens.mean(dim=1))
-        mixer_tokens = self.patch_mixer_map_y(tokens)
+        # L caption tokens of width E (caption_channels)
+        y = y.flatten(1, -2) if y.dim() == 4 else y                         # (N, L, E)
+        tokens = self.y_emb_preprocess(self.y_embedder(y))                  # (N, L, D)
+        pooled = self.pooled_y_emb_process(tokens.mean(dim=1))              # (N, D)
+        mixer_tokens = self.patch_mixer_map_y(tokens)                       # (N, L, Dm)
         return CaptionContext(pooled, [mixer_tokens] * len(self.patch_mixer), [tokens] * len(self.blocks))
 
     @torch.no_grad()
@@ -241,68 +244,6 @@ class MicroDiT(nn.Module):
         p, c, g = self.config.patch_size, self.config.in_channels, self.config.grid_size
         x = x.reshape(x.shape[0], g, g, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, g * p, g * p)
-
-    # ------------------------------------------------------------------------------------ speed / memory switches
-    # None of these changes a parameter name or the math beyond bf16 rounding: checkpoints load either way.
-    def set_low_precision_norms(self, enabled: bool) -> None:
-        """Run every LayerNorm in the autocast dtype (the authors' training setting) instead of fp32."""
-        for module in self.modules():
-            if isinstance(module, LayerNorm):
-                module.low_precision = enabled
-
-    def set_activation_checkpointing(self, num_blocks: int) -> None:
-        """Recompute the activations of the first `num_blocks` DiT blocks (mixer first, then backbone) in backward
-        instead of storing them: a memory / speed knob, 0 = store everything."""
-        for i, block in enumerate(self.dit_blocks()):
-            block.recompute_in_backward = i < num_blocks
-
-    def set_moe_dispatch(self, dispatch: str) -> None:
-        if dispatch not in ExpertChoiceMoE.DISPATCHES:
-            raise ValueError(f"MoE dispatch {dispatch!r}; expected one of {ExpertChoiceMoE.DISPATCHES}")
-        for module in self.modules():
-            if isinstance(module, ExpertChoiceMoE):
-                module.dispatch = dispatch
-
-    def set_attention_backend(self, backend: str) -> None:
-        """Restrict every attention call to one of SDPA_BACKENDS ("default": PyTorch picks per call)."""
-        if backend not in SDPA_BACKENDS:
-            raise ValueError(f"attention backend {backend!r}; expected one of {sorted(SDPA_BACKENDS)}")
-        for module in self.modules():
-            if isinstance(module, (SelfAttention, CrossAttention)):
-                module.backend = backend
-
-    def compile_blocks(self, **options) -> None:
-        """Regional compilation: each transformer block compiled in place (names stay free of `_orig_mod.`), the
-        glue between them left eager. Small graphs keep the compiler's partitioner cheap and let activation
-        checkpointing wrap whole compiled blocks. Layer-wise scaling gives most blocks their own widths, hence their
-        own graph (27 for XL), and one process may also sample with them (no-grad, guided batch, precomputed caption
-        keys and values: another graph each). Past dynamo's recompile limit the remaining blocks would silently run
-        eagerly, so it is raised to cover those uses. Restarts reuse the graphs from the compile cache (see
-        train/trainer.py). Static by default: blocks of other widths re-enter the same compiled function, and
-        dynamo would otherwise re-trace the later ones with symbolic sizes, so a block's graph would depend on the
-        blocks compiled before it in the process (and precompiled graphs would not be found, models/precompile.py).
-        Without DDP's graph splitting: it cuts a graph at gradient-bucket boundaries so that a whole-model graph can
-        overlap communication, which a block-sized graph already does, and its split graphs bypass the compile cache
-        (found on the CPU over gloo: every precompiled graph missed under DDP, all were found without it)."""
-        options.setdefault("dynamic", False)
-        torch._dynamo.config.optimize_ddp = False
-        blocks = self.compile_regions()
-        uses = 4  # training, sampling during training, and headroom for an evaluation batch shape
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, uses * len(blocks))
-        for block in blocks:
-            block.compile(**options)
-
-    def dit_blocks(self) -> list[DiTBlock]:
-        return [*self.patch_mixer, *self.blocks]
-
-    def compile_regions(self) -> list[nn.Module]:
-        """What `compile_blocks` compiles, each on its own: every DiT block and the prompt block."""
-        return [*self.dit_blocks(), self.y_emb_preprocess]
-
-    @staticmethod
-    def run_region(region: nn.Module, *args):
-        """Call a compile region as the forward does (DiT blocks through activation checkpointing when set)."""
-        return _run_block(region, *args) if isinstance(region, DiTBlock) else region(*args)
 
     # -------------------------------------------------------------------------------------------------------- init
     def reset_pos_embed(self) -> None:
@@ -345,12 +286,6 @@ class MicroDiT(nn.Module):
 
 def _with_null_caption(y: torch.Tensor) -> torch.Tensor:
     return torch.cat([y, torch.zeros_like(y)])
-
-
-def _run_block(block: DiTBlock, x: torch.Tensor, y, c: torch.Tensor) -> torch.Tensor:
-    if block.recompute_in_backward and torch.is_grad_enabled():
-        return checkpoint(block, x, y, c, use_reentrant=False)
-    return block(x, y, c)
 
 
 def _init_block(block: DiTBlock, out_std: float) -> None:

@@ -21,13 +21,13 @@ class LayerNorm(nn.LayerNorm):
     """nn.LayerNorm that can run in the autocast dtype, as the authors trained (Composer's low-precision LayerNorm).
 
     CUDA autocast otherwise runs layer_norm in fp32, so a bf16 input comes out fp32 and the elementwise op after it
-    (adaLN modulation) keeps that fp32 copy for backward. Switched per model by `MicroDiT.set_low_precision_norms`.
+    (adaLN modulation) keeps that fp32 copy for backward. Switched from outside (models/speed.py).
     """
 
     low_precision = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x.shape[-1:] rather than self.normalized_shape: a shape, not a constant, to the compiler (compile_blocks)
+        # x.shape[-1:] rather than self.normalized_shape: a shape, not a constant, to the compiler (models/speed.py)
         device, weight, bias = x.device.type, self.weight, self.bias
         if not (self.low_precision and torch.is_autocast_enabled(device)):
             return F.layer_norm(x, x.shape[-1:], weight, bias, self.eps)
@@ -58,7 +58,7 @@ def round_up(value: int, multiple: int) -> int:
 
 def _split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
     # heads follow from the width: with layer-wise scaling the head count varies per block, the head size does not,
-    # so blocks of different widths can share one compiled graph (MicroDiT.compile_blocks)
+    # so blocks of different widths can share one compiled graph (per-block compile, models/speed.py)
     batch, tokens, width = x.shape
     return x.view(batch, tokens, width // head_dim, head_dim).transpose(1, 2)
 
@@ -70,7 +70,7 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "default") -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v over heads, computed by one of SDPA_BACKENDS (the same math; only which kernel
-    runs, hence the rounding, differs). Switched per model by `MicroDiT.set_attention_backend`."""
+    runs, hence the rounding, differs). Switched from outside (models/speed.py)."""
     if SDPA_BACKENDS[backend] is None:
         return F.scaled_dot_product_attention(q, k, v)
     with sdpa_kernel(SDPA_BACKENDS[backend]):
@@ -143,7 +143,8 @@ class ExpertChoiceMoE(nn.Module):
 
     k = int(capacity * tokens / num_experts). Dispatch is index based (gather, batched matmul over experts,
     scatter-add). `dispatch = "one_hot"` selects the authors' dense form instead (a one-hot [batch, experts, k,
-    tokens] tensor and einsums; same values): kept as the reference for tests and `microdit bench --dispatch`.
+    tokens] tensor and einsums; same values): kept as the reference for tests and `microdit bench --dispatch`,
+    switched from outside (models/speed.py).
     """
 
     DISPATCHES = ("index", "one_hot")
@@ -158,10 +159,10 @@ class ExpertChoiceMoE(nn.Module):
         self.gate = nn.Linear(dim, num_experts, bias=False)
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gating weights and token indices, both (batch, experts, k)."""
+        """Gating weights and token indices, both (N, E, k): each of E experts picks its k tokens of each image."""
         tokens_per_expert = int(self.capacity * x.shape[1] / self.num_experts)
-        probs = self.gate(x).softmax(dim=-1)  # (batch, tokens, experts)
-        return probs.transpose(1, 2).topk(tokens_per_expert, dim=-1)
+        probs = self.gate(x).softmax(dim=-1)                                # (N, T, E)
+        return probs.transpose(1, 2).topk(tokens_per_expert, dim=-1)        # (N, E, k) each
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gates, index = self.route(x)
@@ -170,15 +171,17 @@ class ExpertChoiceMoE(nn.Module):
         return self._index_forward(x, gates, index)
 
     def _index_forward(self, x: torch.Tensor, gates: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        # x (N, T, D); gates, index (N, E, k); w1 (E, D, H), w2 (E, H, D)
         batch, tokens, dim = x.shape
-        k = index.shape[-1]
-        flat_index = index.reshape(batch, self.num_experts * k, 1).expand(-1, -1, dim)
-        chosen = x.gather(1, flat_index).view(batch, self.num_experts, k, dim)
-        chosen = chosen.transpose(0, 1).reshape(self.num_experts, batch * k, dim)
-        out = torch.bmm(F.gelu(torch.bmm(chosen, self.w1)), self.w2)
-        out = out.view(self.num_experts, batch, k, dim).transpose(0, 1) * gates.unsqueeze(-1).to(out.dtype)
-        combined = out.new_zeros(batch, tokens, dim)
-        return combined.scatter_add(1, flat_index, out.reshape(batch, self.num_experts * k, dim))
+        experts, k = self.num_experts, index.shape[-1]
+        flat_index = index.reshape(batch, experts * k, 1).expand(-1, -1, dim)  # (N, E*k, D)
+        chosen = x.gather(1, flat_index).view(batch, experts, k, dim)         # (N, E, k, D)
+        chosen = chosen.transpose(0, 1).reshape(experts, batch * k, dim)      # (E, N*k, D): one matmul per expert
+        out = torch.bmm(F.gelu(torch.bmm(chosen, self.w1)), self.w2)          # (E, N*k, H) -> (E, N*k, D)
+        out = out.view(experts, batch, k, dim).transpose(0, 1) * gates.unsqueeze(-1).to(out.dtype)  # (N, E, k, D)
+        combined = out.new_zeros(batch, tokens, dim)                          # (N, T, D)
+        # a token chosen by several experts sums their gated outputs; one chosen by none gets 0
+        return combined.scatter_add(1, flat_index, out.reshape(batch, experts * k, dim))  # (N, T, D)
 
     def _one_hot_forward(self, x: torch.Tensor, gates: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         dispatch = F.one_hot(index, x.shape[1]).to(x.dtype)  # (batch, experts, k, tokens)

@@ -27,6 +27,11 @@ from microdit.models.dit import MicroDiT, MicroDiTConfig
 from microdit.models.speed import SpeedOptions, apply_speed_options
 
 
+def compile_regions(dit: MicroDiT) -> list:
+    """What `compile_blocks` compiles, each on its own: every DiT block and the prompt block."""
+    return [*dit.patch_mixer, *dit.blocks, dit.y_emb_preprocess]
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """What a compiled graph is specialised on: shape, strides, offset into its storage (a view such as the values
@@ -54,7 +59,7 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class RegionCall:
-    """How one compile region was called: its index in `MicroDiT.compile_regions()`, its arguments' specs (a pytree
+    """How one compile region was called: its index in `compile_regions()`, its arguments' specs (a pytree
     of TensorSpec), train or eval mode, gradient mode and autocast dtype (None: off)."""
     region: int
     args: tuple
@@ -66,7 +71,7 @@ class RegionCall:
 def record_region_calls(dit: MicroDiT, forward, grad: bool) -> list[RegionCall]:
     """Run `forward()` (which calls `dit` under the caller's autocast) once eagerly without gradients and record each
     compile region's first call; `grad` says whether the real calls will build a graph for backward."""
-    regions = dit.compile_regions()
+    regions = compile_regions(dit)
     calls: dict[int, RegionCall] = {}
     device_type = next(dit.parameters()).device.type
 
@@ -91,12 +96,12 @@ def record_region_calls(dit: MicroDiT, forward, grad: bool) -> list[RegionCall]:
 def distinct_calls(dit: MicroDiT, calls: list[RegionCall]) -> list[RegionCall]:
     """One call per distinct graph: regions with the same type, parameter shapes, switches and inputs compile to the
     same graph (layer-wise scaling leaves XL's 35 regions with 27 distinct ones)."""
-    regions = dit.compile_regions()
+    regions = compile_regions(dit)
     seen, distinct = set(), []
     for call in calls:
         region = regions[call.region]
         key = (type(region).__name__, tuple(tuple(p.shape) for p in region.parameters()),
-               getattr(region, "recompute_in_backward", False), repr(call.args), call.training, call.grad,
+               repr(call.args), call.training, call.grad,
                call.autocast)
         if key not in seen:
             seen.add(key)
@@ -114,7 +119,7 @@ def compile_share(config: MicroDiTConfig, options: SpeedOptions, calls: list[Reg
     with torch.device("meta"):
         dit = MicroDiT(config)
     apply_speed_options(dit, options)
-    regions = dit.compile_regions()
+    regions = compile_regions(dit)
     timings = []
     for call in calls[share::shares]:
         started, phases_before = time.perf_counter(), phase_totals()
@@ -125,7 +130,7 @@ def compile_share(config: MicroDiTConfig, options: SpeedOptions, calls: list[Reg
         args = tree_map_only(TensorSpec, lambda spec: spec.random(device), call.args)
         with torch.set_grad_enabled(call.grad), \
                 torch.autocast(device.type, dtype=call.autocast or torch.bfloat16, enabled=call.autocast is not None):
-            out = MicroDiT.run_region(region, *args)
+            out = region(*args)
         if call.grad:
             out.backward(torch.ones_like(out))
         if device.type == "cuda":

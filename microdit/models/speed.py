@@ -1,4 +1,5 @@
-"""Runtime switches that trade memory, speed and compile warm-up, shared by the trainer and `microdit bench`.
+"""Runtime switches that trade memory, speed and compile warm-up, applied to a MicroDiT from outside (the model
+holds the network and its math only), shared by the trainer, the samplers and `microdit bench`.
 
 None of them renames a parameter, so checkpoints load whatever was switched; beyond the rounding of other kernels
 (compiled, or another attention backend), only low-precision norms change the numbers (bf16 rounding of the
@@ -6,17 +7,19 @@ normalised activations, as the authors trained).
 """
 from dataclasses import dataclass
 
+import torch
 import torch._functorch.config as functorch_config
+from torch.utils.checkpoint import checkpoint
 
-from microdit.models.dit import MicroDiT
-from microdit.models.layers import SDPA_BACKENDS, ExpertChoiceMoE
+from microdit.models.dit import DiTBlock, MicroDiT
+from microdit.models.layers import SDPA_BACKENDS, CrossAttention, ExpertChoiceMoE, LayerNorm, SelfAttention
 
 COMPILE_MODES = ("none", "model", "blocks")
 
 
 @dataclass(frozen=True)
 class SpeedOptions:
-    compile: str = "none"             # none; model (one graph of the whole denoiser); blocks (MicroDiT.compile_blocks)
+    compile: str = "none"             # none; model (one graph of the whole denoiser); blocks (compile_blocks)
     low_precision_norm: bool = False  # LayerNorms in the autocast dtype
     checkpoint_blocks: int = 0        # DiT blocks whose activations are recomputed in backward (mixer first)
     moe_dispatch: str = "index"       # index (gather / scatter), or one_hot (the authors' dense einsums)
@@ -43,16 +46,54 @@ class SpeedOptions:
 
 
 def apply_speed_options(dit: MicroDiT, options: SpeedOptions) -> None:
-    """Switch `dit` in place; compilation last, so that it sees the other switches."""
+    """Switch `dit` in place, from outside: the model itself knows nothing of these. Compilation last, so that it
+    sees the other switches."""
     set_activation_budget(options.activation_budget)
-    dit.set_low_precision_norms(options.low_precision_norm)
-    dit.set_activation_checkpointing(options.checkpoint_blocks)
-    dit.set_moe_dispatch(options.moe_dispatch)
-    dit.set_attention_backend(options.attention_backend)
+    for module in dit.modules():
+        if isinstance(module, LayerNorm):
+            module.low_precision = options.low_precision_norm
+        elif isinstance(module, ExpertChoiceMoE):
+            module.dispatch = options.moe_dispatch
+        elif isinstance(module, (SelfAttention, CrossAttention)):
+            module.backend = options.attention_backend
+    for block in [*dit.patch_mixer, *dit.blocks][:options.checkpoint_blocks]:
+        block.__class__ = RecomputedDiTBlock
     if options.compile == "model":
         dit.compile()  # in place: parameter names stay free of `_orig_mod.`
     elif options.compile == "blocks":
-        dit.compile_blocks()
+        compile_blocks(dit)
+
+
+class RecomputedDiTBlock(DiTBlock):
+    """A DiT block whose activations are recomputed in backward instead of stored (activation checkpointing). Put
+    in place by swapping the block's class, as FSDP's fully_shard does: parameter names stay, and the checkpoint
+    wraps the block's call, so a compiled block is recomputed whole."""
+
+    def __call__(self, *args):
+        if torch.is_grad_enabled():
+            return checkpoint(super().__call__, *args, use_reentrant=False)
+        return super().__call__(*args)
+
+
+def compile_blocks(dit: MicroDiT, **options) -> None:
+    """Regional compilation: each transformer block compiled in place (names stay free of `_orig_mod.`), the
+    glue between them left eager. Small graphs keep the compiler's partitioner cheap and let activation
+    checkpointing wrap whole compiled blocks. Layer-wise scaling gives most blocks their own widths, hence their
+    own graph (27 for XL), and one process may also sample with them (no-grad, guided batch, precomputed caption
+    keys and values: another graph each). Past dynamo's recompile limit the remaining blocks would silently run
+    eagerly, so it is raised to cover those uses. Static by default: blocks of other widths re-enter the same
+    compiled function, and dynamo would otherwise re-trace the later ones with symbolic sizes, so a block's graph
+    would depend on the blocks compiled before it in the process (and precompiled graphs would not be found,
+    models/precompile.py). Without DDP's graph splitting: it cuts a graph at gradient-bucket boundaries so that a
+    whole-model graph can overlap communication, which a block-sized graph already does, and its split graphs
+    bypass the compile cache (found on the CPU over gloo: every precompiled graph missed under DDP)."""
+    options.setdefault("dynamic", False)
+    torch._dynamo.config.optimize_ddp = False
+    blocks = [*dit.patch_mixer, *dit.blocks, dit.y_emb_preprocess]
+    uses = 4  # training, sampling during training, and headroom for an evaluation batch shape
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, uses * len(blocks))
+    for block in blocks:
+        block.compile(**options)
 
 
 def set_activation_budget(budget: float) -> None:

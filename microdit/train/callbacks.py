@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from microdit.diffusion.edm import heun_sampler
+from microdit.models.latent_diffusion import sample_latents
 from microdit.train.config import SamplesConfig
 
 
@@ -33,7 +33,7 @@ class SampleGrid:
         noise = torch.randn(captions.shape[0], dit.in_channels, dit.config.input_size, dit.config.input_size,
                             generator=generator).to(device)
         with trainer.autocast():
-            latents = heun_sampler(dit, noise, captions, trainer.edm, self.cfg.steps, cfg=self.cfg.guidance_scale)
+            latents = sample_latents(dit, noise, captions, trainer.edm, self.cfg.steps, self.cfg.guidance_scale)
         self.save(latents, ctx.step)
 
     def captions(self, dit) -> torch.Tensor:

@@ -59,12 +59,14 @@ def test_the_heldout_loss_is_fixed_and_does_not_depend_on_batching_or_ranks(tmp_
 def test_the_heldout_loss_compiles_nothing(tmp_path):
     from torch._dynamo.utils import counters
 
+    from microdit.models.speed import compile_blocks
+
     cfg = tiny_config(tmp_path / "run", validation=validation(heldout_shards(tmp_path / "val")))
     model = build_model(cfg)
     eager = HeldOutLoss(cfg, EDMConfig(), 0, 1, torch.device("cpu"))(model, nullcontext)
     torch._dynamo.reset()
     counters.clear()
-    model.compile_blocks()
+    compile_blocks(model)
     assert HeldOutLoss(cfg, EDMConfig(), 0, 1, torch.device("cpu"))(model, nullcontext) == pytest.approx(eager)
     assert counters["stats"]["unique_graphs"] == 0
 
