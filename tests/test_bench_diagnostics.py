@@ -8,12 +8,11 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from microdit.bench.layers import attention_flops, recorded_layer_calls, time_attention, time_moe
+from microdit.bench.layers import TensorSpec, attention_flops, recorded_layer_calls, time_attention, time_moe
 from microdit.bench.profile import kernel_kind
 from microdit.bench.training_step import STAGES
 from microdit.models.dit import create_dit
 from microdit.models.layers import ExpertChoiceMoE
-from microdit.models.precompile import TensorSpec
 
 CPU = torch.device("cpu")
 
@@ -149,39 +148,35 @@ def test_a_failing_profile_is_recorded_without_losing_the_step_timing(monkeypatc
     assert measured["step_s"] > 0 and measured["profile"] == {"error": "AttributeError: no such profiler field"}
 
 
-def test_bench_table_turns_the_stored_h200_runs_into_the_docs_numbers(tmp_path):
-    """The measured lines of runs 2-4 give the ratios docs/benchmarks.md states (2.00x at stage 3, 2.04x for the
-    256 px sampler, 1.86x at stage 4, 1.98x for the 512 px sampler); layer lines and failures get rows of their
-    own; a broken line names its file and line."""
-    from pathlib import Path
-
-    from microdit.bench.tables import markdown_tables, read_records
+def test_bench_table_rows_carry_the_ratio_to_the_authors_and_say_what_was_not_measured(tmp_path):
+    """Training rows divide by the authors' best number at the stage (compiled where they measured it), sampling
+    rows by theirs at the resolution; layer lines and failures get rows of their own; a broken line names its file
+    and line."""
+    from microdit.bench.tables import AUTHORS_SAMPLE, AUTHORS_TRAIN, markdown_tables, read_records
     from microdit.errors import UserError
 
-    runs = Path(__file__).resolve().parents[1] / "docs" / "bench-runs"
-    layers = {"stage": 4, "microbatch": 64, "layer": "attention", "backend": "flash", "ms_per_step": None,
-              "tflop_per_s": None, "shapes": [{"q": [1], "error": "No available kernel"}, {"q": [2]}]}
-    cold = {"label": "s2 cold", "stage": 2, "microbatch": 256, "img_per_s": 500.0, "first_step_s": 86.1,
-            "precompile_s": 66.2, "precompile_share_s": [61.5, 40.0],
-            "precompile_share_phase_s": [{"compile": 20.0, "trace": 9.0, "wait_for_builds": 10.0,
-                                          "compile_backward": 15.0, "tune_kernels": 25.0}, {}],
-            "compile_phase_s": {"compile": 12.0, "cache_load": 6.5, "trace": 4.0, "compile_backward": 0.0}}
+    records = [
+        {"label": "s1", "stage": 1, "microbatch": 256, "compile": "model", "moe_dispatch": "index",
+         "low_precision_norm": True, "img_per_s": 2 * AUTHORS_TRAIN[1][1], "peak_mem_gib": 60.0, "mfu": 0.355,
+         "first_step_s": 175.6, "compile_cache_hits": 0, "compile_cache_misses": 1, "device": "NVIDIA H200",
+         "torch": "2.14.1"},
+        {"label": "s3", "stage": 3, "microbatch": 128, "compile": "blocks", "checkpoint_blocks": 6,
+         "img_per_s": AUTHORS_TRAIN[3][0] / 2, "device": "NVIDIA H200"},
+        {"label": "256 px", "resolution": 256, "batch": 128, "compile": "blocks", "moe_dispatch": "index",
+         "img_per_s": 3 * AUTHORS_SAMPLE[256], "warmup_s": 40.0},
+        {"stage": 4, "microbatch": 64, "layer": "attention", "backend": "flash", "ms_per_step": None,
+         "tflop_per_s": None, "shapes": [{"q": [1], "error": "No available kernel"}, {"q": [2]}]},
+        {"label": "s4 ckpt12", "skipped": "time budget spent"},
+    ]
     extra = tmp_path / "layers.jsonl"
-    extra.write_text("".join(json.dumps(record) + "\n" for record in (layers, cold)))
-    table = markdown_tables(read_records([runs / "2026-11-26-h200-run2.jsonl", runs / "2026-11-26-h200-run3.jsonl",
-                                          runs / "2026-11-27-h200-run4.jsonl", extra]))
-    assert "| s3 blocks mb128 lpnorm static precompiled8 | 3 | 128 | blocks, index, bf16 norms | 339.3 | 2.00 |" \
-        in table
-    assert "| 256 | 128 | blocks, index | 15.12 | 2.04 |" in table and "| 27/27 |" in table
-    assert ("| s4 blocks mb64 lpnorm budget0.7 | 4 | 64 | blocks, index, bf16 norms, budget 0.7 | 122.0 | 1.86 |"
-            in table)
-    assert "| 512 | 64 | blocks, index | 3.46 | 1.98 |" in table
+    extra.write_text("".join(json.dumps(record) + "\n" for record in records))
+    table = markdown_tables(read_records([extra]))
+    assert table.startswith("Device: NVIDIA H200; torch 2.14.1.")
+    assert "| s1 | 1 | 256 | model, index, bf16 norms | 2458.0 | 2.00 | 60.00 | 35.5 % | 175.6 | 0/1 |" in table
+    assert "| s3 | 3 | 128 | blocks, ckpt 6 | 85.0 | 0.50 |" in table  # their eager number: no compiled one
+    assert f"| 256 px | 256 | 128 | blocks, index | {3 * AUTHORS_SAMPLE[256]:.2f} | 3.00 |" in table
     assert "| 4 | 64 | attention | flash |  |  | 1 of 2 shapes failed |" in table
-    assert "- s4 blocks mb64 lpnorm ckpt12: time budget spent" in table
-    # where a cold start went: the slowest worker's phases (it sets the wall time), phases with nothing spent left out
-    assert ("| s2 cold | 86.1 | 66.2 | 40.0–61.5 (2) | compile 20.0, backward 15.0 (of which trace 9.0, waiting for "
-            "builds 10.0), kernel tuning 25.0 | compile 12.0 (of which trace 4.0, cache loads 6.5) |") in table
-    assert "| s4 blocks mb64 lpnorm budget0.7 | 89.1 | 70.2 |" in table  # run 4, before phases were recorded
+    assert "- s4 ckpt12: time budget spent" in table
     extra.write_text('{"stage": 1}\n{broken\n')
     with pytest.raises(UserError, match=r"layers\.jsonl:2: not a JSON line"):
         read_records([extra])

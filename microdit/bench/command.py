@@ -12,7 +12,6 @@ Timings belong in docs/benchmarks.md, never in tests.
 """
 import argparse
 import json
-import os
 from dataclasses import asdict, replace
 
 import torch
@@ -40,13 +39,6 @@ def _speed_arguments(p) -> None:
     p.add_argument("--activation-budget", type=float, default=1.0,
                    help="with --compile: fraction of activations compiled graphs keep, recomputing the rest")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precompile-workers", type=int, default=0,
-                   help="with --compile blocks: compile the block graphs in this many processes first (0: off; "
-                        "-1: one per two CPUs, as the trainer)")
-    p.add_argument("--cpus", type=int,
-                   help="run as one training task allotted this many CPUs (a stage's launch.cpus_per_task: 8 per "
-                        "GPU in the paper stages): this process and its workers keep to the first N CPUs it may "
-                        "use, and the compiler's kernel-build pool to N")
 
 
 def _options(args) -> SpeedOptions:
@@ -153,24 +145,6 @@ def _header(args, device: torch.device, **extra) -> dict:
             "torch": torch.__version__}
 
 
-def _cpus_and_workers(args) -> tuple[int, int]:
-    """Keep to `--cpus` (as a SLURM task bound to its CPUs does: the workers started later inherit the binding)
-    and resolve `--precompile-workers -1`; (the CPUs this process may use, precompiling processes)."""
-    from microdit.models.precompile import default_workers, keep_compiling_within, visible_cpus
-
-    if args.cpus is not None:
-        if not hasattr(os, "sched_setaffinity"):
-            raise UserError("--cpus: this system cannot bind a process to CPUs (Linux can)")
-        allowed = sorted(os.sched_getaffinity(0))
-        if not 1 <= args.cpus <= len(allowed):
-            raise UserError(f"--cpus: expected 1 to {len(allowed)} (the CPUs this process may use), got {args.cpus}")
-        os.sched_setaffinity(0, allowed[:args.cpus])
-        torch.set_num_threads(min(torch.get_num_threads(), args.cpus))
-        keep_compiling_within(args.cpus)  # what the compiler would have chosen, started on N CPUs
-    workers = default_workers() if args.precompile_workers < 0 else args.precompile_workers
-    return visible_cpus(), workers
-
-
 def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
@@ -183,17 +157,15 @@ def run_train(args) -> None:
     from microdit.train.metrics import peak_flops
 
     device = _device(args)
-    cpus, workers = _cpus_and_workers(args)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(device)
     for stage_id in args.stage or sorted(STAGES):
         stage = STAGES[stage_id]
         microbatch = args.microbatch or stage.microbatch
         measured = time_training_step(args.arch, stage, microbatch, _options(args), args.steps, args.warmup, device,
-                                      args.profile, workers)
+                                      args.profile)
         flops = training_flops_per_image(stage_config(args.arch, stage), stage)
         img_per_s = microbatch / measured["step_s"]
-        record = {**_header(args, device, stage=stage_id, microbatch=microbatch, cpus=cpus,
-                            precompile_workers=workers),
+        record = {**_header(args, device, stage=stage_id, microbatch=microbatch),
                   "dtype": "bf16-autocast" if device.type == "cuda" else "fp32", **measured,
                   "img_per_s": img_per_s, "train_gflops_per_img": flops / 1e9,
                   "mfu": flops * img_per_s / peak if peak else None}
@@ -225,13 +197,11 @@ def run_sample(args) -> None:
     from microdit.bench.sampling import time_sampling
 
     device = _device(args)
-    cpus, workers = _cpus_and_workers(args)
     for resolution in args.resolution or (256, 512):
         measured = time_sampling(args.arch, resolution, args.batch, args.steps, args.guidance, args.precision,
-                                 args.state_dtype, _options(args), args.repeats, device, workers)
+                                 args.state_dtype, _options(args), args.repeats, device)
         _emit({**_header(args, device, resolution=resolution, batch=args.batch, steps=args.steps,
-                         guidance=args.guidance, precision=args.precision, state_dtype=args.state_dtype, cpus=cpus,
-                         precompile_workers=workers),
+                         guidance=args.guidance, precision=args.precision, state_dtype=args.state_dtype),
                **measured})
 
 

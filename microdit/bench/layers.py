@@ -9,7 +9,7 @@ is what the step would spend in those layers with it (activation checkpointing's
 """
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,31 @@ from microdit.bench.training_step import StageShape, random_batch, stage_config
 from microdit.diffusion.edm import EDMConfig, edm_loss
 from microdit.models.dit import MicroDiT
 from microdit.models.layers import ExpertChoiceMoE, attention
-from microdit.models.precompile import TensorSpec
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What a layer call is timed on: shape, strides, offset into its storage (a view such as the values half of a
+    fused key-value projection has one), dtype and whether it needs a gradient."""
+    shape: tuple
+    stride: tuple
+    storage_offset: int
+    dtype: torch.dtype
+    requires_grad: bool
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor, grad: bool) -> "TensorSpec":
+        # recorded without gradients; in training every floating input of a layer depends on the parameters
+        return cls(tuple(tensor.shape), tuple(tensor.stride()), tensor.storage_offset(), tensor.dtype,
+                   grad and tensor.is_floating_point())
+
+    def random(self, device) -> torch.Tensor:
+        span = 1 + sum((size - 1) * stride for size, stride in zip(self.shape, self.stride))
+        storage = torch.empty(self.storage_offset + span, dtype=self.dtype, device=device)
+        storage.normal_() if self.dtype.is_floating_point else storage.zero_()
+        tensor = storage.as_strided(self.shape, self.stride, self.storage_offset)
+        # detached, the strided view becomes a leaf of its own, which may require a gradient
+        return tensor.detach().requires_grad_() if self.requires_grad else tensor
 
 
 class _AttentionRecorder(TorchFunctionMode):

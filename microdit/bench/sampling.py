@@ -7,10 +7,9 @@ from contextlib import nullcontext
 
 import torch
 
-from microdit.bench import compile_record, precompile_for_measurement, synchronize
+from microdit.bench import compile_record, synchronize
 from microdit.bench.training_step import random_batch
 from microdit.diffusion.edm import EDMConfig
-from microdit.models.compile_phases import phase_totals
 from microdit.models.dit import MicroDiT, variant_config
 from microdit.models.latent_diffusion import sample_latents
 from microdit.models.speed import SpeedOptions, apply_speed_options
@@ -21,8 +20,7 @@ STATE_DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
 
 
 def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: float, precision: str,
-                  state_dtype: str, options: SpeedOptions, repeats: int, device: torch.device,
-                  precompile_workers: int = 0) -> dict:
+                  state_dtype: str, options: SpeedOptions, repeats: int, device: torch.device) -> dict:
     config = variant_config(arch, input_size=resolution // 8, pos_interp_scale=resolution / 256)
     torch.manual_seed(0)
     with device:
@@ -37,17 +35,14 @@ def time_sampling(arch: str, resolution: int, batch: int, steps: int, guidance: 
         synchronize(device)
 
     start = time.perf_counter()
-    precompiled = precompile_for_measurement(dit, options, lambda: sample(1), False, precompile_workers, device)
-    phases_before = phase_totals()
     # Three steps run every code path (Heun steps and the final Euler one) and pay any compile cost; a whole
     # warm-up batch would double the cost of an eager measurement.
     sample(min(steps, WARMUP_STEPS))
     warmup_s = time.perf_counter() - start
-    if options.compile != "none":
-        precompiled.update(compile_record(phases_before))
+    compiled = compile_record() if options.compile != "none" else {}
     start = time.perf_counter()
     for _ in range(repeats):
         sample(steps)
     batch_s = (time.perf_counter() - start) / repeats
-    return {"batch_s": batch_s, "warmup_s": warmup_s, **precompiled, "warmup_steps": min(steps, WARMUP_STEPS),
+    return {"batch_s": batch_s, "warmup_s": warmup_s, **compiled, "warmup_steps": min(steps, WARMUP_STEPS),
             "img_per_s": batch / batch_s, "peak_mem_gib": memory_gib(device)}

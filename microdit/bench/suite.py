@@ -29,9 +29,6 @@ CARD_FITS = {"h200": {1: (256, 0), 2: (256, 12), 3: (128, 0), 4: (64, 12)},
 CARD_BUDGETS = {"h200": {2: 0.7, 4: 0.7}, "h100": {2: 0.5, 3: 0.6, 4: 0.5}}
 # The authors' configuration at their microbatch (82.5 GiB on an H200) does not fit an 80 GB card: half of it does.
 BASELINE_MICROBATCH = {"h200": 256, "h100": 128}
-# what one rank of the paper's launch is allotted (config/stages/paper: 8 tasks of 8 CPUs, one per GPU): the suite's
-# one-rank item keeps to it, where the others use the whole machine (16 CPUs for one GPU on the lent H200)
-PAPER_RANK_CPUS = 8
 CARD_MIN_GIB = {"h200": 100.0, "h100": 0.0}  # the card class of a device with at least this much memory
 
 
@@ -48,27 +45,16 @@ def gpu_memory_gib(python: str = sys.executable) -> float:
 
 
 def paper_suite(card: str) -> tuple:
-    """(label, `python -m microdit.bench` arguments) for `card`, most important first. Measured on an H200 so far
-    (docs/benchmarks.md, runs 1-5): every stage eager and compiled per block, stages 2 and 4 with the activation
-    budget, whole-model compile at stage 1, both samplers compiled, every layer eager. Every compiled item compiles
-    its block graphs in 8 processes first (models/precompile.py; the paper-rank item in 4) from a cold cache of
-    its own. Order: the profiled
-    per-block stage-1 step run as one rank of the paper's launch would (its 8 CPUs, 4 precompiling workers: the
-    cold start that launch pays, never measured); stage 2 with the one-hot dispatch, whose compile phases say why
-    the cold start at stages 2 and 4 is slower than at 1 and 3 (models/compile_phases.py); the same-card baseline
-    (the authors' configuration); whether the one-hot dispatch should be the default (eager layers favoured it at
-    every stage in run 4, up to 13 %): the compiled step with it at stages 2 (above), 1 and 4, each beside an
-    earlier number of the index dispatch (runs 1-4); where the stage-2 step spends its time; the 256 px sampler
-    (its compile phases, never recorded); stage 3 again; flash attention at stage 1; then items measured before,
-    for a same-machine comparison where the card differs: checkpointed blocks at stages 2 and 4 (runs 2 and 4),
-    whole-model compile, the eager layers (run 4); last, the MoE layers compiled at stage 4 (never measured)."""
-    blocks = ["--compile", "blocks", "--precompile-workers", "8"]
-    # as the trainer runs in one task of the paper's launch: its CPUs, and its default of one worker per two
-    paper_rank = ["--compile", "blocks", "--cpus", str(PAPER_RANK_CPUS), "--precompile-workers", "-1"]
+    """(label, `python -m microdit.bench` arguments) for `card`, most important first (docs/benchmarks.md, runs
+    1-5, says what each settled): every stage compiled per block, stages 2 and 4 with the activation budget,
+    whole-model compile at stage 1, the one-hot dispatch beside the index one, the same-card baseline (the authors'
+    configuration), the 256 px sampler, flash attention, checkpointed blocks, and the layers eager and compiled.
+    Every compiled item starts from a cold compile cache of its own."""
+    blocks = ["--compile", "blocks"]
 
-    def train(number: int, *switches: str, compiling: list[str] = blocks) -> list[str]:
+    def train(number: int, *switches: str) -> list[str]:
         microbatch = CARD_FITS[card][number][0]
-        return ["train", "--stage", str(number), "--microbatch", str(microbatch), *compiling, "--low-precision-norm",
+        return ["train", "--stage", str(number), "--microbatch", str(microbatch), *blocks, "--low-precision-norm",
                 *switches]
 
     def label(number: int) -> str:
@@ -96,8 +82,7 @@ def paper_suite(card: str) -> tuple:
     one_hot = ("--dispatch", "one_hot")
     baseline = BASELINE_MICROBATCH[card]
     return (
-        # stage 1 fits every card without checkpointing or a budget: this is fitted(1) as one rank would run it
-        (f"{label(1)} profiled paper-rank cpus{PAPER_RANK_CPUS}", train(1, "--profile", compiling=paper_rank)),
+        fitted(1, " profiled", "--profile"),
         fitted(2, " one-hot", *one_hot),
         (f"s1 eager authors-config mb{baseline}", ["train", "--stage", "1", "--microbatch", str(baseline),
                                                    *one_hot]),
@@ -120,15 +105,14 @@ MIN_ITEM_S = 20.0  # below this much budget an item cannot even build the model:
 
 def expected_seconds(args: list[str]) -> float:
     """Roughly how long an item takes on an H200 machine (runs 1-4: process start, model build, FLOP count,
-    precompiling, warm-up, timing): an item is started only while the budget still holds this much, so that a
+    compiling, warm-up, timing): an item is started only while the budget still holds this much, so that a
     long one left for a second call does not time out half-way and cost the shorter ones after it."""
     mode = args[0]
     if mode == "layers":
         return 30.0 + (150.0 if "--compile-moe" in args else 0.0)
     compiled = args[args.index("--compile") + 1] if "--compile" in args else "none"
-    seconds = {"none": 45.0, "blocks": 120.0, "model": 300.0}[compiled] if mode in ("train", "sample") else MIN_ITEM_S
-    # half the CPUs precompile in half the processes (a guess: about twice the 40-50 s of 8 processes)
-    return seconds + (10.0 if "--profile" in args else 0.0) + (50.0 if "--cpus" in args else 0.0)
+    seconds = {"none": 45.0, "blocks": 240.0, "model": 300.0}[compiled] if mode in ("train", "sample") else MIN_ITEM_S
+    return seconds + (10.0 if "--profile" in args else 0.0)
 
 
 def select_items(items, spec: str):
@@ -177,7 +161,7 @@ def _run_item(python: str, args: list[str], timeout_s: float, label: str, log: P
             done = _run_group(command, timeout_s, {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache})
     except subprocess.TimeoutExpired as timeout:
         _append_log(log, label, timeout.stderr)
-        return [{"args": args, "error": f"timed out after {timeout_s:.0f} s (time budget){_progress(timeout.stderr)}"}]
+        return [{"args": args, "error": f"timed out after {timeout_s:.0f} s (time budget)"}]
     _append_log(log, label, done.stderr)
     records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0:
@@ -192,18 +176,8 @@ def _text(output: str | bytes | None) -> str:
     return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
-def _progress(stderr: str | bytes | None) -> str:
-    """How far a killed item got, from the lines precompiling prints as it goes (models/precompile.py)."""
-    lines = _text(stderr).splitlines()
-    done = [line for line in lines if line.startswith("precompiled ")]
-    if done:
-        return f"; {done[-1]}"
-    graphs = sum(line.startswith("precompile: share ") for line in lines)
-    return f"; {graphs} block graphs had compiled" if graphs else ""
-
-
 def _run_group(command: list[str], timeout_s: float, env: dict) -> subprocess.CompletedProcess:
-    """subprocess.run, but a timeout kills the item's whole process group: its compile workers hold GPU memory."""
+    """subprocess.run, but a timeout kills the item's whole process group: the compiler's workers outlive it."""
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                           start_new_session=True) as process:
         try:

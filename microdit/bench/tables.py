@@ -5,7 +5,6 @@ Ratios are to the authors' numbers of issue #7, measured on an H200 with their c
 unlike with like, which the table says in its header.
 """
 from microdit.files import read_jsonl
-from microdit.models.compile_phases import describe_phases, slowest_share_phases
 
 # The authors' img/s per GPU on one H200 (issue #7): training (eager, compiled or None) and sampling per resolution.
 AUTHORS_TRAIN = {1: (751.0, 1229.0), 2: (276.0, 450.0), 3: (170.0, None), 4: (65.7, None)}
@@ -48,16 +47,6 @@ def _sampling_row(r: dict) -> str:
             f"| {_number(r.get('warmup_s'))} |")
 
 
-def _cold_start_row(r: dict) -> str:
-    shares = r.get("precompile_share_s") or []
-    on = f" on {r['cpus']} CPUs" if "cpus" in r else ""
-    spread = f"{min(shares):.1f}–{max(shares):.1f} ({len(shares)}{on})" if shares else ""
-    slowest = slowest_share_phases(shares, r["precompile_share_phase_s"]) if "precompile_share_phase_s" in r else {}
-    return (f"| {r.get('label', '')} | {_number(r.get('first_step_s', r.get('warmup_s')))} "
-            f"| {_number(r.get('precompile_s'))} | {spread} | {describe_phases(slowest)} "
-            f"| {describe_phases(r.get('compile_phase_s'))} |")
-
-
 def _layer_row(r: dict) -> str:
     variant = r.get("backend") or f"{r['dispatch']}{', compiled' if r.get('compiled') else ''}"
     failed = sum("error" in s for s in r["shapes"])
@@ -77,9 +66,6 @@ def markdown_tables(records: list[dict]) -> str:
          lambda r: "img_per_s" in r and "stage" in r, _training_row),
         ("| label | resolution | batch | switches | img/s | ratio | peak GiB | warm-up s |",
          lambda r: "img_per_s" in r and "resolution" in r, _sampling_row),
-        ("| label | first step or warm-up s | precompile s | shares s (processes) | the slowest precompiling "
-         "process's compile phases s | the measuring process's compile phases s |",
-         lambda r: "compile_phase_s" in r or "precompile_s" in r, _cold_start_row),
         ("| stage | microbatch | layer | variant | ms per step | TFLOP/s | note |",
          lambda r: "layer" in r and "ms_per_step" in r, _layer_row),
     )

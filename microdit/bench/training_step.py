@@ -15,11 +15,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from microdit.bench import compile_record, precompile_for_measurement, synchronize
+from microdit.bench import compile_record, synchronize
 from microdit.bench.memory import estimate_training_memory
 from microdit.bench.profile import time_breakdown
 from microdit.diffusion.edm import EDMConfig, edm_loss
-from microdit.models.compile_phases import phase_totals
 from microdit.models.dit import MicroDiT, variant_config
 from microdit.models.speed import SpeedOptions, apply_speed_options
 from microdit.train.metrics import memory_gib, train_flops_per_sample
@@ -136,11 +135,10 @@ def fit_checkpointing(arch: str, stage: StageShape, microbatch: int, options: Sp
 
 
 def time_training_step(arch: str, stage: StageShape, microbatch: int, options: SpeedOptions, steps: int,
-                       warmup: int, device: torch.device, profile: bool = False, precompile_workers: int = 0) -> dict:
+                       warmup: int, device: torch.device, profile: bool = False) -> dict:
     """Measured seconds per step, first-step (compile) seconds and peak allocated memory on `device`; with
     `profile`, also where three more steps spend the device's time (bench/profile.py; after the timing, so that it
-    does not disturb it). With `precompile_workers` (compile: blocks), the block graphs are first compiled in that
-    many processes (models/precompile.py); that time is part of the first step's."""
+    does not disturb it)."""
     config = stage_config(arch, stage)
     torch.manual_seed(0)
     with device:  # initialise on the device: an XL initialised on the CPU costs more than the measurement
@@ -151,14 +149,11 @@ def time_training_step(arch: str, stage: StageShape, microbatch: int, options: S
     latents, captions = random_batch(config, microbatch, device)
     step = make_train_step(stage, latents, captions, autocast=device.type == "cuda")
     start = time.perf_counter()
-    loss_of = make_loss(stage, latents, captions, autocast=device.type == "cuda")
-    precompiled = precompile_for_measurement(dit, options, lambda: loss_of(dit), True, precompile_workers, device)
-    phases_before = phase_totals()
     step(dit, optimizer)
     synchronize(device)
     first_step_s = time.perf_counter() - start
-    if options.compile != "none":  # whether the first step compiled or found its graphs in the compile cache
-        precompiled.update(compile_record(phases_before))
+    # whether the first step compiled or found its graphs in the compile cache
+    compiled = compile_record() if options.compile != "none" else {}
     for _ in range(warmup - 1):
         step(dit, optimizer)
     start = time.perf_counter()
@@ -167,7 +162,7 @@ def time_training_step(arch: str, stage: StageShape, microbatch: int, options: S
     synchronize(device)
     step_s = (time.perf_counter() - start) / steps
     measured = {"params": sum(p.numel() for p in dit.parameters()), "step_s": step_s, "first_step_s": first_step_s,
-                **precompiled, "peak_mem_gib": memory_gib(device)}
+                **compiled, "peak_mem_gib": memory_gib(device)}
     if profile:
         try:
             measured["profile"] = time_breakdown(lambda: step(dit, optimizer), device)

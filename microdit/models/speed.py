@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 import torch._functorch.config as functorch_config
+import torch._inductor.config as inductor_config
 from torch.utils.checkpoint import checkpoint
 
 from microdit.models.dit import DiTBlock, MicroDiT
@@ -83,10 +84,10 @@ def compile_blocks(dit: MicroDiT, **options) -> None:
     keys and values: another graph each). Past dynamo's recompile limit the remaining blocks would silently run
     eagerly, so it is raised to cover those uses. Static by default: blocks of other widths re-enter the same
     compiled function, and dynamo would otherwise re-trace the later ones with symbolic sizes, so a block's graph
-    would depend on the blocks compiled before it in the process (and precompiled graphs would not be found,
-    models/precompile.py). Without DDP's graph splitting: it cuts a graph at gradient-bucket boundaries so that a
-    whole-model graph can overlap communication, which a block-sized graph already does, and its split graphs
-    bypass the compile cache (found on the CPU over gloo: every precompiled graph missed under DDP)."""
+    would depend on the blocks compiled before it in the process (and a restart would miss the compile cache).
+    Without DDP's graph splitting: it cuts a graph at gradient-bucket boundaries so that a whole-model graph can
+    overlap communication, which a block-sized graph already does, and its split graphs bypass the compile cache
+    (found on the CPU over gloo)."""
     options.setdefault("dynamic", False)
     torch._dynamo.config.optimize_ddp = False
     blocks = [*dit.patch_mixer, *dit.blocks, dit.y_emb_preprocess]
@@ -103,3 +104,10 @@ def set_activation_budget(budget: float) -> None:
     recomputes the whole graph. A process-wide compiler setting, read as each graph compiles and part of the compile
     cache's key, so it is set for every model this process compiles from now on (always set: never inherited)."""
     functorch_config.activation_memory_budget = budget
+
+
+def keep_compiling_within(cpus: int) -> None:
+    """Size the compiler's kernel-build pool (inductor's compile_threads: one per visible CPU, up to 32) by the
+    `cpus` a task was allotted: a task that SLURM did not bind to its CPUs sees the whole node, and each of a node's
+    ranks would start up to 32 build processes. Not part of any compiled graph's cache key."""
+    inductor_config.compile_threads = max(1, min(inductor_config.compile_threads or 1, cpus))

@@ -141,9 +141,6 @@ class StageConfig:
                                     # recomputing the rest, cheapest first (models/speed.py)
     moe_dispatch: str = "index"   # how MoE layers route tokens: index (gather / scatter) or one_hot (the authors'
                                   # einsums); equal math, tested; `microdit bench layers` times both
-    precompile_workers: int = -1  # compile: blocks -> compile the block graphs in this many processes first (-1: one
-                                  # per two of the task's CPUs, launch.cpus_per_task; 0: off); ranks that compile
-                                  # for one device share them out instead
     strategy: str = "ddp"         # ddp, or fsdp (FSDP2 fully_shard, reshard_after_forward=False ~ SHARD_GRAD_OP)
     log_every: int = 50
     save_every: int = 2500
@@ -241,8 +238,10 @@ def _plain(value):
     return value
 
 
-# a stage.yaml resolved by an earlier version may still hold these (docs/benchmarks.md: measured, did not win)
-REMOVED_FIELDS = {"autotune": "max-autotune, 2026-11-27"}
+# a stage.yaml resolved by an earlier version may still hold these (docs/benchmarks.md: measured, did not win, or
+# served only a removed feature)
+REMOVED_FIELDS = {"autotune": "max-autotune, 2026-11-27",
+                  "precompile_workers": "the precompile process pool, issue 28: a restart finds the compile cache"}
 
 
 def _yaml_key(name: str) -> str:
@@ -324,7 +323,6 @@ def _validate(cfg: StageConfig, w: str) -> None:
         cfg.speed_options()
     except ValueError as err:
         raise UserError(f"{w}{err}") from None
-    _check(cfg.precompile_workers >= -1, w, f"precompile_workers: must be >= -1, got {cfg.precompile_workers}")
     _check(cfg.strategy in ("ddp", "fsdp"), w, f"strategy: expected ddp or fsdp, got {cfg.strategy!r}")
     for name in ("log_every", "save_every", "keep_checkpoints"):
         _check(getattr(cfg, name) > 0, w, f"{name}: must be > 0, got {getattr(cfg, name)}")

@@ -5,7 +5,7 @@ in the workflow (rules/train.smk). Standard library only: the Snakefile imports 
 """
 COSMETIC_FIELDS = frozenset({
     "name", "out_dir", "log_every", "progress", "save_every", "keep_checkpoints", "samples", "validation", "launch",
-    "compile", "precompile_workers", "checkpoint_blocks", "attention_backend", "activation_budget", "moe_dispatch"})
+    "compile", "checkpoint_blocks", "attention_backend", "activation_budget", "moe_dispatch"})
 
 # data options that change how fast batches arrive, not which samples they hold
 LOADER_SPEED_OPTIONS = frozenset({"num_workers", "pin_memory", "clean_shared_memory", "prefetch_factor",

@@ -68,17 +68,6 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank, world, local, device)
 
 
-def device_peers(info: DistInfo) -> tuple[int, int]:
-    """(this rank's place, count) among the ranks whose device is this rank's, index included: on CPUs all of
-    them, on GPUs the ranks of the same local index on each node (what can share compiled graphs)."""
-    if not info.enabled:
-        return 0, 1
-    devices = [None] * info.world_size
-    dist.all_gather_object(devices, str(info.device))
-    same = [rank for rank, device in enumerate(devices) if device == str(info.device)]
-    return same.index(info.rank), len(same)
-
-
 def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -28,7 +28,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.config, self.resume = config, resume
 
     def __call__(self) -> dict:
-        from microdit.models.precompile import keep_compiling_within
+        from microdit.models.speed import keep_compiling_within
         from microdit.train.callbacks import SampleGrid
         from microdit.train.distributed import init_distributed, shutdown_distributed
         from microdit.train.trainer import Trainer

@@ -23,15 +23,13 @@ from microdit.checkpoint import encoder_metadata, save_dit
 from microdit.diffusion.edm import EDMConfig, edm_loss
 from microdit.errors import UserError
 from microdit.files import read_jsonl, write_json
-from microdit.models.compile_phases import describe_phases, slowest_share_phases
 from microdit.models.dit import MicroDiT, create_dit
-from microdit.models.precompile import default_workers, precompile_blocks, visible_cpus
 from microdit.models.speed import apply_speed_options
 from microdit.train import state as ckpt
 from microdit.train.config import StageConfig, save_stage_config, to_dict
 from microdit.train.data import build_source, microbatch_index
 from microdit.train.distributed import (
-    DistInfo, barrier, device_peers, full_tensor, gradient_sync, mean_across_ranks, wrap_model,
+    DistInfo, barrier, full_tensor, gradient_sync, mean_across_ranks, wrap_model,
 )
 from microdit.train.ema import EMA
 from microdit.train.metrics import MetricsLog, Throughput, memory_gib, peak_flops, train_flops_per_sample
@@ -115,7 +113,6 @@ class Trainer:
             # a restart (a requeue may land on another node) reuses the compiled graphs instead of compiling again
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((self.out_dir / "compile_cache").resolve()))
         apply_speed_options(self.raw, cfg.speed_options())  # compiles in place: names stay free of `_orig_mod.`
-        self._precompile()
         self.model = wrap_model(self.raw, cfg.strategy, info)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.source = build_source(cfg, info.rank, info.world_size, self.accumulation)
@@ -146,39 +143,6 @@ class Trainer:
                                        batch)
         self.raw.zero_grad(set_to_none=True)
         return flops
-
-    def _precompile(self) -> None:
-        """Cold compilation of the block graphs shared out before the first step (models/precompile.py): over worker
-        processes, or over the ranks that compile for the same device when there are several (DDP or FSDP: the
-        blocks are recorded and compiled unwrapped, and the wrapped blocks compile to the same kernels)."""
-        cfg, info = self.cfg, self.info
-        if cfg.compile != "blocks" or cfg.precompile_workers == 0:
-            return
-        started = time.perf_counter()
-        with torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []):
-            batch = example_batch(cfg, info.device, cfg.micro_batch)
-
-            def forward() -> None:
-                with self.autocast():
-                    denoising_loss(self.raw, batch, self.edm, cfg.model.train_mask_ratio)
-
-            # by the rank's allotment: a task that is not bound to its CPUs sees the whole node
-            allotted = min(visible_cpus(), cfg.launch.cpus_per_task)
-            workers = cfg.precompile_workers if cfg.precompile_workers > 0 else default_workers(allotted)
-            peer, peers = device_peers(info)
-            result = precompile_blocks(self.raw, cfg.speed_options(), forward, grad=True, workers=workers,
-                                       peer=peer, peers=peers)
-        barrier()
-        if info.is_main:
-            failed = f", {len(result['failed'])} shares failed" if result["failed"] else ""
-            processes = min(workers, result["graphs"])
-            by = f"{peers} ranks" if peers > 1 else f"{processes} process" + ("es" if processes > 1 else "")
-            # with peer ranks, this rank's share; else the slowest worker's, which sets the wall time
-            phases = describe_phases(slowest_share_phases(result["share_seconds"], result["share_phase_seconds"]))
-            print(f"{cfg.name}: {result['graphs']} block graphs precompiled by {by} in "
-                  f"{time.perf_counter() - started:.1f} s{failed}"
-                  + (f" (the slowest process's compile phases, s: {phases})" if phases else ""),
-                  file=sys.stderr, flush=True)
 
     def _load_full_state(self, state: dict, same_stage: bool, source: Path) -> None:
         continue_data = not same_stage and ckpt.reads_same_stream(state, to_dict(self.cfg))

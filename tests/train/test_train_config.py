@@ -31,14 +31,10 @@ def test_paper_stages_follow_the_spec():
     assert (s3.model.latent_res, s3.model.pos_interp_scale) == (64, 2.0)
     assert (s3.ema.decay, s3.ema.start_step) == (0.99975, 25000)
     assert all(s.optim.moe_half_lr and s.global_batch == 2048 for s in (s1, s2, s3, s4))
-    # every LayerNorm in bf16 like the authors (SPEC §3.5); compiled per block, the measured best (docs/benchmarks.md)
-    assert all(s.compile == "blocks" and s.low_precision_norm for s in (s1, s2, s3, s4))
-    # the bench's one-rank item measures the cold start of one task as these launch it
-    from microdit.bench.suite import PAPER_RANK_CPUS, paper_suite
-
-    assert all(s.launch.cpus_per_task == PAPER_RANK_CPUS and s.precompile_workers == -1 for s in (s1, s2, s3, s4))
-    rank = next(args for label, args in paper_suite("h200") if "paper-rank" in label)
-    assert rank[rank.index("--cpus") + 1] == str(PAPER_RANK_CPUS) and "-1" in rank
+    # every LayerNorm in bf16 like the authors (SPEC §3.5); each stage compiled the way that measured fastest per
+    # step (docs/benchmarks.md): the whole model at stage 1, per block at the others (the only route measured there)
+    assert [s.compile for s in (s1, s2, s3, s4)] == ["model", "blocks", "blocks", "blocks"]
+    assert all(s.low_precision_norm for s in (s1, s2, s3, s4))
 
 
 @pytest.mark.parametrize("change, message", [
@@ -50,6 +46,7 @@ def test_paper_stages_follow_the_spec():
     ({"global_batch": 5}, "global_batch"),
     ({"optim": {"learning_rate": 1.0}}, "optim.learning_rate: unknown field"),
     ({"autotune": False}, "autotune: removed (max-autotune, 2026-11-27); delete the line"),
+    ({"precompile_workers": 8}, "precompile_workers: removed (the precompile process pool, issue 28"),
     ({"init": {"from": "x", "mode": "partial"}}, "init.mode"),
     ({"compile": True}, "compile: expected a string"),
     ({"compile": "everything"}, "compile: expected one of"),

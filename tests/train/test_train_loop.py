@@ -284,46 +284,6 @@ def test_train_stats_feed_the_report_ledger(tmp_path):
     assert row.images_seen == 2 * 4 and row.wall_hours > 0
 
 
-def test_block_compilation_is_shared_out_before_the_first_step(tmp_path, monkeypatch, capsys):
-    """The trainer hands the precompiler a forward at its own microbatch, mask ratio and precision, leaves the
-    training randomness as it was, and skips it when not compiling per block or when precompiling is off. The
-    precompiler itself is tested against the compile cache in tests/test_precompile.py."""
-    calls = []
-
-    def fake_precompile(dit, options, forward, grad, workers, peer, peers):
-        seen = {}
-        hook = dit.blocks[0].register_forward_pre_hook(lambda module, args: seen.update(x=args[0].shape))
-        forward()
-        hook.remove()
-        calls.append({"compile": options.compile, "grad": grad, "workers": workers, "x": seen["x"]})
-        return {"graphs": 1, "compiled": 1, "failed": [], "share_seconds": [5.0, 4.0],
-                "share_phase_seconds": [{"compile": 3.0, "tune_kernels": 1.5}, {"compile": 4.0}]}
-
-    monkeypatch.setattr(trainer_module, "precompile_blocks", fake_precompile)
-    monkeypatch.setattr(trainer_module, "apply_speed_options", lambda dit, options: None)  # no real compile here
-    Trainer(tiny_config(tmp_path / "a", steps=2, compile="blocks", precompile_workers=3), DistInfo())
-    after_precompile = torch.rand(4)
-    logged = capsys.readouterr().err  # with what it spent the time on
-    assert "1 block graphs precompiled by 1 process in" in logged  # workers: 3, but no more than graphs
-    assert "(the slowest process's compile phases, s: compile 3.0, kernel tuning 1.5)" in logged
-    cfg = tiny_config(tmp_path / "b", steps=2, compile="model")
-    Trainer(cfg, DistInfo())
-    assert torch.equal(torch.rand(4), after_precompile)  # the recording forward's noise and mask are not drawn
-    kept = round((cfg.model.latent_res // 2) ** 2 * (1 - cfg.model.train_mask_ratio))  # 8x8 latents, patch 2
-    assert calls == [{"compile": "blocks", "grad": True, "workers": 3, "x": (cfg.micro_batch, kept, 128)}]
-    Trainer(tiny_config(tmp_path / "c", steps=2, compile="blocks", precompile_workers=0), DistInfo())
-    assert len(calls) == 1
-    Trainer(tiny_config(tmp_path / "d", steps=2, compile="blocks", strategy="fsdp"), DistInfo())
-    assert len(calls) == 2 and calls[1]["workers"] >= 1  # -1: one per two CPUs
-    # a task that SLURM did not bind to its CPUs sees the whole node; -1 is then by the task's allotment, which
-    # eight ranks on one node each take
-    monkeypatch.setattr(trainer_module, "visible_cpus", lambda: 224)
-    Trainer(tiny_config(tmp_path / "e", steps=2, compile="blocks", launch={"cpus_per_task": 8}), DistInfo())
-    monkeypatch.setattr(trainer_module, "visible_cpus", lambda: 6)  # and by the CPUs it has, where fewer
-    Trainer(tiny_config(tmp_path / "f", steps=2, compile="blocks", launch={"cpus_per_task": 8}), DistInfo())
-    assert [call["workers"] for call in calls[2:]] == [4, 3]
-
-
 def test_exports_record_the_encoders_their_latents_came_from(tmp_path, tiny_vae_dir, capsys):
     from microdit.cli import main
 
