@@ -6,7 +6,7 @@ workers, and StreamingDataLoader.state_dict()/load_state_dict() resume mid-epoch
 
 Each sample: image_latents (C, h, w) at the chosen resolution, caption_latents (1, L, W), both float16 as stored, and
 drop_caption_mask (0.0 = caption dropped for classifier-free guidance, else 1.0), the argument of
-LatentDiffusion.loss. The drop is drawn from (seed, epoch, sample id), so a resumed run drops the same captions.
+trainer.denoising_loss. The drop is drawn from (seed, epoch, sample id), so a resumed run drops the same captions.
 """
 import glob
 import logging

@@ -1,4 +1,5 @@
-"""LatentDiffusion: the MicroDiT denoiser between a frozen VAE and a frozen text encoder, trained and sampled with EDM.
+"""LatentDiffusion: the MicroDiT denoiser between a frozen VAE and a frozen text encoder, sampled with EDM (the
+trainer, microdit/train, trains the denoiser alone on precomputed latents).
 
     model = create_latent_diffusion(latent_res=64, in_channels=4, pos_interp_scale=2.0)
     load_dit_weights(model.dit, "dit_4_channel_37M_real_and_synthetic_data.pt")
@@ -9,7 +10,7 @@ import os
 import torch
 import torch.nn as nn
 
-from microdit.diffusion.edm import EDMConfig, edm_loss, heun_sampler
+from microdit.diffusion.edm import EDMConfig, heun_sampler
 from microdit.errors import UserError
 from microdit.models.dit import MicroDiT, create_dit
 from microdit.models.encoders import VAE, create_text_encoder
@@ -22,7 +23,7 @@ PRECISIONS = ("fp32", "bf16")
 
 class LatentDiffusion(nn.Module):
     def __init__(self, dit: MicroDiT, vae: VAE | None, text_encoder: nn.Module | None, edm: EDMConfig,
-                 train_mask_ratio: float = 0.0, precision: str = "fp32"):
+                 precision: str = "fp32"):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}; expected one of {PRECISIONS}")
@@ -31,7 +32,7 @@ class LatentDiffusion(nn.Module):
             raise UserError(f"the VAE has {vae.latent_channels} latent channels but the denoiser takes "
                             f"{dit.config.in_channels}")
         self.dit, self.vae, self.text_encoder = dit, vae, text_encoder
-        self.edm, self.train_mask_ratio = edm, train_mask_ratio
+        self.edm = edm
         self.precision = precision  # the denoiser's, when sampling: fp32, or bf16 autocast
         for frozen in (vae, text_encoder):
             if frozen is not None:
@@ -40,14 +41,6 @@ class LatentDiffusion(nn.Module):
     @property
     def latent_res(self) -> int:
         return self.dit.config.input_size
-
-    def loss(self, latents: torch.Tensor, caption_latents: torch.Tensor,
-             drop_caption_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """EDM loss on precomputed latents; dropped captions become the all-zero (null) embedding."""
-        if drop_caption_mask is not None:
-            caption_latents = caption_latents * drop_caption_mask.reshape(-1, *[1] * (caption_latents.dim() - 1))
-        mask_ratio = self.train_mask_ratio if self.dit.training else 0.0
-        return edm_loss(self.dit, latents.float(), caption_latents.float(), self.edm, mask_ratio)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
@@ -107,7 +100,7 @@ def sample_latents(dit: MicroDiT, noise: torch.Tensor, captions: torch.Tensor, e
 def create_latent_diffusion(vae_name: str | None = PAPER_VAE, text_encoder_name: str | None = PAPER_TEXT_ENCODER,
                             dit_arch: str = "MicroDiT_XL_2", latent_res: int = 32, in_channels: int | None = None,
                             pos_interp_scale: float = 1.0, p_mean: float = -0.6, p_std: float = 1.2,
-                            train_mask_ratio: float = 0.0, vae_subfolder: str | None = "auto",
+                            vae_subfolder: str | None = "auto",
                             caption_channels: int | None = None, **dit_overrides) -> LatentDiffusion:
     """Build the whole model. `vae_subfolder="auto"` uses 'vae' for diffusers pipeline repos (the SDXL id) and none
     for standalone VAE repos or local directories. `in_channels` / `caption_channels` default to the encoders'."""
@@ -117,7 +110,7 @@ def create_latent_diffusion(vae_name: str | None = PAPER_VAE, text_encoder_name:
     caption_channels = caption_channels or (text_encoder.width if text_encoder else 1024)
     dit = create_dit(dit_arch, input_size=latent_res, in_channels=in_channels, pos_interp_scale=pos_interp_scale,
                      caption_channels=caption_channels, **dit_overrides)
-    return LatentDiffusion(dit, vae, text_encoder, EDMConfig(p_mean=p_mean, p_std=p_std), train_mask_ratio)
+    return LatentDiffusion(dit, vae, text_encoder, EDMConfig(p_mean=p_mean, p_std=p_std))
 
 
 def paper_vae(in_channels: int) -> str:
