@@ -14,12 +14,26 @@ def test_preconditioning_identities():
     sigma = torch.tensor([0.002, 0.5, 0.9, 80.0], dtype=torch.float64)
     c_skip, c_out, c_in, c_noise = preconditioning(sigma, 0.9)
     torch.testing.assert_close(loss_weight(sigma, 0.9) * c_out ** 2, torch.ones_like(sigma))
-    torch.testing.assert_close(c_skip ** 2 * 0.81 + c_out ** 2 * 0 + c_skip * 0, c_skip ** 2 * 0.81)
     torch.testing.assert_close(c_in, 1 / torch.sqrt(sigma ** 2 + 0.81))
     torch.testing.assert_close(c_noise, torch.log(sigma) / 4)
     # EDM's unit-variance training target: Var[(x - c_skip (x + n)) / c_out] = 1 for x ~ sigma_data, n ~ sigma
     torch.testing.assert_close(((1 - c_skip) ** 2 * 0.81 + c_skip ** 2 * sigma ** 2) / c_out ** 2,
                                torch.ones_like(sigma))
+
+
+@pytest.mark.parametrize("sigma", [0.2, 0.9, 3.0])
+def test_preconditioning_on_gaussian_data(sigma):
+    # data x ~ N(0, sigma_data^2) noised to x + n: the network's input has unit variance, the skip path alone is the
+    # best denoiser there (E[x | x + n] = c_skip (x + n), the least-squares slope), and the training target has unit
+    # variance
+    g = torch.Generator().manual_seed(0)
+    x = 0.9 * torch.randn(400_000, generator=g, dtype=torch.float64)
+    noisy = x + sigma * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    c_skip, c_out, c_in, _ = preconditioning(torch.tensor(sigma, dtype=torch.float64), 0.9)
+    assert (c_in * noisy).std().item() == pytest.approx(1, rel=1e-2)
+    least_squares_slope = (x * noisy).sum() / (noisy * noisy).sum()
+    assert least_squares_slope.item() == pytest.approx(c_skip.item(), rel=2e-2)
+    assert ((x - c_skip * noisy) / c_out).std().item() == pytest.approx(1, rel=1e-2)
 
 
 def test_karras_sigmas_30_steps():
