@@ -120,6 +120,24 @@ def set_aside_checkpoints(out_dir: str | Path) -> Path | None:
     return stale
 
 
+def prepare_run_folder(out_dir: Path, settings: dict, resume: str) -> None:
+    """Rank 0, before a stage builds: clear what a killed save left, and move aside (never delete) the checkpoints,
+    log and exports of a run that this one must not resume: another config (settings), or `resume` other than auto."""
+    if removed := remove_dead_temp_files(out_dir):
+        print(f"{out_dir}: removed {len(removed)} half-written checkpoint file(s) of a save that was killed, "
+              f"e.g. {removed[0].name}", file=sys.stderr, flush=True)
+    stale = claim_checkpoints(out_dir, run_fingerprint(settings))
+    if stale is not None:
+        print(f"{out_dir}: the config, the stage it starts from or its data changed since its checkpoints were "
+              f"written; they were moved to {stale} with that run's log and exports, and the stage starts afresh",
+              file=sys.stderr, flush=True)
+    elif resume != "auto" and (stale := set_aside_checkpoints(out_dir)) is not None:
+        print(f"{out_dir}: starting afresh (resume {resume!r}); its checkpoints, log and exports were moved to {stale}",
+              file=sys.stderr, flush=True)
+    if stale is not None:
+        set_aside_run_outputs(out_dir, stale)
+
+
 # ----------------------------------------------------------------------------------------------------- RNG
 def capture_rng() -> dict:
     """Every generator's state as plain Python values (all_gather_object cannot carry tensors in this torch)."""

@@ -26,7 +26,7 @@ from microdit.files import read_jsonl, write_json
 from microdit.models.dit import MicroDiT, create_dit
 from microdit.models.speed import apply_speed_options
 from microdit.train import state as ckpt
-from microdit.train.config import StageConfig, save_stage_config, to_dict
+from microdit.train.config import InitConfig, StageConfig, save_stage_config, to_dict
 from microdit.train.data import build_source, microbatch_index
 from microdit.train.distributed import (
     DistInfo, barrier, full_tensor, gradient_sync, mean_across_ranks, wrap_model,
@@ -81,32 +81,23 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         self.accumulation = cfg.accumulation(info.world_size)
         self.edm = EDMConfig(p_mean=cfg.model.p_mean, p_std=cfg.model.p_std)
-        self.step = self.stage_start = 0
-        self.wall_time_before = 0.0
-        self.last_checkpoint: Path | None = None
+        if info.is_main:
+            ckpt.prepare_run_folder(self.out_dir, to_dict(cfg), resume)
+        barrier()
+        resume_from = ckpt.newest_checkpoint(self.out_dir) if resume == "auto" else None
+        init = None if resume_from else cfg.init  # a stage's own checkpoint outranks the stage it starts from
+        self._build(init)
+        self._restore(resume_from, init)
+        self.end_step = self.stage_start + cfg.steps
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl", info.is_main)
 
+    def _build(self, init: InitConfig | None) -> None:
+        """The model (compiled, with init mode weights' weights), its optimizer, its data and the held-out loss."""
+        cfg, info = self.cfg, self.info
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         # the model itself; `self.model` is what trains (DDP around it, or the same object sharded in place by FSDP)
         self.raw = build_model(cfg).to(info.device)
         self.flops_per_sample = self._measure_flops()
-        if info.is_main:
-            if removed := ckpt.remove_dead_temp_files(self.out_dir):
-                print(f"{self.out_dir}: removed {len(removed)} half-written checkpoint file(s) of a save that was "
-                      f"killed, e.g. {removed[0].name}", file=sys.stderr, flush=True)
-            stale = ckpt.claim_checkpoints(self.out_dir, ckpt.run_fingerprint(to_dict(cfg)))
-            if stale is not None:
-                print(f"{self.out_dir}: the config, the stage it starts from or its data changed since its "
-                      f"checkpoints were written; they were moved to "
-                      f"{stale} with that run's log and exports, and the stage starts afresh", file=sys.stderr,
-                      flush=True)
-            elif resume != "auto" and (stale := ckpt.set_aside_checkpoints(self.out_dir)) is not None:
-                print(f"{self.out_dir}: starting afresh (resume {resume!r}); its checkpoints, log and exports were "
-                      f"moved to {stale}", file=sys.stderr, flush=True)
-            if stale is not None:
-                ckpt.set_aside_run_outputs(self.out_dir, stale)
-        barrier()
-        resume_from = ckpt.newest_checkpoint(self.out_dir) if resume == "auto" else None
-        init = None if resume_from else cfg.init
         if init is not None and init.mode == "weights":
             ckpt.load_weights(self.raw, ckpt.resolve_init(init.from_, "weights"))
         if cfg.compile != "none":
@@ -118,24 +109,28 @@ class Trainer:
         self.source = build_source(cfg, info.rank, info.world_size, self.accumulation)
         self.heldout = (HeldOutLoss(cfg, self.edm, info.rank, info.world_size, info.device)
                         if cfg.validation.every else None)
+
+    def _restore(self, resume_from: Path | None, init: InitConfig | None) -> None:
+        """The clock, weights, optimizer, data position and EMA of this stage's newest checkpoint that reads back, or
+        of the full state init mode full starts from; a fresh start keeps what _build made."""
+        self.step = self.stage_start = 0
+        self.wall_time_before = 0.0
+        self.last_checkpoint: Path | None = None
         full_state = source = None
         if resume_from is not None:  # a newest checkpoint that does not read back falls back to an older one
-            source, full_state = ckpt.read_newest_valid(self.out_dir, info.is_main)
-            resume_from = source
+            source, full_state = ckpt.read_newest_valid(self.out_dir, self.info.is_main)
+            self.last_checkpoint = source
         elif init is not None and init.mode == "full":
             source = ckpt.resolve_init(init.from_, "full")
             full_state = ckpt.read_full_state(source)
         if source is not None:
             ckpt.check_state_fits(full_state, self.model, source)
             self._load_full_state(full_state, same_stage=resume_from is not None, source=source)
-            self.last_checkpoint = resume_from
         with torch.no_grad():
             self.raw.reset_pos_embed()  # a function of this stage's resolution, never taken from another stage
-        self.ema = EMA(self.raw, cfg.ema) if cfg.ema is not None else None
+        self.ema = EMA(self.raw, self.cfg.ema) if self.cfg.ema is not None else None
         if self.ema is not None and full_state is not None and full_state.get("ema"):
             self.ema.load_state_dict(full_state["ema"])
-        self.end_step = self.stage_start + cfg.steps
-        self.log = MetricsLog(self.out_dir / "metrics.jsonl", info.is_main)
 
     def _measure_flops(self) -> float | None:
         batch = example_batch(self.cfg, self.info.device)
