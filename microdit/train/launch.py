@@ -18,6 +18,7 @@ from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from microdit.errors import UserError
 from microdit.train.config import LaunchConfig, StageConfig, stage_config_from_dict, to_dict
+from microdit.train.distributed import export_layout
 from microdit.train.stage_job import driver_lock, forget_job, record_job, recorded_job, still_running
 
 
@@ -138,17 +139,23 @@ def launch(cfg: StageConfig, resume: str = "auto") -> int:
     """Wait on the stage's job, submitting one unless a previous driver's still runs; 0 when it ends well, 1 when it
     fails (with its log path), 128 + the signal when this driver is stopped first."""
     absolute_paths(cfg)
-    out_dir = Path(cfg.out_dir)
-    with driver_lock(out_dir):
-        if cfg.launch.cluster == "debug":  # in this process: nothing outlives the driver
-            return collect(submit(cfg, resume), cfg)
-        with stopped_by_signals():
-            job = None
-            try:
-                job = reattach(cfg) or submit(cfg, resume)
-                return collect(job, cfg)
-            except DriverStopped as stop:
-                return leave(job, cfg, stop.signum)
+    if cfg.launch.cluster == "debug":
+        return run_in_place(cfg, resume)
+    with driver_lock(Path(cfg.out_dir)), stopped_by_signals():
+        job = None
+        try:
+            job = reattach(cfg) or submit(cfg, resume)
+            return collect(job, cfg)
+        except DriverStopped as stop:
+            return leave(job, cfg, stop.signum)
+
+
+def run_in_place(cfg: StageConfig, resume: str) -> int:
+    """`cluster: debug`: this process is the job (nothing outlives it), or one rank of it when torchrun or an srun of
+    several tasks started each rank this way; rank 0 holds the stage folder's lock for all of them."""
+    rank = int(os.environ["RANK"]) if export_layout() else 0
+    with driver_lock(Path(cfg.out_dir)) if rank == 0 else contextlib.nullcontext():
+        return collect(submit(cfg, resume), cfg)
 
 
 def submit(cfg: StageConfig, resume: str):

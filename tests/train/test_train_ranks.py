@@ -4,13 +4,17 @@ accumulation sees, in the same order, end with its weights, and resume mid-epoch
 import json
 import os
 import socket
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 import microdit.train.trainer as trainer_module
+from microdit.train.config import save_stage_config
 from microdit.train.distributed import init_distributed, shutdown_distributed
 from microdit.train.trainer import Trainer
 from train_helpers import numbered_latents, tiny_config, weights
@@ -96,3 +100,18 @@ def test_two_ranks_resume_mid_epoch_exactly(tmp_path):
     for name in ("final.safetensors", "ema.safetensors"):
         a, b = weights(tmp_path / "straight" / name), weights(tmp_path / "resumed" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+@pytest.mark.slow
+def test_torchrun_starts_a_stage_through_the_entry_point(tmp_path):
+    """Each process torchrun starts runs its rank in place (`cluster: debug`); rank 0 holds the folder's lock."""
+    settings = stage(numbered_latents(tmp_path / "latents", SAMPLES), "fsdp")
+    settings["launch"]["cluster"] = "debug"
+    save_stage_config(tiny_config(tmp_path / "stage", **settings), tmp_path / "stage.yaml")
+    bin_dir = Path(sys.executable).parent
+    run = subprocess.run([str(bin_dir / "torchrun"), "--nproc-per-node", "2", "--master-port", str(free_port()),
+                          str(bin_dir / "microdit"), "train", "--config", str(tmp_path / "stage.yaml")],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    stats = json.loads((tmp_path / "stage" / "train_stats.json").read_text())
+    assert (stats["world_size"], stats["global_step"]) == (2, 6)
