@@ -12,12 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("MICRODIT_SLURM") != "1",
-                       reason="needs the real SLURM from tests/slurm/cluster.sh (set MICRODIT_SLURM=1)"),
-]
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 SLURM_DIR = Path(os.environ.get("MICRODIT_SLURM_DIR", "/tmp/microdit-slurm"))

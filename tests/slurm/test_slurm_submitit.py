@@ -10,28 +10,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.skipif(os.environ.get("MICRODIT_SLURM") != "1",
-                       reason="needs the real SLURM from tests/slurm/cluster.sh (set MICRODIT_SLURM=1)"),
-]
 
 PARTITION = os.environ.get("MICRODIT_SLURM_PARTITION", "debug")
-SLURM_DIR = Path(os.environ.get("MICRODIT_SLURM_DIR", "/tmp/microdit-slurm"))
-
-
-@pytest.fixture(autouse=True)
-def _slurm_conf(monkeypatch):
-    # cluster.sh keeps its slurm.conf in its scratch dir; sbatch/sacct (and the jobs) find it through SLURM_CONF.
-    if not os.environ.get("SLURM_CONF"):
-        conf = SLURM_DIR / "etc" / "slurm.conf"
-        if not conf.is_file():
-            pytest.fail(f"{conf} missing: run `bash tests/slurm/cluster.sh start` first")
-        monkeypatch.setenv("SLURM_CONF", str(conf))
 
 
 @pytest.fixture()
