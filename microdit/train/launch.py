@@ -8,6 +8,7 @@ come from submitit inside the job (microdit.train.distributed).
 """
 import contextlib
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -96,12 +97,23 @@ def absolute_paths(cfg: StageConfig) -> None:
         cfg.init.from_ = str(Path(cfg.init.from_).resolve())
 
 
+RAISED = re.compile(r"^(?:\[rank\d+\]: )?[\w.]*(?:Error|Exception|Interrupt)\b.*")
+
+
 def failure_reason(text: str) -> str:
-    """The exception line of submitit's failure report (the trace sits between two dashed rules)."""
+    """The exception line of submitit's failure report: the trace sits between two dashed rules. A job that died
+    without leaving its result (a full disk cannot take it either) has the job's error stream after one rule instead:
+    its last exception line is the cause, the missing result the consequence."""
     lines = [line.strip() for line in text.splitlines()]
     rules = [i for i, line in enumerate(lines) if len(line) >= 5 and set(line) == {"-"}]
     trace = [line for line in lines[rules[0] + 1:rules[1]] if line] if len(rules) >= 2 else []
-    reason = trace[-1] if trace else (lines[0] if lines else "no reason given")
+    raised = [line for line in lines[rules[0] + 1:] if RAISED.match(line)] if len(rules) == 1 else []
+    if trace:
+        reason = trace[-1]
+    elif raised:
+        reason = f"{raised[-1]}; it left no result"
+    else:
+        reason = lines[0] if lines else "no reason given"
     return reason if len(reason) <= 300 else reason[:297] + "..."
 
 

@@ -104,6 +104,17 @@ def test_failure_reason_is_the_exception_line():
     assert failure_reason(text) == "ValueError: boom"
 
 
+def test_a_job_that_died_without_its_result_is_reported_by_its_cause():
+    """A full disk kills the job and keeps submitit from writing its result: the cause is in the error stream."""
+    text = ("Job 7 (task: 0) with path /x/7_0_result.pkl\nhas not produced any output (state: FAILED)\nError stream "
+            "produced:\n----------------------------------------\nsubmitit WARNING - Bypassing signal SIGTERM\n"
+            "[rank0]: Traceback (most recent call last):\n[rank0]:   File x\n[rank0]: OSError: [Errno 28] No space "
+            "left on device: '/x/checkpoints/.step_000000010.pt.tmp'\nsrun: error: vm: task 0: Exited with exit code 1\n")
+    assert failure_reason(text) == ("[rank0]: OSError: [Errno 28] No space left on device: "
+                                    "'/x/checkpoints/.step_000000010.pt.tmp'; it left no result")
+    assert failure_reason(text.replace("OSError", "Killed by signal 9")).startswith("Job 7 (task: 0)")
+
+
 def test_train_command_parses(tmp_path):
     import argparse
 
