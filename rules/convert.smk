@@ -10,6 +10,8 @@ rule convert:
         min_side=lambda w: config["datasets"][w.dataset]["convert"]["min_side"],
         resize_to=lambda w: config["datasets"][w.dataset]["convert"]["resize_to"],
         clean=lambda w: "--clean-captions" if config["datasets"][w.dataset]["convert"].get("clean_captions") else "",
+        max_pixels=lambda w: (f"--max-pixels {config['datasets'][w.dataset]['convert']['max_pixels']}"
+                              if "max_pixels" in config["datasets"][w.dataset]["convert"] else ""),
     log:
         f"{RUN}/logs/convert/{{dataset}}.log",
     benchmark:
@@ -22,4 +24,5 @@ rule convert:
         "../envs/microdit.yaml"
     shell:
         "microdit convert --input {params.shards:q} --out {output.mds:q} --min-side {params.min_side}"
-        " --resize-to {params.resize_to} --workers {threads} {params.clean} > {output.stats:q} 2> {log:q}"
+        " --resize-to {params.resize_to} --workers {threads} {params.clean} {params.max_pixels}"
+        " > {output.stats:q} 2> {log:q}"

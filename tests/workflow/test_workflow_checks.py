@@ -260,9 +260,10 @@ def test_rule_names_are_the_workflows():
     assert declared == RULE_NAMES
 
 
-def test_commands_follow_chain_vae_channels_and_gpus(tmp_path):
+def test_commands_follow_chain_vae_channels_gpus_and_pixel_cap(tmp_path):
     config = load("tiny")
     config["vae"]["latent_channels"] = 16
+    config["datasets"]["synthetic"]["convert"]["max_pixels"] = 4_000_000
     config["latents"]["gpus"] = 2
     config["stages"]["stage2"]["chain"] = False
     config["stages"]["stage3"].update(chain=False, set={"steps": 3, "init.from": "elsewhere", "init.mode": "weights"})
@@ -281,6 +282,8 @@ def test_commands_follow_chain_vae_channels_and_gpus(tmp_path):
     assert len(precomputes) == 2 and all("--processes 2" in command for command in precomputes)
     counts = job_counts(result.stdout)
     assert counts["train"] == 4
+    converts = shell_commands(result.stdout, "convert")
+    assert sorted("--max-pixels 4000000" in command for command in converts) == [False, True]
 
 
 def dry_run_jobs(output: str) -> dict:
