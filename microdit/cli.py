@@ -5,13 +5,12 @@ a handler returns an exit status (None = 0). UserError, and a full disk met by a
 message and exit status 2.
 """
 import argparse
-import errno
 import importlib
 import importlib.metadata
 import os
 import sys
 
-from microdit.errors import UserError
+from microdit.errors import FULL_DISK, UserError
 
 # the module that registers each command: a command imports its own module only, so that the light ones (download,
 # convert, report, ...) do not pay for torch's import (seconds) at every start
@@ -51,9 +50,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"microdit {args.command}: error: {full_disk(err, args)}", file=sys.stderr)
         return 2
-
-
-FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 
 
 def full_disk(err: OSError, args) -> str:

@@ -13,6 +13,7 @@ When every unit exists, the unit indexes are merged into <out>/index.json and th
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from microdit.data.mds import (INDEX, SIZE_LIMIT, iter_samples, merge_parts, missing_columns, shard_path,
                                shard_readers)
-from microdit.errors import UserError
+from microdit.errors import FULL_DISK, UserError
 from microdit.files import claim_folder, fingerprint, model_identity, write_json
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,16 @@ def _spawned_rank(rank: int, world: int, in_dir: str, out_dir: str, config: Conf
     run_rank(in_dir, out_dir, config, rank, world, device)
 
 
+def worker_failure(err: Exception) -> Exception:
+    """A worker's full disk as the OSError it met, which the CLI reports in one line like any step's; anything else
+    as the worker raised it. A worker's exception reaches the parent as its traceback's text only."""
+    raised = [line for line in str(err).splitlines() if line.strip()][-1]
+    found = re.fullmatch(r"OSError: \[Errno (\d+)\] (.+?)(?:: '(.*)')?", raised)
+    if found and int(found[1]) in FULL_DISK:
+        return OSError(int(found[1]), found[2], found[3])
+    return err
+
+
 def input_identity(in_dir: str) -> dict:
     """What the latents are computed from: the input dataset's index and its shard files' sizes and modification
     times (a new convert writes new files, even where sizes happen to agree)."""
@@ -226,7 +237,10 @@ def precompute(in_dir: str, out_dir: str, config: Config, processes: int = 1, de
     if stale is not None:
         log.warning("%s: its units were encoded from another input, config or device; moved to %s", out_dir, stale)
     if processes > 1:
-        torch.multiprocessing.spawn(_spawned_rank, args=(processes, in_dir, out_dir, config), nprocs=processes)
+        try:
+            torch.multiprocessing.spawn(_spawned_rank, args=(processes, in_dir, out_dir, config), nprocs=processes)
+        except torch.multiprocessing.ProcessRaisedException as err:
+            raise worker_failure(err) from None
     else:
         run_rank(in_dir, out_dir, config, device=device)
     return merge(in_dir, out_dir, config)

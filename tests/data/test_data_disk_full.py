@@ -72,3 +72,17 @@ def test_a_really_full_disk_is_one_line_too(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"microdit download: error: {disk}/wds") and "no space left on device" in last
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(not can_mount_a_small_disk(), reason="needs unprivileged user and mount namespaces (unshare)")
+def test_a_full_disk_in_a_precompute_worker_is_one_line_too(wds_and_mds, tiny_vae_dirs, tmp_path):
+    """Two worker processes, whose exceptions reach precompute as text, write to a 16 KiB tmpfs."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = (f"mount -t tmpfs -o size=16k tmpfs {disk} && exec {sys.executable} -m microdit.cli precompute "
+              f"--input {wds_and_mds[1]} --out {disk}/latents --vae {tiny_vae_dirs[4]} --text-encoder minilm "
+              "--resolutions 16 --max-length 8 --processes 2")
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"microdit precompute: error: {disk}/latents") and "no space left on device" in last, last
