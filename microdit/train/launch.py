@@ -20,7 +20,8 @@ from submitit.core.utils import FailedJobError, UncompletedJobError
 from microdit.errors import UserError
 from microdit.train.config import LaunchConfig, StageConfig, stage_config_from_dict, to_dict
 from microdit.train.distributed import export_layout
-from microdit.train.stage_job import driver_lock, forget_job, record_job, recorded_job, still_running
+from microdit.train.stage_job import (driver_lock, forget_job, job_folder, record_job, recorded_job,
+                                     still_running)
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -82,7 +83,7 @@ def sbatch_lines_to_parameters(lines: list[str]) -> dict:
 
 
 def make_executor(cfg: StageConfig) -> submitit.AutoExecutor:
-    folder = Path(cfg.out_dir) / "submitit" / "%j"
+    folder = job_folder(cfg.out_dir)
     # cluster is explicit: left out, submitit picks slurm whenever srun is on PATH
     executor = submitit.AutoExecutor(folder=folder, cluster=cfg.launch.cluster,
                                      slurm_max_num_timeout=cfg.launch.max_requeues)
@@ -194,7 +195,8 @@ def reattach(cfg: StageConfig):
     if job.task(0).paths.result_pickle.exists():
         print(f"microdit train: {what} ended while no driver watched; collecting it", file=sys.stderr, flush=True)
         return job
-    state = job.get_info().get("State") or job.get_info().get("jobState") or "no state"
+    info = job.get_info()  # sacct's State on SLURM, the controller's jobState on the local cluster
+    state = info.get("State") or info.get("jobState") or "no state"
     print(f"microdit train: {what} ended without a result while no driver watched ({state}); submitting a new job, "
           "which resumes from the stage's newest checkpoint", file=sys.stderr, flush=True)
     forget_job(Path(cfg.out_dir))

@@ -52,8 +52,13 @@ def driver_lock(out_dir: Path) -> Iterator[None]:
         yield
 
 
+def job_folder(out_dir: str | Path) -> Path:
+    """Where submitit keeps a stage's jobs, one folder per job id (%j)."""
+    return Path(out_dir) / "submitit" / "%j"
+
+
 def record_job(out_dir: Path, job: submitit.Job, cluster: str, tasks: int) -> None:
-    write_json({"cluster": cluster, "job_id": str(job.job_id), "folder": str(Path(out_dir) / "submitit" / "%j"),
+    write_json({"cluster": cluster, "job_id": str(job.job_id), "folder": str(job_folder(out_dir)),
                 "tasks": tasks, "submitted": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "driver": f"pid {os.getpid()} on {socket.gethostname()}"}, Path(out_dir) / RECORD_FILE)
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "train"))  # the training tests' stage config and latents (not a package)
-from train_helpers import numbered_latents, tiny_config, weights  # noqa: E402
+from train_helpers import numbered_latents, tiny_config, wait_until, weights  # noqa: E402
 
 from microdit.train.config import save_stage_config  # noqa: E402
 
@@ -33,13 +33,6 @@ TOPOLOGY = {"tasks_per_node": 2, "cpus_per_task": 1, "timeout_min": 10}
 
 def slurm(*args: str) -> str:
     return subprocess.run(list(args), capture_output=True, text=True, check=True, timeout=60).stdout
-
-
-def wait_until(predicate, what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
-        time.sleep(0.5)
 
 
 def same_weights(a: Path, b: Path) -> None:

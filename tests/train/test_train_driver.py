@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,8 @@ import torch
 
 from microdit.train.config import save_stage_config
 from microdit.train.launch import launch, submit
-from microdit.train.stage_job import RECORD_FILE, StageBusy, driver_lock
-from train_helpers import tiny_config, weights
+from microdit.train.stage_job import RECORD_FILE, DetachedLocalJob, StageBusy, driver_lock
+from train_helpers import tiny_config, wait_until, weights
 
 LOCAL = {"cluster": "local", "cpus_per_task": 1, "timeout_min": 10}
 
@@ -27,13 +26,6 @@ def stage(out_dir, steps: int = 4, **launch_settings):
 
 def job_folders(out_dir) -> list[str]:
     return sorted(p.name for p in (Path(out_dir) / "submitit").iterdir() if p.name != "%j")
-
-
-def wait_until(predicate, what: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
-        time.sleep(0.2)
 
 
 def test_a_second_driver_of_a_stage_folder_names_the_first_and_submits_nothing(tmp_path):
@@ -102,8 +94,8 @@ def test_a_stopped_driver_leaves_its_job_running_or_cancels_it(tmp_path, cancel)
     (job_id,) = job_folders(tmp_path / "stage")
     if cancel:
         assert f"stopped by SIGTERM; job {job_id} cancelled (launch.cancel_on_exit)" in err
-        wait_until(lambda: not Path(f"/proc/{job_id}").exists() or
-                   Path(f"/proc/{job_id}/stat").read_text().rsplit(") ", 1)[-1].startswith("Z"), "the cancel")
+        cancelled = DetachedLocalJob(tmp_path / "stage" / "submitit" / "%j", job_id)
+        wait_until(lambda: cancelled.get_info()["jobState"] != "RUNNING", "the cancel")
         assert not (tmp_path / "stage" / RECORD_FILE).exists()
         return
     assert f"goes on as local job {job_id}" in err and f"`kill -INT {job_id}` cancels it" in err

@@ -78,3 +78,13 @@ def numbered_latents(path, samples: int) -> str:
             writer.write({"caption_latents": rng.standard_normal((1, 4, 32)).astype(np.float16),
                           "latents_64": latents})
     return str(path)
+
+
+def wait_until(predicate, what: str, timeout_s: float = 120) -> None:
+    """Poll `predicate` until it holds; fail naming `what` after `timeout_s` (a hang fails, it does not block)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s} s"
+        time.sleep(0.2)
