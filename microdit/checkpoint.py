@@ -105,6 +105,10 @@ def weights_digest(path: str | os.PathLike) -> str:
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     """(denoiser state_dict with prefixes removed, metadata). Metadata has at least 'format'."""
     path = str(path)
+    if os.path.isdir(path):
+        inside = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".pt")))
+        hint = f" (it holds {', '.join(inside[:4])})" if inside else ""
+        raise CheckpointError(f"{path}: is a directory; expected a checkpoint file, .safetensors or .pt{hint}")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
     if os.path.getsize(path) == 0:

@@ -42,6 +42,23 @@ def test_a_vae_that_cannot_be_loaded_is_one_line_naming_it(tmp_path):
         VAE(str(tmp_path / "vea"))  # a typo of a directory (offline in tests: not looked up on the hub either)
 
 
+@pytest.mark.parametrize("name", ["openclip:hf-hub:apple/DFN5B-CLIP-ViT-H-14-378", "hf:google/t5-small"])
+def test_a_hub_text_encoder_missing_offline_is_one_line_naming_it(name):
+    from microdit.errors import UserError
+
+    with pytest.raises(UserError, match=f"text encoder {name}: cannot load it: .* cached or reachable") as err:
+        create_text_encoder(name)  # offline in tests: neither is cached
+    assert "\n" not in str(err.value)
+
+
+def test_a_directory_given_as_checkpoint_says_so_and_what_it_holds(tiny_pipeline, tmp_path, capsys):
+    save_dit(tiny_pipeline.dit, tmp_path / "final.safetensors", "MicroDiT_Nano_2")
+    code = main(["sample", "--checkpoint", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "g.png")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"{tmp_path}: is a directory; expected a checkpoint file" in err and "final.safetensors" in err
+
+
 def test_vae_scaling_and_shift_round_trip(tiny_vae_dir):
     vae = VAE(str(tiny_vae_dir))
     assert (vae.latent_channels, vae.downsample) == (4, 4)

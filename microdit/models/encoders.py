@@ -133,17 +133,24 @@ def minilm_path() -> str:
 
 
 def create_text_encoder(name: str, max_length: int = 77) -> TextEncoder:
-    if name.startswith(OPENCLIP_PREFIX):
-        encoder = OpenCLIPTextEncoder(name.removeprefix(OPENCLIP_PREFIX))
-    elif name == MINILM:
-        encoder = HFTextEncoder(minilm_path(), max_length)
-    elif name.startswith(HF_PREFIX):
-        encoder = HFTextEncoder(name.removeprefix(HF_PREFIX), max_length)
-    elif os.path.isdir(name):
-        encoder = HFTextEncoder(name, max_length)
-    else:
-        raise ValueError(f"text encoder {name!r}: expected 'openclip:<name>', 'hf:<dir or id>', 'minilm' or a "
-                         "directory")
+    try:
+        encoder = _text_encoder(name, max_length)
+    except (OSError, RuntimeError) as err:  # open_clip's and transformers' words for no file, no cache, no network
+        raise UserError(f"text encoder {name}: cannot load it: not a directory of its files, nor a hub model that "
+                        f"is cached or reachable ({str(err).splitlines()[0][:160]})") from None
     encoder.name = name  # what it was made from, for the settings that results record
     return encoder
+
+
+def _text_encoder(name: str, max_length: int) -> TextEncoder:
+    if name.startswith(OPENCLIP_PREFIX):
+        return OpenCLIPTextEncoder(name.removeprefix(OPENCLIP_PREFIX))
+    if name == MINILM:
+        return HFTextEncoder(minilm_path(), max_length)
+    if name.startswith(HF_PREFIX):
+        return HFTextEncoder(name.removeprefix(HF_PREFIX), max_length)
+    if os.path.isdir(name):
+        return HFTextEncoder(name, max_length)
+    raise ValueError(f"text encoder {name!r}: expected 'openclip:<name>', 'hf:<dir or id>', 'minilm' or a "
+                     "directory")
 
