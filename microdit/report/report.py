@@ -1,11 +1,11 @@
-"""report.html: per-stage loss and learning-rate curves, sample grids with their prompts, FID / GenEval next to the
-paper's numbers, the cost ledger and the provenance of it all, in one self-contained page (images inlined as base64) built only from declared inputs.
+"""report.html: a summary, the stages' loss curves on one step axis, each prompt's samples per stage, FID / GenEval
+next to the paper's numbers, the cost ledger and the provenance of it all, in one self-contained page (images
+inlined as base64) built only from declared inputs.
 
 Optional inputs may be absent (a stage without a grid shows "no samples"); an input that is named but unreadable is
 an error, so a broken upstream step is not silently hidden.
 """
-import base64
-import html
+import datetime
 import json
 import os
 from dataclasses import dataclass, field
@@ -14,7 +14,9 @@ from pathlib import Path
 from microdit.errors import UserError
 from microdit.eval.geneval import TASKS
 from microdit.files import atomic_write, read_json
+from microdit.report.html import STYLE, esc, fmt, png_tag, shown_path, table
 from microdit.report.ledger import PAPER_PRICE_PER_GPU_HOUR, PAPER_TOTAL_DOLLARS, ledger_row, totals
+from microdit.report.samples import samples_section
 
 # The README's scores for the four released checkpoints, in its order (SPEC §3.8).
 PAPER_MODELS = (
@@ -23,19 +25,6 @@ PAPER_MODELS = (
     ("dit_16_channel_37M_real_and_synthetic_data", 13.04, 0.40),
     ("dit_4_channel_0.5B_synthetic_data", 13.26, 0.52),
 )
-
-STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
-h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.92em; }
-th, td { border: 1px solid #ddd; padding: 0.3em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; } th { background: #f4f4f4; }
-tr.total td { font-weight: bold; background: #fafafa; }
-.side { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
-.missing { color: #888; font-style: italic; } .note { color: #555; font-size: 0.9em; }
-img { max-width: 100%; } figure { margin: 0.5em 0 1.5em; } figcaption { font-weight: bold; margin-bottom: 0.3em; }
-"""
-
 
 @dataclass
 class ReportInputs:
@@ -51,67 +40,46 @@ class ReportInputs:
     price_per_gpu_hour: float = PAPER_PRICE_PER_GPU_HOUR
 
 
-def esc(value) -> str:
-    return html.escape(str(value))
+def stage_metrics(inputs: ReportInputs) -> dict:
+    from microdit.report.plots import read_metrics
+
+    return {stage: read_metrics(inputs.metrics[stage]) for stage in inputs.stages if stage in inputs.metrics}
 
 
-def fmt(value, spec: str = ".3f", missing: str = "—") -> str:
-    return missing if value is None else format(value, spec)
+def last_value(df, column: str):
+    """The column's last logged value, or None."""
+    values = df[column].dropna() if column in df else []
+    return float(values.iloc[-1]) if len(values) else None
 
 
-def png_tag(data: bytes, alt: str) -> str:
-    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
+def lr_text(df) -> str:
+    from microdit.report.plots import lr_changes
+
+    first, last = df["lr"].iloc[0], df["lr"].iloc[-1]
+    return f"{first:.3g} → {last:.3g}" if lr_changes(df) else f"{first:.3g}, constant"
 
 
-def table(header: list[str], rows: list[list[str]], total: list[str] | None = None) -> str:
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    if total:
-        body += '<tr class="total">' + "".join(f"<td>{c}</td>" for c in total) + "</tr>"
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def training_section(inputs: ReportInputs, frames: dict) -> str:
+    from microdit.report.plots import on_global_steps, training_figure
 
-
-def read_bytes(path: Path, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
-
-
-def curves_section(inputs: ReportInputs) -> str:
-    from microdit.report.plots import loss_lr_figure, read_metrics
-
-    parts = []
+    logged = on_global_steps({stage: df for stage, df in frames.items() if len(df)})
+    figure = (png_tag(training_figure(logged), "training and held-out loss of every stage") if logged
+              else '<p class="missing">no training lines</p>')
+    rows = []
     for stage in inputs.stages:
-        if stage not in inputs.metrics:
-            parts.append(f'<figure><figcaption>{esc(stage)}</figcaption><p class="missing">no metrics</p></figure>')
+        df = logged.get(stage)
+        if df is None:
+            rows.append([esc(stage)] + ['<span class="missing">no metrics</span>'] + [""] * 4)
             continue
-        df = read_metrics(inputs.metrics[stage])
-        body = (png_tag(loss_lr_figure(df, stage), f"{stage} loss and learning rate") if len(df)
-                else '<p class="missing">no training lines</p>')
-        held_out = df.dropna(subset=["val_loss"]) if "val_loss" in df else df.iloc[:0]
-        if len(held_out):
-            last = held_out.iloc[-1]
-            ema = last.get("val_loss_ema")
-            ema_text = f", EMA weights {fmt(ema, '.4f')}" if ema is not None and ema == ema else ""  # NaN: none
-            body += (f"<p>held-out loss {fmt(last['val_loss'], '.4f')}{ema_text} at step {int(last['step'])} "
-                     f"({len(held_out)} evaluations; unmasked, each sample at a fixed noise level)</p>")
-        parts.append(f"<figure><figcaption>{esc(stage)}</figcaption>{body}</figure>")
-    return "<h2>Training curves</h2>" + "".join(parts)
-
-
-def samples_section(inputs: ReportInputs) -> str:
-    parts = []
-    for stage in inputs.stages:
-        body = (png_tag(read_bytes(inputs.grids[stage], "sample grid"), f"{stage} samples")
-                if stage in inputs.grids else '<p class="missing">no samples</p>')
-        parts.append(f"<figure><figcaption>{esc(stage)}</figcaption>{body}</figure>")
-    prompts = ""
-    if inputs.sample_prompts:
-        prompts = ('<p class="note">Each grid holds these prompts, left to right and row by row, each image from '
-                   "its own fixed noise:</p><ol>" + "".join(f"<li>{esc(p)}</li>" for p in inputs.sample_prompts)
-                   + "</ol>")
-    return "<h2>Samples (fixed prompts)</h2>" + prompts + "".join(parts)
+        held_out = df["val_loss"].notna().sum() if "val_loss" in df else 0
+        first, last = int(df["global_step"].min()), int(df["global_step"].max())
+        rows.append([esc(stage), f"{first:,}–{last:,}", fmt(last_value(df, "loss"), ".4f"),
+                     fmt(last_value(df, "val_loss"), ".4f") + (f" ({held_out} evaluations)" if held_out else ""),
+                     fmt(last_value(df, "val_loss_ema"), ".4f"), lr_text(df)])
+    header = ["stage", "global steps logged", "last training loss", "last held-out loss", "held-out, EMA weights", "learning rate"]
+    return ("<h2>Training</h2>" + figure + table(header, rows) +
+            '<p class="note">Held-out loss: unmasked, each held-out sample at a fixed noise level, so the points of '
+            "a stage are comparable with each other.</p>")
 
 
 def evaluation_rows(inputs: ReportInputs) -> tuple[list[list[str]], dict[str, dict]]:
@@ -172,18 +140,24 @@ def ledger_section(inputs: ReportInputs) -> str:
                 raise UserError(f"{inputs.train_stats[stage]}: {err}") from None
     if not ledger:
         return '<h2>Cost ledger</h2><p class="missing">no train_stats.json given</p>'
-    rows = [[esc(r.stage), str(r.gpus), f"{r.wall_hours:.2f}", f"{r.gpu_hours:.2f}", f"{r.steps:,}",
-             f"{r.images_seen:,}", f"{r.img_per_s:,.1f}", fmt(None if r.mfu is None else 100 * r.mfu, ".1f") + " %",
-             fmt(r.final_loss, ".4f"), f"${r.dollars:,.2f}"] for r in ledger]
+    paper_hours = PAPER_TOTAL_DOLLARS / PAPER_PRICE_PER_GPU_HOUR
+    paper = (f'<p class="note">Paper: {paper_hours:,.0f} H100-hours × ${PAPER_PRICE_PER_GPU_HOUR:.2f} = '
+             f"${PAPER_TOTAL_DOLLARS:,.0f} for all four stages.</p>")
     t = totals(ledger)
+    if not t["gpu_hours"]:  # a CPU run has no GPU time to price
+        rows = [[esc(r.stage), f"{r.wall_hours * 60:.1f}", f"{r.steps:,}", f"{r.images_seen:,}",
+                 f"{r.img_per_s:,.1f}", fmt(r.final_loss, ".4f")] for r in ledger]
+        total = ["total", f"{t['wall_hours'] * 60:.1f}", f"{t['steps']:,}", f"{t['images_seen']:,}", "", ""]
+        return ("<h2>Cost ledger</h2><p>A CPU run: no GPU time, so no GPU-hours or dollars.</p>" +
+                table(["stage", "wall minutes", "steps", "images seen", "img/s", "final loss"], rows, total) + paper)
+    rows = [[esc(r.stage), str(r.gpus), f"{r.wall_hours:.2f}", f"{r.gpu_hours:.2f}", f"{r.steps:,}",
+             f"{r.images_seen:,}", f"{r.img_per_s:,.1f}", fmt(None if r.mfu is None else 100 * r.mfu, ".1f", "—")
+             + ("" if r.mfu is None else " %"), fmt(r.final_loss, ".4f"), f"${r.dollars:,.2f}"] for r in ledger]
     total = ["total", "", f"{t['wall_hours']:.2f}", f"{t['gpu_hours']:.2f}", f"{t['steps']:,}",
              f"{t['images_seen']:,}", "", "", "", f"${t['dollars']:,.2f}"]
     header = ["stage", "GPUs", "wall hours", "GPU-hours", "steps", "images seen", "img/s", "MFU", "final loss",
               f"$ at ${price:.2f}/GPU-h"]
-    paper_hours = PAPER_TOTAL_DOLLARS / PAPER_PRICE_PER_GPU_HOUR
-    return ("<h2>Cost ledger</h2>" + table(header, rows, total) +
-            f'<p class="note">Paper: {paper_hours:,.0f} H100-hours × ${PAPER_PRICE_PER_GPU_HOUR:.2f} = '
-            f"${PAPER_TOTAL_DOLLARS:,.0f} for all four stages.</p>")
+    return "<h2>Cost ledger</h2>" + table(header, rows, total) + paper
 
 
 def provenance_section(inputs: ReportInputs) -> str:
@@ -196,24 +170,56 @@ def provenance_section(inputs: ReportInputs) -> str:
               if stage in inputs.stage_configs}
     if stages:
         names = list(dict.fromkeys(name for settings in stages.values() for name in settings))
-        rows = [[esc(name)] + [esc(settings.get(name, "—")) for settings in stages.values()] for name in names]
-        section += "<h3>Stage configs</h3>" + table(["setting", *map(esc, stages)], rows)
+        rows = [[esc(name)] + [esc(shown_path(settings.get(name, "—"))) for settings in stages.values()]
+                for name in names]
+        section += "<h3>Stage configs</h3>" + table(["setting", *map(esc, stages)], rows, wide=True)
     scores = {f"the Fréchet distance of {label}": score_settings(read_json(path, "fid.json"))
               for label, path in inputs.fid.items()}
     scores.update({f"GenEval of {label}": score_settings(read_json(path, "geneval.json").get("generation", {}))
                    for label, path in inputs.geneval.items()})
     for name, settings in scores.items():
         section += (f"<h3>How {esc(name)} was made</h3>"
-                    + table(["setting", "value"], [[esc(k), esc(v)] for k, v in settings.items()]))
+                    + table(["setting", "value"], [[esc(k), esc(shown_path(v))] for k, v in settings.items()]))
     return section + f'<p class="note">Written by {esc(code_version())}.</p>'
 
 
+def summary_box(inputs: ReportInputs, frames: dict) -> str:
+    """The run in a few lines: what, when, which code, and its headline numbers."""
+    from microdit.report.provenance import code_version
+
+    items = {"run": esc(inputs.title), "stages": esc(", ".join(inputs.stages))}
+    stats = {stage: read_json(path, "train_stats.json") for stage, path in inputs.train_stats.items()}
+    if stats:  # the day the last stage finished: its stats are written as it ends
+        newest = max(os.path.getmtime(path) for path in inputs.train_stats.values())
+        items["trained"] = datetime.datetime.fromtimestamp(newest, datetime.timezone.utc).strftime("%Y-%m-%d")
+    items["code"] = esc(code_version())
+    last = next((frames[s] for s in reversed(inputs.stages) if s in frames and len(frames[s])), None)
+    if last is not None and last_value(last, "val_loss") is not None:
+        ema = last_value(last, "val_loss_ema")
+        items["held-out loss"] = (fmt(last_value(last, "val_loss"), ".4f") +
+                                  (f" (EMA weights {fmt(ema, '.4f')})" if ema is not None else "") + ", last stage")
+    for label, path in inputs.fid.items():
+        score = read_json(path, "fid.json")
+        items[esc(score.get("metric", "FID"))] = f"{fmt(score.get('value'), '.2f')} ({esc(label)})"
+    for label, path in inputs.geneval.items():
+        items["GenEval overall"] = f"{geneval_overall(read_geneval(path))} ({esc(label)})"
+    if stats:
+        gpu_hours = sum(float(s.get("gpu_count", 0)) * float(s.get("wall_time_s", 0)) / 3600 for s in stats.values())
+        wall_minutes = sum(float(s.get("wall_time_s", 0)) for s in stats.values()) / 60
+        items["cost"] = (f"{gpu_hours:,.1f} GPU-hours, ${gpu_hours * inputs.price_per_gpu_hour:,.2f}" if gpu_hours
+                         else f"a CPU run, {wall_minutes:.1f} minutes of training")
+    rows = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in items.items())
+    return f'<div class="summary"><dl>{rows}</dl></div>'
+
+
 def build_report(inputs: ReportInputs) -> str:
-    body = "".join([curves_section(inputs), samples_section(inputs), evaluation_section(inputs),
+    frames = stage_metrics(inputs)
+    body = "".join([summary_box(inputs, frames), training_section(inputs, frames),
+                    samples_section(inputs.stages, inputs.grids, inputs.sample_prompts), evaluation_section(inputs),
                     ledger_section(inputs), provenance_section(inputs)])
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(inputs.title)}</title>'
             f"<style>{STYLE}</style></head><body><h1>{esc(inputs.title)}</h1>"
-            f'<p class="note">MicroDiT (arXiv 2407.15811) rebuild; stages: {esc(", ".join(inputs.stages))}.</p>'
+            f'<p class="note">A run of the MicroDiT recipe (arXiv 2407.15811) rebuilt by microdit.</p>'
             f"{body}</body></html>\n")
 
 

@@ -4,30 +4,9 @@ import re
 
 import pytest
 
-from eval_helpers import png_bytes, smooth_images
 from microdit.errors import UserError
 from microdit.report.report import ReportInputs, write_report
 
-@pytest.fixture
-def run_dir(tmp_path):
-    for stage, (gpus, hours) in {"stage1": (8, 10.0), "stage2": (4, 2.5)}.items():
-        lines = [{"step": s, "loss": 1.0 / (1 + s), "lr": 1e-4 * min(1, s / 5)} for s in range(1, 21)]
-        if stage == "stage1":  # the held-out loss rides on the training lines of its steps
-            lines[9]["val_loss"], lines[19]["val_loss"], lines[19]["val_loss_ema"] = 0.5, 0.45, 0.44
-        lines.insert(3, {"step": 4, "val_loss": 0.5})  # a non-training line is ignored
-        (tmp_path / f"{stage}_metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-        (tmp_path / f"{stage}_stats.json").write_text(json.dumps({
-            "steps": 1000, "images_seen": 2_048_000, "wall_time_s": hours * 3600, "gpu_count": gpus,
-            "mean_img_per_s": 56.9, "mfu": 0.31, "final_loss": 0.1234}))
-    (tmp_path / "stage1_grid.png").write_bytes(png_bytes(smooth_images(1, 24, seed=0)[0]))
-    (tmp_path / "fid.json").write_text(json.dumps({
-        "metric": "Fréchet distance (EfficientNet-Lite0 features)", "value": 42.125, "num_images": 64,
-        "resolution": 64, "steps": 30, "guidance": 5.0}))
-    tasks = {t: {"accuracy": 0.5} for t in ("single_object", "two_object", "counting", "colors", "position",
-                                             "color_attr")}
-    (tmp_path / "geneval.json").write_text(json.dumps({"overall": 0.5, "tasks": tasks, "correct_images": 0.25,
-                                                       "correct_prompts": 0.75}))
-    return tmp_path
 
 def test_report_has_curves_grids_scores_and_costs(run_dir):
     inputs = ReportInputs(
@@ -40,11 +19,14 @@ def test_report_has_curves_grids_scores_and_costs(run_dir):
     write_report(inputs, out)
     text = out.read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
-    assert len(images) == 3  # two curve figures and one grid, all inlined
+    assert len(images) == 2  # one figure of both stages and one grid (no prompts given: shown whole), inlined
     assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
-    assert "no samples" in text  # stage2 has no grid
-    assert "held-out loss 0.4500, EMA weights 0.4400 at step 20 (2 evaluations" in text
-    assert text.count("held-out loss") == 1
+    assert "no samples from stage2" in text
+    assert "<td>stage1</td><td>1–20</td><td>0.0476</td><td>0.4500 (2 evaluations)</td><td>0.4400</td>" in text
+    assert "<td>stage2</td><td>21–40</td>" in text  # a fresh clock continues the global step axis
+    assert "2e-05 → 0.0001" in text
+    assert "<dt>GenEval overall</dt><dd>0.50 (stage2)</dd>" in text  # the summary box
+    assert "<dt>cost</dt><dd>90.0 GPU-hours, $337.50</dd>" in text
     assert "12.72" in text and "13.26" in text and "0.52" in text  # the paper's column
     assert "42.12" in text and "EfficientNet-Lite0" in text
     # 8 GPUs x 10 h = 80 GPU-h -> $300.00; 4 x 2.5 h = 10 GPU-h -> $37.50; total $337.50 at $3.75
@@ -57,6 +39,50 @@ def test_report_has_curves_grids_scores_and_costs(run_dir):
     text = out.read_text()
     assert "$160.00" in text and "no metrics" in text and "no evaluation results" in text
 
+
+def test_a_cpu_run_ledger_says_so_instead_of_pricing_nothing(run_dir):
+    for stage in ("stage1", "stage2"):
+        stats = json.loads((run_dir / f"{stage}_stats.json").read_text())
+        (run_dir / f"{stage}_stats.json").write_text(json.dumps({**stats, "gpu_count": 0, "mfu": None}))
+    out = run_dir / "report.html"
+    write_report(ReportInputs(title="t", stages=["stage1", "stage2"],
+                              train_stats={s: run_dir / f"{s}_stats.json" for s in ("stage1", "stage2")}), out)
+    text = out.read_text()
+    assert "A CPU run: no GPU time" in text and "$" not in text.split("Cost ledger")[1].split("Paper:")[0]
+    assert "<td>stage1</td><td>600.0</td>" in text and "a CPU run, 750.0 minutes of training" in text
+    assert "— %" not in text
+
+
+def test_stages_sharing_a_clock_and_fresh_ones_line_up_on_one_step_axis():
+    import pandas as pd
+
+    from microdit.report.plots import on_global_steps
+
+    frames = {name: pd.DataFrame({"step": steps}) for name, steps in
+              (("s1", [2, 4]), ("s2", [5, 6]), ("s3", [1, 2]), ("s4", [3, 4]))}  # s2, s4: full-state resumes
+    placed = on_global_steps(frames)
+    assert [placed[s]["global_step"].tolist() for s in frames] == [[2, 4], [5, 6], [7, 8], [9, 10]]
+
+
+def test_a_grid_is_cut_into_its_prompts_images(tmp_path):
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from microdit.report.samples import grid_cells
+    from microdit.sampling import save_image_grid
+
+    values = (0.0, 0.25, 0.5, 0.75, 1.0)  # 5 images: 3 per row, the last row part empty
+    save_image_grid(torch.stack([torch.full((3, 8, 6), v) for v in values]), tmp_path / "grid.png")
+    cells = grid_cells((tmp_path / "grid.png").read_bytes(), len(values))
+    arrays = [np.asarray(Image.open(io.BytesIO(c))) for c in cells]
+    assert [a.shape for a in arrays] == [(8, 6, 3)] * 5
+    assert [int(a.min()) for a in arrays] == [int(a.max()) for a in arrays] == [0, 64, 128, 191, 255]
+    assert grid_cells((tmp_path / "grid.png").read_bytes(), 7) is None  # not this grid's layout: shown whole
+
+
 def test_a_geneval_run_over_some_tasks_shows_no_overall_score(run_dir):
     partial = {"overall": None, "overall_of_present_tasks": 1.0, "tasks": {"single_object": {"accuracy": 1.0}},
                "missing_tasks": ["two_object", "counting", "colors", "position", "color_attr"],
@@ -64,7 +90,7 @@ def test_a_geneval_run_over_some_tasks_shows_no_overall_score(run_dir):
     (run_dir / "partial.json").write_text(json.dumps(partial))
     out = run_dir / "report.html"
     write_report(ReportInputs(title="t", stages=["s"], geneval={"s": run_dir / "partial.json"}), out)
-    assert out.read_text().count("— (1 of 6 tasks)") == 2  # the scores row and the by-task row
+    assert out.read_text().count("— (1 of 6 tasks)") == 3  # the summary, the scores row and the by-task row
     with pytest.raises(UserError, match="not a GenEval summary"):
         write_report(ReportInputs(title="t", stages=["s"], geneval={"s": run_dir / "fid.json"}), out)
 
