@@ -146,37 +146,3 @@ def test_a_failing_profile_is_recorded_without_losing_the_step_timing(monkeypatc
     measured = training_step.time_training_step("MicroDiT_Nano_2", STAGES[1], 1, SpeedOptions(), steps=1, warmup=1,
                                                 device=CPU, profile=True)
     assert measured["step_s"] > 0 and measured["profile"] == {"error": "AttributeError: no such profiler field"}
-
-
-def test_bench_table_rows_carry_the_ratio_to_the_authors_and_say_what_was_not_measured(tmp_path):
-    """Training rows divide by the authors' best number at the stage (compiled where they measured it), sampling
-    rows by theirs at the resolution; layer lines and failures get rows of their own; a broken line names its file
-    and line."""
-    from microdit.bench.tables import AUTHORS_SAMPLE, AUTHORS_TRAIN, markdown_tables, read_records
-    from microdit.errors import UserError
-
-    records = [
-        {"label": "s1", "stage": 1, "microbatch": 256, "compile": "model", "moe_dispatch": "index",
-         "low_precision_norm": True, "img_per_s": 2 * AUTHORS_TRAIN[1][1], "peak_mem_gib": 60.0, "mfu": 0.355,
-         "first_step_s": 175.6, "compile_cache_hits": 0, "compile_cache_misses": 1, "device": "NVIDIA H200",
-         "torch": "2.14.1"},
-        {"label": "s3", "stage": 3, "microbatch": 128, "compile": "blocks", "checkpoint_blocks": 6,
-         "img_per_s": AUTHORS_TRAIN[3][0] / 2, "device": "NVIDIA H200"},
-        {"label": "256 px", "resolution": 256, "batch": 128, "compile": "blocks", "moe_dispatch": "index",
-         "img_per_s": 3 * AUTHORS_SAMPLE[256], "warmup_s": 40.0},
-        {"stage": 4, "microbatch": 64, "layer": "attention", "backend": "flash", "ms_per_step": None,
-         "tflop_per_s": None, "shapes": [{"q": [1], "error": "No available kernel"}, {"q": [2]}]},
-        {"label": "s4 ckpt12", "skipped": "time budget spent"},
-    ]
-    extra = tmp_path / "layers.jsonl"
-    extra.write_text("".join(json.dumps(record) + "\n" for record in records))
-    table = markdown_tables(read_records([extra]))
-    assert table.startswith("Device: NVIDIA H200; torch 2.14.1.")
-    assert "| s1 | 1 | 256 | model, index, bf16 norms | 2458.0 | 2.00 | 60.00 | 35.5 % | 175.6 | 0/1 |" in table
-    assert "| s3 | 3 | 128 | blocks, ckpt 6 | 85.0 | 0.50 |" in table  # their eager number: no compiled one
-    assert f"| 256 px | 256 | 128 | blocks, index | {3 * AUTHORS_SAMPLE[256]:.2f} | 3.00 |" in table
-    assert "| 4 | 64 | attention | flash |  |  | 1 of 2 shapes failed |" in table
-    assert "- s4 ckpt12: time budget spent" in table
-    extra.write_text('{"stage": 1}\n{broken\n')
-    with pytest.raises(UserError, match=r"layers\.jsonl:2: not a JSON line"):
-        read_records([extra])

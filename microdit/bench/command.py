@@ -6,8 +6,7 @@ memory  predicts a training step's peak memory on fake tensors: runs anywhere, n
 sample  times the 30-step Heun sampler with guidance at a resolution and batch;
 layers  times the step's attention calls per SDPA backend and its MoE layers per dispatch (seconds of GPU time);
 loader  times the training data loader over MDS shards (synthetic ones with the paper's layout by default);
-suite   runs the prepared list of all of the above within a time budget (the one-call GPU run);
-table   turns a run's JSON lines into the markdown tables of docs/benchmarks.md.
+suite   runs the prepared list of all of the above within a time budget (the one-call GPU run).
 Timings belong in docs/benchmarks.md, never in tests.
 """
 import argparse
@@ -129,10 +128,6 @@ def add_modes(bench) -> None:
                         "skipped; default: all)")
     p.set_defaults(func=run_suite_command)
 
-    p = modes.add_parser("table", help="a run's JSON lines as the markdown tables of docs/benchmarks.md")
-    p.add_argument("files", nargs="+", help="JSON lines files written by bench commands or the suite")
-    p.set_defaults(func=run_table)
-
 
 def _device(args) -> torch.device:
     from microdit.sampling import pick_device
@@ -243,9 +238,3 @@ def run_suite_command(args) -> None:
     items = select_items(paper_suite(card), args.items)
     counts = run_suite(items, args.out, args.budget_s, ["--arch", args.arch, "--device", args.device], log=args.log)
     print(json.dumps({"suite": args.out, "card": card, **counts}))
-
-
-def run_table(args) -> None:
-    from microdit.bench.tables import markdown_tables, read_records
-
-    print(markdown_tables(read_records(args.files)), end="")
