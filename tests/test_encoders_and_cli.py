@@ -156,6 +156,14 @@ def test_bench_memory_prediction_falls_with_activation_checkpointing(capsys):
     stored, recomputed = _json_lines(capsys)
     assert stored["resident_gib"] == recomputed["resident_gib"] > stored["params_gib"] > 0
     assert recomputed["peak_gib"] < stored["peak_gib"]
+    # --fit-gib: the fewest recomputed blocks whose peak fits, found between the two
+    budget = (stored["peak_gib"] + recomputed["peak_gib"]) / 2
+    assert main([*_bench("memory", (2,), "micro_batch=4"), "--fit-gib", str(budget)]) == 0
+    (fitted,) = _json_lines(capsys)
+    blocks = fitted["checkpoint_blocks"]
+    assert fitted["fits"] and 0 < blocks <= 8 and fitted["peak_gib"] <= budget + 1e-4  # printed to 4 decimals
+    assert main(_bench("memory", (2,), "micro_batch=4", f"checkpoint_blocks={blocks - 1}")) == 0
+    assert _json_lines(capsys)[0]["peak_gib"] > budget - 1e-4
 
 
 def test_bench_sample_times_the_stages_sampler(capsys):
