@@ -1,25 +1,74 @@
-"""The bench's diagnostics. `bench layers`: the recorded calls are the model's, the per-step totals add up, and what
-a device cannot run is reported rather than fatal. `bench train --profile`: GPU kernels fall into the right kinds."""
+"""The bench's step and diagnostics. `bench train`: the step is the trainer's. `bench layers`: the recorded calls are
+the model's, the per-step totals add up, and what a device cannot run is reported rather than fatal. `bench train
+--profile`: GPU kernels fall into the right kinds."""
 import argparse
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
-from torch._dynamo.utils import counters
 
-from microdit.bench.layers import TensorSpec, attention_flops, recorded_layer_calls, time_attention, time_moe
+from microdit.bench.layers import attention_flops, recorded_layer_calls, time_attention
 from microdit.bench.profile import kernel_kind
-from microdit.bench.training_step import STAGES
 from microdit.models.dit import create_dit
 from microdit.models.layers import ExpertChoiceMoE
+from microdit.train.config import load_stage_config
 
 CPU = torch.device("cpu")
+PAPER = Path(__file__).resolve().parents[1] / "config" / "stages" / "paper"
+SMALL = ("model.latent_res=8", "model.overrides={depth: 3, patch_mixer_depth: 2}")  # MoE and SwiGLU blocks kept
+
+
+def nano_stage(number: int, *settings: str):
+    """A paper stage config as the bench reads it, on the CPU-sized architecture, eager and fp32."""
+    return load_stage_config(PAPER / f"stage{number}.yaml", ["model.arch=MicroDiT_Nano_2", "compile=none",
+                                                              "precision=fp32", *settings])
+
+
+def test_bench_train_builds_the_trainers_optimizer_and_ema(tmp_path):
+    """The bench times the trainer's step: the same AdamW groups (learning rates with the MoE layers at half,
+    weight decay, betas, eps) over the same parameters, and the same EMA, as the trainer builds for the stage."""
+    from microdit.bench.timing import build_denoiser, trainer_step
+    from microdit.train.distributed import DistInfo
+    from microdit.train.trainer import Trainer, example_batch
+
+    cfg = nano_stage(4, *SMALL, f"out_dir={tmp_path}", "init=null", "data.kind=random", "steps=1", "global_batch=2",
+                     "micro_batch=2", "progress=false", "launch.cluster=debug")
+    trainer = Trainer(cfg, DistInfo())
+    trainer.run()  # a step sets each group's learning rate: the constant schedule's peak at the group's scale
+    model = build_denoiser(cfg, CPU)
+    _, optimizer, ema = trainer_step(model, cfg, example_batch(cfg, CPU, 2))
+
+    def groups(optimizer, model) -> list:
+        names = {id(p): name for name, p in model.named_parameters()}
+        return [({k: v for k, v in group.items() if k != "params"}, [names[id(p)] for p in group["params"]])
+                for group in optimizer.param_groups]
+
+    assert groups(optimizer, model) == groups(trainer.optimizer, trainer.raw)
+    assert {g["name"]: (g["lr"], g["weight_decay"]) for g in optimizer.param_groups} == {
+        "dense": (pytest.approx(8e-5), 0.1), "moe": (pytest.approx(4e-5), 0.1)}
+    assert ema.cfg == trainer.ema.cfg and ema.cfg.decay == 0.9975 and ema.names == trainer.ema.names
+
+
+def test_bench_step_updates_the_weights_and_their_average():
+    """One bench step moves the weights (clipped AdamW) and the EMA toward them, at an averaging step."""
+    from microdit.bench.timing import build_denoiser, trainer_step
+    from microdit.train.trainer import example_batch
+
+    cfg = nano_stage(3, *SMALL, "ema.decay=0.5")
+    model = build_denoiser(cfg, CPU).train()
+    step, _, ema = trainer_step(model, cfg, example_batch(cfg, CPU, 2))
+    before = [p.detach().clone() for p in model.parameters()]
+    step()
+    after = list(model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    torch.testing.assert_close(ema.shadow, [(a + b.detach()) / 2 for a, b in zip(before, after)])
 
 
 @pytest.mark.parametrize("stage, kept", [(1, 64), (2, 256)])
 def test_recorded_calls_are_every_attention_and_moe_call_of_a_training_forward(stage, kept):
-    attention, moe = recorded_layer_calls("MicroDiT_Nano_2", STAGES[stage], 2)
+    attention, moe = recorded_layer_calls(nano_stage(stage, "micro_batch=2"))
     dit = create_dit("MicroDiT_Nano_2")  # 256 px: 16 x 16 = 256 tokens, a quarter kept when masked
     blocks, mixer = len(dit.patch_mixer) + len(dit.blocks), len(dit.patch_mixer)
     assert sum(attention.values()) == 2 * blocks + 1  # self- and cross-attention per block, the prompt block
@@ -52,7 +101,7 @@ def test_attention_flops_match_the_steps_count():
 
 
 def test_attention_totals_add_up_and_a_backend_the_device_lacks_is_reported():
-    attention, _ = recorded_layer_calls("MicroDiT_Nano_2", STAGES[1], 1)
+    attention, _ = recorded_layer_calls(nano_stage(1, "micro_batch=1"))
     math = time_attention(attention, "math", torch.float32, CPU, repeats=1)
     assert math["ms_per_step"] == pytest.approx(
         sum(s["calls_per_step"] * s["ms_per_call"] for s in math["shapes"]), rel=1e-3)
@@ -63,30 +112,25 @@ def test_attention_totals_add_up_and_a_backend_the_device_lacks_is_reported():
     assert cudnn["ms_per_step"] is None and all("error" in s for s in cudnn["shapes"])
 
 
-def test_compiled_moe_layers_get_a_graph_each_past_dynamos_recompile_limit():
-    """Each MoE shape recompiles one forward; at dynamo's default limit (8) the rest would silently time eager."""
-    calls = Counter({((4, 16 + 4 * i, 32, 2.0), TensorSpec.of(torch.empty(2, 8, 16 + 4 * i), grad=True)): 2
-                     for i in range(10)})
-    torch._dynamo.reset()
-    counters.clear()
-    timed = time_moe(calls, "index", torch.float32, CPU, repeats=1, compiler="eager")
-    assert counters["stats"]["unique_graphs"] == 10
-    assert timed["ms_per_step"] == pytest.approx(2 * sum(s["ms_per_call"] for s in timed["shapes"]), rel=1e-3)
-
-
 def test_bench_layers_command_prints_a_line_per_backend_and_dispatch(capsys):
     from microdit.bench.command import add_modes
 
     parser = argparse.ArgumentParser()
     add_modes(parser)
-    args = parser.parse_args(["layers", "--arch", "MicroDiT_Nano_2", "--stage", "2", "--microbatch", "1",
-                              "--attention-backend", "math", "--attention-backend", "cudnn", "--repeats", "1"])
+    stage = str(PAPER / "stage2.yaml")
+    settings = [arg for setting in ("model.arch=MicroDiT_Nano_2", *SMALL, "micro_batch=1", "precision=fp32")
+                for arg in ("--set", setting)]
+    args = parser.parse_args(["layers", "--stage", stage, *settings, "--attention-backend", "math",
+                              "--attention-backend", "cudnn", "--device", "cpu"])
     args.func(args)
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["layer"], r.get("backend", r.get("dispatch"))) for r in lines] == [
         ("attention", "math"), ("attention", "cudnn"), ("moe", "index"), ("moe", "one_hot")]
-    assert all(r["stage"] == 2 and r["microbatch"] == 1 for r in lines)
+    assert all(r["stage"] == stage and r["microbatch"] == 1 for r in lines)
     assert lines[0]["ms_per_step"] > 0 and lines[1]["ms_per_step"] is None
+    moe = lines[2]
+    assert moe["ms_per_step"] == pytest.approx(sum(s["calls_per_step"] * s["ms_per_call"] for s in moe["shapes"]),
+                                               rel=1e-3)
 
 
 @pytest.mark.parametrize("name, kind", [
@@ -136,47 +180,11 @@ def test_a_gpu_profile_counts_kernels_not_the_annotated_regions_over_them():
 
 
 def test_a_failing_profile_is_recorded_without_losing_the_step_timing(monkeypatch):
-    import microdit.bench.training_step as training_step
-    from microdit.models.speed import SpeedOptions
+    import microdit.bench.timing as timing
 
     def broken(run_step, device):
         raise AttributeError("no such profiler field")
 
-    monkeypatch.setattr(training_step, "time_breakdown", broken)
-    measured = training_step.time_training_step("MicroDiT_Nano_2", STAGES[1], 1, SpeedOptions(), steps=1, warmup=1,
-                                                device=CPU, profile=True)
+    monkeypatch.setattr(timing, "time_breakdown", broken)
+    measured = timing.time_training(nano_stage(1, *SMALL, "micro_batch=1"), CPU, steps=1, profile=True)
     assert measured["step_s"] > 0 and measured["profile"] == {"error": "AttributeError: no such profiler field"}
-
-
-def test_bench_table_rows_carry_the_ratio_to_the_authors_and_say_what_was_not_measured(tmp_path):
-    """Training rows divide by the authors' best number at the stage (compiled where they measured it), sampling
-    rows by theirs at the resolution; layer lines and failures get rows of their own; a broken line names its file
-    and line."""
-    from microdit.bench.tables import AUTHORS_SAMPLE, AUTHORS_TRAIN, markdown_tables, read_records
-    from microdit.errors import UserError
-
-    records = [
-        {"label": "s1", "stage": 1, "microbatch": 256, "compile": "model", "moe_dispatch": "index",
-         "low_precision_norm": True, "img_per_s": 2 * AUTHORS_TRAIN[1][1], "peak_mem_gib": 60.0, "mfu": 0.355,
-         "first_step_s": 175.6, "compile_cache_hits": 0, "compile_cache_misses": 1, "device": "NVIDIA H200",
-         "torch": "2.14.1"},
-        {"label": "s3", "stage": 3, "microbatch": 128, "compile": "blocks", "checkpoint_blocks": 6,
-         "img_per_s": AUTHORS_TRAIN[3][0] / 2, "device": "NVIDIA H200"},
-        {"label": "256 px", "resolution": 256, "batch": 128, "compile": "blocks", "moe_dispatch": "index",
-         "img_per_s": 3 * AUTHORS_SAMPLE[256], "warmup_s": 40.0},
-        {"stage": 4, "microbatch": 64, "layer": "attention", "backend": "flash", "ms_per_step": None,
-         "tflop_per_s": None, "shapes": [{"q": [1], "error": "No available kernel"}, {"q": [2]}]},
-        {"label": "s4 ckpt12", "skipped": "time budget spent"},
-    ]
-    extra = tmp_path / "layers.jsonl"
-    extra.write_text("".join(json.dumps(record) + "\n" for record in records))
-    table = markdown_tables(read_records([extra]))
-    assert table.startswith("Device: NVIDIA H200; torch 2.14.1.")
-    assert "| s1 | 1 | 256 | model, index, bf16 norms | 2458.0 | 2.00 | 60.00 | 35.5 % | 175.6 | 0/1 |" in table
-    assert "| s3 | 3 | 128 | blocks, ckpt 6 | 85.0 | 0.50 |" in table  # their eager number: no compiled one
-    assert f"| 256 px | 256 | 128 | blocks, index | {3 * AUTHORS_SAMPLE[256]:.2f} | 3.00 |" in table
-    assert "| 4 | 64 | attention | flash |  |  | 1 of 2 shapes failed |" in table
-    assert "- s4 ckpt12: time budget spent" in table
-    extra.write_text('{"stage": 1}\n{broken\n')
-    with pytest.raises(UserError, match=r"layers\.jsonl:2: not a JSON line"):
-        read_records([extra])

@@ -1,6 +1,7 @@
 """Encoders, the LatentDiffusion wrapper, and the `sample` / `bench` commands, all offline."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,10 +138,16 @@ def _json_lines(capsys) -> list[dict]:
     return [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
 
 
+def _bench(mode: str, stages: tuple, *settings: str) -> list[str]:
+    """`microdit bench MODE` at paper stage configs on the CPU: the Nano architecture, eager, fp32."""
+    paths = [f"--stage={Path(__file__).resolve().parents[1]}/config/stages/paper/stage{n}.yaml" for n in stages]
+    return ["bench", mode, *paths, *(arg for setting in ("model.arch=MicroDiT_Nano_2", "compile=none",
+                                                         "precision=fp32", *settings) for arg in ("--set", setting))]
+
+
 @pytest.mark.slow
 def test_bench_train_prints_one_json_line_per_stage(capsys):
-    assert main(["bench", "train", "--arch", "MicroDiT_Nano_2", "--stage", "1", "--stage", "2", "--microbatch", "1",
-                 "--steps", "1", "--warmup", "1", "--device", "cpu", "--profile"]) == 0
+    assert main([*_bench("train", (1, 2), "micro_batch=1"), "--steps", "1", "--device", "cpu", "--profile"]) == 0
     rows = _json_lines(capsys)
     profile = rows[0]["profile"]
     kinds = {kind["kind"]: kind for kind in profile["kinds"]}
@@ -149,11 +156,12 @@ def test_bench_train_prints_one_json_line_per_stage(capsys):
                                                                                 rel=1e-2)
     assert 0 < len(profile["top"]) <= 30 and "aten::mm" in {op["name"] for op in profile["top"]}
     assert {"matmul", "attention"} <= set(kinds)  # the linear layers and SDPA, found by name
-    assert [r["stage"] for r in rows] == [1, 2]
+    assert [row["stage"].rsplit("/", 1)[1] for row in rows] == ["stage1.yaml", "stage2.yaml"]
     for row in rows:
         assert {"img_per_s", "step_s", "first_step_s", "peak_mem_gib", "params", "mfu", "train_gflops_per_img",
                 "compile", "checkpoint_blocks", "low_precision_norm", "moe_dispatch"} <= set(row)
         assert row["img_per_s"] > 0 and row["params"] > 1e6 and row["mfu"] is None
+        assert row["low_precision_norm"] is True and row["compile"] == "none"  # the config's, then --set's
     # the masked stage counts fewer FLOPs: the backbone sees a quarter of the tokens
     assert rows[0]["train_gflops_per_img"] < rows[1]["train_gflops_per_img"]
 
@@ -161,15 +169,23 @@ def test_bench_train_prints_one_json_line_per_stage(capsys):
 @pytest.mark.slow
 def test_bench_memory_prediction_falls_with_activation_checkpointing(capsys):
     for blocks in ("0", "8"):
-        assert main(["bench", "memory", "--arch", "MicroDiT_Nano_2", "--stage", "2", "--microbatch", "4",
-                     "--checkpoint-blocks", blocks]) == 0
+        assert main(_bench("memory", (2,), "micro_batch=4", f"checkpoint_blocks={blocks}")) == 0
     stored, recomputed = _json_lines(capsys)
     assert stored["resident_gib"] == recomputed["resident_gib"] > stored["params_gib"] > 0
     assert recomputed["peak_gib"] < stored["peak_gib"]
+    # --fit-gib: the fewest recomputed blocks whose peak fits, found between the two
+    budget = (stored["peak_gib"] + recomputed["peak_gib"]) / 2
+    assert main([*_bench("memory", (2,), "micro_batch=4"), "--fit-gib", str(budget)]) == 0
+    (fitted,) = _json_lines(capsys)
+    blocks = fitted["checkpoint_blocks"]
+    assert fitted["fits"] and 0 < blocks <= 8 and fitted["peak_gib"] <= budget + 1e-4  # printed to 4 decimals
+    assert main(_bench("memory", (2,), "micro_batch=4", f"checkpoint_blocks={blocks - 1}")) == 0
+    assert _json_lines(capsys)[0]["peak_gib"] > budget - 1e-4
 
 
-def test_bench_sample_times_the_sampler(capsys):
-    assert main(["bench", "sample", "--arch", "MicroDiT_Nano_2", "--resolution", "64", "--batch", "2", "--steps", "2",
-                 "--repeats", "1", "--precision", "fp32", "--device", "cpu"]) == 0
+def test_bench_sample_times_the_stages_sampler(capsys):
+    assert main([*_bench("sample", (1,), "model.latent_res=8", "model.overrides={depth: 3, patch_mixer_depth: 2}",
+                         "samples.steps=2"), "--batch", "2", "--device", "cpu"]) == 0
     (row,) = _json_lines(capsys)
     assert row["resolution"] == 64 and row["img_per_s"] > 0 and row["state_dtype"] == "fp32"
+    assert (row["steps"], row["guidance"]) == (2, 5.0)  # the stage's samples settings

@@ -2,7 +2,6 @@
 (fp32 on the CPU), same parameter names; and the fake-tensor memory predictor counts bytes exactly."""
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -16,10 +15,14 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from microdit.bench.memory import LiveBytes, cuda_autocast_policy, estimate_training_memory
 from microdit.diffusion.edm import EDMConfig, edm_loss, heun_sampler
 from microdit.errors import UserError
-from microdit.models.dit import MicroDiT, create_dit, variant_config
+from microdit.models.dit import MicroDiT, create_dit
 from microdit.models.layers import LayerNorm
 from microdit.models.latent_diffusion import sample_latents
 from microdit.models.speed import RecomputedDiTBlock, SpeedOptions, apply_speed_options, compile_blocks
+from microdit.train.config import load_stage_config
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = REPO / "config" / "stages" / "paper"
 
 
 def _nano(input_size: int = 8, **overrides) -> MicroDiT:
@@ -289,12 +292,16 @@ def test_estimate_counts_parameters_optimizer_state_and_activations_exactly():
         with torch.device("meta"):
             return torch.nn.Sequential(torch.nn.Linear(width, width, bias=False), torch.nn.ReLU())
 
-    def step(model, optimizer):
-        model(torch.empty(batch, width)).sum().backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def build_step(model):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
-    used = estimate_training_memory(build, step)
+        def step():
+            model(torch.empty(batch, width)).sum().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return step
+
+    used = estimate_training_memory(build, build_step)
     weight = width * width * 4
     assert used["params"] == weight
     assert used["resident"] == 3 * weight + 4  # AdamW's exp_avg, exp_avg_sq and its float32 step count
@@ -304,123 +311,105 @@ def test_estimate_counts_parameters_optimizer_state_and_activations_exactly():
 
 
 def test_predicted_memory_equals_live_bytes_of_a_real_step():
-    """The fake-tensor prediction and the same count over real CPU tensors agree (within 0.1 %: a few scalars)."""
-    from microdit.bench.training_step import STAGES, make_train_step, random_batch
+    """The fake-tensor prediction of the trainer's step (EMA included) and the same count over real CPU tensors
+    agree (within 0.1 %: a few scalars)."""
+    from microdit.bench.timing import build_denoiser, eager, predicted_memory, trainer_step
+    from microdit.train.trainer import example_batch
 
-    stage, config = STAGES[1], variant_config("MicroDiT_Nano_2", input_size=8)
+    cfg = eager(load_stage_config(PAPER / "stage3.yaml", [
+        "model.arch=MicroDiT_Nano_2", "model.latent_res=8", "model.overrides={depth: 3, patch_mixer_depth: 2}",
+        "micro_batch=2"]))
+    predicted = predicted_memory(cfg)
 
-    def build():
-        with torch.device("meta"):
-            return MicroDiT(config)
-
-    def step(model, optimizer):
-        torch.manual_seed(0)
-        latents, captions = random_batch(config, 2, "cpu")
-        make_train_step(stage, latents, captions, autocast=True)(model, optimizer)
-
-    predicted = estimate_training_memory(build, step)
-
-    model = MicroDiT(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    torch.manual_seed(0)
+    model = build_denoiser(cfg, torch.device("cpu"))
     live = LiveBytes()
     for p in model.parameters():
         live.track(p)
     with live, cuda_autocast_policy():
-        step(model, optimizer)
+        step, _, _ = trainer_step(model, cfg, example_batch(cfg, torch.device("cpu"), 2))
+        step()
         live.reset_peak()
-        step(model, optimizer)
-    assert predicted["resident"] == live.now
-    assert predicted["peak"] == pytest.approx(live.peak, rel=1e-3)
+        step()
+    assert predicted["params_gib"] * 2 ** 30 == sum(p.nbytes for p in model.parameters())
+    assert predicted["resident_gib"] * 2 ** 30 == live.now
+    assert predicted["peak_gib"] * 2 ** 30 == pytest.approx(live.peak, rel=1e-3)
 
 
 # ------------------------------------------------------------------------------------------- the prepared GPU run
-@pytest.mark.slow
-def test_bench_runs_with_only_torch_and_numpy(tmp_path):
-    """The GPU machines have PyTorch but none of our other pins: `python -m microdit.bench` must not need them."""
-    import subprocess
-    import sys
-
-    blocked = ["streaming", "diffusers", "transformers", "open_clip", "snakemake", "submitit", "yaml", "cleanfid",
-               "torchvision", "PIL", "pandas"]
-    code = (f"import sys, runpy; sys.modules.update({{name: None for name in {blocked!r}}}); "
-            "sys.argv = ['microdit.bench', 'memory', '--arch', 'MicroDiT_Nano_2', '--stage', '1', '--microbatch', '1'];"
-            " runpy.run_module('microdit.bench', run_name='__main__')")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["peak_gib"] > 0
+def _nano_memory(stage: int) -> list[str]:
+    return ["memory", "--stage", str(PAPER / f"stage{stage}.yaml"), "--set", "model.arch=MicroDiT_Nano_2",
+            "--set", "micro_batch=1"]
 
 
 @pytest.mark.slow
 def test_suite_appends_results_failures_and_skips_within_its_budget(tmp_path):
     from microdit.bench.suite import run_suite
 
-    items = [("memory", ["memory", "--stage", "1", "--microbatch", "1"]),
-             ("bad", ["memory", "--stage", "9"]),                       # argparse refuses: recorded, not fatal
-             ("late", ["memory", "--stage", "2", "--microbatch", "1"])]
+    items = [("memory", _nano_memory(1)),
+             ("bad", ["memory", "--fit-gib", "lots"]),                  # argparse refuses: recorded, not fatal
+             ("late", _nano_memory(2))]
     out = tmp_path / "bench.jsonl"
     out.write_text('{"label": "an earlier run"}\n')  # appended to, never truncated
     log = tmp_path / "stderr.log"
-    counts = run_suite(items[:2], out, budget_s=600, extra_args=["--arch", "MicroDiT_Nano_2"], log=log)
-    counts_late = run_suite(items[2:], out, budget_s=1, extra_args=["--arch", "MicroDiT_Nano_2"])
+    counts = run_suite(items[:2], out, budget_s=600, log=log)
+    counts_late = run_suite(items[2:], out, budget_s=1)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert counts == {"measured": 1, "failed": 1, "skipped": 0} and counts_late["skipped"] == 1
     assert [r["label"] for r in rows] == ["an earlier run", "memory", "bad", "late"]
-    assert rows[1]["peak_gib"] > 0 and "invalid choice" in rows[2]["error"] and "budget" in rows[3]["skipped"]
-    assert "===== bad" in log.read_text() and "invalid choice" in log.read_text()  # the whole reason is kept
+    assert rows[1]["peak_gib"] > 0 and "invalid float value" in rows[2]["error"] and "budget" in rows[3]["skipped"]
+    assert "===== bad" in log.read_text() and "invalid float value" in log.read_text()  # the whole reason is kept
 
 
 @pytest.mark.parametrize("card", ["h200", "h100"])
-def test_every_prepared_suite_item_parses(card):
-    """A typo in the prepared GPU run would only show on the GPU, where time is scarcest."""
+def test_every_prepared_suite_item_parses_and_reads_its_stage(card, monkeypatch):
+    """A typo in the prepared GPU run, an option or a stage setting, would only show on the GPU, where time is
+    scarcest."""
     from microdit.bench.command import add_modes
-    from microdit.bench.suite import paper_suite
+    from microdit.bench.suite import expected_seconds, paper_suite
 
+    monkeypatch.chdir(REPO)  # the suite names the paper stages from the repository root
     parser = argparse.ArgumentParser()
     add_modes(parser)
     suite = paper_suite(card)
     labels = [label for label, _ in suite]
     assert len(set(labels)) == len(labels)
     for _, args in suite:
-        assert parser.parse_args([*args, "--arch", "MicroDiT_XL_2", "--device", "cuda"]).func is not None
+        assert parser.parse_args(args).func is not None and expected_seconds(args) > 0
 
 
-def test_suite_picks_the_card_by_memory_and_a_second_call_runs_chosen_items(tmp_path, capsys):
+def test_suite_fits_the_card_and_a_second_call_runs_chosen_items(tmp_path, capsys, monkeypatch):
     from microdit.bench.command import add_modes
-    from microdit.bench.suite import card_class, gpu_memory_gib, paper_suite
+    from microdit.bench.suite import paper_suite
 
-    assert card_class(140.4) == "h200" and card_class(79.1) == "h100" and gpu_memory_gib() == 0.0  # no GPU here
-    # the authors' microbatch does not fit an 80 GB card; the checkpointing follows the card
-    def baseline(card: str) -> str:
-        return next(label for label, _ in paper_suite(card) if "authors-config" in label)
+    def item(card: str, start: str) -> tuple:
+        return next((label, args) for label, args in paper_suite(card) if label.startswith(start))
 
-    assert baseline("h100").endswith("mb128") and baseline("h200").endswith("mb256")
-    def stage4(card: str) -> str:
-        return next(label for label, _ in paper_suite(card) if label.startswith("s4 blocks") and "ckpt" in label)
-
-    assert stage4("h100").endswith("ckpt21") and stage4("h200").endswith("ckpt12")
+    # item 1: where the stage-1 step spends its time, the step as its config runs it (whole-model compile)
+    label, args = paper_suite("h200")[0]
+    assert label == "s1 mb256 profiled" and "--profile" in args and not any("compile" in a for a in args)
+    # the authors' microbatch does not fit an 80 GB card; the fit follows the card
+    assert item("h100", "s1 authors-config")[0].endswith("mb128") and item("h200", "s1 authors")[0].endswith("mb256")
+    assert [item(card, "s4 mb64 ckpt")[0] for card in ("h200", "h100")] == ["s4 mb64 ckpt12", "s4 mb64 ckpt21"]
     # the one-hot dispatch is tried where the index one was measured: stage 1 as it fits (nothing checkpointed),
     # stage 4 with the card's activation budget
-    s1 = dict(paper_suite("h200"))["s1 blocks mb256 lpnorm one-hot"]
-    assert "one_hot" in s1 and "--checkpoint-blocks" not in s1 and "--activation-budget" not in s1
-    assert ("s4 blocks mb64 lpnorm budget0.7 one-hot", "s4 blocks mb64 lpnorm budget0.5 one-hot") == tuple(
-        next(label for label, _ in paper_suite(card) if label.startswith("s4")) for card in ("h200", "h100"))
-    # item 1: where the stage-1 step spends its time; item 2: the one-hot dispatch at stage 2
-    assert paper_suite("h200")[0][0] == "s1 blocks mb256 lpnorm profiled"
-    assert [paper_suite(card)[1][0] for card in ("h200", "h100")] == [
-        "s2 blocks mb256 lpnorm budget0.7 one-hot", "s2 blocks mb256 lpnorm budget0.5 one-hot"]
+    s1 = item("h200", "s1 mb256 one-hot")[1]
+    assert "moe_dispatch=one_hot" in s1 and not any(a.startswith(("checkpoint", "activation")) for a in s1)
+    assert [item(card, "s4")[0] for card in ("h200", "h100")] == ["s4 mb64 budget0.7 one-hot",
+                                                                   "s4 mb64 budget0.5 one-hot"]
+    monkeypatch.chdir(REPO)
     parser = argparse.ArgumentParser()
     add_modes(parser)
     out = tmp_path / "bench.jsonl"
-    args = parser.parse_args(["suite", "--out", str(out), "--budget-s", "0", "--card", "h200", "--items", "2,10-"])
+    args = parser.parse_args(["suite", "--out", str(out), "--budget-s", "0", "--card", "h100", "--items", "2,10-"])
     args.func(args)
-    suite = paper_suite("h200")
+    suite = paper_suite("h100")
     assert [json.loads(line)["label"] for line in out.read_text().splitlines()] == [
         label for label, _ in [suite[1], *suite[9:]]]
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["card"] == "h200"
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["card"] == "h100"
     for bad in ("0", "3-2", "x", f"{len(suite) + 1}"):
         with pytest.raises(UserError, match="--items"):
-            args.func(parser.parse_args(["suite", "--out", str(out), "--budget-s", "0", "--card", "h200",
-                                         "--items", bad]))
+            args.func(parser.parse_args(["suite", "--out", str(out), "--budget-s", "0", "--items", bad]))
 
 
 def _fake_python(tmp_path, line: str) -> Path:
@@ -434,9 +423,9 @@ def _fake_python(tmp_path, line: str) -> Path:
 def test_suite_leaves_an_item_it_has_no_time_for_and_goes_on_with_shorter_ones(tmp_path):
     from microdit.bench.suite import expected_seconds, run_suite
 
-    long_item = ["train", "--stage", "1", "--compile", "model"]
-    assert expected_seconds(long_item) > expected_seconds(["train", "--stage", "4", "--compile", "blocks"]) > \
-        expected_seconds(["train", "--stage", "1"]) > expected_seconds(["layers"])
+    long_item = ["train", "--stage", str(PAPER / "stage1.yaml")]  # whole-model compile, as its config says
+    assert expected_seconds(long_item) > expected_seconds(["train", "--stage", str(PAPER / "stage4.yaml")]) > \
+        expected_seconds([*long_item, "--set", "compile=none"]) > expected_seconds(["layers"])
     fake_python = _fake_python(tmp_path, '{\\"ran\\": true}')
     out = tmp_path / "bench.jsonl"
     counts = run_suite([("long", long_item), ("short", ["layers"])], out, budget_s=100, python=str(fake_python))
@@ -445,23 +434,16 @@ def test_suite_leaves_an_item_it_has_no_time_for_and_goes_on_with_shorter_ones(t
     assert "takes about 300 s" in rows[0]["skipped"] and rows[1] == {"label": "short", "ran": True}
 
 
-def test_suite_items_start_cold_and_a_timeout_kills_the_whole_item(tmp_path):
-    """Each item gets a compile cache of its own (a compiled item measures a cold start, not the previous item's
-    cache), and an item past its time kills its process group: the compiler's workers must not outlive it."""
-    from microdit.bench.suite import _run_group, run_suite
-
-    fake_python = _fake_python(tmp_path, '{\\"cache\\": \\"$TORCHINDUCTOR_CACHE_DIR\\"}')
-    out = tmp_path / "bench.jsonl"
-    run_suite([("a", ["train"]), ("b", ["train"])], out, budget_s=600, python=str(fake_python))
-    caches = [json.loads(line)["cache"] for line in out.read_text().splitlines()]
-    assert len(set(caches)) == 2 and all("microdit-compile-cache-" in c and not os.path.exists(c) for c in caches)
+def test_a_timed_out_item_is_killed_with_its_whole_process_group(tmp_path):
+    """The compiler's workers must not outlive an item past its time."""
+    from microdit.bench.suite import _run_group
 
     pid_file = tmp_path / "grandchild.pid"
     script = (f"import subprocess, time; p = subprocess.Popen(['sleep', '60'], stdout=subprocess.DEVNULL, "
               f"stderr=subprocess.DEVNULL); "
               f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")
     with pytest.raises(subprocess.TimeoutExpired):
-        _run_group([sys.executable, "-c", script], timeout_s=3, env=dict(os.environ))
+        _run_group([sys.executable, "-c", script], timeout_s=3)
     stat = Path(f"/proc/{int(pid_file.read_text())}/stat")
 
     def dead() -> bool:  # gone, or dead and not yet reaped

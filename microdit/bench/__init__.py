@@ -1,4 +1,6 @@
-"""Speed and memory measurements of MicroDiT at the paper's shapes (`microdit bench`)."""
+"""Speed and memory measurements of MicroDiT at the shapes and settings of a stage config (`microdit bench`)."""
+import time
+
 import torch
 
 
@@ -8,9 +10,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def compile_record() -> dict:
-    """This process's compile-cache lookups so far: hits mean graphs found compiled (a restart)."""
-    from torch._dynamo.utils import counters  # here: importing dynamo costs every command seconds
-
-    cache = counters["aot_autograd"]
-    return {"compile_cache_hits": cache["autograd_cache_hit"], "compile_cache_misses": cache["autograd_cache_miss"]}
+def seconds_per_call(run, calls: int, device: torch.device) -> float:
+    """Wall-clock seconds per call of `run()` over `calls` calls, the device's queued work included."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    synchronize(device)
+    return (time.perf_counter() - start) / calls

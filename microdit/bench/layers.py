@@ -3,11 +3,10 @@
 A step's profile (`bench train --profile`) says which kernels take the time; this says which form of a layer is
 fastest, in seconds of GPU time instead of a full step per variant: every scaled-dot-product-attention backend over
 every attention call the step makes (mixer and backbone self-attention, cross-attention over the caption tokens, the
-prompt block), and every MoE dispatch over every MoE layer, eager or compiled. Which calls, with which shapes,
-strides and how often, is read off one forward of the real model on the meta device, so a variant's per-step total
-is what the step would spend in those layers with it (activation checkpointing's recomputation aside).
+prompt block), and every MoE dispatch over every MoE layer. Which calls, with which shapes, strides and how often,
+is read off one forward of the real model on the meta device, so a variant's per-step total is what the step would
+spend in those layers with it (activation checkpointing's recomputation aside).
 """
-import time
 from collections import Counter
 from dataclasses import dataclass, replace
 
@@ -15,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from microdit.bench import synchronize
-from microdit.bench.training_step import StageShape, random_batch, stage_config
-from microdit.diffusion.edm import EDMConfig, edm_loss
-from microdit.models.dit import MicroDiT
+from microdit.bench import seconds_per_call
+from microdit.bench.timing import training_loss
 from microdit.models.layers import ExpertChoiceMoE, attention
+from microdit.train.config import StageConfig
+from microdit.train.trainer import build_model, example_batch
 
 
 @dataclass(frozen=True)
@@ -60,36 +59,28 @@ class _AttentionRecorder(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def recorded_layer_calls(arch: str, stage: StageShape, microbatch: int) -> tuple[Counter, Counter]:
-    """(attention, moe): how often one training forward at `stage` calls scaled_dot_product_attention with each
+def recorded_layer_calls(cfg: StageConfig) -> tuple[Counter, Counter]:
+    """(attention, moe): how often one training forward of the stage calls scaled_dot_product_attention with each
     (q, k, v) spec, and each MoE layer with each input spec ((num_experts, dim, hidden, capacity), x spec)."""
-    config = stage_config(arch, stage)
     with torch.device("meta"):
-        dit = MicroDiT(config).train()
-        latents, captions = random_batch(config, microbatch, "meta")
+        dit = build_model(cfg).train()
+    batch = example_batch(cfg, torch.device("meta"), cfg.micro_batch)
     moe: Counter = Counter()
 
     def count_moe(module, args):
         moe[(*module.w1.shape, module.capacity), TensorSpec.of(args[0], grad=True)] += 1
 
-    handles = [m.register_forward_pre_hook(count_moe) for m in dit.modules() if isinstance(m, ExpertChoiceMoE)]
-    try:
-        with torch.no_grad(), _AttentionRecorder() as attention:
-            edm_loss(dit, latents, captions, EDMConfig(p_mean=stage.p_mean, p_std=stage.p_std), stage.mask_ratio)
-    finally:
-        for handle in handles:
-            handle.remove()
+    for module in dit.modules():  # a model of its own: the hooks go with it
+        if isinstance(module, ExpertChoiceMoE):
+            module.register_forward_pre_hook(count_moe)
+    with torch.no_grad(), _AttentionRecorder() as attention:
+        training_loss(dit, cfg, batch)
     return attention.calls, moe
 
 
 def _seconds_per_call(run, repeats: int, device: torch.device) -> float:
     run()  # first call: kernel selection, cuDNN plans, compilation
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        run()
-    synchronize(device)
-    return (time.perf_counter() - start) / repeats
+    return seconds_per_call(run, repeats, device)
 
 
 def _on_device(spec: TensorSpec, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -122,17 +113,15 @@ def time_attention(calls: Counter, backend: str, dtype: torch.dtype, device: tor
 
 
 def attention_flops(q_shape, k_shape) -> float:
-    """Forward + backward FLOPs of one attention call as the step's count has them (bench/training_step.py counts
+    """Forward + backward FLOPs of one attention call as the step's count has them (bench/timing.py counts
     attention's two matmuls, forward and their two gradients each): 3 x 2 matmuls of 2 B H Tq Tk d."""
     batch, heads, queries, head_dim = q_shape
     return 3 * 2 * 2 * batch * heads * queries * k_shape[2] * head_dim
 
 
-def time_moe(calls: Counter, dispatch: str, dtype: torch.dtype, device: torch.device, repeats: int,
-             compiler: str | None = None) -> dict:
-    """Milliseconds per step of forward + backward over the MoE layers in `calls` with one dispatch, fp32 weights
-    under autocast as in training (on the CPU: fp32 without autocast); each layer compiled with `compiler` (a
-    torch.compile backend, e.g. "inductor") or eager (None)."""
+def time_moe(calls: Counter, dispatch: str, dtype: torch.dtype, device: torch.device, repeats: int) -> dict:
+    """Milliseconds per step of forward + backward over the MoE layers in `calls` with one dispatch, eager, fp32
+    weights under autocast to `dtype` as in training (no autocast for fp32)."""
     shapes, total = [], 0.0
     for ((experts, dim, hidden, capacity), x_spec), count in calls.items():
         with device:
@@ -140,18 +129,15 @@ def time_moe(calls: Counter, dispatch: str, dtype: torch.dtype, device: torch.de
         moe.dispatch = dispatch
         torch.nn.init.normal_(moe.w1, std=0.02)
         torch.nn.init.normal_(moe.w2, std=0.02)
-        layer = torch.compile(moe, backend=compiler, dynamic=False) if compiler else moe
         x = _on_device(x_spec, dtype, device)
         params = (x, *moe.parameters())
 
         def run():
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                out = layer(x)
+                out = moe(x)
             torch.autograd.grad(out, params, torch.ones_like(out))
 
-        # every shape, dispatch and stage recompiles the one forward: past dynamo's limit it would run eagerly
-        with torch._dynamo.config.patch(recompile_limit=1024):
-            ms = 1e3 * _seconds_per_call(run, repeats, device)
+        ms = 1e3 * _seconds_per_call(run, repeats, device)
         shapes.append({"x": list(x.shape), "hidden": hidden, "calls_per_step": count, "ms_per_call": round(ms, 4)})
         total += count * ms
     return {"ms_per_step": total, "shapes": shapes}

@@ -42,7 +42,7 @@ def write_synthetic_shards(out: Path, samples: int, resolution: int, seed: int =
     return out
 
 
-def time_loader(datadir: Path, resolution: int, batch: int, workers: int, batches: int, warmup: int) -> dict:
+def time_loader(datadir: Path, resolution: int, batch: int, workers: int, batches: int = 10, warmup: int = 2) -> dict:
     """img/s of `batches` batches after `warmup` (which also starts the workers), and the bytes per image."""
     from microdit.data.loader import build_latents_loader
 

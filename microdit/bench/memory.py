@@ -1,10 +1,9 @@
 """Peak training memory of a configuration, predicted on any machine without running it.
 
-The model, optimizer and batch are fake tensors (shapes and dtypes, no data) on the CPU, so a 1.16 B-parameter
-model at microbatch 256 costs seconds and no memory. Two real training steps run under bf16 autocast with the same
-code as training (EDM loss, backward, grad clipping, AdamW); a dispatch mode counts the bytes of every storage
-from its creation until it is freed, so the peak is the high-water mark of live tensors: parameters, gradients,
-AdamW state, the activations autograd keeps for backward, and the temporaries of each kernel.
+The model, optimizer, EMA and batch are fake tensors (shapes and dtypes, no data) on the CPU, so a 1.16 B-parameter
+model at microbatch 256 costs seconds and no memory. Two training steps run; a dispatch mode counts the bytes of
+every storage from its creation until it is freed, so the peak is the high-water mark of live tensors: parameters,
+gradients, optimizer and EMA state, the activations autograd keeps for backward, and each kernel's temporaries.
 
 The steps run under CPU autocast, which keeps bf16 where CUDA autocast computes in fp32: `cuda_autocast_policy`
 applies CUDA's rule to the two such ops the model uses (layer_norm, softmax). That rule matters: an fp32 norm output
@@ -82,8 +81,9 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
-def materialize_fake(module: torch.nn.Module) -> None:
-    """Replace meta parameters and buffers by fake CPU tensors of the same shapes (inside a FakeTensorMode)."""
+def materialize_fake(module: torch.nn.Module) -> torch.nn.Module:
+    """Meta parameters and buffers replaced by fake CPU tensors of the same shapes (inside a FakeTensorMode;
+    `to_empty` would try to swap the tensors in place, which fails from meta to fake)."""
     for sub in module.modules():
         for name, param in sub._parameters.items():
             if param is not None:
@@ -92,28 +92,25 @@ def materialize_fake(module: torch.nn.Module) -> None:
         for name, buffer in sub._buffers.items():
             if buffer is not None:
                 sub._buffers[name] = torch.empty(buffer.shape, dtype=buffer.dtype)
+    return module
 
 
-def estimate_training_memory(build_model, train_step, steps: int = 2) -> dict:
-    """Run `train_step(model, optimizer)` `steps` times on fake tensors under CUDA's autocast rules; bytes of the
-    parameters, of what stays between steps (parameters + AdamW state) and the last step's peak.
-
-    `build_model()` must create the model on the meta device (initialisers need data); `train_step` does the whole
-    step, autocast included, and may build its inputs inside (they are counted).
-    """
+def estimate_training_memory(build_model, build_step, steps: int = 2) -> dict:
+    """Bytes of the parameters, of what stays between steps and of the last step's peak, on fake tensors under
+    CUDA's autocast rules. `build_model()` creates the model on the meta device (initialisers need data);
+    `build_step(model)` returns step(), the whole training step, autocast included. What either creates is
+    counted: optimizer, EMA, batch."""
     with FakeTensorMode():
-        model = build_model()
-        materialize_fake(model)
-        params = list(model.parameters())
-        optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
+        model = materialize_fake(build_model())
         live = LiveBytes()
-        for p in params:
+        for p in model.parameters():
             live.track(p)
         param_bytes = live.now
         with live, cuda_autocast_policy():
+            step = build_step(model)
             for i in range(steps):
                 if i == steps - 1:
-                    live.reset_peak()  # the first step also allocates AdamW's state: measure a steady-state step
-                train_step(model, optimizer)
+                    live.reset_peak()  # the first step also allocates the optimizer's state: measure a later one
+                step()
             resident = live.now
     return {"params": param_bytes, "resident": resident, "peak": live.peak}

@@ -181,7 +181,7 @@ class MicroDiT(nn.Module):
         batch, side = x.shape[0], self.config.input_size
         if tuple(x.shape[-2:]) != (side, side):  # other sizes can broadcast against pos_embed without an error
             raise ValueError(f"latents of {tuple(x.shape[-2:])}: this model takes {side} x {side} (its input_size)")
-        caption = y if isinstance(y, CaptionContext) else self.encode_caption(y)
+        caption = y if isinstance(y, CaptionContext) else self.encode_caption(y)  # (N, D) pooled, (N, L, .) tokens
         if caption.pooled.shape[0] != batch:  # a context of batch 1 would broadcast silently
             raise ValueError(f"a caption context of batch {caption.pooled.shape[0]} for {batch} latents (with guidance "
                              "the batch doubles: caption_context(y, guided=True) with cfg, guided=False without)")

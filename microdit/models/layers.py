@@ -165,10 +165,10 @@ class ExpertChoiceMoE(nn.Module):
         return probs.transpose(1, 2).topk(tokens_per_expert, dim=-1)        # (N, E, k) each
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gates, index = self.route(x)
+        gates, index = self.route(x)                                        # x (N, T, D) -> (N, E, k) each
         if self.dispatch == "one_hot":
-            return self._one_hot_forward(x, gates, index)
-        return self._index_forward(x, gates, index)
+            return self._one_hot_forward(x, gates, index)                   # (N, T, D)
+        return self._index_forward(x, gates, index)                         # (N, T, D)
 
     def _index_forward(self, x: torch.Tensor, gates: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         # x (N, T, D); gates, index (N, E, k); w1 (E, D, H), w2 (E, H, D)
@@ -184,11 +184,12 @@ class ExpertChoiceMoE(nn.Module):
         return combined.scatter_add(1, flat_index, out.reshape(batch, experts * k, dim))  # (N, T, D)
 
     def _one_hot_forward(self, x: torch.Tensor, gates: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        dispatch = F.one_hot(index, x.shape[1]).to(x.dtype)  # (batch, experts, k, tokens)
-        chosen = torch.einsum("nekt,ntd->nekd", dispatch, x)
-        hidden = F.gelu(torch.einsum("nekd,edh->nekh", chosen, self.w1))
-        out = torch.einsum("nekh,ehd->nekd", hidden, self.w2)
-        return torch.einsum("nekt,nek,nekd->ntd", dispatch, gates.to(out.dtype), out)
+        # x (N, T, D); gates, index (N, E, k); w1 (E, D, H), w2 (E, H, D)
+        dispatch = F.one_hot(index, x.shape[1]).to(x.dtype)                 # (N, E, k, T)
+        chosen = torch.einsum("nekt,ntd->nekd", dispatch, x)                # (N, E, k, D)
+        hidden = F.gelu(torch.einsum("nekd,edh->nekh", chosen, self.w1))    # (N, E, k, H)
+        out = torch.einsum("nekh,ehd->nekd", hidden, self.w2)               # (N, E, k, D)
+        return torch.einsum("nekt,nek,nekd->ntd", dispatch, gates.to(out.dtype), out)  # (N, T, D)
 
 
 class Mlp(nn.Module):

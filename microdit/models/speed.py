@@ -1,5 +1,5 @@
-"""Runtime switches that trade memory, speed and compile warm-up, applied to a MicroDiT from outside (the model
-holds the network and its math only), shared by the trainer, the samplers and `microdit bench`.
+"""Runtime switches that trade memory for speed, applied to a MicroDiT from outside (the model holds the network and
+its math only), shared by the trainer, the samplers and `microdit bench`.
 
 None of them renames a parameter, so checkpoints load whatever was switched; beyond the rounding of other kernels
 (compiled, or another attention backend), only low-precision norms change the numbers (bf16 rounding of the
@@ -78,16 +78,13 @@ class RecomputedDiTBlock(DiTBlock):
 
 def compile_blocks(dit: MicroDiT, **options) -> None:
     """Regional compilation: each transformer block compiled in place (names stay free of `_orig_mod.`), the
-    glue between them left eager. Small graphs keep the compiler's partitioner cheap and let activation
-    checkpointing wrap whole compiled blocks. Layer-wise scaling gives most blocks their own widths, hence their
-    own graph (27 for XL), and one process may also sample with them (no-grad, guided batch, precomputed caption
-    keys and values: another graph each). Past dynamo's recompile limit the remaining blocks would silently run
-    eagerly, so it is raised to cover those uses. Static by default: blocks of other widths re-enter the same
-    compiled function, and dynamo would otherwise re-trace the later ones with symbolic sizes, so a block's graph
-    would depend on the blocks compiled before it in the process (and a restart would miss the compile cache).
-    Without DDP's graph splitting: it cuts a graph at gradient-bucket boundaries so that a whole-model graph can
-    overlap communication, which a block-sized graph already does, and its split graphs bypass the compile cache
-    (found on the CPU over gloo)."""
+    glue between them left eager, so that activation checkpointing wraps whole compiled blocks. Layer-wise scaling
+    gives most blocks their own widths, hence their own graph (27 for XL), and a process may also sample with them
+    (another graph each): dynamo's recompile limit is raised to cover those uses, past which the remaining blocks
+    would silently run eagerly. Static by default: dynamo would otherwise re-trace later blocks with symbolic
+    sizes, so a block's graph would depend on the blocks compiled before it (and a restart would miss the compile
+    cache). Without DDP's graph splitting, which serves whole-model graphs (a block-sized graph already overlaps
+    communication) and whose split graphs bypass the compile cache (found on the CPU over gloo)."""
     options.setdefault("dynamic", False)
     torch._dynamo.config.optimize_ddp = False
     blocks = [*dit.patch_mixer, *dit.blocks, dit.y_emb_preprocess]

@@ -125,14 +125,15 @@ def test_every_rank_takes_the_same_cleanup_branch(tmp_path, in_use_on, cleaned):
     assert [(tmp_path / f"out.{rank}").read_text() for rank in (0, 1)] == [cleaned, cleaned]
 
 
-def test_bench_loader_times_synthetic_paper_layout_shards(tmp_path, isolated_streaming, capsys):
+def test_bench_loader_times_synthetic_paper_layout_shards(tmp_path, isolated_streaming, capsys, monkeypatch):
     from microdit.cli import main
 
-    args = ["bench", "loader", "--synthetic-dir", str(tmp_path / "shards"), "--samples", "48", "--resolution", "64",
-            "--batch", "8", "--workers", "0", "--batches", "3", "--warmup", "1"]
+    monkeypatch.chdir(tmp_path)  # the shards are kept in results/bench/
+    args = ["bench", "loader", "--samples", "48", "--resolution", "64", "--batch", "4", "--workers", "0"]
     assert main(args) == 0
     assert main(args) == 0  # the shards are reused, not rewritten
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    assert len(rows) == 2 and all(r["img_per_s"] > 0 and r["batches"] == 3 for r in rows)
+    assert len(rows) == 2 and all(r["img_per_s"] > 0 and r["batches"] == 10 for r in rows)
+    assert (tmp_path / "results/bench/loader_shards_64px/index.json").exists()
     # float16 caption (1x77x1024) and latents (4x8x8) and a float32 caption-drop flag: the paper's bytes per image
     assert rows[0]["batch_bytes_per_img"] == 2 * (77 * 1024 + 4 * 8 * 8) + 4
