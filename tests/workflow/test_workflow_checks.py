@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from microdit.workflow import (GENEVAL_PROMPTS, RULE_NAMES, cli_options, config_errors, download_threads,
-                               generation_minutes, own_sample_captions, schema_errors,
+                               generation_minutes, own_sample_captions, part_minutes, schema_errors,
                                stage_setting_errors)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -325,6 +325,7 @@ def test_generation_minutes_and_download_threads():
     assert download_threads({"source": "cc12m"}) == 16
     assert download_threads({"source": "cc12m", "options": {"processes": 4}}) == 4
     assert download_threads({"source": "coco2014"}) == 4
+    assert part_minutes(2880, 20) == 144 and part_minutes(2880, 7) == 412 and part_minutes(60, 4) == 30
 
 
 def test_geneval_prompt_count_is_the_evaluators():
