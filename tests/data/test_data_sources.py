@@ -64,6 +64,8 @@ def test_parts_of_a_download_are_its_shards_under_their_own_ids(tmp_path):
     assert {**parts[0], **parts[1]} == whole
     with pytest.raises(UserError, match="--part 2 --parts 2: expected 0 <= part < parts"):
         download(tmp_path / "part2", "--part", "2", "--parts", "2")
+    with pytest.raises(UserError, match="only 5 shard.s. to split .with subset full.; expected parts <= 5"):
+        download(tmp_path / "part6", "--part", "0", "--parts", "6")
 
 
 def test_cc12m_parts_take_whole_shards_of_the_url_list_and_keep_their_ids(tmp_path):

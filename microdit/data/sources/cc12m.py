@@ -10,7 +10,7 @@ from pathlib import Path
 from microdit.files import atomic_write
 from microdit.data.shards import STATS_SUFFIX, count_samples, tar_path, write_stats
 from microdit.arguments import positive_int
-from microdit.data.sources.common import run_shards, select_part, select_subset
+from microdit.data.sources.common import check_parts, run_shards, select_part, select_subset
 from microdit.errors import UserError
 from microdit.store import part_range
 
@@ -69,7 +69,7 @@ def part_url_list(args, out: Path) -> tuple[str, int]:
         return args.url_list, 0
     table = read_url_list(args.url_list, args.url_col, args.caption_col)
     rows = select_subset(list(range(len(table))), args.subset)
-    shards = part_range(-(-len(rows) // args.shard_size), args.part, args.parts)
+    shards = part_range(check_parts(-(-len(rows) // args.shard_size), args), args.part, args.parts)
     path = out / PART_LIST
     if not path.is_file():
         part = rows[shards.start * args.shard_size:shards.stop * args.shard_size]

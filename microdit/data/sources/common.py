@@ -27,8 +27,16 @@ def select_subset(ids: list, subset: str) -> list:
 
 def select_part(ids: list, args) -> list:
     """This job's share of a source's shards (`--part i --parts n`): a contiguous range of them in order, keeping
-    their global ids, so the parts' shards together are the whole download's."""
-    return [ids[i] for i in part_range(len(ids), args.part, args.parts)]
+    their global ids, so the parts' shards together are the whole download's. A part with none would fail at its
+    convert: refused here, in the first job, naming the count to ask for."""
+    return [ids[i] for i in part_range(check_parts(len(ids), args), args.part, args.parts)]
+
+
+def check_parts(shards: int, args) -> int:
+    if shards < args.parts:
+        raise UserError(f"--parts {args.parts}: the download has only {shards} shard(s) to split (with subset "
+                        f"{args.subset}); expected parts <= {shards}")
+    return shards
 
 
 def image_stem(name: str) -> str | None:
