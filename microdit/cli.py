@@ -18,7 +18,7 @@ COMMANDS = {
     "sample": "microdit.commands.sample",
     "checkpoint": "microdit.commands.checkpoint_info",
     "bench": "microdit.bench.command",
-    **dict.fromkeys(("download", "convert", "precompute"), "microdit.data.commands"),
+    **dict.fromkeys(("download", "convert", "precompute", "merge-parts"), "microdit.data.commands"),
     "train-vae": "microdit.tiny_vae",
     "train": "microdit.train.commands",
     **dict.fromkeys(("eval-captions", "generate", "fid-stats", "fid", "clip-score", "geneval-metadata",

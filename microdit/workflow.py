@@ -16,13 +16,9 @@ from microdit.train.cosmetic import weight_settings
 # The workflow's own rule names: a stage becomes a target rule of its name, and Snakemake refuses two rules of one
 # name with an error that does not point at the config (tests/workflow checks this list against the rule files).
 RULE_NAMES = frozenset({
-    "all", "eval", "data", "download", "convert", "train_vae", "precompute", "train",
+    "all", "eval", "data", "download", "convert", "merge_parts", "train_vae", "precompute", "train",
     "stage_samples", "eval_captions", "fid_reference_stats", "generate_eval_samples", "fid", "geneval_metadata",
     "geneval_generate", "geneval_score", "geneval_summary", "report"})
-
-# results/<run>/data/downloads/<download>/ sits beside results/<run>/data/<dataset>/: a dataset of this name would
-# share its folder with the downloads
-DOWNLOADS_FOLDER = "downloads"
 
 TINY_VAE_DOWNSAMPLE = 4  # microdit.tiny_vae.build_tiny_vae's three levels (imported here without torch)
 
@@ -90,12 +86,13 @@ def config_errors(config: dict, basedir: str) -> list[str]:
     errors = []
     downloads, datasets, stages = config["downloads"], config["datasets"], config["stages"]
     for name, spec in datasets.items():
-        if name == DOWNLOADS_FOLDER:
-            errors.append(f"datasets.{name}: this name is reserved for the downloads' folder; rename the dataset")
         if spec["download"] not in downloads:
             errors.append(_unknown(f"datasets.{name}.download", spec["download"], downloads, "a key of downloads"))
     if config["eval"]["download"] not in downloads:
         errors.append(_unknown("eval.download", config["eval"]["download"], downloads, "a key of downloads"))
+    elif downloads[config["eval"]["download"]].get("parts", 1) != 1:
+        errors.append(f"downloads.{config['eval']['download']}.parts: the evaluation reads its images and captions "
+                      f"from one folder (expected 1, or no parts key)")
     if "train" in config["vae"] and config["vae"]["train"]["dataset"] not in datasets:
         errors.append(_unknown("vae.train.dataset", config["vae"]["train"]["dataset"], datasets,
                                "a key of datasets"))
@@ -144,6 +141,12 @@ def download_threads(spec: dict) -> int:
     if spec["source"] == "cc12m" and options.get("route", "img2dataset") == "img2dataset":
         return int(options.get("processes", 16))
     return 4
+
+
+def part_minutes(whole_minutes: int, parts: int, least: int = 30) -> int:
+    """SLURM time limit of one of `parts` jobs sharing a job of `whole_minutes` (the parts are near-equal ranges);
+    at least `least` minutes for start-up. A part cut short resumes on its retry."""
+    return max(least, math.ceil(whole_minutes / parts))
 
 
 def generation_minutes(images: int, steps: int, resolution: int) -> int:

@@ -3,13 +3,31 @@
 # Snakemake's params trigger skips params derived from those (a config change would then rerun nothing). Training
 # relies on exactly that for its overrides, next to a digest param that does trigger (see rules/train.smk).
 import json
+import re
 import shlex
 
+from microdit.store import Store
 from microdit.workflow import (GENEVAL_PROMPTS, cli_options, download_threads, generation_minutes, latent_downsample,
-                               own_sample_captions, resolve_path, stage_weights)
+                               own_sample_captions, part_minutes, resolve_path, stage_weights)
 
-RUN = f"results/{config['run']}"
+RUN = f"results/{config['run']}"  # what this run owns: training, samples, evaluation, report
+STORE = Store(config)  # the data it reads, shared with every run of the same data settings
 STAGES = list(config["stages"])
+DATA_RETRIES = 2  # a data part resumes where it stopped, so a retry after a time limit or a lost node continues it
+
+
+def one_of(keys) -> str:
+    return "|".join(map(re.escape, keys))
+
+
+# a store path of a key this config does not make is no target (Snakemake's missing-rule error), not a lookup error
+wildcard_constraints:
+    download=one_of(STORE.keys("downloads")),
+    mds=one_of(STORE.keys("mds")),
+    latents=one_of(STORE.keys("latents")),
+    kind="mds|latents",
+    parts=r"\d+",
+    part=r"\d+",
 
 
 def set_options(overrides: dict) -> str:
@@ -30,12 +48,32 @@ def synthetic_dataset(name: str) -> bool:
     return synthetic_download(config["datasets"][name]["download"])
 
 
+def convert_rules(wildcards) -> dict:
+    """The convert settings of the dataset whose MDS key is the `mds` wildcard."""
+    return config["datasets"][STORE.dataset_with_mds(wildcards.mds)]["convert"]
+
+
+def download_part_summary(download: str, parts, part) -> str:
+    """download.json of part `part` of `parts` of a download (a config name), in the store."""
+    return f"{STORE.download_part(download, parts, part)}/download.json"
+
+
+def part_path(wildcards) -> str:
+    return f"parts{wildcards.parts}/{wildcards.part}"
+
+
+def part_folders(wildcards) -> list:
+    """The part folders of the MDS or latents (`kind`) of store key `key` in `parts` parts, in order."""
+    root = f"{STORE.root}/{wildcards.kind}/{wildcards.key}/parts{wildcards.parts}"
+    return [f"{root}/{i}" for i in range(int(wildcards.parts))]
+
+
 def stage_yaml(stage: str) -> str:
     return workflow_path(config["stages"][stage]["config"])
 
 
 def latents_dir(dataset: str) -> str:
-    return f"{RUN}/data/{dataset}/latents"
+    return STORE.latents_dir(dataset)
 
 
 def heldout_input(wildcards=None) -> list:
@@ -54,7 +92,7 @@ def previous_stage(stage: str):
     return STAGES[index - 1] if index > 0 and config["stages"][stage].get("chain", True) else None
 
 
-VAE_DIR = f"{RUN}/vae"
+VAE_DIR = STORE.vae_dir() if "train" in config["vae"] else None
 LATENT_GPUS = config["latents"].get("gpus", 0)
 EVAL_GPUS = config["eval"].get("gpus", 0)  # of each sampling job: stage grids, evaluation images, their features
 
@@ -117,7 +155,7 @@ def evaluated_weights() -> str:
 
 
 def eval_source(wildcards) -> str:
-    return f"{RUN}/data/downloads/{config['eval']['download']}/download.json"
+    return download_part_summary(config["eval"]["download"], 1, 0)  # one part (the config check)
 
 
 def feature_options(w=None) -> str:

@@ -1,15 +1,16 @@
-# MDS images -> MDS latents (VAE posterior sample x scale, text-encoder token states). Restartable: finished parts
-# are kept, so the declared output is the index written last, not the directory (Snakemake would delete it).
-# One process per GPU (latents.gpus), each writing its own parts; none means one process on the CPU. The latents
-# are the same for any process count: derived from the job's resources, the count is no rerun trigger.
+# A part's MDS images -> its MDS latents (VAE posterior sample x scale, text-encoder token states), in the store.
+# Restartable: finished units are kept, so the declared output is the index written last, not the directory
+# (Snakemake would delete it), and a retry continues the part. One process per GPU (latents.gpus), each writing its
+# own units; none means one process on the CPU. The latents are the same for any process or part count (units are
+# seeded by their input shard's name): derived from the job's resources, the process count is no rerun trigger.
 rule precompute:
     input:
-        mds=f"{RUN}/data/{{dataset}}/mds",
+        mds=lambda w: f"{STORE.root}/mds/{STORE.mds_key(STORE.dataset_with_latents(w.latents))}/{part_path(w)}",
         vae=vae_input(),
     output:
-        index=f"{RUN}/data/{{dataset}}/latents/index.json",
+        index=f"{STORE.root}/latents/{{latents}}/parts{{parts}}/{{part}}/index.json",
     params:
-        out=lambda w: latents_dir(w.dataset),
+        out=lambda w: f"{STORE.root}/latents/{w.latents}/{part_path(w)}",
         vae=vae_argument,
         vae_subfolder=cli_options({"vae-subfolder": config["vae"]["subfolder"]}) if config["vae"].get("subfolder") else "",
         text_encoder=config["text_encoder"]["name"],
@@ -18,14 +19,15 @@ rule precompute:
         seed=config["latents"]["seed"],
         processes=lambda w, resources: max(1, resources.gpu),
     log:
-        f"{RUN}/logs/precompute/{{dataset}}.log",
+        f"{STORE.root}/logs/precompute/{{latents}}/parts{{parts}}/{{part}}.log",
     benchmark:
-        f"{RUN}/benchmarks/precompute/{{dataset}}.tsv"
+        f"{STORE.root}/benchmarks/precompute/{{latents}}/parts{{parts}}/{{part}}.tsv"
     threads: 8 * LATENT_GPUS if LATENT_GPUS else 2
+    retries: DATA_RETRIES
     resources:
         gpu=LATENT_GPUS,
         mem_mb=24000 * LATENT_GPUS if LATENT_GPUS else 4000,
-        runtime=2880 if LATENT_GPUS else 120,
+        runtime=lambda w: part_minutes(2880 if LATENT_GPUS else 120, int(w.parts)),
     conda:
         "../envs/microdit.yaml"
     shell:

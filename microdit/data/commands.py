@@ -1,18 +1,23 @@
 """`microdit download | convert | precompute`: the data steps, each with explicit input and output paths.
 
-  microdit download SOURCE --out WDS_DIR [--subset small] [source options]
+  microdit download SOURCE --out WDS_DIR [--subset small] [--part I --parts N] [source options]
   microdit convert --input WDS_DIR --out MDS_DIR [--min-side 256] [--resize-to 512] [--clean-captions]
   microdit precompute --input MDS_DIR --out LATENTS_DIR --vae VAE_DIR --text-encoder NAME [--resolutions 256 512]
+  microdit merge-parts --out MDS_DIR PART_DIR...
 
 Each prints a JSON summary on stdout; logs go to stderr.
 """
 import json
 import logging
+from pathlib import Path
 
+from microdit.arguments import positive_int
 from microdit.data.images import add_max_pixels
 from microdit.data.sources import SOURCES, load_source
 from microdit.data.sources.common import SUBSETS
+from microdit.errors import UserError
 from microdit.files import claim_folder, fingerprint, write_json
+from microdit.store import SPEED_OPTIONS
 
 
 def _setup_logging() -> None:
@@ -26,11 +31,13 @@ def _print(summary: dict) -> int:
 
 # download options that say how fast or from which (expiring) links the data comes, not what it is: changing them
 # resumes a download; any other option changed makes its finished shards someone else's (claim_folder)
-NOT_IN_DATA = ("out", "summary", "func", "processes", "threads", "timeout", "retries", "links")
+NOT_IN_DATA = ("out", "summary", "func", *SPEED_OPTIONS)
 
 
 def run_download(args) -> int:
     _setup_logging()
+    if not 0 <= args.part < args.parts:
+        raise UserError(f"--part {args.part} --parts {args.parts}: expected 0 <= part < parts")
     settings = {key: value for key, value in vars(args).items() if key not in NOT_IN_DATA}
     stale = claim_folder(args.out, fingerprint(settings))
     if stale is not None:
@@ -60,6 +67,20 @@ def run_precompute(args) -> int:
     return _print(precompute(args.input, args.out, config, processes=args.processes, device=args.device))
 
 
+def run_merge_parts(args) -> int:
+    from microdit.data.mds import count, merge_parts, read_index
+
+    _setup_logging()
+    root = Path(args.out).resolve()
+    for part in args.parts:
+        read_index(part)  # a part missing or unfinished: one line naming it
+        if Path(part).resolve().parent != root:
+            raise UserError(f"{part}: not a folder directly inside --out {args.out} (the merged index names each "
+                            f"shard by its part's folder)")
+    merge_parts(args.out, args.parts)
+    return _print({"parts": len(args.parts), "samples": count(args.out)})
+
+
 def add_download(subparsers) -> None:
     parser = subparsers.add_parser("download", help="fetch a dataset into img2dataset-layout shards (resumable)")
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
@@ -70,6 +91,9 @@ def add_download(subparsers) -> None:
         sub.add_argument("--out", required=True, help="output directory (NNNNN.tar + NNNNN_stats.json)")
         sub.add_argument("--subset", choices=sorted(SUBSETS), default="full", help="small = the first ~1%%")
         sub.add_argument("--summary", help="also write the JSON summary here, once the download is complete")
+        sub.add_argument("--part", type=int, default=0, help="which part of the source's shards (from 0)")
+        sub.add_argument("--parts", type=positive_int, default=1,
+                         help="split the shards into this many contiguous parts, each its own download")
         source.add_arguments(sub)
         sub.set_defaults(func=run_download)
 
@@ -106,7 +130,15 @@ def add_precompute(subparsers) -> None:
     parser.set_defaults(func=run_precompute)
 
 
+def add_merge_parts(subparsers) -> None:
+    parser = subparsers.add_parser("merge-parts", help="the MDS datasets in a folder's sub-folders as one dataset")
+    parser.add_argument("--out", required=True, help="the folder holding the parts; gets index.json")
+    parser.add_argument("parts", nargs="+", help="the parts' folders, in the order their samples are read")
+    parser.set_defaults(func=run_merge_parts)
+
+
 def register(subparsers) -> None:
     add_download(subparsers)
     add_convert(subparsers)
     add_precompute(subparsers)
+    add_merge_parts(subparsers)

@@ -6,7 +6,7 @@ size (fixing the reference's CC12M bug, SPEC §7.10). Unreadable images, images 
 decoding) and missing, empty or non-UTF-8 captions are skipped, logged and counted by reason in
 <out>/convert_stats.json, as are samples whose key is not unique in its tar.
 
-Workers take every n-th input tar and each writes <tmp>/<worker>/; the indexes are merged and the finished
+Workers take every n-th input tar and each writes <tmp>/<tar name>/; the indexes are merged and the finished
 directory is renamed onto <out>, so <out> is either complete or absent.
 """
 import json
@@ -98,9 +98,10 @@ def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, rules: Rules 
         raise UserError(f"{out}: already exists; remove it to convert again")
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)  # leftovers of an interrupted run
-    # one MDS part per download shard, merged in shard order: the dataset (its sample order and shard files, hence
-    # the precompute units and their seeds) does not depend on how many workers there were
-    parts = [tmp / f"{i:05d}" for i in range(len(tars))]
+    # one MDS part per download shard, named by it and merged in shard order: the dataset (its sample order and
+    # shard files, hence the precompute units and their seeds) does not depend on how many workers there were, nor
+    # on how many parts the download was split into (a part's shards keep their ids)
+    parts = [tmp / Path(tar).stem for tar in tars]
     try:
         if workers <= 1 or len(tars) <= 1:
             results = [convert_part(tar, str(part), rules) for tar, part in zip(tars, parts)]

@@ -5,8 +5,9 @@ sample times the scaling factor (stored fp16, shape (C, r/f, r/f)); the caption 
 (1, L, W)). Columns: caption, caption_latents, latents_<r>.
 
 Work unit = one input shard. Unit u goes to process u % world and is written to <out>/<u:05d>/ through a temporary
-directory, so a finished unit is never recomputed after a crash. Its noise generator is seeded with seed + u (not
-seed + rank as the reference), which keeps the output byte-identical whatever the number of processes or restarts.
+directory, so a finished unit is never recomputed after a crash. Its noise generator is seeded from the seed and the
+input shard's name (not seed + rank as the reference), which keeps the output byte-identical whatever the number of
+processes, restarts or parts of a dataset (convert names a shard by its download shard, whichever part holds it).
 When every unit exists, the unit indexes are merged into <out>/index.json and throughput goes to
 <out>/precompute_stats.json.
 """
@@ -51,6 +52,11 @@ class Config:
 
 def unit_dir(out: Path, unit: int) -> Path:
     return out / f"{unit:05d}"
+
+
+def unit_seed(seed: int, shard_name: str) -> int:
+    """The noise seed of the unit encoding the input shard `shard_name` (its path in its MDS index)."""
+    return int(fingerprint([seed, shard_name])[:15], 16)
 
 
 def image_transform(resolution: int):
@@ -109,7 +115,7 @@ def encode_unit(reader, encoders: Encoders, config: Config, unit: int, out: Path
 
     tmp = out / f".{unit:05d}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    generator = torch.Generator(encoders.device).manual_seed(config.seed + unit)
+    generator = torch.Generator(encoders.device).manual_seed(unit_seed(config.seed, reader.raw_data.basename))
     counts: Counter = Counter()
     start = time.perf_counter()
 
@@ -228,7 +234,8 @@ def precompute(in_dir: str, out_dir: str, config: Config, processes: int = 1, de
     check_columns(in_dir, config)
     models = {"vae": model_identity(config.vae), "text_encoder": model_identity(config.text_encoder)}
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    settings = {"config": asdict(config), "input": input_identity(in_dir), "models": models}
+    settings = {"config": asdict(config), "input": input_identity(in_dir), "models": models,
+                "unit_seeds": "seed and input shard name"}  # units seeded by seed + number before this are not ours
     if not (torch.cuda.is_available() if processes > 1 else device.startswith("cuda")):
         # the VAE encodes in fp32 here and in bf16 on GPUs: units of one kind must not complete the other's. (GPU
         # runs stay unmarked, so that latents encoded before this mark keep their fingerprint.)

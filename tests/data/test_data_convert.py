@@ -178,3 +178,12 @@ def test_the_pixel_cap_stays_below_pillow_s_limit(value, capsys):
     with pytest.raises(SystemExit):
         run(["convert", "--input", "in", "--out", "out", "--max-pixels", value])
     assert "expected an integer from 1 to Pillow's limit 89478485" in capsys.readouterr().err
+
+
+def test_merge_parts_names_a_missing_part_and_one_outside_its_folder(tmp_path):
+    with pytest.raises(UserError, match=r"parts/1/index.json: missing"):
+        run(["merge-parts", "--out", str(tmp_path / "parts"), str(tmp_path / "parts" / "1")])
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "index.json").write_text('{"version": 2, "shards": []}')
+    with pytest.raises(UserError, match="not a folder directly inside --out"):
+        run(["merge-parts", "--out", str(tmp_path / "parts"), str(tmp_path / "elsewhere")])

@@ -52,6 +52,41 @@ def test_finished_shards_are_skipped_and_half_written_ones_redone(tmp_path):
     assert finished_shards(tmp_path) == {0, 1, 2} and len(list(read_shard(tar_path(tmp_path, 2)))) == 2
 
 
+def test_parts_of_a_download_are_its_shards_under_their_own_ids(tmp_path):
+    def download(out, *options):
+        assert run(["download", "synthetic", "--out", str(out), "--num-samples", "10", "--shard-size", "2",
+                    "--min-size", "24", "--max-size", "32", *options]) == 0
+        return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
+
+    whole = download(tmp_path / "whole")
+    parts = [download(tmp_path / f"part{i}", "--part", str(i), "--parts", "2") for i in range(2)]
+    assert list(parts[0]) == ["00000.tar", "00001.tar"] and list(parts[1]) == ["00002.tar", "00003.tar", "00004.tar"]
+    assert {**parts[0], **parts[1]} == whole
+    with pytest.raises(UserError, match="--part 2 --parts 2: expected 0 <= part < parts"):
+        download(tmp_path / "part2", "--part", "2", "--parts", "2")
+    with pytest.raises(UserError, match="only 5 shard.s. to split .with subset full.; expected parts <= 5"):
+        download(tmp_path / "part6", "--part", "0", "--parts", "6")
+
+
+def test_cc12m_parts_take_whole_shards_of_the_url_list_and_keep_their_ids(tmp_path):
+    pd.DataFrame({"url": [f"http://h/{i}.jpg" for i in range(7)], "caption": ["c"] * 7}
+                 ).to_parquet(tmp_path / "urls.parquet")
+    lists = []
+    for part in range(2):
+        out = tmp_path / f"part{part}"
+        out.mkdir()
+        args = parse(["download", "cc12m", "--out", str(out), "--url-list", str(tmp_path / "urls.parquet"),
+                      "--shard-size", "2", "--part", str(part), "--parts", "2"])
+        path, first = cc12m.part_url_list(args, out)
+        lists.append((list(pd.read_parquet(path)["url"]), first))
+    # 4 shards of 2 rows: shards 0-1 and 2-3, the last one short
+    assert lists == [([f"http://h/{i}.jpg" for i in range(4)], 0), ([f"http://h/{i}.jpg" for i in range(4, 7)], 2)]
+    staging = tmp_path / "part1" / cc12m.IMG2DATASET_FOLDER
+    write_shard(staging, 1, [])
+    cc12m.link_shards(staging, tmp_path / "part1", first=2)
+    assert finished_shards(tmp_path / "part1") == {3}
+
+
 def test_a_download_resumes_only_its_own_shards(tmp_path):
     out = tmp_path / "wds"
 
@@ -208,8 +243,11 @@ def test_textcaps_parquet_rows(tmp_path):
 def test_cc12m_small_url_list_is_stable(tmp_path):
     pd.DataFrame({"url": [f"http://h/{i}.jpg" for i in range(300)], "caption": ["c"] * 300}
                  ).to_csv(tmp_path / "cc12m.tsv", sep="\t", index=False)
-    path = cc12m.url_list_for_subset(str(tmp_path / "cc12m.tsv"), "url", "caption", "small", tmp_path)
+    args = parse(["download", "cc12m", "--out", str(tmp_path), "--url-list", str(tmp_path / "cc12m.tsv"),
+                  "--subset", "small"])
+    path, first = cc12m.part_url_list(args, tmp_path)
     assert list(pd.read_parquet(path)["url"]) == ["http://h/0.jpg", "http://h/1.jpg", "http://h/2.jpg"]
+    assert first == 0
     with pytest.raises(UserError, match="missing column"):
         cc12m.read_url_list(str(tmp_path / "cc12m.tsv"), "URL", "caption")
 

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 export PATH="$PWD/.venv/bin:$PATH"
 # shellcheck disable=SC1091
 source "${MICRODIT_SLURM_DIR:-/tmp/microdit-slurm}/env"
-rm -rf results/tiny-slurm
+rm -rf results/tiny-slurm results/tiny-slurm-store
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 snakemake --profile profiles/slurm --configfile config/tiny.yaml tests/slurm/tiny_on_slurm.yaml 2>&1 | tee "$log"
@@ -32,7 +32,8 @@ for stage in ("stage1", "stage2", "stage3", "stage4"):
     assert state == ["COMPLETED"], f"{stage}: SLURM job {job_id} is {state}"
     print(f"{stage}: {stats['steps']} steps on 2 ranks, final loss {stats['final_loss']:.4f}, SLURM job {job_id} "
           "COMPLETED")
-assert (run / "data" / "synthetic" / "latents" / "index.json").exists()
+assert len(list(Path("results/tiny-slurm-store/latents").glob("synthetic-*/parts2/[01]/index.json"))) == 2
+assert list(Path("results/tiny-slurm-store/latents").glob("synthetic-*/parts2/index.json"))
 assert (run / "report.html").stat().st_size > 0
 # the executor plugin deletes the logs of successful jobs; its submissions are in Snakemake's own output
 submitted = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", Path(os.environ["SNAKEMAKE_LOG"]).read_text())

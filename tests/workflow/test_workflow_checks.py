@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from microdit.workflow import (GENEVAL_PROMPTS, RULE_NAMES, cli_options, config_errors, download_threads,
-                               generation_minutes, own_sample_captions, schema_errors,
+                               generation_minutes, own_sample_captions, part_minutes, schema_errors,
                                stage_setting_errors)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ if command in ("convert", "train-vae"):
     os.makedirs(value("--out"), exist_ok=True)
 elif command == "download":
     write(value("--summary"))
-elif command == "precompute":
+elif command in ("precompute", "merge-parts"):
     write(os.path.join(value("--out"), "index.json"))
 elif command in ("generate", "geneval-generate"):
     write(os.path.join(value("--out"), "generation.json"))
@@ -96,7 +96,7 @@ BROKEN = {
     "stages.stage1.config": lambda c: c["stages"]["stage1"].update(config="config/stages/tiny/nosuch.yaml"),
     "stages.train": lambda c: _rename_stage(c, "stage1", "train"),
     "eval.resolution": lambda c: c["eval"].update(resolution=32),
-    "datasets.downloads": lambda c: c["datasets"].update(downloads=c["datasets"]["synthetic"]),
+    "downloads.synthetic_eval.parts": lambda c: c["downloads"]["synthetic_eval"].update(parts=2),  # eval's: one
     "validation.dataset": lambda c: c["validation"].update(dataset="nosuch"),
     "eval.weights": lambda c: c["stages"]["stage4"].update(set={"ema": None}),  # ema asked of a stage without one
 }
@@ -158,6 +158,7 @@ def test_stage_config_is_found_beside_the_workflow(tmp_path, monkeypatch):
     lambda c: c["downloads"]["synthetic"]["options"].update({"out": "/elsewhere"}),
     lambda c: c["downloads"]["synthetic"]["options"].update({"summary": "/elsewhere.json"}),
     lambda c: c["downloads"]["synthetic"]["options"].update({"subset": "small"}),
+    lambda c: c["downloads"]["synthetic"]["options"].update({"parts": 2}),
 ])
 def test_schema_refuses_unsafe_names_idle_gpus_and_flags(change):
     config = load("tiny")
@@ -174,7 +175,7 @@ def test_schema_errors_are_one_line_each_naming_the_key():
     config["vae"]["name"] = "also a hub VAE"
     assert schema_errors(config, SCHEMA) == [
         "sample: unknown key (expected one of: datasets, downloads, eval, latents, launch, report, run, samples, "
-        "seed, stages, text_encoder, vae, validation)",
+        "seed, stages, store, text_encoder, vae, validation)",
         "eval.guidance: unknown key (expected one of: batch_size, caption_seed, compile, download, features, geneval, "
         "gpus, guidance_scale, inception_weights, mode, num_captions, resolution, seed, stage, steps, weights)",
         "latents.resolutions.1: 'x' is not of type 'integer'",
@@ -324,6 +325,7 @@ def test_generation_minutes_and_download_threads():
     assert download_threads({"source": "cc12m"}) == 16
     assert download_threads({"source": "cc12m", "options": {"processes": 4}}) == 4
     assert download_threads({"source": "coco2014"}) == 4
+    assert part_minutes(2880, 20) == 144 and part_minutes(2880, 7) == 412 and part_minutes(60, 4) == 30
 
 
 def test_geneval_prompt_count_is_the_evaluators():
@@ -365,6 +367,36 @@ def test_config_changes_rerun_the_rules_that_use_them(tmp_path):
     watched = write_config(tmp_path / "watched.yaml", {"validation": {"every": 5, "num": 16}})
     assert "Nothing to be done" in snakemake(workdir, "-n", "--cores", "2", "--configfile", base, watched,
                                              fake=fake).stdout
+
+
+DATA_RULES = {"download", "convert", "merge_parts", "train_vae", "precompute"}
+
+
+@pytest.mark.slow  # a stand-in run of the tiny data rules and three dry runs (~15 s)
+def test_runs_share_the_data_store(tmp_path):
+    fake = stand_in_microdit(tmp_path / "bin")
+    base = write_config(tmp_path / "base.yaml", load("tiny"))
+    workdir = tmp_path / "run"
+    done = snakemake(workdir, "data", "--cores", "2", "--configfile", base, fake=fake)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def plan(overlay: dict) -> dict:
+        result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base,
+                           write_config(tmp_path / "overlay.yaml", overlay), fake=fake)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return job_counts(result.stdout)
+
+    # another run with other training settings: its own stages and evaluation, on the data already there
+    ablation = plan({"run": "ablation", "stages": {"stage1": {"set": {"steps": 99}}}, "eval": {"steps": 10}})
+    assert ablation["train"] == 4 and not DATA_RULES & set(ablation)
+    # other data settings make their own: new latents (both datasets: the held-out one too) from the same images
+    reseeded = plan({"run": "ablation", "latents": {"seed": 5}})
+    assert reseeded["precompute"] == 2 and reseeded["merge_parts"] == 2
+    assert not {"download", "convert", "train_vae"} & set(reseeded)
+    # another download of the training set: its images, the VAE trained on them and every latents it encodes
+    redrawn = plan({"run": "ablation", "downloads": {"synthetic": {"options": {"seed": 3}}}})
+    assert {rule: redrawn[rule] for rule in DATA_RULES} == {"download": 1, "convert": 1, "merge_parts": 3,
+                                                             "train_vae": 1, "precompute": 2}
 
 
 @pytest.mark.slow  # a stand-in run of the whole tiny DAG (~15 s)

@@ -10,8 +10,9 @@ from pathlib import Path
 from microdit.files import atomic_write
 from microdit.data.shards import STATS_SUFFIX, count_samples, tar_path, write_stats
 from microdit.arguments import positive_int
-from microdit.data.sources.common import run_shards, select_subset
+from microdit.data.sources.common import check_parts, run_shards, select_part, select_subset
 from microdit.errors import UserError
+from microdit.store import part_range
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,8 @@ HELP = "Conceptual 12M (img2dataset from a URL list, or the pixparse/cc12m-wds h
 HUB_REPO = "pixparse/cc12m-wds"
 HUB_SHARDS = 2176  # cc12m-train-0000.tar .. cc12m-train-2175.tar
 HUB_SMALL_SHARDS = 23  # the reference's small subset: ids 0..22 (SPEC §4.2), one more than the generic 1 %
-SUBSET_LIST = "_subset_urls.parquet"
+PART_LIST = "_part_urls.parquet"  # the rows of this part (or subset), when not the whole list
+IMG2DATASET_FOLDER = "_img2dataset"  # where img2dataset writes and resumes
 
 
 def add_arguments(parser) -> None:
@@ -58,17 +60,32 @@ def read_url_list(url_list: str, url_col: str, caption_col: str):
     return table[[url_col, caption_col]]
 
 
-def url_list_for_subset(url_list: str, url_col: str, caption_col: str, subset: str, out: Path) -> str:
-    """The list img2dataset should read: the user's file for "full", its first ~1% rows (as parquet) for "small".
-    The subset file is only rewritten when missing, so a resumed run sees the same rows and shard numbering."""
-    if subset == "full":
-        return url_list
-    path = out / SUBSET_LIST
+def part_url_list(args, out: Path) -> tuple[str, int]:
+    """(the list img2dataset should read, the global id of its first shard). The user's file itself for a whole
+    "full" download; else the rows of this part's shards (img2dataset cuts the subset's rows, the first ~1% for
+    "small", into shards of --shard-size; `--parts` takes whole shards of those) as a parquet, written only when
+    missing, so a resumed run sees the same rows and shard numbering."""
+    if args.subset == "full" and args.parts == 1:
+        return args.url_list, 0
+    table = read_url_list(args.url_list, args.url_col, args.caption_col)
+    rows = select_subset(list(range(len(table))), args.subset)
+    shards = part_range(check_parts(-(-len(rows) // args.shard_size), args), args.part, args.parts)
+    path = out / PART_LIST
     if not path.is_file():
-        table = read_url_list(url_list, url_col, caption_col)
-        rows = select_subset(list(range(len(table))), subset)
-        atomic_write(path, lambda tmp: table.iloc[rows].to_parquet(tmp, index=False))
-    return str(path)
+        part = rows[shards.start * args.shard_size:shards.stop * args.shard_size]
+        atomic_write(path, lambda tmp: table.iloc[part].to_parquet(tmp, index=False))
+    return str(path), shards.start
+
+
+def link_shards(staging: Path, out: Path, first: int) -> None:
+    """img2dataset numbers a part's shards from 0 in its own folder (where its incremental mode resumes them):
+    each finished one is hard-linked into `out` under its global id, as the other sources number theirs."""
+    for stats in sorted(staging.glob(f"*{STATS_SUFFIX}")):
+        local = int(stats.name[: -len(STATS_SUFFIX)])
+        for source, target in ((tar_path(staging, local), tar_path(out, first + local)),
+                               (stats, out / f"{first + local:05d}{STATS_SUFFIX}")):
+            if source.is_file() and not target.exists():
+                os.link(source, target)
 
 
 def download_img2dataset(args) -> dict:
@@ -77,14 +94,16 @@ def download_img2dataset(args) -> dict:
     if not args.url_list or not os.path.isfile(args.url_list):
         raise UserError(f"--url-list {args.url_list!r}: no such file (the img2dataset route needs the cc12m list)")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    url_list = url_list_for_subset(args.url_list, args.url_col, args.caption_col, args.subset, out)
+    staging = out / IMG2DATASET_FOLDER
+    staging.mkdir(parents=True, exist_ok=True)
+    url_list, first = part_url_list(args, out)
     # resize_mode "no": the SPEC §4.1 size filter and bicubic resize happen once, in `microdit convert`.
     img2dataset_download(
-        url_list=url_list, output_folder=str(out), input_format=input_format(url_list), url_col=args.url_col,
+        url_list=url_list, output_folder=str(staging), input_format=input_format(url_list), url_col=args.url_col,
         caption_col=args.caption_col, output_format="webdataset", resize_mode="no", encode_format="jpg",
         processes_count=args.processes, thread_count=args.threads, number_sample_per_shard=args.shard_size,
         timeout=args.timeout, retries=args.retries, incremental_mode="incremental", enable_wandb=False)
+    link_shards(staging, out, first)
     return summarize_img2dataset(out)
 
 
@@ -114,5 +133,5 @@ def download(args) -> dict:
     if args.route == "img2dataset":
         return download_img2dataset(args)
     out = Path(args.out)
-    shard_ids = list(range(HUB_SMALL_SHARDS if args.subset == "small" else HUB_SHARDS))
+    shard_ids = select_part(list(range(HUB_SMALL_SHARDS if args.subset == "small" else HUB_SHARDS)), args)
     return run_shards(out, shard_ids, lambda i: hub_shard(out, i))

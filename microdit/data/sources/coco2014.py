@@ -5,7 +5,7 @@ import zipfile
 from pathlib import Path
 
 from microdit.arguments import positive_int
-from microdit.data.sources.common import image_stem, run_shards, select_subset, write_paired_shard
+from microdit.data.sources.common import image_stem, run_shards, select_part, select_subset, write_paired_shard
 from microdit.errors import UserError
 
 HELP = "COCO 2014 val, first caption per image (evaluation set)"
@@ -58,5 +58,5 @@ def download(args) -> dict:
     with zipfile.ZipFile(images_zip) as archive:
         names = [n for n in archive.namelist() if image_stem(n)]
     shards = image_shards(names, args.subset, args.shard_size)
-    return run_shards(out, list(range(len(shards))),
+    return run_shards(out, select_part(list(range(len(shards))), args),
                       lambda i: write_paired_shard(out, i, zip_images(images_zip, shards[i]), captions.get))

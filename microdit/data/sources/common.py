@@ -11,6 +11,7 @@ from typing import IO, Callable, Iterable, Iterator
 
 from microdit.data.shards import IMAGE_EXTS, Sample, pending_shards, write_shard
 from microdit.errors import UserError
+from microdit.store import part_range
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,20 @@ def select_subset(ids: list, subset: str) -> list:
     if subset not in SUBSETS:
         raise UserError(f"subset {subset!r}: expected one of {sorted(SUBSETS)}")
     return list(ids)[: max(1, math.ceil(len(ids) * SUBSETS[subset]))]
+
+
+def select_part(ids: list, args) -> list:
+    """This job's share of a source's shards (`--part i --parts n`): a contiguous range of them in order, keeping
+    their global ids, so the parts' shards together are the whole download's. A part with none would fail at its
+    convert: refused here, in the first job, naming the count to ask for."""
+    return [ids[i] for i in part_range(check_parts(len(ids), args), args.part, args.parts)]
+
+
+def check_parts(shards: int, args) -> int:
+    if shards < args.parts:
+        raise UserError(f"--parts {args.parts}: the download has only {shards} shard(s) to split (with subset "
+                        f"{args.subset}); expected parts <= {shards}")
+    return shards
 
 
 def image_stem(name: str) -> str | None:

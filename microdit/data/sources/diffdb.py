@@ -2,7 +2,8 @@
 reference) are dropped. One shard per part zip; images stay .webp, as the reference keeps them."""
 from pathlib import Path
 
-from microdit.data.sources.common import iter_zip_images, run_shards, select_subset, write_paired_shard
+from microdit.data.sources.common import (iter_zip_images, run_shards, select_part, select_subset,
+                                          write_paired_shard)
 from microdit.errors import UserError
 
 HELP = "DiffusionDB large (poloclub/diffusiondb), prompt as caption, NSFW-filtered"
@@ -49,5 +50,6 @@ def download(args) -> dict:
         path.unlink()
         return stats
 
-    summary = run_shards(out, select_subset(list(range(1, NUM_PARTS + 1)), args.subset), make_shard)
+    parts = select_part(select_subset(list(range(1, NUM_PARTS + 1)), args.subset), args)
+    summary = run_shards(out, parts, make_shard)
     return {**summary, "metadata_rows_dropped_nsfw": dropped}

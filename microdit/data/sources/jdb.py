@@ -8,7 +8,8 @@ import re
 import tarfile
 from pathlib import Path
 
-from microdit.data.sources.common import iter_tar_images, run_shards, select_subset, write_paired_shard
+from microdit.data.sources.common import (iter_tar_images, run_shards, select_part, select_subset,
+                                          write_paired_shard)
 from microdit.errors import UserError
 
 HELP = "JourneyDB (gated, needs HF_TOKEN), Midjourney prompt as caption; --split train or valid"
@@ -57,6 +58,7 @@ def download(args) -> dict:
     hub_token(required=True)
     out = Path(args.out)
     ids = select_subset(archive_ids(hub_files(REPO, token_required=True), args.split), args.subset)
+    ids = select_part(ids, args)
     prompts = load_prompts(hub_download(REPO, ANNOTATIONS[args.split], out / "_hub", token_required=True))
 
     def make_shard(archive_id: int) -> dict:

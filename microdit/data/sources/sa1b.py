@@ -1,12 +1,14 @@
 """SA-1B images with the PixArt LLaVA captions. Meta's tar links are signed and expire, so the user supplies the
 current link list (file_name<TAB>cdn_link per line, as Meta serves it). Each tar is streamed from the network and
 repacked on the fly into one shard, keeping only images that have a caption: no 11 GB temporary copies."""
+import fcntl
 import logging
 import tarfile
 from pathlib import Path
 from typing import Callable
 
-from microdit.data.sources.common import iter_tar_images, run_shards, select_subset, write_paired_shard
+from microdit.data.sources.common import (iter_tar_images, run_shards, select_part, select_subset,
+                                          write_paired_shard)
 from microdit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -60,10 +62,18 @@ CAPTIONS_DONE = ".unpacked"  # written once every caption file is out: an interr
 
 def fetch_captions(captions_dir: str) -> None:
     """Download and unpack the caption archive flat into captions_dir (once). A directory of captions the user
-    made (no archive fetched) is used as it is."""
+    made (no archive fetched) is used as it is. The parts of a download run as parallel jobs that share the folder:
+    one fetches and unpacks, the others wait for it (a lock file beside the folder) and then find it done."""
+    root = Path(captions_dir)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.with_name(f".{root.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        unpack_captions(root)
+
+
+def unpack_captions(root: Path) -> None:
     from microdit.data.sources.fetch import hub_download
 
-    root = Path(captions_dir)
     archive_dir = root / "_archive"
     if (root / CAPTIONS_DONE).exists() or (
             root.is_dir() and not archive_dir.exists() and next(root.glob("*.txt"), None) is not None):
@@ -95,7 +105,7 @@ def archive_number(file_name: str) -> int:
 
 def download(args) -> dict:
     urls = {archive_number(name): url for name, url in parse_links(args.links)}
-    shard_ids = select_subset(sorted(urls), args.subset)
+    shard_ids = select_part(select_subset(sorted(urls), args.subset), args)
     fetch_captions(args.captions)
     caption_for = caption_lookup(args.captions)
     out = Path(args.out)

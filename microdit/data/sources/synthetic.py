@@ -1,6 +1,6 @@
 """Offline procedural shapes with compositional captions (microdit.data.synthetic), in the img2dataset layout."""
 from microdit.data.shards import Sample, write_shard
-from microdit.data.sources.common import run_shards, select_subset
+from microdit.data.sources.common import run_shards, select_part, select_subset
 from microdit.data.synthetic import render
 from microdit.errors import UserError
 
@@ -25,6 +25,6 @@ def download(args) -> dict:
     if args.num_samples < 1 or args.shard_size < 1 or not 8 <= args.min_size <= args.max_size:
         raise UserError("synthetic: need --num-samples >= 1, --shard-size >= 1 and 8 <= --min-size <= --max-size")
     num_shards = -(-args.num_samples // args.shard_size)
-    shard_ids = select_subset(list(range(num_shards)), args.subset)
+    shard_ids = select_part(select_subset(list(range(num_shards)), args.subset), args)
     return run_shards(args.out, shard_ids, lambda i: write_shard(args.out, i, shard_samples(
         i, args.shard_size, args.num_samples, args.seed, args.min_size, args.max_size)))

@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from microdit.data.shards import Sample, write_shard
-from microdit.data.sources.common import run_shards, select_subset
+from microdit.data.sources.common import run_shards, select_part, select_subset
 from microdit.errors import UserError
 
 HELP = "TextCaps train+validation (HuggingFaceM4/TextCaps parquet files), first caption per image"
@@ -63,4 +63,4 @@ def download(args) -> dict:
         path.unlink()
         return stats
 
-    return run_shards(out, list(range(len(files))), make_shard)
+    return run_shards(out, select_part(list(range(len(files))), args), make_shard)
