@@ -13,6 +13,7 @@ from microdit.data.images import add_max_pixels
 from microdit.data.sources import SOURCES, load_source
 from microdit.data.sources.common import SUBSETS
 from microdit.files import claim_folder, fingerprint, write_json
+from microdit.provenance import provenance
 
 
 def _setup_logging() -> None:
@@ -35,7 +36,7 @@ def run_download(args) -> int:
     stale = claim_folder(args.out, fingerprint(settings))
     if stale is not None:
         logging.warning("%s: its shards were downloaded with other options; moved to %s", args.out, stale)
-    summary = load_source(args.source).download(args)
+    summary = {**load_source(args.source).download(args), "provenance": provenance()}
     if args.summary:
         write_json(summary, args.summary)
     return _print(summary)

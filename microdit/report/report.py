@@ -189,7 +189,8 @@ def ledger_section(inputs: ReportInputs) -> str:
 def provenance_section(inputs: ReportInputs) -> str:
     """The settings behind the numbers above: each stage's config (the key fields; the file's hash stands for the
     rest), each score's generation settings, and the code that wrote this page."""
-    from microdit.report.provenance import code_version, score_settings, stage_settings
+    from microdit.provenance import code_version
+    from microdit.report.settings import score_settings, stage_settings
 
     section = "<h2>Provenance</h2>"
     stages = {stage: stage_settings(inputs.stage_configs[stage]) for stage in inputs.stages

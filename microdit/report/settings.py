@@ -1,7 +1,5 @@
-"""What a report's numbers were made from: each stage's resolved config, the settings behind each score, the
-prompts of the sample grids, and the code that wrote it."""
-import subprocess
-from importlib import metadata
+"""What a report's numbers were made from: each stage's resolved config and the settings behind each score (the
+code, libraries and machines are in each artifact's own record, microdit/provenance.py)."""
 from pathlib import Path
 
 from microdit.errors import UserError
@@ -47,18 +45,3 @@ def stage_settings(path: Path) -> dict:
 
 def score_settings(result: dict) -> dict:
     return {name: result[name] for name in SCORE_FIELDS if result.get(name) not in (None, "")}
-
-
-def code_version() -> str:
-    """The installed microdit's version and, in a git checkout, its commit (marked when the tree had changes)."""
-    try:
-        version = metadata.version("microdit")
-    except metadata.PackageNotFoundError:
-        version = "not installed"
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
-                                capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return f"microdit {version}"
-    return f"microdit {version}, commit {commit.stdout.strip()}" if commit.returncode == 0 else f"microdit {version}"
