@@ -5,6 +5,7 @@
 import json
 import shlex
 
+from microdit.hub import pinned_name
 from microdit.workflow import (GENEVAL_PROMPTS, cli_options, download_threads, generation_minutes, latent_downsample,
                                own_sample_captions, resolve_path, stage_weights)
 
@@ -55,13 +56,14 @@ def previous_stage(stage: str):
 
 
 VAE_DIR = f"{RUN}/vae"
+TEXT_ENCODER = pinned_name(config["text_encoder"]["name"], config["text_encoder"].get("revision"))
 LATENT_GPUS = config["latents"].get("gpus", 0)
 EVAL_GPUS = config["eval"].get("gpus", 0)  # of each sampling job: stage grids, evaluation images, their features
 
 
 def vae_argument(wildcards=None) -> str:
     """The preset's own trained VAE (then also an input of the rule), or the configured diffusers id / directory."""
-    return VAE_DIR if "train" in config["vae"] else config["vae"]["name"]
+    return VAE_DIR if "train" in config["vae"] else pinned_name(config["vae"]["name"], config["vae"].get("revision"))
 
 
 def vae_input():
@@ -78,7 +80,7 @@ def stage_overrides(stage: str) -> dict:
         "data.options": {"datadirs": [latents_dir(d) for d in spec["datasets"]], "resolution": spec["resolution"],
                          **spec.get("loader", {})},
         "data.vae": vae_argument(),  # recorded in the exports, so `microdit sample` needs no --vae
-        "data.text_encoder": config["text_encoder"]["name"],
+        "data.text_encoder": TEXT_ENCODER,
         "model.caption_channels": config["text_encoder"]["width"],
         "model.in_channels": config["vae"]["latent_channels"],
         "model.latent_res": spec["resolution"] // latent_downsample(config["vae"]),
@@ -130,7 +132,7 @@ def feature_options(w=None) -> str:
 
 def sampling_options(wildcards) -> str:
     ev = config["eval"]
-    options = {"vae": vae_argument(), "text-encoder": config["text_encoder"]["name"], "resolution": ev["resolution"],
+    options = {"vae": vae_argument(), "text-encoder": TEXT_ENCODER, "resolution": ev["resolution"],
                "steps": ev["steps"], "guidance": ev["guidance_scale"], "seed": ev["seed"],
                "batch-size": ev["batch_size"]}
     if ev.get("compile", "none") != "none":  # absent when off: runs made before the key keep their parameters

@@ -12,7 +12,7 @@ rule precompute:
         out=lambda w: latents_dir(w.dataset),
         vae=vae_argument,
         vae_subfolder=cli_options({"vae-subfolder": config["vae"]["subfolder"]}) if config["vae"].get("subfolder") else "",
-        text_encoder=config["text_encoder"]["name"],
+        text_encoder=TEXT_ENCODER,
         resolutions=" ".join(str(int(r)) for r in config["latents"]["resolutions"]),
         batch_size=config["latents"]["batch_size"],
         seed=config["latents"]["seed"],
