@@ -6,7 +6,7 @@ import json
 import shlex
 
 from microdit.hub import pinned_name
-from microdit.workflow import (GENEVAL_PROMPTS, cli_options, download_threads, generation_minutes, latent_downsample,
+from microdit.workflow import (GENEVAL_PROMPTS, cli_options, download_threads, generation_minutes, model_settings,
                                own_sample_captions, resolve_path, stage_weights)
 
 RUN = f"results/{config['run']}"
@@ -76,14 +76,11 @@ def stage_overrides(stage: str) -> dict:
     overrides = {
         "out_dir": stage_dir(stage),
         "data.kind": "mds",
-        "data.caption_len": config["text_encoder"]["context_length"],
         "data.options": {"datadirs": [latents_dir(d) for d in spec["datasets"]], "resolution": spec["resolution"],
                          **spec.get("loader", {})},
         "data.vae": vae_argument(),  # recorded in the exports, so `microdit sample` needs no --vae
         "data.text_encoder": TEXT_ENCODER,
-        "model.caption_channels": config["text_encoder"]["width"],
-        "model.in_channels": config["vae"]["latent_channels"],
-        "model.latent_res": spec["resolution"] // latent_downsample(config["vae"]),
+        **model_settings(config, stage),
     }
     # the training-time grids show the config's prompts (unless the stage names its own caption file), decoded
     overrides["samples.vae"] = vae_argument()
