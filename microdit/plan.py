@@ -104,6 +104,23 @@ def sampling_row(name: str, arch: str, images: int, resolution: int, steps: int,
                                                     f"({found['route']}; {measured['gpu']}, {found['run']})")
 
 
+def spent_gpu(stats: dict) -> str:
+    """The GPU model a stage ran on, as its train_stats' provenance names it (the paper's H100 when it does not)."""
+    from microdit.train.metrics import PEAK_BF16_FLOPS
+
+    names = (stats.get("provenance") or {}).get("gpus") or []
+    return next((key for name in names[:1] for key in PEAK_BF16_FLOPS if key in name), "H100")
+
+
+def plan_of_run(stage: str, stage_yaml: str | Path, stats: dict, price: float) -> PlanRow:
+    """What `microdit plan` predicts for a stage that ran: its resolved stage.yaml, on the GPU it ran on, at the
+    FLOPs per image its trainer counted."""
+    from microdit.train.config import load_stage_config
+
+    return training_row(stage, load_stage_config(stage_yaml), read_throughput(), spent_gpu(stats), price,
+                        stats.get("flops_per_image"))
+
+
 def stage_config(config: dict, stage: str, workflow_dir: str):
     """A stage's settings as its job resolves them (stage YAML, the workflow's model shapes and launch, `set`)."""
     from microdit.train.config import set_setting, stage_config_from_dict

@@ -14,6 +14,7 @@ from pathlib import Path
 from microdit.errors import UserError
 from microdit.eval.geneval import TASKS
 from microdit.files import atomic_write, read_json
+from microdit.plan import total as plan_total
 from microdit.report.ledger import PAPER_PRICE_PER_GPU_HOUR, PAPER_TOTAL_DOLLARS, ledger_row, totals
 
 # The README's scores for the four released checkpoints, in its order (SPEC §3.8).
@@ -57,6 +58,10 @@ def esc(value) -> str:
 
 def fmt(value, spec: str = ".3f", missing: str = "—") -> str:
     return missing if value is None else format(value, spec)
+
+
+def money(value: float | None) -> str:
+    return "—" if value is None else f"${value:,.2f}"
 
 
 def png_tag(data: bytes, alt: str) -> str:
@@ -162,7 +167,7 @@ def evaluation_section(inputs: ReportInputs) -> str:
 
 def ledger_section(inputs: ReportInputs) -> str:
     price = inputs.price_per_gpu_hour
-    ledger = []
+    ledger, plans = [], []
     for stage in inputs.stages:
         if stage in inputs.train_stats:
             stats = read_json(inputs.train_stats[stage], "train_stats.json")
@@ -170,20 +175,36 @@ def ledger_section(inputs: ReportInputs) -> str:
                 ledger.append(ledger_row(stage, stats, price))
             except (ValueError, TypeError) as err:
                 raise UserError(f"{inputs.train_stats[stage]}: {err}") from None
+            plans.append(planned(inputs, stage, stats))
     if not ledger:
         return '<h2>Cost ledger</h2><p class="missing">no train_stats.json given</p>'
-    rows = [[esc(r.stage), str(r.gpus), f"{r.wall_hours:.2f}", f"{r.gpu_hours:.2f}", f"{r.steps:,}",
-             f"{r.images_seen:,}", f"{r.img_per_s:,.1f}", fmt(None if r.mfu is None else 100 * r.mfu, ".1f") + " %",
-             fmt(r.final_loss, ".4f"), f"${r.dollars:,.2f}"] for r in ledger]
+    rows = [[esc(r.stage), str(r.gpus), f"{r.wall_hours:.2f}", f"{r.gpu_hours:.2f}", fmt(p and p.gpu_hours, ".2f"),
+             f"{r.steps:,}", f"{r.images_seen:,}", f"{r.img_per_s:,.1f}",
+             fmt(None if r.mfu is None else 100 * r.mfu, ".1f") + " %", fmt(r.final_loss, ".4f"), money(r.dollars),
+             money(p and p.dollars)] for r, p in zip(ledger, plans)]
     t = totals(ledger)
-    total = ["total", "", f"{t['wall_hours']:.2f}", f"{t['gpu_hours']:.2f}", f"{t['steps']:,}",
-             f"{t['images_seen']:,}", "", "", "", f"${t['dollars']:,.2f}"]
-    header = ["stage", "GPUs", "wall hours", "GPU-hours", "steps", "images seen", "img/s", "MFU", "final loss",
-              f"$ at ${price:.2f}/GPU-h"]
+    planned_total = plan_total([p for p in plans if p is not None and p.gpu_hours is not None]) \
+        if any(p is not None and p.gpu_hours is not None for p in plans) else {"gpu_hours": None, "dollars": None}
+    total = ["total", "", f"{t['wall_hours']:.2f}", f"{t['gpu_hours']:.2f}", fmt(planned_total["gpu_hours"], ".2f"),
+             f"{t['steps']:,}", f"{t['images_seen']:,}", "", "", "", money(t["dollars"]),
+             money(planned_total["dollars"])]
+    header = ["stage", "GPUs", "wall hours", "GPU-hours", "planned GPU-hours", "steps", "images seen", "img/s", "MFU",
+              "final loss", f"$ at ${price:.2f}/GPU-h", "planned $"]
     paper_hours = PAPER_TOTAL_DOLLARS / PAPER_PRICE_PER_GPU_HOUR
     return ("<h2>Cost ledger</h2>" + table(header, rows, total) +
+            '<p class="note">Planned: what <code>microdit plan</code> predicts for the stage as it ran (its stage.yaml, '
+            "its GPU model, its counted FLOPs per image) from the measured throughput; — where it cannot.</p>" +
             f'<p class="note">Paper: {paper_hours:,.0f} H100-hours × ${PAPER_PRICE_PER_GPU_HOUR:.2f} = '
             f"${PAPER_TOTAL_DOLLARS:,.0f} for all four stages.</p>")
+
+
+def planned(inputs: ReportInputs, stage: str, stats: dict):
+    """The plan of a stage that ran, when its resolved stage config is given."""
+    from microdit.plan import plan_of_run
+
+    if stage not in inputs.stage_configs:
+        return None
+    return plan_of_run(stage, inputs.stage_configs[stage], stats, inputs.price_per_gpu_hour)
 
 
 def provenance_section(inputs: ReportInputs) -> str:
