@@ -3,6 +3,8 @@ hub id has no '@'), so every step that loads the model (precompute, the training
 the same files, and the name that results and exports record says which."""
 import os
 
+WEIGHT_FILES = ["*.bin", "*.safetensors", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "*.onnx"]
+
 
 def pinned_name(name: str, revision: str | None = None) -> str:
     return f"{name}@{revision}" if revision else name
@@ -24,10 +26,11 @@ def open_clip_source(name: str) -> str:
         return name
     if not base.startswith("hf-hub:"):
         raise ValueError(f"open_clip model {name!r}: a revision pins hub models ('hf-hub:<repo>') only")
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import snapshot_download
     from open_clip.pretrained import download_pretrained_from_hf
 
     repo = base.removeprefix("hf-hub:")
-    config = hf_hub_download(repo, "open_clip_config.json", revision=revision)
-    download_pretrained_from_hf(repo, revision=revision)  # its safetensors when the repository has them
-    return f"local-dir:{os.path.dirname(config)}"
+    # the small files (config, tokenizer), then one copy of the weights: its safetensors when the repository has them
+    folder = snapshot_download(repo, revision=revision, ignore_patterns=WEIGHT_FILES)
+    download_pretrained_from_hf(repo, revision=revision)
+    return f"local-dir:{folder}"
