@@ -24,6 +24,7 @@ class PlanRow:
     images: int
     img_per_s: float | None   # per GPU, predicted; None without a measurement of this shape
     price_per_gpu_hour: float
+    gpu: str                  # the GPU model it is planned on
     basis: str                # the measurement it rests on, or why there is none
 
     @property
@@ -83,11 +84,11 @@ def training_row(name: str, cfg, throughput: dict, gpu: str, price: float, flops
     if not gpus or found is None:
         why = "a CPU job" if not gpus else f"no measurement of {m.arch} at {m.latent_res}x{m.latent_res} latents, " \
                                           f"mask ratio {m.train_mask_ratio}"
-        return PlanRow(name, gpus, images, None, price, why)
+        return PlanRow(name, gpus, images, None, price, gpu, why)
     measured = throughput["measured"]
     utilisation = found["img_per_s"] * found["gflop_per_image"] * 1e9 / peak(measured["gpu"])
     flops = flops or training_flops(cfg)
-    return PlanRow(name, gpus, images, utilisation * peak(gpu) / flops, price,
+    return PlanRow(name, gpus, images, utilisation * peak(gpu) / flops, price, gpu,
                    f"{utilisation:.1%} MFU at {flops / 1e9:,.1f} GFLOP/image ({found['route']}; {measured['gpu']}, "
                    f"{found['run']})")
 
@@ -97,10 +98,10 @@ def sampling_row(name: str, arch: str, images: int, resolution: int, steps: int,
     found = next((s for s in throughput["sampling"] if (s["arch"], s["resolution"]) == (arch, resolution)), None)
     if not gpus or found is None:
         why = "a CPU job" if not gpus else f"no measurement of {arch} sampling at {resolution} px"
-        return PlanRow(name, gpus, images, None, price, why)
+        return PlanRow(name, gpus, images, None, price, gpu, why)
     measured = throughput["measured"]
     rate = found["img_per_s"] * (2 * found["steps"] - 1) / (2 * steps - 1) * peak(gpu) / peak(measured["gpu"])
-    return PlanRow(name, gpus, images, rate, price, f"{found['img_per_s']} img/s at {found['steps']} steps "
+    return PlanRow(name, gpus, images, rate, price, gpu, f"{found['img_per_s']} img/s at {found['steps']} steps "
                                                     f"({found['route']}; {measured['gpu']}, {found['run']})")
 
 
@@ -112,11 +113,14 @@ def spent_gpu(stats: dict) -> str:
     return next((key for name in names[:1] for key in PEAK_BF16_FLOPS if key in name), "H100")
 
 
-def plan_of_run(stage: str, stage_yaml: str | Path, stats: dict, price: float) -> PlanRow:
+def plan_of_run(stage: str, stage_yaml: str | Path, stats: dict, price: float) -> PlanRow | None:
     """What `microdit plan` predicts for a stage that ran: its resolved stage.yaml, on the GPU it ran on, at the
-    FLOPs per image its trainer counted."""
+    FLOPs per image its trainer counted. None where the measurements are not at hand (a package installed without
+    its source tree)."""
     from microdit.train.config import load_stage_config
 
+    if not THROUGHPUT.is_file():
+        return None
     return training_row(stage, load_stage_config(stage_yaml), read_throughput(), spent_gpu(stats), price,
                         stats.get("flops_per_image"))
 

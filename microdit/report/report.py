@@ -14,7 +14,6 @@ from pathlib import Path
 from microdit.errors import UserError
 from microdit.eval.geneval import TASKS
 from microdit.files import atomic_write, read_json
-from microdit.plan import total as plan_total
 from microdit.report.ledger import PAPER_PRICE_PER_GPU_HOUR, PAPER_TOTAL_DOLLARS, ledger_row, totals
 
 # The README's scores for the four released checkpoints, in its order (SPEC §3.8).
@@ -58,10 +57,6 @@ def esc(value) -> str:
 
 def fmt(value, spec: str = ".3f", missing: str = "—") -> str:
     return missing if value is None else format(value, spec)
-
-
-def money(value: float | None) -> str:
-    return "—" if value is None else f"${value:,.2f}"
 
 
 def png_tag(data: bytes, alt: str) -> str:
@@ -167,7 +162,7 @@ def evaluation_section(inputs: ReportInputs) -> str:
 
 def ledger_section(inputs: ReportInputs) -> str:
     price = inputs.price_per_gpu_hour
-    ledger, plans = [], []
+    ledger = []
     for stage in inputs.stages:
         if stage in inputs.train_stats:
             stats = read_json(inputs.train_stats[stage], "train_stats.json")
@@ -175,43 +170,50 @@ def ledger_section(inputs: ReportInputs) -> str:
                 ledger.append(ledger_row(stage, stats, price))
             except (ValueError, TypeError) as err:
                 raise UserError(f"{inputs.train_stats[stage]}: {err}") from None
-            plans.append(planned(inputs, stage, stats))
     if not ledger:
         return '<h2>Cost ledger</h2><p class="missing">no train_stats.json given</p>'
-    rows = [[esc(r.stage), str(r.gpus), f"{r.wall_hours:.2f}", f"{r.gpu_hours:.2f}", fmt(p and p.gpu_hours, ".2f"),
-             f"{r.steps:,}", f"{r.images_seen:,}", f"{r.img_per_s:,.1f}",
-             fmt(None if r.mfu is None else 100 * r.mfu, ".1f") + " %", fmt(r.final_loss, ".4f"), money(r.dollars),
-             money(p and p.dollars)] for r, p in zip(ledger, plans)]
+    rows = [[esc(r.stage), str(r.gpus), f"{r.wall_hours:.2f}", f"{r.gpu_hours:.2f}", f"{r.steps:,}",
+             f"{r.images_seen:,}", f"{r.img_per_s:,.1f}", fmt(None if r.mfu is None else 100 * r.mfu, ".1f") + " %",
+             fmt(r.final_loss, ".4f"), f"${r.dollars:,.2f}"] for r in ledger]
     t = totals(ledger)
-    planned_total = plan_total([p for p in plans if p is not None and p.gpu_hours is not None]) \
-        if any(p is not None and p.gpu_hours is not None for p in plans) else {"gpu_hours": None, "dollars": None}
-    total = ["total", "", f"{t['wall_hours']:.2f}", f"{t['gpu_hours']:.2f}", fmt(planned_total["gpu_hours"], ".2f"),
-             f"{t['steps']:,}", f"{t['images_seen']:,}", "", "", "", money(t["dollars"]),
-             money(planned_total["dollars"])]
-    header = ["stage", "GPUs", "wall hours", "GPU-hours", "planned GPU-hours", "steps", "images seen", "img/s", "MFU",
-              "final loss", f"$ at ${price:.2f}/GPU-h", "planned $"]
+    total = ["total", "", f"{t['wall_hours']:.2f}", f"{t['gpu_hours']:.2f}", f"{t['steps']:,}",
+             f"{t['images_seen']:,}", "", "", "", f"${t['dollars']:,.2f}"]
+    header = ["stage", "GPUs", "wall hours", "GPU-hours", "steps", "images seen", "img/s", "MFU", "final loss",
+              f"$ at ${price:.2f}/GPU-h"]
     paper_hours = PAPER_TOTAL_DOLLARS / PAPER_PRICE_PER_GPU_HOUR
-    return ("<h2>Cost ledger</h2>" + table(header, rows, total) +
-            '<p class="note">Planned: what <code>microdit plan</code> predicts for the stage as it ran (its stage.yaml, '
-            "its GPU model, its counted FLOPs per image) from the measured throughput; — where it cannot.</p>" +
+    return ("<h2>Cost ledger</h2>" + table(header, rows, total) + plan_table(inputs) +
             f'<p class="note">Paper: {paper_hours:,.0f} H100-hours × ${PAPER_PRICE_PER_GPU_HOUR:.2f} = '
             f"${PAPER_TOTAL_DOLLARS:,.0f} for all four stages.</p>")
 
 
-def planned(inputs: ReportInputs, stage: str, stats: dict):
-    """The plan of a stage that ran, when its resolved stage config is given."""
+def plan_table(inputs: ReportInputs) -> str:
+    """What `microdit plan` predicts for each stage as it ran (its stage.yaml, the GPU model its provenance names,
+    the FLOPs per image its trainer counted), beside what it spent; only stages whose resolved config is given."""
     from microdit.plan import plan_of_run
 
-    if stage not in inputs.stage_configs:
-        return None
-    return plan_of_run(stage, inputs.stage_configs[stage], stats, inputs.price_per_gpu_hour)
+    rows = []
+    for stage in inputs.stages:
+        if stage in inputs.train_stats and stage in inputs.stage_configs:
+            stats = read_json(inputs.train_stats[stage], "train_stats.json")
+            planned = plan_of_run(stage, inputs.stage_configs[stage], stats, inputs.price_per_gpu_hour)
+            spent = ledger_row(stage, stats, inputs.price_per_gpu_hour)
+            if planned is not None and planned.gpu_hours is not None:
+                rows.append([esc(stage), esc(planned.gpu), f"{planned.gpu_hours:.2f}", f"{spent.gpu_hours:.2f}",
+                             f"${planned.dollars:,.2f}", f"${spent.dollars:,.2f}",
+                             f"{spent.gpu_hours / planned.gpu_hours:.2f}"])
+    if not rows:
+        return ""
+    return ("<h3>Planned and spent</h3>" +
+            table(["stage", "planned on", "planned GPU-hours", "spent GPU-hours", "planned $", "spent $",
+                   "spent / planned"], rows) +
+            '<p class="note">Planned: <code>microdit plan</code> from the throughput measured in '
+            "docs/benchmarks.md, for the stage's settings as it ran.</p>")
 
 
 def provenance_section(inputs: ReportInputs) -> str:
     """The settings behind the numbers above: each stage's config (the key fields; the file's hash stands for the
     rest), each score's generation settings, and the code that wrote this page."""
-    from microdit.provenance import code_version
-    from microdit.report.settings import score_settings, stage_settings
+    from microdit.report.provenance import code_version, score_settings, stage_settings
 
     section = "<h2>Provenance</h2>"
     stages = {stage: stage_settings(inputs.stage_configs[stage]) for stage in inputs.stages

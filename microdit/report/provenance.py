@@ -1,9 +1,10 @@
-"""What a report's numbers were made from: each stage's resolved config and the settings behind each score (the
-code, libraries and machines are in each artifact's own record, microdit/provenance.py)."""
+"""What a report's numbers were made from: each stage's resolved config, the settings behind each score, and the
+code that wrote it (microdit/provenance.py, which every artifact's own record comes from)."""
 from pathlib import Path
 
 from microdit.errors import UserError
 from microdit.files import sha256_file
+from microdit.provenance import code_version  # noqa: F401  (the report's footer and summary name the code)
 
 # the stage settings a reader checks first, as dotted paths into a stage.yaml
 STAGE_FIELDS = ("steps", "global_batch", "micro_batch", "seed", "model.arch", "model.latent_res",
