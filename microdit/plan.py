@@ -127,6 +127,8 @@ def plan_of_run(stage: str, stage_yaml: str | Path, stats: dict, price: float) -
 
 def stage_config(config: dict, stage: str, workflow_dir: str):
     """A stage's settings as its job resolves them (stage YAML, the workflow's model shapes and launch, `set`)."""
+    import yaml
+
     from microdit.train.config import set_setting, stage_config_from_dict
     from microdit.workflow import model_settings, read_stage_yaml, resolve_path
 
@@ -134,8 +136,8 @@ def stage_config(config: dict, stage: str, workflow_dir: str):
     path = resolve_path(spec["config"], workflow_dir)
     try:
         settings = read_stage_yaml(path)
-    except OSError as err:
-        raise UserError(f"stages.{stage}.config: cannot read {path} ({err.strerror})") from None
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"stages.{stage}.config: cannot read {path} ({str(err).splitlines()[0]})") from None
     overrides = {**model_settings(config, stage), **{f"launch.{k}": v for k, v in config.get("launch", {}).items()},
                  **spec.get("set", {})}
     for key, value in overrides.items():
