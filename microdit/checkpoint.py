@@ -21,6 +21,7 @@ import torch
 from microdit.errors import UserError
 from microdit.files import atomic_write, sha256_file
 from microdit.models.dit import VARIANTS, MicroDiT, MicroDiTConfig, variant_config
+from microdit.provenance import provenance
 
 RECOMPUTABLE_BUFFERS = ("pos_embed", "mask_token")
 WRAPPER_SEGMENTS = ("_orig_mod", "module")  # what torch.compile and DDP add to names, at any depth
@@ -42,11 +43,13 @@ class CheckpointError(UserError):
 
 
 def save_dit(dit: MicroDiT, path: str | os.PathLike, arch: str, kind: str = "raw", extra: dict | None = None) -> None:
-    """Denoiser weights as safetensors, with the architecture and config in the metadata (kind: 'raw' or 'ema')."""
+    """Denoiser weights as safetensors, with the architecture, config and provenance in the metadata (kind: 'raw'
+    or 'ema')."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in dit.state_dict().items()}
-    metadata = {"format": "microdit", "arch": arch, "kind": kind, "config": json.dumps(asdict(dit.config))}
+    metadata = {"format": "microdit", "arch": arch, "kind": kind, "config": json.dumps(asdict(dit.config)),
+                "provenance": json.dumps(provenance())}
     metadata.update({k: str(v) for k, v in (extra or {}).items()})
 
     def write(tmp: str) -> None:
@@ -85,7 +88,8 @@ def encoder_metadata(vae: str, text_encoder: str) -> dict:
 def weights_digest(path: str | os.PathLike) -> str:
     """sha256 of a checkpoint's contents. A safetensors header is hashed with its keys sorted: save_dit sorts it, but
     safetensors itself writes metadata in no fixed order (so did our earlier exports), and the digest must not
-    depend on that."""
+    depend on that. Nor on where the file was made: its provenance is left out (an export written again on another
+    node is the same checkpoint)."""
     path = str(path)
     if not path.endswith(".safetensors"):
         return sha256_file(path)
@@ -96,6 +100,7 @@ def weights_digest(path: str | os.PathLike) -> str:
             header = json.loads(f.read(size))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CheckpointError(f"{path}: unreadable or truncated safetensors ({err})") from None
+        header.get("__metadata__", {}).pop("provenance", None)
         digest.update(json.dumps(header, sort_keys=True).encode())
         while block := f.read(1 << 20):
             digest.update(block)

@@ -24,6 +24,7 @@ COMMANDS = {
     **dict.fromkeys(("eval-captions", "generate", "fid-stats", "fid", "clip-score", "geneval-metadata",
                      "geneval-generate", "geneval-summary", "report"), "microdit.eval.commands"),
     "unlock-stale": "microdit.snakemake_lock",
+    "plan": "microdit.plan",
 }
 
 

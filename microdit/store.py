@@ -15,6 +15,7 @@ each input shard by its name), so `parts: 2` reads the same samples in the same 
 Imported by the Snakefile at parse time: standard library only.
 """
 from microdit.files import fingerprint
+from microdit.hub import pinned_name
 
 DEFAULT_STORE = "results/store"
 DIGEST_CHARS = 10
@@ -57,7 +58,8 @@ class Store:
     def latents_key(self, dataset: str) -> str:
         latents, mds = self.config["latents"], self.mds_key(dataset)
         settings = {"mds": mds, "vae": self.vae_identity(),
-                    "text_encoder": self.config["text_encoder"]["name"],
+                    "text_encoder": pinned_name(self.config["text_encoder"]["name"],
+                                                self.config["text_encoder"].get("revision")),
                     "resolutions": sorted(latents["resolutions"]), "batch_size": latents["batch_size"],
                     "seed": latents["seed"],
                     # the VAE encodes in bf16 on GPUs and fp32 on the CPU (microdit.data.precompute)
@@ -68,7 +70,7 @@ class Store:
         vae = self.config["vae"]
         if "train" in vae:
             return self.vae_key()
-        return {"name": vae["name"], "subfolder": vae.get("subfolder")}
+        return {"name": pinned_name(vae["name"], vae.get("revision")), "subfolder": vae.get("subfolder")}
 
     def vae_key(self) -> str:
         vae = self.config["vae"]

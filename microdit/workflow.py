@@ -220,6 +220,15 @@ def latent_downsample(vae: dict) -> int:
     return int(vae.get("downsample", TINY_VAE_DOWNSAMPLE if "train" in vae else 8))
 
 
+def model_settings(config: dict, stage: str) -> dict:
+    """The stage settings that the encoders and the stage's resolution decide: the denoiser's input and caption
+    shapes."""
+    return {"data.caption_len": config["text_encoder"]["context_length"],
+            "model.caption_channels": config["text_encoder"]["width"],
+            "model.in_channels": config["vae"]["latent_channels"],
+            "model.latent_res": config["stages"][stage]["resolution"] // latent_downsample(config["vae"])}
+
+
 def stage_weights(base_yaml: str, overrides: dict) -> str:
     """A digest of what decides a stage's trained weights among its settings: its base YAML and the workflow's
     overrides, cosmetic settings dropped (logging, checkpoint cadence, sample grids, launch, speed switches,

@@ -6,8 +6,9 @@ import json
 import re
 import shlex
 
+from microdit.hub import pinned_name
 from microdit.store import Store
-from microdit.workflow import (GENEVAL_PROMPTS, cli_options, download_threads, generation_minutes, latent_downsample,
+from microdit.workflow import (GENEVAL_PROMPTS, cli_options, download_threads, generation_minutes, model_settings,
                                own_sample_captions, part_minutes, resolve_path, stage_weights)
 
 RUN = f"results/{config['run']}"  # what this run owns: training, samples, evaluation, report
@@ -93,13 +94,14 @@ def previous_stage(stage: str):
 
 
 VAE_DIR = STORE.vae_dir() if "train" in config["vae"] else None
+TEXT_ENCODER = pinned_name(config["text_encoder"]["name"], config["text_encoder"].get("revision"))
 LATENT_GPUS = config["latents"].get("gpus", 0)
 EVAL_GPUS = config["eval"].get("gpus", 0)  # of each sampling job: stage grids, evaluation images, their features
 
 
 def vae_argument(wildcards=None) -> str:
     """The preset's own trained VAE (then also an input of the rule), or the configured diffusers id / directory."""
-    return VAE_DIR if "train" in config["vae"] else config["vae"]["name"]
+    return VAE_DIR if "train" in config["vae"] else pinned_name(config["vae"]["name"], config["vae"].get("revision"))
 
 
 def vae_input():
@@ -112,14 +114,11 @@ def stage_overrides(stage: str) -> dict:
     overrides = {
         "out_dir": stage_dir(stage),
         "data.kind": "mds",
-        "data.caption_len": config["text_encoder"]["context_length"],
         "data.options": {"datadirs": [latents_dir(d) for d in spec["datasets"]], "resolution": spec["resolution"],
                          **spec.get("loader", {})},
         "data.vae": vae_argument(),  # recorded in the exports, so `microdit sample` needs no --vae
-        "data.text_encoder": config["text_encoder"]["name"],
-        "model.caption_channels": config["text_encoder"]["width"],
-        "model.in_channels": config["vae"]["latent_channels"],
-        "model.latent_res": spec["resolution"] // latent_downsample(config["vae"]),
+        "data.text_encoder": TEXT_ENCODER,
+        **model_settings(config, stage),
     }
     # the training-time grids show the config's prompts (unless the stage names its own caption file), decoded
     overrides["samples.vae"] = vae_argument()
@@ -168,7 +167,7 @@ def feature_options(w=None) -> str:
 
 def sampling_options(wildcards) -> str:
     ev = config["eval"]
-    options = {"vae": vae_argument(), "text-encoder": config["text_encoder"]["name"], "resolution": ev["resolution"],
+    options = {"vae": vae_argument(), "text-encoder": TEXT_ENCODER, "resolution": ev["resolution"],
                "steps": ev["steps"], "guidance": ev["guidance_scale"], "seed": ev["seed"],
                "batch-size": ev["batch_size"]}
     if ev.get("compile", "none") != "none":  # absent when off: runs made before the key keep their parameters

@@ -13,7 +13,7 @@ rule precompute:
         out=lambda w: f"{STORE.root}/latents/{w.latents}/{part_path(w)}",
         vae=vae_argument,
         vae_subfolder=cli_options({"vae-subfolder": config["vae"]["subfolder"]}) if config["vae"].get("subfolder") else "",
-        text_encoder=config["text_encoder"]["name"],
+        text_encoder=TEXT_ENCODER,
         resolutions=" ".join(str(int(r)) for r in config["latents"]["resolutions"]),
         batch_size=config["latents"]["batch_size"],
         seed=config["latents"]["seed"],

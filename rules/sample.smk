@@ -8,7 +8,7 @@ rule stage_samples:
     params:
         prompts=" ".join(f"--prompt {shlex.quote(p)}" for p in config["samples"]["prompts"]),
         vae=vae_argument,
-        text_encoder=config["text_encoder"]["name"],
+        text_encoder=TEXT_ENCODER,
         steps=config["samples"]["steps"],
         guidance=config["samples"]["guidance_scale"],
         seed=config["samples"]["seed"],

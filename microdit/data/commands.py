@@ -18,6 +18,7 @@ from microdit.data.sources.common import SUBSETS
 from microdit.errors import UserError
 from microdit.files import claim_folder, fingerprint, write_json
 from microdit.store import SPEED_OPTIONS
+from microdit.provenance import provenance
 
 
 def _setup_logging() -> None:
@@ -42,7 +43,7 @@ def run_download(args) -> int:
     stale = claim_folder(args.out, fingerprint(settings))
     if stale is not None:
         logging.warning("%s: its shards were downloaded with other options; moved to %s", args.out, stale)
-    summary = load_source(args.source).download(args)
+    summary = {**load_source(args.source).download(args), "provenance": provenance()}
     if args.summary:
         write_json(summary, args.summary)
     return _print(summary)

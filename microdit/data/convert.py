@@ -28,6 +28,7 @@ from microdit.data.images import MAX_PIXELS, decode_image
 from microdit.data.mds import SIZE_LIMIT, merge_parts
 from microdit.data.shards import IMAGE_EXTS, list_shards, read_shard
 from microdit.errors import UserError
+from microdit.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, rules: Rules 
             with ProcessPoolExecutor(min(workers, len(tars))) as pool:
                 results = list(pool.map(convert_part, tars, map(str, parts), [rules] * len(tars)))
         merge_parts(tmp, parts)
-        stats = summarize(sum(results, Counter()), len(tars), rules)
+        stats = {**summarize(sum(results, Counter()), len(tars), rules), "provenance": provenance()}
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=1))
         os.replace(tmp, out)
     except BaseException:

@@ -29,6 +29,7 @@ from microdit.data.mds import (INDEX, SIZE_LIMIT, iter_samples, merge_parts, mis
                                shard_readers)
 from microdit.errors import FULL_DISK, UserError
 from microdit.files import claim_folder, fingerprint, model_identity, write_json
+from microdit.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def merge(in_dir: str, out_dir: str, config: Config) -> dict:
                         out, n, images, r, r)
     stats = {"images": images, "skipped": dict(totals), "upsampled": upsampled, "encode_seconds": round(seconds, 3),
              "images_per_second_per_process": round(images / seconds, 2) if seconds else None,
-             "config": asdict(config)}
+             "config": asdict(config), "provenance": provenance()}
     write_json(stats, out / STATS_FILE)
     return stats
 

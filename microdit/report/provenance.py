@@ -1,11 +1,10 @@
-"""What a report's numbers were made from: each stage's resolved config, the settings behind each score, the
-prompts of the sample grids, and the code that wrote it."""
-import subprocess
-from importlib import metadata
+"""What a report's numbers were made from: each stage's resolved config, the settings behind each score, and the
+code that wrote it (microdit/provenance.py, which every artifact's own record comes from)."""
 from pathlib import Path
 
 from microdit.errors import UserError
 from microdit.files import sha256_file
+from microdit.provenance import code_version  # noqa: F401  (the report's footer and summary name the code)
 
 # the stage settings a reader checks first, as dotted paths into a stage.yaml
 STAGE_FIELDS = ("steps", "global_batch", "micro_batch", "seed", "model.arch", "model.latent_res",
@@ -47,18 +46,3 @@ def stage_settings(path: Path) -> dict:
 
 def score_settings(result: dict) -> dict:
     return {name: result[name] for name in SCORE_FIELDS if result.get(name) not in (None, "")}
-
-
-def code_version() -> str:
-    """The installed microdit's version and, in a git checkout, its commit (marked when the tree had changes)."""
-    try:
-        version = metadata.version("microdit")
-    except metadata.PackageNotFoundError:
-        version = "not installed"
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
-                                capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return f"microdit {version}"
-    return f"microdit {version}, commit {commit.stdout.strip()}" if commit.returncode == 0 else f"microdit {version}"

@@ -157,7 +157,31 @@ def ledger_section(inputs: ReportInputs) -> str:
              f"{t['images_seen']:,}", "", "", "", f"${t['dollars']:,.2f}"]
     header = ["stage", "GPUs", "wall hours", "GPU-hours", "steps", "images seen", "img/s", "MFU", "final loss",
               f"$ at ${price:.2f}/GPU-h"]
-    return "<h2>Cost ledger</h2>" + table(header, rows, total) + paper
+    return "<h2>Cost ledger</h2>" + table(header, rows, total) + plan_table(inputs) + paper
+
+
+def plan_table(inputs: ReportInputs) -> str:
+    """What `microdit plan` predicts for each stage as it ran (its stage.yaml, the GPU model its provenance names,
+    the FLOPs per image its trainer counted), beside what it spent; only stages whose resolved config is given."""
+    from microdit.plan import plan_of_run
+
+    rows = []
+    for stage in inputs.stages:
+        if stage in inputs.train_stats and stage in inputs.stage_configs:
+            stats = read_json(inputs.train_stats[stage], "train_stats.json")
+            planned = plan_of_run(stage, inputs.stage_configs[stage], stats, inputs.price_per_gpu_hour)
+            spent = ledger_row(stage, stats, inputs.price_per_gpu_hour)
+            if planned is not None and planned.gpu_hours is not None:
+                rows.append([esc(stage), esc(planned.gpu), f"{planned.gpu_hours:.2f}", f"{spent.gpu_hours:.2f}",
+                             f"${planned.dollars:,.2f}", f"${spent.dollars:,.2f}",
+                             f"{spent.gpu_hours / planned.gpu_hours:.2f}"])
+    if not rows:
+        return ""
+    return ("<h3>Planned and spent</h3>" +
+            table(["stage", "planned on", "planned GPU-hours", "spent GPU-hours", "planned $", "spent $",
+                   "spent / planned"], rows) +
+            '<p class="note">Planned: <code>microdit plan</code> from the throughput measured in '
+            "docs/benchmarks.md, for the stage's settings as it ran.</p>")
 
 
 def provenance_section(inputs: ReportInputs) -> str:

@@ -16,6 +16,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from microdit.checkpoint import RECOMPUTABLE_BUFFERS, CheckpointError, load_dit_state, read_checkpoint
 from microdit.errors import UserError
 from microdit.files import SETTINGS_MARKER, atomic_write, claim_folder, fingerprint, move_aside
+from microdit.provenance import provenance
 from microdit.train.cosmetic import weight_settings
 from microdit.train.distributed import DistInfo, gather_objects, unwrap
 
@@ -171,7 +172,7 @@ def save_full_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     loader = gather_objects(source.state_dict())
     if info.is_main:
         payload = {**clock, "world_size": info.world_size, "model": model_state, "optimizer": optim_state,
-                   "ema": ema_state, "rng": rng, "loader": loader}
+                   "ema": ema_state, "rng": rng, "loader": loader, "provenance": provenance()}
         out_dir = path.parent.parent
         # Room first, so that the folder peaks at `keep` checkpoints, not keep + 1: the oldest goes before the write,
         # but the newest keep - 1 stay through it, and the newest is always valid (written whole by this run, or the

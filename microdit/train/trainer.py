@@ -25,6 +25,7 @@ from microdit.errors import UserError
 from microdit.files import read_jsonl, write_json
 from microdit.models.dit import MicroDiT, create_dit
 from microdit.models.speed import apply_speed_options
+from microdit.provenance import provenance
 from microdit.train import state as ckpt
 from microdit.train.config import InitConfig, StageConfig, save_stage_config, to_dict
 from microdit.train.data import build_source, microbatch_index
@@ -302,7 +303,7 @@ class Trainer:
                  "gpu_count": self.info.world_size if self.info.device.type == "cuda" else 0,
                  "world_size": self.info.world_size, "mean_img_per_s": rate,
                  "mfu": throughput.mfu(rate), "final_loss": loss,
-                 "flops_per_image": self.flops_per_sample, "first_step_s": first_step_s}
+                 "flops_per_image": self.flops_per_sample, "first_step_s": first_step_s, "provenance": provenance()}
         if self.info.is_main:
             extra = {"step": self.step, **encoder_metadata(self.cfg.data.vae, self.cfg.data.text_encoder)}
             save_dit(raw, self.out_dir / "final.safetensors", self.cfg.model.arch, kind="raw", extra=extra)

@@ -1,6 +1,7 @@
 import base64
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +143,24 @@ def test_steps_logged_again_by_a_requeued_attempt_count_once(tmp_path):
     (tmp_path / "m.jsonl").write_text("".join(json.dumps({"step": s, "loss": v, "lr": 1e-4}) + "\n" for s, v in lines))
     df = read_metrics(tmp_path / "m.jsonl")
     assert df["step"].tolist() == list(range(1, 9)) and df["loss"].tolist() == [1.0] * 4 + [2.0] * 4
+
+
+def test_the_ledger_shows_the_plan_beside_what_was_spent(run_dir):
+    from microdit.train.config import load_stage_config, save_stage_config
+
+    cfg = load_stage_config(Path(__file__).resolve().parents[2] / "config" / "stages" / "paper" / "stage1.yaml")
+    cfg.steps = 1000
+    save_stage_config(cfg, run_dir / "stage1.yaml")
+    stats = json.loads((run_dir / "stage1_stats.json").read_text())
+    (run_dir / "stage1_stats.json").write_text(json.dumps({
+        **stats, "flops_per_image": 282.1e9, "provenance": {"gpus": ["NVIDIA H100 80GB HBM3"] * 8}}))
+    out = run_dir / "report.html"
+    write_report(ReportInputs(title="t", stages=["stage1", "stage2"], stage_configs={"stage1": run_dir / "stage1.yaml"},
+                              train_stats={s: run_dir / f"{s}_stats.json" for s in ("stage1", "stage2")}), out)
+    text = out.read_text()
+    # 1000 steps x 2048 images at the measured 1244.7 img/s per GPU (an H100's peak is the H200's) = 0.457 GPU-h,
+    # $1.71 at $3.75, against the 80 GPU-h ($300) spent; stage2 has no stage config, so no plan
+    planned = text[text.index("<h3>Planned and spent</h3>"):]
+    assert ("<tr><td>stage1</td><td>H100</td><td>0.46</td><td>80.00</td><td>$1.71</td><td>$300.00</td>"
+            "<td>175.04</td></tr>") in planned
+    assert "<td>stage2</td>" not in planned
