@@ -25,6 +25,7 @@ from microdit.errors import UserError
 from microdit.files import read_jsonl, write_json
 from microdit.models.dit import MicroDiT, create_dit
 from microdit.models.speed import apply_speed_options
+from microdit.progress import progress
 from microdit.train import state as ckpt
 from microdit.train.config import InitConfig, StageConfig, save_stage_config, to_dict
 from microdit.train.data import build_source, microbatch_index
@@ -257,10 +258,8 @@ class Trainer:
     def _progress_bar(self):
         if not (self.cfg.progress and self.info.is_main):
             return None
-        from tqdm import tqdm
-
-        return tqdm(total=self.end_step - self.stage_start, initial=self.step - self.stage_start,
-                    desc=self.cfg.name, unit="step", dynamic_ncols=True)
+        return progress(total=self.end_step - self.stage_start, initial=self.step - self.stage_start,
+                        desc=self.cfg.name, unit="step")
 
     def _logged_final_loss(self) -> float | None:
         """The loss logged at the last step (the metrics log has it before the last checkpoint is written)."""
