@@ -90,7 +90,7 @@ class Trainer:
         self._build(init)
         self._restore(resume_from, init)
         self.end_step = self.stage_start + cfg.steps
-        self.log = MetricsLog(self.out_dir / "metrics.jsonl", info.is_main)
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl", info.is_main, first_step=self.step)
 
     def _build(self, init: InitConfig | None) -> None:
         """The model (compiled, with init mode weights' weights), its optimizer, its data and the held-out loss."""
@@ -205,6 +205,7 @@ class Trainer:
                 callback(StepContext(self.step, self.end_step, loss, self))
         if progress is not None:
             progress.close()
+        self.log.close()
         return self._finish(throughput, logged_loss, first_step_s)
 
     def _heldout_loss(self, throughput: Throughput) -> dict:
