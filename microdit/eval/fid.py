@@ -97,7 +97,7 @@ def folder_features(folder: str | os.PathLike, extractor: FeatureExtractor, mode
         raise UserError(f"{folder}: {found} image files ({', '.join(sorted(EXTENSIONS))}); statistics need at least 2")
 
     # ours, not clean-fid's bar (verbose): in a log it is one line every N seconds; it counts what the network sees
-    with progress(total=found, desc=f"features of {Path(folder).name}", unit="img") as bar:
+    with progress(total=found, desc="image features", unit="img") as bar:
         def counted(images: torch.Tensor) -> torch.Tensor:
             bar.update(len(images))
             return extractor.fn(images)
