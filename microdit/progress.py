@@ -14,16 +14,17 @@ EVERY_ENV = "MICRODIT_PROGRESS_EVERY"
 
 class LogLines:
     """A file for tqdm that writes each redraw as a line of its own (tqdm starts a redraw with a carriage return),
-    leaving out a repeat of the last line (closing redraws it)."""
+    leaving out a redraw of the same count as the last line's (closing redraws the last count with another rate)."""
 
     def __init__(self, stream: IO[str]):
-        self.stream, self.last = stream, ""
+        self.stream, self.last_count = stream, None
 
     def write(self, text: str) -> None:
         line = text.replace("\r", "").rstrip()
-        if line and line != self.last:
+        count = line.rsplit(" [", 1)[0]  # "desc:  40%|####      | 4/10" before " [elapsed<left, rate]"
+        if line and count != self.last_count:
             self.stream.write(line + "\n")
-            self.last = line
+            self.last_count = count
 
     def flush(self) -> None:
         self.stream.flush()
