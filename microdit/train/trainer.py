@@ -197,8 +197,8 @@ class Trainer:
                 window = []
             if progress is not None:
                 progress.update(1)
-                if log_now:
-                    progress.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+                if log_now:  # shown at the next redraw: in a log, a line every N seconds, not every log step
+                    progress.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
             if save_now:
                 self.save_checkpoint(throughput.elapsed())
             for callback in self.callbacks:
