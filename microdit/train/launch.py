@@ -256,6 +256,6 @@ def leave(job, cfg: StageConfig, signum: int) -> int:
     else:
         cancel = f"scancel {job.job_id}" if cfg.launch.cluster == "slurm" else f"kill -INT {job.job_id}"
         print(f"microdit train: stopped by {name}; stage {cfg.name!r} goes on as {cfg.launch.cluster} job "
-              f"{job.job_id} (log: {job.task(0).paths.stderr}). Running this again waits on it; `{cancel}` "
-              "cancels it", file=sys.stderr)
+              f"{job.job_id}. Running this again waits on it; `{cancel}` cancels it.\n"
+              f"  its log: {job.task(0).paths.stderr}", file=sys.stderr)
     return 128 + signum
