@@ -41,5 +41,7 @@ def progress(iterable: Iterable | None = None, *, desc: str, total: float | None
         every = float(every)
     except ValueError:
         raise UserError(f"{EVERY_ENV}={every!r}: expected seconds between progress lines") from None
-    return tqdm(iterable, desc=desc, total=total, unit=unit, file=LogLines(stream), mininterval=every,
-                maxinterval=every, ncols=100, ascii=True, **options)
+    # miniters=1: each update checks the clock, and tqdm's monitor thread (which redraws a bar whose dynamic miniters
+    # grew) stays out, so lines come `every` seconds apart
+    return tqdm(iterable, desc=desc, total=total, unit=unit, file=LogLines(stream), mininterval=every, miniters=1,
+                ncols=100, ascii=True, **options)
