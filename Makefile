@@ -17,6 +17,7 @@ install: $(STAMP)
 
 $(STAMP): envs/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	@echo "make: installing the pinned stack into $(VENV) (about 7 GB, a few minutes; log: $(VENV)/pip.log)"
 	$(BIN)/pip install --quiet --disable-pip-version-check -r envs/requirements.txt -e . 2> $(VENV)/pip.log \
 		|| { cat $(VENV)/pip.log; exit 1; }
 	touch $@

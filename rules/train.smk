@@ -5,9 +5,11 @@
 # the command through a param that takes `input`, which Snakemake's params trigger leaves out (derived params), so
 # they are not a trigger of their own. The trainer resumes checkpoints of the same weights-deciding settings, so a
 # forced rerun only re-exports. Training launches its own job with submitit (SLURM, local processes or in-process)
-# and waits, so the rule runs where Snakemake runs (localrule). The held-out loss's latents are an input so that they
-# exist first; re-encoding them (a change of their data, VAE or text encoder) reruns the job, which re-exports from
-# the checkpoints without training (the held-out loss decides no weights), and what follows from the exports.
+# and waits, so the rule runs where Snakemake runs (localrule); its output goes to the console too, where a local
+# job's progress lines show (tee ignores the signals that stop the driver, so that its last words reach the log).
+# The held-out loss's latents are an input so that they exist first; re-encoding them (a change of their data, VAE
+# or text encoder) reruns the job, which re-exports from the checkpoints without training (the held-out loss
+# decides no weights), and what follows from the exports.
 rule train:
     input:
         base=lambda w: ancient(stage_yaml(w.stage)),
@@ -29,4 +31,5 @@ rule train:
     conda:
         "../envs/microdit.yaml"
     shell:
-        "microdit train --config {input.base:q} {params.overrides} --resume auto > {log:q} 2>&1"
+        "microdit train --config {input.base:q} {params.overrides} --resume auto 2>&1 "
+        "| {{ trap '' TERM HUP INT; exec tee {log:q}; }}"

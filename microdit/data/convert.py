@@ -28,6 +28,7 @@ from microdit.data.images import MAX_PIXELS, decode_image
 from microdit.data.mds import SIZE_LIMIT, merge_parts
 from microdit.data.shards import IMAGE_EXTS, list_shards, read_shard
 from microdit.errors import UserError
+from microdit.progress import progress
 from microdit.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -105,10 +106,12 @@ def convert(in_dir: str | os.PathLike, out_dir: str | os.PathLike, rules: Rules 
     parts = [tmp / Path(tar).stem for tar in tars]
     try:
         if workers <= 1 or len(tars) <= 1:
-            results = [convert_part(tar, str(part), rules) for tar, part in zip(tars, parts)]
+            results = [convert_part(tar, str(part), rules)
+                       for tar, part in progress(list(zip(tars, parts)), desc="convert", unit="shard")]
         else:
             with ProcessPoolExecutor(min(workers, len(tars))) as pool:
-                results = list(pool.map(convert_part, tars, map(str, parts), [rules] * len(tars)))
+                results = list(progress(pool.map(convert_part, tars, map(str, parts), [rules] * len(tars)),
+                                        total=len(tars), desc="convert", unit="shard"))
         merge_parts(tmp, parts)
         stats = {**summarize(sum(results, Counter()), len(tars), rules), "provenance": provenance()}
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=1))

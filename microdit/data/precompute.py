@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from microdit.data.mds import (INDEX, SIZE_LIMIT, iter_samples, merge_parts, missing_columns, shard_path,
                                shard_readers)
 from microdit.errors import FULL_DISK, UserError
 from microdit.files import claim_folder, fingerprint, model_identity, write_json
+from microdit.progress import progress as progress_bar
 from microdit.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def run_rank(in_dir: str, out_dir: str, config: Config, rank: int = 0, world: in
     out.mkdir(parents=True, exist_ok=True)
     encoders = Encoders(config, device)
     total = sum(readers[u].samples for u in todo)
-    with torch.inference_mode(), tqdm(total=total, unit="img", desc=f"precompute rank {rank}") as progress:
+    with torch.inference_mode(), progress_bar(total=total, unit="img", desc=f"precompute rank {rank}") as progress:
         for unit in todo:
             encode_unit(readers[unit], encoders, config, unit, out, progress)
     return len(todo)

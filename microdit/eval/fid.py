@@ -20,6 +20,7 @@ import torch
 
 from microdit.files import atomic_write
 from microdit.errors import UserError
+from microdit.progress import progress
 
 FEATURES = ("inception", "efficientnet-lite0")
 MODES = ("clean", "legacy_pytorch")
@@ -95,10 +96,16 @@ def folder_features(folder: str | os.PathLike, extractor: FeatureExtractor, mode
     if found < 2:
         raise UserError(f"{folder}: {found} image files ({', '.join(sorted(EXTENSIONS))}); statistics need at least 2")
 
-    # num_workers=0: clean-fid's default of 12 processes oversubscribes small machines and SLURM allocations.
-    return fid.get_folder_features(str(folder), extractor.fn, num_workers=0, batch_size=batch_size,
-                                   device=torch.device(device), mode=mode, verbose=False,
-                                   custom_image_tranform=image_transform)
+    # ours, not clean-fid's bar (verbose): in a log it is one line every N seconds; it counts what the network sees
+    with progress(total=found, desc="image features", unit="img") as bar:
+        def counted(images: torch.Tensor) -> torch.Tensor:
+            bar.update(len(images))
+            return extractor.fn(images)
+
+        # num_workers=0: clean-fid's default of 12 processes oversubscribes small machines and SLURM allocations.
+        return fid.get_folder_features(str(folder), counted, num_workers=0, batch_size=batch_size,
+                                       device=torch.device(device), mode=mode, verbose=False,
+                                       custom_image_tranform=image_transform)
 
 
 def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ import torch
 
 from microdit.errors import UserError
 from microdit.files import atomic_write, claim_folder, fingerprint, is_claimed
+from microdit.progress import progress
 
 SEED_STRIDE = 1 << 20  # images per seed before two seeds' noise could coincide
 
@@ -63,20 +64,22 @@ def save_png(image: torch.Tensor, path: Path) -> None:
 
 
 def generate_images(model, captions: list[str], path_for: Callable[[int], Path], *, steps: int, guidance: float,
-                    seed: int, batch_size: int, rank: int = 0, world_size: int = 1, log=print) -> dict:
+                    seed: int, batch_size: int, rank: int = 0, world_size: int = 1) -> dict:
     """Draw this rank's missing images; `model` is a LatentDiffusion (anything with its `generate`)."""
     written = skipped = 0
-    for batch, indices in rank_batches(len(captions), batch_size, rank, world_size):
-        missing = [i for i in indices if not path_for(i).is_file()]
-        skipped += len(indices) - len(missing)
-        if not missing:
-            continue
-        images = model.generate(prompt=[captions[i] for i in missing], num_inference_steps=steps,
-                                guidance_scale=guidance, seed=[image_seed(seed, i) for i in missing])
-        for i, image in zip(missing, images):
-            save_png(image, path_for(i))
-        written += len(missing)
-        log(f"batch {batch}: {len(missing)} images written ({indices.start}..{indices.stop - 1})")
+    batches = rank_batches(len(captions), batch_size, rank, world_size)
+    with progress(total=sum(len(indices) for _, indices in batches), desc=f"generate rank {rank}",
+                  unit="img") as bar:
+        for _, indices in batches:
+            missing = [i for i in indices if not path_for(i).is_file()]
+            skipped += len(indices) - len(missing)
+            if missing:
+                images = model.generate(prompt=[captions[i] for i in missing], num_inference_steps=steps,
+                                        guidance_scale=guidance, seed=[image_seed(seed, i) for i in missing])
+                for i, image in zip(missing, images):
+                    save_png(image, path_for(i))
+                written += len(missing)
+            bar.update(len(indices))
     return {"written": written, "skipped": skipped}
 
 

@@ -22,6 +22,7 @@ from microdit.data.images import MAX_PIXELS, decode_image
 from microdit.data.shards import IMAGE_EXTS, finished_shards, tar_path
 from microdit.errors import UserError
 from microdit.eval.fid import FeatureExtractor, folder_features, save_stats, statistics
+from microdit.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def stage_images(images: Iterable[tuple[str, bytes, Path | None]], dest: Path, m
     """Put the images that decode within the pixel cap into dest (a folder's files as links); the others are
     skipped, logged and counted by reason, as convert does. Returns how many were put."""
     count = 0
-    for name, data, path in images:
+    for name, data, path in progress(images, desc="reference images", unit="img"):
         if not name.lower().endswith(".npy"):  # clean-fid also reads arrays; they need no decoding
             image, reason = decode_image(data, max_pixels)
             if image is None:

@@ -4,7 +4,6 @@ from pathlib import Path
 
 from microdit.errors import UserError
 from microdit.files import sha256_file
-from microdit.provenance import code_version  # noqa: F401  (the report's footer and summary name the code)
 
 # the stage settings a reader checks first, as dotted paths into a stage.yaml
 STAGE_FIELDS = ("steps", "global_batch", "micro_batch", "seed", "model.arch", "model.latent_res",

@@ -187,7 +187,8 @@ def plan_table(inputs: ReportInputs) -> str:
 def provenance_section(inputs: ReportInputs) -> str:
     """The settings behind the numbers above: each stage's config (the key fields; the file's hash stands for the
     rest), each score's generation settings, and the code that wrote this page."""
-    from microdit.report.provenance import code_version, score_settings, stage_settings
+    from microdit.provenance import code_version
+    from microdit.report.provenance import score_settings, stage_settings
 
     section = "<h2>Provenance</h2>"
     stages = {stage: stage_settings(inputs.stage_configs[stage]) for stage in inputs.stages
@@ -209,7 +210,7 @@ def provenance_section(inputs: ReportInputs) -> str:
 
 def summary_box(inputs: ReportInputs, frames: dict) -> str:
     """The run in a few lines: what, when, which code, and its headline numbers."""
-    from microdit.report.provenance import code_version
+    from microdit.provenance import code_version
 
     items = {"run": esc(inputs.title), "stages": esc(", ".join(inputs.stages))}
     stats = {stage: read_json(path, "train_stats.json") for stage, path in inputs.train_stats.items()}

@@ -12,7 +12,7 @@ class SampleGrid:
     """Every `samples.every` steps, rank 0 samples the (EMA if any) denoiser from fixed noise and fixed caption
     embeddings and writes <out>/samples/step_<N>.png: decoded images with `samples.vae`, else latent channels 0-2.
     The captions are `samples.prompts` encoded once with the text encoder the latents were made with (then freed),
-    or a file of embeddings (`samples.captions`), or null captions."""
+    or a file of embeddings (`samples.captions`), or null captions. The grid also goes to TensorBoard (`samples`)."""
 
     def __init__(self, cfg: SamplesConfig, out_dir: str | Path, text_encoder: str = "", caption_len: int = 77):
         self.cfg, self.folder = cfg, Path(out_dir) / "samples"
@@ -34,7 +34,7 @@ class SampleGrid:
                             generator=generator).to(device)
         with trainer.autocast():
             latents = sample_latents(dit, noise, captions, trainer.edm, self.cfg.steps, self.cfg.guidance_scale)
-        self.save(latents, ctx.step)
+        trainer.log.image("samples", self.save(latents, ctx.step), ctx.step)
 
     def captions(self, dit) -> torch.Tensor:
         """(N,1,L,W) caption embeddings from `samples.captions` (safetensors key 'caption_latents'), else null ones."""
@@ -55,8 +55,9 @@ class SampleGrid:
                 self._captions = torch.zeros(self.cfg.num, 1, 1, width)
         return self._captions
 
-    def save(self, latents: torch.Tensor, step: int) -> None:
-        from torchvision.utils import save_image
+    def save(self, latents: torch.Tensor, step: int) -> torch.Tensor:
+        """Write the grid of these samples' images; returns it, (3,H,W) in [0,1]."""
+        from torchvision.utils import make_grid, save_image
 
         if self.cfg.vae:
             if self._vae is None:
@@ -69,5 +70,7 @@ class SampleGrid:
             shown = latents[:, :3].float()
             low, high = shown.amin(dim=(1, 2, 3), keepdim=True), shown.amax(dim=(1, 2, 3), keepdim=True)
             images = (shown - low) / (high - low).clamp_min(1e-6)
+        grid = make_grid(images.float().cpu(), nrow=max(1, int(len(images) ** 0.5)))
         self.folder.mkdir(parents=True, exist_ok=True)
-        save_image(images.cpu(), self.folder / f"step_{step:09d}.png", nrow=max(1, int(len(images) ** 0.5)))
+        save_image(grid, self.folder / f"step_{step:09d}.png")
+        return grid

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 import submitit
@@ -177,7 +178,7 @@ def submit(cfg: StageConfig, resume: str):
     if cfg.launch.cluster != "debug":
         record_job(Path(cfg.out_dir), job, cfg.launch.cluster, job.num_tasks)
     print(f"microdit train: stage {cfg.name!r} submitted as job {job.job_id} on {cfg.launch.cluster}; "
-          f"logs: {job.paths.stdout} {job.paths.stderr}", file=sys.stderr, flush=True)
+          f"logs in {job.paths.folder}", file=sys.stderr, flush=True)
     return job
 
 
@@ -190,7 +191,7 @@ def reattach(cfg: StageConfig):
     what = f"{record['cluster']} job {job.job_id} of stage {cfg.name!r}"
     if still_running(job):
         print(f"microdit train: reattached to {what} (submitted {record['submitted']} by {record['driver']}); "
-              f"logs: {job.task(0).paths.stdout} {job.task(0).paths.stderr}", file=sys.stderr, flush=True)
+              f"logs in {job.paths.folder}", file=sys.stderr, flush=True)
         return job
     if job.task(0).paths.result_pickle.exists():
         print(f"microdit train: {what} ended while no driver watched; collecting it", file=sys.stderr, flush=True)
@@ -203,8 +204,30 @@ def reattach(cfg: StageConfig):
     return None
 
 
+def echo_stage_lines(job, stage: str, poll_s: float = 2.0) -> None:
+    """Until the job ends, copy rank 0's lines about the stage (its progress, its first step) from the job's log to
+    this driver's stderr, so that a local run's console shows the training and not only where its log is."""
+    log, offset = Path(job.task(0).paths.stderr), 0
+    while True:
+        ended = job.done()
+        if log.exists():
+            with log.open("rb") as f:
+                f.seek(offset)
+                text = f.read()
+            whole = text[:text.rfind(b"\n") + 1]  # a line still being written waits for the next look
+            offset += len(whole)
+            for line in whole.decode(errors="replace").splitlines():
+                if line.startswith(f"{stage}:"):
+                    print(line, file=sys.stderr, flush=True)
+        if ended:
+            return
+        time.sleep(poll_s)
+
+
 def collect(job, cfg: StageConfig) -> int:
     try:
+        if cfg.launch.cluster == "local":  # a SLURM stage runs for days: its log has these lines (`tail -f` it)
+            echo_stage_lines(job, cfg.name)
         results = job.results()
     except UserError:
         raise  # the debug cluster runs in this process and re-raises the job's own error
@@ -233,6 +256,6 @@ def leave(job, cfg: StageConfig, signum: int) -> int:
     else:
         cancel = f"scancel {job.job_id}" if cfg.launch.cluster == "slurm" else f"kill -INT {job.job_id}"
         print(f"microdit train: stopped by {name}; stage {cfg.name!r} goes on as {cfg.launch.cluster} job "
-              f"{job.job_id} (log: {job.task(0).paths.stderr}). Running this again waits on it; `{cancel}` "
-              "cancels it", file=sys.stderr)
+              f"{job.job_id}. Running this again waits on it; `{cancel}` cancels it.\n"
+              f"  its log: {job.task(0).paths.stderr}", file=sys.stderr)
     return 128 + signum

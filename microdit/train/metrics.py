@@ -31,17 +31,39 @@ def memory_gib(device: torch.device) -> float | None:
 
 
 class MetricsLog:
-    """Appends one JSON object per line; rank 0 only. Appending keeps the lines of earlier (preempted) attempts."""
+    """Appends one JSON object per line, and its numbers to TensorBoard event files in the same folder (for
+    `tensorboard --logdir`); rank 0 only. Appending keeps the lines of earlier (preempted) attempts; TensorBoard
+    drops their events from `first_step` on, which this attempt writes again."""
 
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = Path(path), enabled
+    def __init__(self, path: Path, enabled: bool, first_step: int = 0):
+        self.path, self.enabled, self.first_step = Path(path), enabled, first_step
+        self._board = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def board(self):
+        if self._board is None:  # on first use: a finished stage that only returns its stats writes no event file
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._board = SummaryWriter(str(self.path.parent), purge_step=self.first_step, flush_secs=30)
+        return self._board
 
     def write(self, record: dict) -> None:
         if self.enabled:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):  # None: not measured here (MFU on a CPU)
+                    self.board().add_scalar(key, value, record["step"])
+
+    def image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        """A (3,H,W) image in [0,1], shown under `tag` in TensorBoard's images tab."""
+        if self.enabled:
+            self.board().add_image(tag, image, step)
+
+    def close(self) -> None:
+        if self._board is not None:
+            self._board.close()
 
 
 class Throughput:

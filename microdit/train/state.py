@@ -100,13 +100,14 @@ def claim_checkpoints(out_dir: str | Path, digest: str) -> Path | None:
 
 
 # what a stage's run writes beside its checkpoints; set aside with them, so that a new run's log and grids are its own
-RUN_OUTPUTS = ("metrics.jsonl", "train_stats.json", "final.safetensors", "ema.safetensors", "stage.yaml", "samples")
+RUN_OUTPUTS = ("metrics.jsonl", "train_stats.json", "final.safetensors", "ema.safetensors", "stage.yaml", "samples",
+               "events.out.tfevents.*")
 
 
 def set_aside_run_outputs(out_dir: str | Path, stale: Path) -> None:
-    for name in RUN_OUTPUTS:
-        if (Path(out_dir) / name).exists():
-            (Path(out_dir) / name).rename(stale / name)
+    for pattern in RUN_OUTPUTS:
+        for path in Path(out_dir).glob(pattern):
+            path.rename(stale / path.name)
 
 
 def set_aside_checkpoints(out_dir: str | Path) -> Path | None:

@@ -25,6 +25,7 @@ from microdit.errors import UserError
 from microdit.files import read_jsonl, write_json
 from microdit.models.dit import MicroDiT, create_dit
 from microdit.models.speed import apply_speed_options
+from microdit.progress import progress
 from microdit.provenance import provenance
 from microdit.train import state as ckpt
 from microdit.train.config import InitConfig, StageConfig, save_stage_config, to_dict
@@ -90,7 +91,7 @@ class Trainer:
         self._build(init)
         self._restore(resume_from, init)
         self.end_step = self.stage_start + cfg.steps
-        self.log = MetricsLog(self.out_dir / "metrics.jsonl", info.is_main)
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl", info.is_main, first_step=self.step)
 
     def _build(self, init: InitConfig | None) -> None:
         """The model (compiled, with init mode weights' weights), its optimizer, its data and the held-out loss."""
@@ -197,14 +198,15 @@ class Trainer:
                 window = []
             if progress is not None:
                 progress.update(1)
-                if log_now:
-                    progress.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+                if log_now:  # shown at the next redraw: in a log, a line every N seconds, not every log step
+                    progress.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
             if save_now:
                 self.save_checkpoint(throughput.elapsed())
             for callback in self.callbacks:
                 callback(StepContext(self.step, self.end_step, loss, self))
         if progress is not None:
             progress.close()
+        self.log.close()
         return self._finish(throughput, logged_loss, first_step_s)
 
     def _heldout_loss(self, throughput: Throughput) -> dict:
@@ -258,10 +260,8 @@ class Trainer:
     def _progress_bar(self):
         if not (self.cfg.progress and self.info.is_main):
             return None
-        from tqdm import tqdm
-
-        return tqdm(total=self.end_step - self.stage_start, initial=self.step - self.stage_start,
-                    desc=self.cfg.name, unit="step", dynamic_ncols=True)
+        return progress(total=self.end_step - self.stage_start, initial=self.step - self.stage_start,
+                        desc=self.cfg.name, unit="step")
 
     def _logged_final_loss(self) -> float | None:
         """The loss logged at the last step (the metrics log has it before the last checkpoint is written)."""

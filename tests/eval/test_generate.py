@@ -22,8 +22,7 @@ def tiny_pipeline(tiny_vae_dir):
 
 
 def run(model, out, **overrides):
-    return generate_images(model, CAPTIONS, lambda i: out / image_name(i), log=lambda msg: None,
-                           **{**SAMPLING, **overrides})
+    return generate_images(model, CAPTIONS, lambda i: out / image_name(i), **{**SAMPLING, **overrides})
 
 
 def pixels(folder) -> dict:

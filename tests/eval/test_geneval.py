@@ -34,8 +34,7 @@ def test_layout_writer_on_the_real_metadata(tmp_path, geneval_metadata):
     metadata = geneval.read_metadata(geneval_metadata)
     assert len(metadata) == geneval.NUM_PROMPTS
     model, root = StubModel(), tmp_path / "geneval"
-    stats = geneval.generate_geneval(model, metadata, root, steps=1, guidance=1.0, seed=0, batch_size=256,
-                                     log=lambda msg: None)
+    stats = geneval.generate_geneval(model, metadata, root, steps=1, guidance=1.0, seed=0, batch_size=256)
     assert stats == {"written": 553 * 4, "skipped": 0}
     dirs = sorted(p.name for p in root.iterdir())
     assert dirs == [f"{i:05d}" for i in range(553)]
@@ -47,8 +46,8 @@ def test_layout_writer_on_the_real_metadata(tmp_path, geneval_metadata):
                                                                           "0003.png"]
     assert model.prompts[:5] == [metadata[0]["prompt"]] * 4 + [metadata[1]["prompt"]]
     # a rerun finds everything in place
-    assert geneval.generate_geneval(StubModel(), metadata, root, steps=1, guidance=1.0, seed=0, batch_size=256,
-                                    log=lambda msg: None) == {"written": 0, "skipped": 553 * 4}
+    rerun = geneval.generate_geneval(StubModel(), metadata, root, steps=1, guidance=1.0, seed=0, batch_size=256)
+    assert rerun == {"written": 0, "skipped": 553 * 4}
 
 
 def write_results(path, rows):

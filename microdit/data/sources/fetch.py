@@ -2,11 +2,10 @@
 import contextlib
 import logging
 import os
-import shutil
 from pathlib import Path
 
-from microdit.files import atomic_write
 from microdit.errors import UserError
+from microdit.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -19,34 +18,50 @@ def public_url(url: str) -> str:
 
 
 @contextlib.contextmanager
-def http_stream(url: str, timeout: float = 60.0):
-    """A streamed GET (the response); a failed request or a broken transfer is a one-line error naming the link
-    without its query (requests' own messages quote the whole URL)."""
+def http_stream(url: str, timeout: float = 60.0, start: int = 0):
+    """A streamed GET (the response), from byte `start` on with a Range request (a server that ignores it answers
+    200 with the whole file; one past the end answers 416); a failed request or a broken transfer is a one-line error
+    naming the link without its query (requests' own messages quote the whole URL)."""
     import requests
     import urllib3
 
+    headers = {"Range": f"bytes={start}-"} if start else {}
     try:
-        with requests.get(url, stream=True, timeout=timeout) as response:
-            response.raise_for_status()
+        with requests.get(url, stream=True, timeout=timeout, headers=headers) as response:
+            if not (start and response.status_code == 416):
+                response.raise_for_status()
             yield response
     except (requests.RequestException, urllib3.exceptions.HTTPError) as err:  # urllib3's: a broken transfer
-        status = getattr(err.response, "status_code", None)
+        status = getattr(getattr(err, "response", None), "status_code", None)  # urllib3 errors have none
         reason = f"HTTP {status}" if status else type(err).__name__
         raise UserError(f"{public_url(url)}: download failed ({reason})") from None
 
 
 def http_download(url: str, dest: str | os.PathLike, timeout: float = 60.0) -> Path:
-    """Stream url into dest (temp file, then rename); an existing dest is kept, so reruns resume per file."""
+    """Stream url into dest through .<dest>.partial, renamed once whole; an existing dest is kept (reruns resume per
+    file) and a partial file left by a broken transfer is continued where the server honours a Range request."""
     dest = Path(dest)
     if dest.is_file():
         return dest
-
-    def write(tmp: str) -> None:
-        with http_stream(url, timeout) as response, open(tmp, "wb") as f:
-            shutil.copyfileobj(response.raw, f, length=1 << 20)
-
-    log.info("downloading %s", public_url(url))
-    atomic_write(dest, write)
+    partial = dest.with_name(f".{dest.name}.partial")
+    have = partial.stat().st_size if partial.is_file() else 0
+    log.info("downloading %s%s", public_url(url), f" from byte {have}" if have else "")
+    with http_stream(url, timeout, start=have) as response:
+        if response.status_code == 416:  # nothing past `have`: whole only if the file is that long
+            if response.headers.get("Content-Range") != f"bytes */{have}":
+                partial.unlink()
+                raise UserError(f"{public_url(url)}: {partial} is longer than the file; removed it, run again")
+        else:
+            if response.status_code != 206:  # the server sent the whole file
+                have = 0
+            size = response.headers.get("Content-Length")
+            with open(partial, "ab" if have else "wb") as f, progress(
+                    total=have + int(size) if size else None, initial=have, desc=dest.name, unit="B",
+                    unit_scale=True, unit_divisor=1024) as bar:
+                for chunk in iter(lambda: response.raw.read(1 << 20), b""):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    os.replace(partial, dest)
     return dest
 
 

@@ -89,10 +89,17 @@ def unpack_captions(root: Path) -> None:
 
 
 def stream_shard(out: Path, shard_id: int, url: str, caption_for) -> dict:
-    from microdit.data.sources.fetch import http_stream, public_url
+    """One archive, read as it arrives (never stored whole), with the bytes read as its progress."""
+    from tqdm.utils import CallbackIOWrapper
 
-    with http_stream(url) as response:
-        return write_paired_shard(out, shard_id, iter_tar_images(response.raw, public_url(url)), caption_for)
+    from microdit.data.sources.fetch import http_stream, public_url
+    from microdit.progress import progress
+
+    with http_stream(url) as response, progress(
+            total=int(response.headers.get("Content-Length") or 0) or None, desc=f"sa_{shard_id:06d}.tar", unit="B",
+            unit_scale=True, unit_divisor=1024) as bar:
+        archive = CallbackIOWrapper(bar.update, response.raw, "read")
+        return write_paired_shard(out, shard_id, iter_tar_images(archive, public_url(url)), caption_for)
 
 
 def archive_number(file_name: str) -> int:
