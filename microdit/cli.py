@@ -28,6 +28,49 @@ COMMANDS = {
 }
 
 
+# a worked example per command, shown at the end of its --help (paths as the tiny preset's run lays them out)
+EXAMPLES = {
+    "sample": "microdit sample --checkpoint results/tiny/train/stage4/ema.safetensors --prompt 'two red circles left of "
+              "a blue square on a white background' --out grid.png",
+    "checkpoint": "microdit checkpoint info results/tiny/train/stage4/final.safetensors",
+    "checkpoint info": "microdit checkpoint info dit_4_channel_37M_real_and_synthetic_data.pt",
+    "bench": "microdit bench train --stage config/stages/paper/stage1.yaml --steps 20",
+    "bench train": "microdit bench train --stage config/stages/paper/stage1.yaml --set compile=model --steps 20",
+    "bench memory": "microdit bench memory --stage config/stages/paper/stage3.yaml --fit-gib 70",
+    "bench sample": "microdit bench sample --batch 32",
+    "bench layers": "microdit bench layers --attention-backend flash --attention-backend efficient",
+    "bench loader": "microdit bench loader --workers 2 --workers 8",
+    "bench suite": "microdit bench suite --out docs/bench-runs/new-run.jsonl --budget-s 480",
+    "download": "microdit download synthetic --out /tmp/shapes --num-samples 64",
+    "download cc12m": "microdit download cc12m --url-list cc12m.tsv --out data/cc12m --subset small",
+    "download sa1b": "microdit download sa1b --links sa1b_links.txt --captions data/sa1b-captions --out data/sa1b",
+    "download textcaps": "microdit download textcaps --out data/textcaps",
+    "download jdb": "HF_TOKEN=... microdit download jdb --split train --out data/jdb --subset small",
+    "download diffdb": "microdit download diffdb --out data/diffdb --subset small",
+    "download coco2014": "microdit download coco2014 --out data/coco2014",
+    "download synthetic": "microdit download synthetic --out /tmp/shapes --num-samples 64 --seed 1",
+    "convert": "microdit convert --input /tmp/shapes --out /tmp/shapes-mds --min-side 64 --resize-to 64",
+    "precompute": "microdit precompute --input /tmp/shapes-mds --out /tmp/shapes-latents --vae results/store/vae-<digest> "
+                  "--text-encoder minilm --resolutions 32 64",
+    "merge-parts": "microdit merge-parts --out results/store/latents/sa1b-<digest> part-0 part-1",
+    "train-vae": "microdit train-vae --input /tmp/shapes-mds --out /tmp/vae --resolution 32 --steps 200",
+    "train": "microdit train --config config/stages/tiny/stage1.yaml --set steps=20 --set launch.cluster=debug",
+    "eval-captions": "microdit eval-captions --source data/coco2014 --out captions.jsonl --num 30000",
+    "generate": "microdit generate --captions captions.jsonl --checkpoint results/paper/train/stage4/ema.safetensors "
+                "--out samples/",
+    "fid-stats": "microdit fid-stats --images data/coco2014 --out coco_256.npz --resolution 256",
+    "fid": "microdit fid --samples samples/ --reference-stats coco_256.npz --out fid.json",
+    "clip-score": "microdit clip-score --samples samples/ --captions captions.jsonl --out clip.json",
+    "geneval-metadata": "microdit geneval-metadata --out evaluation_metadata.jsonl",
+    "geneval-generate": "microdit geneval-generate --metadata evaluation_metadata.jsonl --checkpoint ema.safetensors "
+                        "--out geneval/",
+    "geneval-summary": "microdit geneval-summary --results geneval/results.jsonl --out geneval.json",
+    "report": "microdit report --out report.html --stages stage1 --metrics stage1=results/tiny/train/stage1/metrics.jsonl",
+    "unlock-stale": "microdit unlock-stale -- --profile profiles/local --configfile config/tiny.yaml",
+    "plan": "microdit plan --configfile config/paper.yaml --gpu H100",
+}
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of one command's module, or of all of them (help, an unknown command)."""
     parser = argparse.ArgumentParser(prog="microdit", description=__doc__.splitlines()[0])
@@ -35,7 +78,27 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in [COMMANDS[command]] if command in COMMANDS else dict.fromkeys(COMMANDS.values()):
         importlib.import_module(name).register(subparsers)
+    describe(subparsers)
     return parser
+
+
+def commands_of(subparsers) -> dict[str, tuple[argparse.ArgumentParser, str]]:
+    """name -> (parser, its one-line help) of each command under a subparsers action."""
+    helps = {choice.dest: choice.help for choice in subparsers._choices_actions}  # argparse keeps them only here
+    return {name: (parser, helps.get(name) or "") for name, parser in subparsers.choices.items()}
+
+
+def describe(subparsers, path: str = "") -> None:
+    """Give every command's --help a description (its one-line help where it has none) and its example."""
+    for name, (parser, help_text) in commands_of(subparsers).items():
+        key = f"{path}{name}"
+        parser.description = parser.description or help_text[:1].upper() + help_text[1:] + "."
+        if key in EXAMPLES:
+            parser.epilog = f"example:\n  {EXAMPLES[key]}"
+            parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                describe(action, f"{key} ")
 
 
 def main(argv: list[str] | None = None) -> int:

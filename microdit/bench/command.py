@@ -31,7 +31,7 @@ def _stage_arguments(p, default: list[str] = PAPER_STAGES, device: bool = True) 
                         "compile=blocks, micro_batch=128, moe_dispatch=one_hot, model.arch=MicroDiT_Nano_2)")
     p.set_defaults(default_stages=default)
     if device:
-        p.add_argument("--device", default="auto")
+        p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
 
 
 def register(subparsers) -> None:
@@ -57,7 +57,7 @@ def add_modes(bench) -> None:
 
     p = modes.add_parser("sample", help="time the stage's sampler with classifier-free guidance")
     _stage_arguments(p, default=[PAPER_STAGES[0], PAPER_STAGES[2]])  # 256 and 512 px
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64, help="images sampled at once (default 64)")
     p.add_argument("--state-dtype", choices=("fp32", "fp64"), default="fp32", help="dtype of the sampler's x")
     p.set_defaults(func=run_sample)
 
@@ -74,8 +74,8 @@ def add_modes(bench) -> None:
     p.add_argument("--datadir", help="MDS shards with caption_latents and latents_<resolution>")
     p.add_argument("--samples", type=int, default=4096, help="synthetic samples to write (default 4096), kept in "
                                                              "results/bench/ for the next run")
-    p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--resolution", type=int, default=256, help="the latents_<resolution> column read (default 256)")
+    p.add_argument("--batch", type=int, default=256, help="samples per batch (default 256)")
     p.add_argument("--workers", type=int, action="append", help="loader workers; repeat (default 2)")
     p.set_defaults(func=run_loader)
 

@@ -9,7 +9,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("checkpoint", help="inspect checkpoints")
     sub = p.add_subparsers(dest="checkpoint_command", required=True, metavar="SUBCOMMAND")
     info = sub.add_parser("info", help="architecture, channels, resolution, parameter count, EMA or raw, format")
-    info.add_argument("path")
+    info.add_argument("path", help="a checkpoint: .safetensors (ours) or .pt (the authors')")
     info.add_argument("--resolution", type=positive_int,
                       help="image size assumed for files without pos_embed (default 512)")
     info.add_argument("--json", action="store_true", help="one JSON object instead of lines")

@@ -17,8 +17,10 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=positive_int, default=30, help="Heun steps (default 30)")
     p.add_argument("--guidance", type=non_negative_float, default=5.0,
                    help="classifier-free guidance scale; 1 or less: none (default 5.0)")
-    p.add_argument("--seed", type=int, default=2024)
-    p.add_argument("--images-per-prompt", type=positive_int, default=1)
+    p.add_argument("--seed", type=int, default=2024, help="seed of the first image's noise; image i uses seed + i "
+                                                            "(default 2024)")
+    p.add_argument("--images-per-prompt", type=positive_int, default=1, help="images of each prompt, one grid row "
+                                                                             "each (default 1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     add_speed_args(p)
     p.set_defaults(func=run)

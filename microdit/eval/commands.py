@@ -33,7 +33,7 @@ def add_sampling_args(p) -> None:
     p.add_argument("--steps", type=positive_int, default=30, help="EDM Heun steps (default 30)")
     p.add_argument("--guidance", type=non_negative_float, default=5.0,
                    help="classifier-free guidance scale; 1 or less: none (default 5.0)")
-    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--seed", type=int, default=2024, help="seed of caption i's noise is seed + i (default 2024)")
     p.add_argument("--batch-size", type=positive_int, default=32,
                    help="images per batch (image i's noise is its own: the batch size does not choose the images)")
     p.add_argument("--rank", type=int, help="this process's share (default: RANK, or SLURM_PROCID in an srun step, "
@@ -60,8 +60,8 @@ def add_feature_args(p) -> None:
                    help="inception (FID) or efficientnet-lite0 (offline Fréchet distance, not an FID)")
     p.add_argument("--mode", choices=MODES, default="clean", help="clean-fid resizing mode (default clean)")
     p.add_argument("--inception-weights", help="a local copy of clean-fid's Inception file, used when offline")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per feature batch (default 64)")
 
 
 def add_captions(subparsers) -> None:
@@ -70,7 +70,7 @@ def add_captions(subparsers) -> None:
                                                    "captions_val2014.json")
     p.add_argument("--out", required=True, help="caption JSONL to write")
     p.add_argument("--num", type=positive_int, required=True, help="number of captions (30000 in the paper preset)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the caption sample (default 0)")
     p.set_defaults(func=run_captions)
 
 
@@ -226,8 +226,8 @@ def add_clip_score(subparsers) -> None:
     p.add_argument("--out", required=True, help="clip.json to write")
     p.add_argument("--model", default="ViT-L-14", help="open_clip architecture (default ViT-L-14)")
     p.add_argument("--pretrained", default="openai", help="open_clip weights tag; '' for random weights (tests)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per feature batch (default 64)")
     p.set_defaults(func=run_clip_score)
 
 
@@ -252,7 +252,7 @@ def run_clip_score(args) -> None:
 
 def add_geneval_metadata(subparsers) -> None:
     p = subparsers.add_parser("geneval-metadata", help="GenEval's evaluation_metadata.jsonl, pinned by sha256")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="evaluation_metadata.jsonl to write")
     p.add_argument("--source", help="a local copy to check and use instead of downloading")
     p.set_defaults(func=run_geneval_metadata)
 
@@ -267,7 +267,7 @@ def add_geneval_generate(subparsers) -> None:
     p = subparsers.add_parser("geneval-generate", help="images in GenEval's layout for its official evaluator")
     p.add_argument("--metadata", required=True, help="evaluation_metadata.jsonl (from geneval-metadata)")
     p.add_argument("--out", required=True, help="image directory: <5-digit>/metadata.jsonl, samples/<4-digit>.png")
-    p.add_argument("--images-per-prompt", type=positive_int, default=4)
+    p.add_argument("--images-per-prompt", type=positive_int, default=4, help="GenEval's default: 4")
     p.add_argument("--num-prompts", type=positive_int, help="only the first N prompts (tiny preset); default all 553")
     add_sampling_args(p)
     p.set_defaults(func=run_geneval_generate)
@@ -327,7 +327,7 @@ def add_report(subparsers) -> None:
 
     p = subparsers.add_parser("report", help="self-contained report.html of a run")
     p.add_argument("--out", required=True, help="report.html to write")
-    p.add_argument("--title", default="MicroDiT run")
+    p.add_argument("--title", default="MicroDiT run", help="the page's heading")
     p.add_argument("--stages", nargs="+", required=True, help="stage names, in order")
     for option, what in (("--metrics", "metrics JSONL"), ("--train-stats", "train_stats.json"),
                          ("--grid", "sample grid PNG"), ("--stage-config", "resolved stage.yaml")):

@@ -25,15 +25,16 @@ IMG2DATASET_FOLDER = "_img2dataset"  # where img2dataset writes and resumes
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--route", choices=("img2dataset", "hub"), default="img2dataset")
+    parser.add_argument("--route", choices=("img2dataset", "hub"), default="img2dataset",
+                        help="img2dataset: fetch the URL list's images; hub: the pixparse/cc12m-wds tars")
     parser.add_argument("--url-list", help="img2dataset route: URL/caption list (.parquet, or .tsv/.csv with header)")
-    parser.add_argument("--url-col", default="url")
-    parser.add_argument("--caption-col", default="caption")
-    parser.add_argument("--processes", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=64)
+    parser.add_argument("--url-col", default="url", help="the URL list's URL column (default url)")
+    parser.add_argument("--caption-col", default="caption", help="its caption column (default caption)")
+    parser.add_argument("--processes", type=int, default=16, help="img2dataset processes (default 16)")
+    parser.add_argument("--threads", type=int, default=64, help="img2dataset threads per process (default 64)")
     parser.add_argument("--shard-size", type=positive_int, default=10000, help="samples per tar (img2dataset route)")
     parser.add_argument("--timeout", type=int, default=10, help="seconds per image request")
-    parser.add_argument("--retries", type=int, default=0)
+    parser.add_argument("--retries", type=int, default=0, help="img2dataset retries per image (default 0)")
 
 
 def input_format(url_list: str) -> str:

@@ -19,7 +19,7 @@ ANNOTATIONS = {"train": "data/train/train_anno_realease_repath.jsonl.tgz",
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--split", choices=sorted(ANNOTATIONS), default="train")
+    parser.add_argument("--split", choices=sorted(ANNOTATIONS), default="train", help="which split (default train)")
 
 
 def archive_name(split: str, archive_id: int) -> str:

@@ -8,9 +8,10 @@ HELP = "procedurally drawn shapes with matching captions (offline, deterministic
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--num-samples", type=int, default=1000, help="images to draw (default 1000)")
     parser.add_argument("--shard-size", type=int, default=1000, help="samples per tar")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="sample i of a seed is always the same image "
+                        "(default 0)")
     parser.add_argument("--min-size", type=int, default=64, help="smallest image side in pixels")
     parser.add_argument("--max-size", type=int, default=256, help="largest image side in pixels")
 
