@@ -6,6 +6,7 @@ PyYAML (Snakemake's own dependency).
 """
 import math
 import os
+import re
 import shlex
 
 import yaml
@@ -38,6 +39,15 @@ def cli_options(options: dict) -> str:
     """{'num-samples': 64} -> "--num-samples 64", option and value shell-quoted (config strings never reach the
     shell raw, keys included)."""
     return " ".join(f"{shlex.quote(f'--{key}')} {shlex.quote(str(value))}" for key, value in options.items())
+
+
+def wildcard_patterns(config: dict) -> dict[str, str]:
+    """Each rule wildcard's regular expression: exactly the config's names of that kind."""
+    def one_of(names) -> str:  # the longest first: a name that is another's prefix must not win the match
+        return "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
+
+    return {"stage": one_of(config["stages"]), "download": one_of(config["downloads"]),
+            "dataset": one_of(config["datasets"])}
 
 
 def resolve_path(path: str, basedir: str) -> str:
