@@ -144,6 +144,13 @@ def config_errors(config: dict, basedir: str) -> list[str]:
     return errors
 
 
+def slurm_placement(config: dict, kind: str) -> dict:
+    """The SLURM partition (and account) of a kind of job (`slurm.cpu`, `slurm.gpu`, `slurm.train`), as the executor
+    plugin's resources; empty where the config names none (the cluster's default partition, the user's account)."""
+    spec = config.get("slurm", {}).get(kind, {})
+    return {f"slurm_{key}": spec[key] for key in ("partition", "account") if key in spec}
+
+
 def download_threads(spec: dict) -> int:
     """CPUs of a download job: img2dataset (CC12M's default route) runs its `processes` workers (16 unless the
     options say otherwise, as `microdit download cc12m`); the synthetic source draws on one; the other sources are

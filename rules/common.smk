@@ -6,7 +6,7 @@ import json
 import shlex
 
 from microdit.workflow import (GENEVAL_PROMPTS, cli_options, download_threads, generation_minutes, latent_downsample,
-                               own_sample_captions, resolve_path, stage_weights)
+                               own_sample_captions, resolve_path, slurm_placement, stage_weights)
 
 RUN = f"results/{config['run']}"
 STAGES = list(config["stages"])
@@ -15,6 +15,11 @@ STAGES = list(config["stages"])
 def set_options(overrides: dict) -> str:
     """Stage-config overrides as quoted `--set key=<json>` arguments."""
     return " ".join(f"--set {shlex.quote(f'{key}={json.dumps(value)}')}" for key, value in overrides.items())
+
+
+def placement(gpus: int = 0) -> dict:
+    """Partition and account of a job (resources of the SLURM executor): `slurm.gpu`'s when it asks for a GPU."""
+    return slurm_placement(config, "gpu" if gpus else "cpu")
 
 
 def workflow_path(path: str) -> str:
@@ -100,6 +105,7 @@ def stage_overrides(stage: str) -> dict:
         own = any(key == "init" or key.startswith("init.") for key in spec.get("set", {}))
         overrides["init"] = {} if own else None
     overrides.update({f"launch.{key}": value for key, value in config.get("launch", {}).items()})
+    overrides.update({f"launch.{key}": value for key, value in config.get("slurm", {}).get("train", {}).items()})
     overrides.update(spec.get("set", {}))
     return overrides
 

@@ -20,6 +20,7 @@ rule convert:
     resources:
         mem_mb=lambda w: 2000 if synthetic_dataset(w.dataset) else 16000,
         runtime=lambda w: 30 if synthetic_dataset(w.dataset) else 1440,
+        **placement(),
     conda:
         "../envs/microdit.yaml"
     shell:

@@ -16,6 +16,7 @@ rule download:
     resources:
         mem_mb=lambda w: 2000 if synthetic_download(w.download) else 16000,
         runtime=lambda w: 60 if synthetic_download(w.download) else 2880,
+        **placement(),
     conda:
         "../envs/microdit.yaml"
     shell:

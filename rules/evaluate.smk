@@ -20,6 +20,7 @@ rule eval_captions:
     resources:
         mem_mb=4000,
         runtime=30,
+        **placement(),
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -46,6 +47,7 @@ rule fid_reference_stats:
         gpu=EVAL_GPUS,
         mem_mb=16000 if EVAL_GPUS else 4000,
         runtime=60,
+        **placement(EVAL_GPUS),
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -74,6 +76,7 @@ rule generate_eval_samples:
         mem_mb=32000 if EVAL_GPUS else 4000,
         runtime=generation_minutes(config["eval"]["num_captions"], config["eval"]["steps"],
                                    config["eval"]["resolution"]),
+        **placement(EVAL_GPUS),
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -99,6 +102,7 @@ rule fid:
         gpu=EVAL_GPUS,
         mem_mb=16000 if EVAL_GPUS else 4000,
         runtime=60,
+        **placement(EVAL_GPUS),
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -116,6 +120,7 @@ rule geneval_metadata:
     resources:
         mem_mb=1000,
         runtime=10,
+        **placement(),
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -144,6 +149,7 @@ rule geneval_generate:
         mem_mb=32000 if EVAL_GPUS else 4000,
         runtime=generation_minutes(GENEVAL_PROMPTS * GENEVAL_PER_PROMPT, config["eval"]["steps"],
                                    config["eval"]["resolution"]),
+        **placement(EVAL_GPUS),
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -177,6 +183,7 @@ rule geneval_score:
         gpu=1,
         mem_mb=32000,
         runtime=30 + GENEVAL_PROMPTS * GENEVAL_PER_PROMPT // 60,  # about a second per image through the detector
+        **placement(1),
     conda:
         "../envs/geneval.yaml"
     shell:
@@ -197,6 +204,7 @@ rule geneval_summary:
     resources:
         mem_mb=1000,
         runtime=10,
+        **placement(),
     conda:
         "../envs/microdit.yaml"
     shell:

@@ -26,6 +26,7 @@ rule precompute:
         gpu=LATENT_GPUS,
         mem_mb=24000 * LATENT_GPUS if LATENT_GPUS else 4000,
         runtime=2880 if LATENT_GPUS else 120,
+        **placement(LATENT_GPUS),
     conda:
         "../envs/microdit.yaml"
     shell:

@@ -23,6 +23,7 @@ rule report:
     resources:
         mem_mb=4000,
         runtime=30,
+        **placement(),
     conda:
         "../envs/microdit.yaml"
     shell:

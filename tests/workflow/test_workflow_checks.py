@@ -174,7 +174,7 @@ def test_schema_errors_are_one_line_each_naming_the_key():
     config["vae"]["name"] = "also a hub VAE"
     assert schema_errors(config, SCHEMA) == [
         "sample: unknown key (expected one of: datasets, downloads, eval, latents, launch, report, run, samples, "
-        "seed, stages, text_encoder, vae, validation)",
+        "seed, slurm, stages, text_encoder, vae, validation)",
         "eval.guidance: unknown key (expected one of: batch_size, caption_seed, compile, download, features, geneval, "
         "gpus, guidance_scale, inception_weights, mode, num_captions, resolution, seed, stage, steps, weights)",
         "latents.resolutions.1: 'x' is not of type 'integer'",
@@ -388,7 +388,7 @@ def test_a_stage_reruns_for_what_decides_its_weights_only(tmp_path):
     # cosmetic: logging, launch, speed switches, in the stage YAML (a newer file) or in the workflow config
     stage_yaml.write_text(yaml.safe_dump({**settings, "log_every": 7, "compile": "blocks"}))
     assert "Nothing to be done" in plan({"stages": {"stage2": {"set": {"progress": True}}},
-                                         "launch": {"partition": "elsewhere"}})
+                                         "slurm": {"train": {"partition": "elsewhere"}}})
     # what decides the weights: stage 2 and the stages chained after it, nothing before it
     stage_yaml.write_text(yaml.safe_dump({**settings, "seed": 7}))
     counts = job_counts(plan())
