@@ -25,6 +25,9 @@ RULE_NAMES = frozenset({
 # share its folder with the downloads
 DOWNLOADS_FOLDER = "downloads"
 
+# config/paper.yaml marks what each user must fill in (a path, a partition) as "<what it is>"
+PLACEHOLDER = re.compile(r"^<.*>$", re.DOTALL)
+
 TINY_VAE_DOWNSAMPLE = 4  # microdit.tiny_vae.build_tiny_vae's three levels (imported here without torch)
 
 GENEVAL_PROMPTS = 553  # GenEval's evaluation_metadata.jsonl (microdit.eval.geneval.NUM_PROMPTS)
@@ -94,10 +97,20 @@ def _unknown(key: str, value, known, what: str) -> str:
     return f"{key}: {value!r} is not {what} (expected one of: {', '.join(sorted(known)) or 'none defined'})"
 
 
+def placeholders(value, where: str = "") -> list[tuple[str, str]]:
+    """(dotted key, value) of each "<...>" value left in a config (or any part of one)."""
+    if isinstance(value, dict):
+        return [found for name, item in value.items() for found in placeholders(item, f"{where}.{name}".lstrip("."))]
+    if isinstance(value, list):
+        return [found for i, item in enumerate(value) for found in placeholders(item, f"{where}.{i}")]
+    return [(where, value)] if isinstance(value, str) and PLACEHOLDER.match(value) else []
+
+
 def config_errors(config: dict, basedir: str) -> list[str]:
-    """What is wrong with a schema-valid config's references between its sections, one message per problem, each
-    naming the key and what it expected. Stage config files are looked up as `resolve_path` does."""
-    errors = []
+    """What is wrong with a schema-valid config: placeholders left unedited, and its references between its sections,
+    one message per problem, each naming the key and what it expected. Stage config files are looked up as
+    `resolve_path` does."""
+    errors = [f"{key}: {value} is a placeholder (expected your own value)" for key, value in placeholders(config)]
     downloads, datasets, stages = config["downloads"], config["datasets"], config["stages"]
     for name, spec in datasets.items():
         if name == DOWNLOADS_FOLDER:

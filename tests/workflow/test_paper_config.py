@@ -1,5 +1,6 @@
-"""What config/paper.yaml asks of a cluster: a partition (and account) per kind of job, from the config's `slurm`
-section; checked through Snakemake dry runs of the real Snakefile."""
+"""What config/paper.yaml asks of its user and of a cluster: its placeholders filled in (refused before any job), a
+partition (and account) per kind of job from the config's `slurm` section; checked through Snakemake dry runs of
+the real Snakefile."""
 import os
 import shlex
 import subprocess
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from microdit.workflow import schema_errors
+from microdit.workflow import placeholders, schema_errors
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,3 +74,10 @@ def test_partitions_have_one_place():
     config["slurm"] = {"gpus": {"partition": "gpu"}}
     (error,) = schema_errors(config, str(REPO / "config" / "schema.yaml"))
     assert error.startswith("slurm.gpus: unknown key")
+
+
+# ------------------------------------------------------------------------------------------------ placeholders
+def test_placeholders_are_found_at_any_depth():
+    config = {"a": {"b": ["x", "<a list item>"], "c": "<fill>"}, "d": "a <b> c", "e": 3}
+    assert placeholders(config) == [("a.b.1", "<a list item>"), ("a.c", "<fill>")]
+

@@ -25,8 +25,8 @@ def snakemake(*args, cwd, check=True, timeout=600) -> subprocess.CompletedProces
     return result
 
 
-def test_paper_dag_dry_runs_with_every_rule(tmp_path):
-    out = snakemake("-n", "-p", "--configfile", str(REPO / "config" / "paper.yaml"), "--cores", "1",
+def test_paper_dag_dry_runs_with_every_rule(tmp_path, paper_filled):
+    out = snakemake("-n", "-p", "--configfile", str(REPO / "config" / "paper.yaml"), str(paper_filled), "--cores", "1",
                     cwd=tmp_path).stdout
     sampling = [line for line in out.splitlines() if "microdit generate" in line or "microdit geneval-gen" in line]
     assert len(sampling) == 2 and all("--compile blocks" in line for line in sampling)  # measured 1.9x at 512 px
