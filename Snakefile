@@ -64,10 +64,10 @@ rule data:
         [f"{latents_dir(d)}/index.json" for d in LATENT_DATASETS],
 
 
-for _stage in STAGES:  # named targets: snakemake stage1 ... stage4
+for _stage in STAGES:  # named targets: snakemake stage1 ... stage4, with every export (a missing one is re-exported)
 
     rule:
         name:
             _stage
         input:
-            f"{stage_dir(_stage)}/final.safetensors",
+            stage_exports(_stage),

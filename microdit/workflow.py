@@ -17,7 +17,7 @@ from microdit.train.cosmetic import weight_settings
 # The workflow's own rule names: a stage becomes a target rule of its name, and Snakemake refuses two rules of one
 # name with an error that does not point at the config (tests/workflow checks this list against the rule files).
 RULE_NAMES = frozenset({
-    "all", "eval", "data", "download", "convert", "train_vae", "precompute", "train",
+    "all", "eval", "data", "download", "convert", "train_vae", "precompute", "train", "train_with_ema",
     "stage_samples", "eval_captions", "fid_reference_stats", "generate_eval_samples", "fid", "geneval_metadata",
     "geneval_generate", "geneval_score", "geneval_summary", "report"})
 
@@ -44,11 +44,14 @@ def cli_options(options: dict) -> str:
     return " ".join(f"{shlex.quote(f'--{key}')} {shlex.quote(str(value))}" for key, value in options.items())
 
 
+def one_of(names) -> str:
+    """A wildcard's regular expression matching exactly these names (none: nothing)."""
+    # the longest first: a name that is another's prefix must not win the match
+    return "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True)) or "(?!)"
+
+
 def wildcard_patterns(config: dict) -> dict[str, str]:
     """Each rule wildcard's regular expression: exactly the config's names of that kind."""
-    def one_of(names) -> str:  # the longest first: a name that is another's prefix must not win the match
-        return "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
-
     return {"stage": one_of(config["stages"]), "download": one_of(config["downloads"]),
             "dataset": one_of(config["datasets"])}
 

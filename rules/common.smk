@@ -6,7 +6,8 @@ import json
 import shlex
 
 from microdit.workflow import (GENEVAL_PROMPTS, cli_options, download_threads, generation_minutes, latent_downsample,
-                               own_sample_captions, resolve_path, slurm_placement, stage_weights)
+                               one_of, own_sample_captions, resolve_path, slurm_placement, stage_has_ema,
+                               stage_weights)
 
 RUN = f"results/{config['run']}"
 STAGES = list(config["stages"])
@@ -52,6 +53,10 @@ def heldout_input(wildcards=None) -> list:
 
 def stage_dir(stage: str) -> str:
     return f"{RUN}/train/{stage}"
+
+
+def keeps_ema(stage: str) -> bool:
+    return stage_has_ema(stage_yaml(stage), config["stages"][stage].get("set", {}))
 
 
 def previous_stage(stage: str):
@@ -116,8 +121,8 @@ GENEVAL_PER_PROMPT = config["eval"].get("geneval", {}).get("images_per_prompt", 
 
 
 def evaluated_weights() -> str:
-    """The evaluated stage's export that is sampled (`eval.weights`): final (raw) or ema. Both come out of the stage's
-    train job, whose declared output final.safetensors is the evaluation's input."""
+    """The evaluated stage's export that is sampled (`eval.weights`): final (raw) or ema, both declared outputs of
+    the stage's train job."""
     name = "ema" if config["eval"].get("weights", "raw") == "ema" else "final"
     return f"{stage_dir(config['eval']['stage'])}/{name}.safetensors"
 

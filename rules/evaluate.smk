@@ -57,14 +57,13 @@ rule fid_reference_stats:
 
 rule generate_eval_samples:
     input:
-        checkpoint=f"{RUN}/train/{config['eval']['stage']}/final.safetensors",
+        checkpoint=evaluated_weights(),
         captions=f"{EVAL}/captions.jsonl",
         vae=vae_input(),
     output:
         manifest=f"{EVAL}/samples/generation.json",
     params:
         out=lambda w, output: os.path.dirname(output.manifest),
-        weights=evaluated_weights(),
         sampling=sampling_options,
     log:
         f"{RUN}/logs/eval/generate.log",
@@ -80,7 +79,7 @@ rule generate_eval_samples:
     conda:
         "../envs/microdit.yaml"
     shell:
-        "microdit generate --captions {input.captions:q} --out {params.out:q} --checkpoint {params.weights:q}"
+        "microdit generate --captions {input.captions:q} --out {params.out:q} --checkpoint {input.checkpoint:q}"
         " {params.sampling} > {log:q} 2>&1"
 
 
@@ -129,14 +128,13 @@ rule geneval_metadata:
 
 rule geneval_generate:
     input:
-        checkpoint=f"{RUN}/train/{config['eval']['stage']}/final.safetensors",
+        checkpoint=evaluated_weights(),
         metadata=f"{EVAL}/geneval/evaluation_metadata.jsonl",
         vae=vae_input(),
     output:
         manifest=f"{EVAL}/geneval/images/generation.json",
     params:
         out=lambda w, output: os.path.dirname(output.manifest),
-        weights=evaluated_weights(),
         sampling=sampling_options,
         per_prompt=GENEVAL_PER_PROMPT,
     log:
@@ -153,7 +151,7 @@ rule geneval_generate:
     conda:
         "../envs/microdit.yaml"
     shell:
-        "microdit geneval-generate --metadata {input.metadata:q} --out {params.out:q} --checkpoint {params.weights:q}"
+        "microdit geneval-generate --metadata {input.metadata:q} --out {params.out:q} --checkpoint {input.checkpoint:q}"
         " --images-per-prompt {params.per_prompt} {params.sampling} > {log:q} 2>&1"
 
 

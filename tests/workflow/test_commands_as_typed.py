@@ -24,7 +24,8 @@ def test_bare_snakemake_plans_the_tiny_preset(tmp_path):
     result = typed(SNAKEMAKE, "-n", "-d", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "workflow specific profile profiles/default" in result.stderr
-    assert "results/tiny/report.html" in result.stdout and "results/tiny/train/stage4/final.safetensors" in result.stdout
+    assert "results/tiny/report.html" in result.stdout
+    assert "results/tiny/train/stage4/final.safetensors" in result.stdout
 
 
 def test_the_slurm_profile_plans_after_make_profiles(tmp_path):
@@ -33,8 +34,8 @@ def test_the_slurm_profile_plans_after_make_profiles(tmp_path):
     assert setup.returncode == 0, setup.stderr
     assert (tmp_path / "config" / "snakemake" / "slurm").resolve() == REPO / "profiles" / "slurm"
     assert typed("make", "profiles", env=xdg).returncode == 0  # again: the link is replaced, not nested
-    result = typed(SNAKEMAKE, "--profile", "slurm", "--configfile", "config/tiny.yaml", "-n", "-d", str(tmp_path / "run"),
-                   env=xdg)
+    result = typed(SNAKEMAKE, "--profile", "slurm", "--configfile", "config/tiny.yaml", "-n", "-d",
+                   str(tmp_path / "run"), env=xdg)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Using profiles slurm and workflow specific profile profiles/default" in result.stderr
     assert "Job stats" in result.stdout and "rule train:" in result.stdout

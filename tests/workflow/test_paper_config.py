@@ -46,7 +46,8 @@ def test_each_kind_of_job_takes_its_partition_and_account(tmp_path):
     result = dry_run(tmp_path, config)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = job_resources(result.stdout)
-    for local in ("train", "all"):  # a localrule (its job is submitit's, below) and the target: no sbatch job
+    # the stages are localrules (each job is submitit's, below) and `all` a target: no sbatch job
+    for local in ("train", "train_with_ema", "all"):
         assert not any("slurm_" in line for line in jobs.pop(local)), local
     for rule, lines in jobs.items():
         expected = "slurm_partition=gpus" if rule == "precompute" else "slurm_partition=cpus"

@@ -1,5 +1,5 @@
 """The workflow's config checks, quoting, job sizes and rerun triggers: microdit.workflow directly, and Snakemake dry
-runs (seconds each) over a stand-in `microdit` that only creates each command's outputs."""
+runs (seconds each) over a stand-in `microdit` that only creates each command's outputs (conftest.py)."""
 import argparse
 import os
 import re
@@ -17,32 +17,6 @@ from microdit.workflow import (GENEVAL_PROMPTS, RULE_NAMES, cli_options, config_
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = str(REPO / "config" / "schema.yaml")
-
-# creates what each command declares, nothing else: enough for Snakemake to see a finished run
-FAKE_MICRODIT = r'''#!/usr/bin/env python3
-import json, os, sys
-command, args = sys.argv[1], sys.argv[2:]
-def value(option):
-    return args[args.index(option) + 1]
-def write(path):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    open(path, "w").write(" ".join(sys.argv))
-if command in ("convert", "train-vae"):
-    os.makedirs(value("--out"), exist_ok=True)
-elif command == "download":
-    write(value("--summary"))
-elif command == "precompute":
-    write(os.path.join(value("--out"), "index.json"))
-elif command in ("generate", "geneval-generate"):
-    write(os.path.join(value("--out"), "generation.json"))
-elif command == "train":
-    folder = json.loads(next(a for a in args if a.startswith("out_dir=")).partition("=")[2])
-    for name in ("final.safetensors", "train_stats.json", "stage.yaml"):
-        write(os.path.join(folder, name))
-else:
-    write(value("--out"))
-'''
-
 
 def load(name: str) -> dict:
     return yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())
@@ -264,7 +238,7 @@ def test_a_malicious_option_key_stops_the_workflow_before_any_job(tmp_path):
 # ------------------------------------------------------------------------------------------ rules and jobs
 def test_rule_names_are_the_workflows():
     declared = {m.group(1) for path in [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
-                for m in re.finditer(r"^rule (\w+):", path.read_text(), re.MULTILINE)}
+                for m in re.finditer(r"^(?:rule|use rule \w+ as) (\w+)(?::| with:)", path.read_text(), re.MULTILINE)}
     assert declared == RULE_NAMES
 
 
@@ -289,7 +263,7 @@ def test_commands_follow_chain_vae_channels_gpus_and_pixel_cap(tmp_path):
     precomputes = shell_commands(result.stdout, "precompute")  # the training set and the held-out one
     assert len(precomputes) == 2 and all("--processes 2" in command for command in precomputes)
     counts = job_counts(result.stdout)
-    assert counts["train"] == 4
+    assert (counts["train"], counts["train_with_ema"]) == (2, 2)  # the tiny preset's stages 3 and 4 keep an EMA
     converts = shell_commands(result.stdout, "convert")
     assert sorted("--max-pixels 4000000" in command for command in converts) == [False, True]
 
@@ -341,17 +315,9 @@ def test_geneval_prompt_count_is_the_evaluators():
 
 
 # -------------------------------------------------------------------------------------------- rerun triggers
-def stand_in_microdit(folder: Path) -> Path:
-    """A folder holding FAKE_MICRODIT as `microdit`, to put first on PATH."""
-    folder.mkdir()
-    (folder / "microdit").write_text(FAKE_MICRODIT)
-    (folder / "microdit").chmod(0o755)
-    return folder
-
-
 @pytest.mark.slow  # a stand-in run of the whole tiny DAG (~15 s)
-def test_config_changes_rerun_the_rules_that_use_them(tmp_path):
-    fake = stand_in_microdit(tmp_path / "bin")
+def test_config_changes_rerun_the_rules_that_use_them(tmp_path, stand_in_microdit):
+    fake = stand_in_microdit
     config = load("tiny")
     config["vae"] = {"latent_channels": 4, "name": str(tmp_path / "vae_a")}
     base = write_config(tmp_path / "base.yaml", config)
@@ -376,8 +342,24 @@ def test_config_changes_rerun_the_rules_that_use_them(tmp_path):
 
 
 @pytest.mark.slow  # a stand-in run of the whole tiny DAG (~15 s)
-def test_a_stage_reruns_for_what_decides_its_weights_only(tmp_path):
-    fake = stand_in_microdit(tmp_path / "bin")
+def test_a_deleted_export_reruns_the_stage_job_that_declares_it(tmp_path, stand_in_microdit):
+    base = write_config(tmp_path / "base.yaml", load("tiny"))
+    workdir = tmp_path / "run"
+    assert snakemake(workdir, "--cores", "2", "--configfile", base, fake=stand_in_microdit).returncode == 0
+    (workdir / "results" / "tiny" / "train" / "stage4" / "ema.safetensors").unlink()
+    # its stage's job exports it again from its last checkpoint, training nothing (tests/train), when the stage is
+    # asked for or when a job that reads it runs: here the evaluation, after a change of its settings
+    result = snakemake(workdir, "stage4", "-n", "--cores", "2", "--configfile", base, fake=stand_in_microdit)
+    assert job_counts(result.stdout) == {"train_with_ema": 1, "stage4": 1} and "stage=stage4" in result.stdout
+    steps = write_config(tmp_path / "steps.yaml", {"eval": {"steps": 10}})
+    result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base, steps, fake=stand_in_microdit)
+    assert job_counts(result.stdout) == {"train_with_ema": 1, "stage_samples": 1, "generate_eval_samples": 1,
+                                         "fid": 1, "report": 1, "all": 1}
+
+
+@pytest.mark.slow  # a stand-in run of the whole tiny DAG (~15 s)
+def test_a_stage_reruns_for_what_decides_its_weights_only(tmp_path, stand_in_microdit):
+    fake = stand_in_microdit
     config = load("tiny")
     stage_yaml = tmp_path / "stage2.yaml"
     stage_yaml.write_text((REPO / config["stages"]["stage2"]["config"]).read_text())
@@ -400,10 +382,13 @@ def test_a_stage_reruns_for_what_decides_its_weights_only(tmp_path):
     # what decides the weights: stage 2 and the stages chained after it, nothing before it
     stage_yaml.write_text(yaml.safe_dump({**settings, "seed": 7}))
     counts = job_counts(plan())
-    assert counts["train"] == 3 and "precompute" not in counts and counts["report"] == 1
+    assert (counts["train"], counts["train_with_ema"]) == (1, 2)
+    assert "precompute" not in counts and counts["report"] == 1
     stage_yaml.write_text(yaml.safe_dump(settings))
     output = plan({"stages": {"stage2": {"set": {"optim.lr": 1e-5}}}})
-    assert job_counts(output)["train"] == 3 and "stage=stage2" in output and "stage=stage1" not in output
+    counts = job_counts(output)
+    assert (counts["train"], counts["train_with_ema"]) == (1, 2)
+    assert "stage=stage2" in output and "stage=stage1" not in output
 
 
 # --------------------------------------------------------------------------------------------- tiny VAE
