@@ -59,6 +59,17 @@ def keeps_ema(stage: str) -> bool:
     return stage_has_ema(stage_yaml(stage), config["stages"][stage].get("set", {}))
 
 
+# what a stage's train job exports (train_with_ema: and ema.safetensors)
+TRAIN_OUTPUTS = {name: f"{RUN}/train/{{stage}}/{file}" for name, file in (
+    ("final", "final.safetensors"), ("stats", "train_stats.json"), ("config", "stage.yaml"),
+    ("metrics", "metrics.jsonl"))}
+
+
+def stage_exports(stage: str) -> list[str]:
+    return [path.format(stage=stage) for path in TRAIN_OUTPUTS.values()] + (
+        [f"{stage_dir(stage)}/ema.safetensors"] if keeps_ema(stage) else [])
+
+
 def previous_stage(stage: str):
     index = STAGES.index(stage)
     return STAGES[index - 1] if index > 0 and config["stages"][stage].get("chain", True) else None

@@ -10,17 +10,8 @@
 # the checkpoints without training (the held-out loss decides no weights), and what follows from the exports.
 # Every export is a declared output: a deleted one reruns the job, which exports it again from the last checkpoint.
 # The metrics log grows in checkpoints/ (Snakemake removes outputs before a rerun); metrics.jsonl is its export.
-# A stage that keeps an EMA (its YAML or `set`) also exports ema.safetensors: rule train_with_ema.
-TRAIN_OUTPUTS = {name: f"{RUN}/train/{{stage}}/{file}" for name, file in (
-    ("final", "final.safetensors"), ("stats", "train_stats.json"), ("config", "stage.yaml"),
-    ("metrics", "metrics.jsonl"))}
-
-
-def stage_exports(stage: str) -> list[str]:
-    return [path.format(stage=stage) for path in TRAIN_OUTPUTS.values()] + (
-        [f"{stage_dir(stage)}/ema.safetensors"] if keeps_ema(stage) else [])
-
-
+# A stage that keeps an EMA (its YAML or `set`) also exports ema.safetensors: rule train_with_ema. (TRAIN_OUTPUTS:
+# rules/common.smk)
 rule train:
     input:
         base=lambda w: ancient(stage_yaml(w.stage)),
