@@ -18,8 +18,8 @@ from microdit.train.cosmetic import weight_settings
 # name with an error that does not point at the config (tests/workflow checks this list against the rule files).
 RULE_NAMES = frozenset({
     "all", "eval", "data", "download", "convert", "train_vae", "precompute", "train", "train_with_ema",
-    "stage_samples", "eval_captions", "fid_reference_stats", "generate_eval_samples", "fid", "geneval_metadata",
-    "geneval_generate", "geneval_score", "geneval_summary", "report"})
+    "stage_samples", "eval_captions", "fid_reference_stats", "generate_eval_samples", "merge_samples", "fid",
+    "geneval_metadata", "geneval_generate", "geneval_score", "geneval_summary", "report"})
 
 # results/<run>/data/downloads/<download>/ sits beside results/<run>/data/<dataset>/: a dataset of this name would
 # share its folder with the downloads
@@ -53,7 +53,7 @@ def one_of(names) -> str:
 def wildcard_patterns(config: dict) -> dict[str, str]:
     """Each rule wildcard's regular expression: exactly the config's names of that kind."""
     return {"stage": one_of(config["stages"]), "download": one_of(config["downloads"]),
-            "dataset": one_of(config["datasets"])}
+            "dataset": one_of(config["datasets"]), "part": one_of(map(str, range(config["eval"].get("parts", 1))))}
 
 
 def resolve_path(path: str, basedir: str) -> str:
@@ -145,6 +145,10 @@ def config_errors(config: dict, basedir: str) -> list[str]:
             errors.append(f"stages.{name}.config: {spec['config']}: {problem}")
     if "validation" in config and config["validation"]["dataset"] not in datasets:
         errors.append(_unknown("validation.dataset", config["validation"]["dataset"], datasets, "a key of datasets"))
+    batches = -(-config["eval"]["num_captions"] // config["eval"]["batch_size"])
+    if config["eval"].get("parts", 1) > batches:
+        errors.append(f"eval.parts: {config['eval']['parts']} parts of {batches} batches (num_captions / batch_size): "
+                      f"each part draws whole batches (expected at most {batches})")
     evaluated = config["eval"]["stage"]
     if evaluated not in stages:
         errors.append(_unknown("eval.stage", evaluated, stages, "a key of stages"))

@@ -128,6 +128,10 @@ def stage_overrides(stage: str) -> dict:
 
 # ----------------------------------------------------------------------------------------- evaluation, report
 EVAL = f"{RUN}/eval"
+EVAL_PARTS = config["eval"].get("parts", 1)
+# the folder of all the images each evaluation scores (merge_samples) -> the folder of the parts' folders (never
+# under it: the Fréchet distance reads every image below its folder)
+SAMPLE_PARTS = {"samples": "sample_parts", "geneval/images": "geneval/image_parts"}
 GENEVAL_PER_PROMPT = config["eval"].get("geneval", {}).get("images_per_prompt", 4)
 
 

@@ -55,32 +55,59 @@ rule fid_reference_stats:
         " --out {output:q} {params.features} > {log:q} 2>&1"
 
 
+# The images are drawn in `eval.parts` jobs, each a range of whole batches into its own folder (image i is seeded by
+# i alone: the split changes no image), which merge_samples joins into one folder for FID and GenEval.
 rule generate_eval_samples:
     input:
         checkpoint=evaluated_weights(),
         captions=f"{EVAL}/captions.jsonl",
         vae=vae_input(),
     output:
-        manifest=f"{EVAL}/samples/generation.json",
+        manifest=f"{EVAL}/{SAMPLE_PARTS['samples']}/{{part}}/generation.json",
     params:
         out=lambda w, output: os.path.dirname(output.manifest),
         sampling=sampling_options,
+        parts=EVAL_PARTS,
     log:
-        f"{RUN}/logs/eval/generate.log",
+        f"{RUN}/logs/eval/generate/{{part}}.log",
     benchmark:
-        f"{RUN}/benchmarks/eval/generate.tsv"
+        f"{RUN}/benchmarks/eval/generate/{{part}}.tsv"
     threads: 4 if EVAL_GPUS else 2
     resources:
         gpu=EVAL_GPUS,
         mem_mb=32000 if EVAL_GPUS else 4000,
-        runtime=generation_minutes(config["eval"]["num_captions"], config["eval"]["steps"],
+        runtime=generation_minutes(-(-config["eval"]["num_captions"] // EVAL_PARTS), config["eval"]["steps"],
                                    config["eval"]["resolution"]),
         **placement(EVAL_GPUS),
     conda:
         "../envs/microdit.yaml"
     shell:
         "microdit generate --captions {input.captions:q} --out {params.out:q} --checkpoint {input.checkpoint:q}"
-        " {params.sampling} > {log:q} 2>&1"
+        " --part {wildcards.part} --parts {params.parts} {params.sampling} > {log:q} 2>&1"
+
+
+rule merge_samples:
+    input:
+        lambda w: expand(f"{EVAL}/{SAMPLE_PARTS[w.images]}/{{part}}/generation.json", part=range(EVAL_PARTS)),
+    output:
+        manifest=f"{EVAL}/{{images}}/generation.json",
+    wildcard_constraints:
+        images=one_of(SAMPLE_PARTS),
+    params:
+        parts=lambda w, input: " ".join(f"--part {shlex.quote(os.path.dirname(path))}" for path in input),
+        out=lambda w, output: os.path.dirname(output.manifest),
+    log:
+        f"{RUN}/logs/eval/merge/{{images}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/merge/{{images}}.tsv"
+    resources:
+        mem_mb=1000,
+        runtime=30,
+        **placement(),
+    conda:
+        "../envs/microdit.yaml"
+    shell:
+        "microdit merge-samples {params.parts} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule fid:
@@ -132,27 +159,29 @@ rule geneval_generate:
         metadata=f"{EVAL}/geneval/evaluation_metadata.jsonl",
         vae=vae_input(),
     output:
-        manifest=f"{EVAL}/geneval/images/generation.json",
+        manifest=f"{EVAL}/{SAMPLE_PARTS['geneval/images']}/{{part}}/generation.json",
     params:
         out=lambda w, output: os.path.dirname(output.manifest),
         sampling=sampling_options,
         per_prompt=GENEVAL_PER_PROMPT,
+        parts=EVAL_PARTS,
     log:
-        f"{RUN}/logs/eval/geneval_generate.log",
+        f"{RUN}/logs/eval/geneval_generate/{{part}}.log",
     benchmark:
-        f"{RUN}/benchmarks/eval/geneval_generate.tsv"
+        f"{RUN}/benchmarks/eval/geneval_generate/{{part}}.tsv"
     threads: 4 if EVAL_GPUS else 2
     resources:
         gpu=EVAL_GPUS,
         mem_mb=32000 if EVAL_GPUS else 4000,
-        runtime=generation_minutes(GENEVAL_PROMPTS * GENEVAL_PER_PROMPT, config["eval"]["steps"],
+        runtime=generation_minutes(-(-GENEVAL_PROMPTS * GENEVAL_PER_PROMPT // EVAL_PARTS), config["eval"]["steps"],
                                    config["eval"]["resolution"]),
         **placement(EVAL_GPUS),
     conda:
         "../envs/microdit.yaml"
     shell:
         "microdit geneval-generate --metadata {input.metadata:q} --out {params.out:q} --checkpoint {input.checkpoint:q}"
-        " --images-per-prompt {params.per_prompt} {params.sampling} > {log:q} 2>&1"
+        " --images-per-prompt {params.per_prompt} --part {wildcards.part} --parts {params.parts} {params.sampling}"
+        " > {log:q} 2>&1"
 
 
 # GenEval's detector (mmdet 2.x, old torch) cannot share microdit's environment: the rule only works with conda

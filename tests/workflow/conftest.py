@@ -22,7 +22,7 @@ elif command == "download":
     write(value("--summary"))
 elif command == "precompute":
     write(os.path.join(value("--out"), "index.json"))
-elif command in ("generate", "geneval-generate"):
+elif command in ("generate", "geneval-generate", "merge-samples"):
     write(os.path.join(value("--out"), "generation.json"))
 elif command == "train":
     folder = json.loads(next(a for a in args if a.startswith("out_dir=")).partition("=")[2])

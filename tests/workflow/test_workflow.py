@@ -29,14 +29,15 @@ def test_paper_dag_dry_runs_with_every_rule(tmp_path, paper_filled):
     out = snakemake("-n", "-p", "--configfile", str(REPO / "config" / "paper.yaml"), str(paper_filled), "--cores", "1",
                     cwd=tmp_path).stdout
     sampling = [line for line in out.splitlines() if "microdit generate" in line or "microdit geneval-gen" in line]
-    assert len(sampling) == 2 and all("--compile blocks" in line for line in sampling)  # measured 1.9x at 512 px
+    # eval.parts: 8 jobs each for FID-30K's and GenEval's images; compiled: measured 1.9x at 512 px
+    assert len(sampling) == 16 and all("--compile blocks" in line and "--parts 8" in line for line in sampling)
     table = out[out.index("Job stats"):].split("\n\n")[0].splitlines()[3:]
     counts = {rule: int(n) for rule, n in (line.split() for line in table) if rule != "total"}
     # 6 downloads (5 training sets + COCO), 7 converted datasets (cc12m twice: all and min-res-512; COCO), 4 stages
     # (3 and 4 keep an EMA); COCO's latents are the held-out loss's
     assert counts == {"download": 6, "convert": 7, "precompute": 7, "train": 2, "train_with_ema": 2,
-                      "stage_samples": 4, "eval_captions": 1, "fid_reference_stats": 1, "generate_eval_samples": 1,
-                      "fid": 1, "geneval_metadata": 1, "geneval_generate": 1, "geneval_score": 1,
+                      "stage_samples": 4, "eval_captions": 1, "fid_reference_stats": 1, "generate_eval_samples": 8,
+                      "merge_samples": 2, "fid": 1, "geneval_metadata": 1, "geneval_generate": 8, "geneval_score": 1,
                       "geneval_summary": 1, "report": 1, "all": 1}
 
 

@@ -81,6 +81,7 @@ BROKEN = {
     "datasets.downloads": lambda c: c["datasets"].update(downloads=c["datasets"]["synthetic"]),
     "validation.dataset": lambda c: c["validation"].update(dataset="nosuch"),
     "eval.weights": lambda c: c["stages"]["stage4"].update(set={"ema": None}),  # ema asked of a stage without one
+    "eval.parts": lambda c: c["eval"].update(parts=5),  # 128 captions in 4 batches of 32
 }
 
 
@@ -328,7 +329,8 @@ def test_config_changes_rerun_the_rules_that_use_them(tmp_path, stand_in_microdi
 
     steps = write_config(tmp_path / "steps.yaml", {"eval": {"steps": 10}})
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base, steps, fake=fake)
-    assert job_counts(result.stdout) == {"generate_eval_samples": 1, "fid": 1, "report": 1, "all": 1}
+    assert job_counts(result.stdout) == {"generate_eval_samples": 1, "merge_samples": 1, "fid": 1, "report": 1,
+                                         "all": 1}
 
     vae = write_config(tmp_path / "vae.yaml", {"vae": {"name": str(tmp_path / "vae_b")}})
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base, vae, fake=fake)
@@ -354,7 +356,7 @@ def test_a_deleted_export_reruns_the_stage_job_that_declares_it(tmp_path, stand_
     steps = write_config(tmp_path / "steps.yaml", {"eval": {"steps": 10}})
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base, steps, fake=stand_in_microdit)
     assert job_counts(result.stdout) == {"train_with_ema": 1, "stage_samples": 1, "generate_eval_samples": 1,
-                                         "fid": 1, "report": 1, "all": 1}
+                                         "merge_samples": 1, "fid": 1, "report": 1, "all": 1}
 
 
 @pytest.mark.slow  # a stand-in run of the whole tiny DAG (~15 s)
