@@ -2,11 +2,9 @@
 `merge-samples` joins them, and the images and scores are those of one job, byte for byte. Through the `microdit`
 entry point on the tiny preset's models (its VAE, MiniLM, MicroDiT_Nano_2), offline on the CPU."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from microdit.cli import main
@@ -19,19 +17,6 @@ CAPTIONS = ["two blue circles", "a green triangle", "three red squares", "a yell
 
 def microdit(*argv) -> None:
     assert main([str(a) for a in argv]) == 0
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, tiny_vae_dir) -> Path:
-    from microdit.checkpoint import save_dit
-    from microdit.models.latent_diffusion import create_latent_diffusion
-
-    torch.manual_seed(0)
-    model = create_latent_diffusion(vae_name=str(tiny_vae_dir), text_encoder_name="minilm",
-                                    dit_arch="MicroDiT_Nano_2", latent_res=8, pos_interp_scale=0.5)
-    path = tmp_path_factory.mktemp("ckpt") / "ema.safetensors"
-    save_dit(model.dit, path, "MicroDiT_Nano_2", extra={"vae": str(tiny_vae_dir), "text_encoder": "minilm"})
-    return path
 
 
 def test_parts_are_runs_of_whole_batches_covering_every_image_once():
