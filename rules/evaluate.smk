@@ -56,7 +56,11 @@ rule fid_reference_stats:
 
 
 # The images are drawn in `eval.parts` jobs, each a range of whole batches into its own folder (image i is seeded by
-# i alone: the split changes no image), which merge_samples joins into one folder for FID and GenEval.
+# i alone: the split changes no image), which merge_samples joins into one folder for FID and GenEval. A job cut
+# short (time limit, preemption, a lost node) is retried and draws only the images still missing.
+GENERATION_RETRIES = 2
+
+
 rule generate_eval_samples:
     input:
         checkpoint=evaluated_weights(),
@@ -73,6 +77,7 @@ rule generate_eval_samples:
     benchmark:
         f"{RUN}/benchmarks/eval/generate/{{part}}.tsv"
     threads: 4 if EVAL_GPUS else 2
+    retries: GENERATION_RETRIES
     resources:
         gpu=EVAL_GPUS,
         mem_mb=32000 if EVAL_GPUS else 4000,
@@ -170,6 +175,7 @@ rule geneval_generate:
     benchmark:
         f"{RUN}/benchmarks/eval/geneval_generate/{{part}}.tsv"
     threads: 4 if EVAL_GPUS else 2
+    retries: GENERATION_RETRIES
     resources:
         gpu=EVAL_GPUS,
         mem_mb=32000 if EVAL_GPUS else 4000,
