@@ -159,7 +159,7 @@ def test_schema_errors_are_one_line_each_naming_the_key():
         "sample: unknown key (expected one of: datasets, downloads, eval, latents, launch, report, run, samples, "
         "seed, slurm, stages, text_encoder, vae, validation)",
         "eval.guidance: unknown key (expected one of: batch_size, caption_seed, compile, download, features, geneval, "
-        "gpus, guidance_scale, inception_weights, mode, num_captions, resolution, seed, stage, steps, weights)",
+        "gpus, guidance_scale, inception_weights, mode, num_captions, parts, resolution, seed, stage, steps, weights)",
         "latents.resolutions.1: 'x' is not of type 'integer'",
         "vae: expected exactly one form (with name or train)"]
 
