@@ -26,6 +26,7 @@ def test_bare_snakemake_plans_the_tiny_preset(tmp_path):
     assert "workflow specific profile profiles/default" in result.stderr
     assert "results/tiny/report.html" in result.stdout
     assert "results/tiny/train/stage4/final.safetensors" in result.stdout
+    assert "slurm_partition" not in result.stdout  # the tiny preset names no partition: the cluster's default
 
 
 def test_the_slurm_profile_plans_after_make_profiles(tmp_path):

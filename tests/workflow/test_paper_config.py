@@ -60,12 +60,6 @@ def test_each_kind_of_job_takes_its_partition_and_account(tmp_path):
     assert all('launch.partition="big-gpus"' in args and 'launch.account="lab-train"' in args for args in trains)
 
 
-def test_without_a_slurm_section_jobs_name_no_partition(tmp_path):
-    result = dry_run(tmp_path, load("tiny"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "slurm_partition" not in result.stdout and "launch.partition" not in result.stdout
-
-
 def test_partitions_have_one_place():
     config = load("tiny")
     config["launch"]["partition"] = "gpu"
