@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE := disabled
 
-.PHONY: install test demo clean-demo
+.PHONY: install test demo clean-demo profiles
 
 install: $(STAMP)
 
@@ -35,6 +35,14 @@ DEMO_ARGS := --profile profiles/local --configfile config/tiny.yaml
 demo: $(STAMP)
 	$(BIN)/microdit unlock-stale --snakemake $(BIN)/snakemake -- $(DEMO_ARGS)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake $(DEMO_ARGS)
+
+# `snakemake --profile slurm` finds a named profile in ./slurm, $XDG_CONFIG_HOME/snakemake/ (else ~/.config/snakemake/)
+# or /etc/xdg/snakemake/: link this checkout's there (a link: edits of profiles/slurm apply). -T refuses to replace
+# a profile folder of the user's own.
+SNAKEMAKE_PROFILES ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
+profiles:
+	mkdir -p "$(SNAKEMAKE_PROFILES)"
+	ln -sfnT "$(abspath profiles/slurm)" "$(SNAKEMAKE_PROFILES)/slurm"
 
 clean-demo:
 	rm -rf results/tiny

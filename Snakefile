@@ -1,21 +1,30 @@
 # microdit workflow: validate the config, include the rules, define the targets. All logic is in `microdit`.
-#   snakemake --profile profiles/local --configfile config/tiny.yaml          (make demo)
-#   snakemake --profile profiles/slurm --configfile config/paper.yaml         (the paper)
+#   snakemake -n                                                  (the tiny preset, from profiles/default)
+#   snakemake --profile profiles/local                            (make demo)
+#   snakemake --profile slurm --configfile config/paper.yaml      (the paper, after `make profiles`)
 import os
 
 from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
 
-from microdit.workflow import config_errors, schema_errors, stage_setting_errors
+from microdit.workflow import config_errors, schema_errors, stage_setting_errors, wildcard_patterns
 
+min_version("9.27")  # the workflow profile, the profile keys and the executor plugin as tested (envs/requirements.txt)
 
 if not config:
-    raise ValueError("no configuration: pass --configfile config/tiny.yaml or --configfile config/paper.yaml")
+    raise ValueError("no configuration: pass --configfile config/tiny.yaml or --configfile config/paper.yaml "
+                     "(profiles/default names the tiny preset when Snakemake runs in the checkout)")
 if errors := schema_errors(config, os.path.join(workflow.basedir, "config", "schema.yaml")):
     raise WorkflowError("invalid config:\n  " + "\n  ".join(errors))
 # the schema checks each section on its own; a name that points at a missing download, dataset or stage would
 # otherwise surface as a KeyError deep in the DAG, or not at all
 if errors := config_errors(config, workflow.basedir):
     raise WorkflowError("invalid config:\n  " + "\n  ".join(errors))
+
+
+# a wildcard takes only the config's names: a typo'd target meets no rule (Snakemake's own error), not a KeyError
+wildcard_constraints:
+    **wildcard_patterns(config),
 
 
 include: "rules/common.smk"
@@ -55,10 +64,10 @@ rule data:
         [f"{latents_dir(d)}/index.json" for d in LATENT_DATASETS],
 
 
-for _stage in STAGES:  # named targets: snakemake stage1 ... stage4
+for _stage in STAGES:  # named targets: snakemake stage1 ... stage4, with every export (a missing one is re-exported)
 
     rule:
         name:
             _stage
         input:
-            f"{stage_dir(_stage)}/final.safetensors",
+            stage_exports(_stage),

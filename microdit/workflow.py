@@ -6,6 +6,7 @@ PyYAML (Snakemake's own dependency).
 """
 import math
 import os
+import re
 import shlex
 
 import yaml
@@ -16,9 +17,12 @@ from microdit.train.cosmetic import weight_settings
 # The workflow's own rule names: a stage becomes a target rule of its name, and Snakemake refuses two rules of one
 # name with an error that does not point at the config (tests/workflow checks this list against the rule files).
 RULE_NAMES = frozenset({
-    "all", "eval", "data", "download", "convert", "merge_parts", "train_vae", "precompute", "train",
-    "stage_samples", "eval_captions", "fid_reference_stats", "generate_eval_samples", "fid", "geneval_metadata",
-    "geneval_generate", "geneval_score", "geneval_summary", "report"})
+    "all", "eval", "data", "download", "convert", "merge_parts", "train_vae", "precompute", "train", "train_with_ema",
+    "stage_samples", "eval_captions", "fid_reference_stats", "generate_eval_samples", "merge_samples", "fid",
+    "geneval_metadata", "geneval_generate", "geneval_score", "geneval_summary", "report"})
+
+# config/paper.yaml marks what each user must fill in (a path, a partition) as "<what it is>"
+PLACEHOLDER = re.compile(r"^<.*>$", re.DOTALL)
 
 TINY_VAE_DOWNSAMPLE = 4  # microdit.tiny_vae.build_tiny_vae's three levels (imported here without torch)
 
@@ -34,6 +38,18 @@ def cli_options(options: dict) -> str:
     """{'num-samples': 64} -> "--num-samples 64", option and value shell-quoted (config strings never reach the
     shell raw, keys included)."""
     return " ".join(f"{shlex.quote(f'--{key}')} {shlex.quote(str(value))}" for key, value in options.items())
+
+
+def one_of(names) -> str:
+    """A wildcard's regular expression matching exactly these names (none: nothing)."""
+    # the longest first: a name that is another's prefix must not win the match
+    return "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True)) or "(?!)"
+
+
+def wildcard_patterns(config: dict) -> dict[str, str]:
+    """The stage wildcard's regular expression: exactly the config's stage names (the data rules' wildcards are the
+    store's keys: rules/common.smk)."""
+    return {"stage": one_of(config["stages"])}
 
 
 def resolve_path(path: str, basedir: str) -> str:
@@ -80,10 +96,20 @@ def _unknown(key: str, value, known, what: str) -> str:
     return f"{key}: {value!r} is not {what} (expected one of: {', '.join(sorted(known)) or 'none defined'})"
 
 
+def placeholders(value, where: str = "") -> list[tuple[str, str]]:
+    """(dotted key, value) of each "<...>" value left in a config (or any part of one)."""
+    if isinstance(value, dict):
+        return [found for name, item in value.items() for found in placeholders(item, f"{where}.{name}".lstrip("."))]
+    if isinstance(value, list):
+        return [found for i, item in enumerate(value) for found in placeholders(item, f"{where}.{i}")]
+    return [(where, value)] if isinstance(value, str) and PLACEHOLDER.match(value) else []
+
+
 def config_errors(config: dict, basedir: str) -> list[str]:
-    """What is wrong with a schema-valid config's references between its sections, one message per problem, each
-    naming the key and what it expected. Stage config files are looked up as `resolve_path` does."""
-    errors = []
+    """What is wrong with a schema-valid config: placeholders left unedited, and its references between its sections,
+    one message per problem, each naming the key and what it expected. Stage config files are looked up as
+    `resolve_path` does."""
+    errors = [f"{key}: {value} is a placeholder (expected your own value)" for key, value in placeholders(config)]
     downloads, datasets, stages = config["downloads"], config["datasets"], config["stages"]
     for name, spec in datasets.items():
         if spec["download"] not in downloads:
@@ -116,6 +142,10 @@ def config_errors(config: dict, basedir: str) -> list[str]:
             errors.append(f"stages.{name}.config: {spec['config']}: {problem}")
     if "validation" in config and config["validation"]["dataset"] not in datasets:
         errors.append(_unknown("validation.dataset", config["validation"]["dataset"], datasets, "a key of datasets"))
+    batches = -(-config["eval"]["num_captions"] // config["eval"]["batch_size"])
+    if config["eval"].get("parts", 1) > batches:
+        errors.append(f"eval.parts: {config['eval']['parts']} parts of {batches} batches (num_captions / batch_size): "
+                      f"each part draws whole batches (expected at most {batches})")
     evaluated = config["eval"]["stage"]
     if evaluated not in stages:
         errors.append(_unknown("eval.stage", evaluated, stages, "a key of stages"))
@@ -129,6 +159,13 @@ def config_errors(config: dict, basedir: str) -> list[str]:
             errors.append(f"eval.weights: ema, but stage {evaluated} keeps no EMA (no ema section in its stage YAML "
                           f"or set; expected raw)")
     return errors
+
+
+def slurm_placement(config: dict, kind: str) -> dict:
+    """The SLURM partition (and account) of a kind of job (`slurm.cpu`, `slurm.gpu`, `slurm.train`), as the executor
+    plugin's resources; empty where the config names none (the cluster's default partition, the user's account)."""
+    spec = config.get("slurm", {}).get(kind, {})
+    return {f"slurm_{key}": spec[key] for key in ("partition", "account") if key in spec}
 
 
 def download_threads(spec: dict) -> int:

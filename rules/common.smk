@@ -9,16 +9,13 @@ import shlex
 from microdit.hub import pinned_name
 from microdit.store import Store
 from microdit.workflow import (GENEVAL_PROMPTS, cli_options, download_threads, generation_minutes, model_settings,
-                               own_sample_captions, part_minutes, resolve_path, stage_weights)
+                               one_of, own_sample_captions, part_minutes, resolve_path, slurm_placement,
+                               stage_has_ema, stage_weights)
 
 RUN = f"results/{config['run']}"  # what this run owns: training, samples, evaluation, report
 STORE = Store(config)  # the data it reads, shared with every run of the same data settings
 STAGES = list(config["stages"])
 DATA_RETRIES = 2  # a data part resumes where it stopped, so a retry after a time limit or a lost node continues it
-
-
-def one_of(keys) -> str:
-    return "|".join(map(re.escape, keys))
 
 
 # a store path of a key this config does not make is no target (Snakemake's missing-rule error), not a lookup error
@@ -34,6 +31,11 @@ wildcard_constraints:
 def set_options(overrides: dict) -> str:
     """Stage-config overrides as quoted `--set key=<json>` arguments."""
     return " ".join(f"--set {shlex.quote(f'{key}={json.dumps(value)}')}" for key, value in overrides.items())
+
+
+def placement(gpus: int = 0) -> dict:
+    """Partition and account of a job (resources of the SLURM executor): `slurm.gpu`'s when it asks for a GPU."""
+    return slurm_placement(config, "gpu" if gpus else "cpu")
 
 
 def workflow_path(path: str) -> str:
@@ -88,6 +90,21 @@ def stage_dir(stage: str) -> str:
     return f"{RUN}/train/{stage}"
 
 
+def keeps_ema(stage: str) -> bool:
+    return stage_has_ema(stage_yaml(stage), config["stages"][stage].get("set", {}))
+
+
+# what a stage's train job exports (train_with_ema: and ema.safetensors)
+TRAIN_OUTPUTS = {name: f"{RUN}/train/{{stage}}/{file}" for name, file in (
+    ("final", "final.safetensors"), ("stats", "train_stats.json"), ("config", "stage.yaml"),
+    ("metrics", "metrics.jsonl"))}
+
+
+def stage_exports(stage: str) -> list[str]:
+    return [path.format(stage=stage) for path in TRAIN_OUTPUTS.values()] + (
+        [f"{stage_dir(stage)}/ema.safetensors"] if keeps_ema(stage) else [])
+
+
 def previous_stage(stage: str):
     index = STAGES.index(stage)
     return STAGES[index - 1] if index > 0 and config["stages"][stage].get("chain", True) else None
@@ -137,18 +154,23 @@ def stage_overrides(stage: str) -> dict:
         own = any(key == "init" or key.startswith("init.") for key in spec.get("set", {}))
         overrides["init"] = {} if own else None
     overrides.update({f"launch.{key}": value for key, value in config.get("launch", {}).items()})
+    overrides.update({f"launch.{key}": value for key, value in config.get("slurm", {}).get("train", {}).items()})
     overrides.update(spec.get("set", {}))
     return overrides
 
 
 # ----------------------------------------------------------------------------------------- evaluation, report
 EVAL = f"{RUN}/eval"
+EVAL_PARTS = config["eval"].get("parts", 1)
+# the folder of all the images each evaluation scores (merge_samples) -> the folder of the parts' folders (never
+# under it: the Fréchet distance reads every image below its folder)
+SAMPLE_PARTS = {"samples": "sample_parts", "geneval/images": "geneval/image_parts"}
 GENEVAL_PER_PROMPT = config["eval"].get("geneval", {}).get("images_per_prompt", 4)
 
 
 def evaluated_weights() -> str:
-    """The evaluated stage's export that is sampled (`eval.weights`): final (raw) or ema. Both come out of the stage's
-    train job, whose declared output final.safetensors is the evaluation's input."""
+    """The evaluated stage's export that is sampled (`eval.weights`): final (raw) or ema, both declared outputs of
+    the stage's train job."""
     name = "ema" if config["eval"].get("weights", "raw") == "ema" else "final"
     return f"{stage_dir(config['eval']['stage'])}/{name}.safetensors"
 

@@ -24,6 +24,7 @@ rule convert:
         mem_mb=lambda w: 2000 if synthetic_dataset(STORE.dataset_with_mds(w.mds)) else 16000,
         runtime=lambda w: part_minutes(30 if synthetic_dataset(STORE.dataset_with_mds(w.mds)) else 1440,
                                        int(w.parts)),
+        **placement(),
     conda:
         "../envs/microdit.yaml"
     shell:

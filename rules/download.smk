@@ -19,6 +19,7 @@ rule download:
         mem_mb=lambda w: 2000 if synthetic_download(STORE.download_named(w.download)) else 16000,
         runtime=lambda w: part_minutes(60 if synthetic_download(STORE.download_named(w.download)) else 2880,
                                        int(w.parts)),
+        **placement(),
     conda:
         "../envs/microdit.yaml"
     shell:

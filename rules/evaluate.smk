@@ -20,6 +20,7 @@ rule eval_captions:
     resources:
         mem_mb=4000,
         runtime=30,
+        **placement(),
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -46,6 +47,7 @@ rule fid_reference_stats:
         gpu=EVAL_GPUS,
         mem_mb=16000 if EVAL_GPUS else 4000,
         runtime=60,
+        **placement(EVAL_GPUS),
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -53,32 +55,64 @@ rule fid_reference_stats:
         " --out {output:q} {params.features} > {log:q} 2>&1"
 
 
+# The images are drawn in `eval.parts` jobs, each a range of whole batches into its own folder (image i is seeded by
+# i alone: the split changes no image), which merge_samples joins into one folder for FID and GenEval. A job cut
+# short (time limit, preemption, a lost node) is retried and draws only the images still missing.
+GENERATION_RETRIES = 2
+
+
 rule generate_eval_samples:
     input:
-        checkpoint=f"{RUN}/train/{config['eval']['stage']}/final.safetensors",
+        checkpoint=evaluated_weights(),
         captions=f"{EVAL}/captions.jsonl",
         vae=vae_input(),
     output:
-        manifest=f"{EVAL}/samples/generation.json",
+        manifest=f"{EVAL}/{SAMPLE_PARTS['samples']}/{{part}}/generation.json",
     params:
         out=lambda w, output: os.path.dirname(output.manifest),
-        weights=evaluated_weights(),
         sampling=sampling_options,
+        parts=EVAL_PARTS,
     log:
-        f"{RUN}/logs/eval/generate.log",
+        f"{RUN}/logs/eval/generate/{{part}}.log",
     benchmark:
-        f"{RUN}/benchmarks/eval/generate.tsv"
+        f"{RUN}/benchmarks/eval/generate/{{part}}.tsv"
     threads: 4 if EVAL_GPUS else 2
+    retries: GENERATION_RETRIES
     resources:
         gpu=EVAL_GPUS,
         mem_mb=32000 if EVAL_GPUS else 4000,
-        runtime=generation_minutes(config["eval"]["num_captions"], config["eval"]["steps"],
+        runtime=generation_minutes(-(-config["eval"]["num_captions"] // EVAL_PARTS), config["eval"]["steps"],
                                    config["eval"]["resolution"]),
+        **placement(EVAL_GPUS),
     conda:
         "../envs/microdit.yaml"
     shell:
-        "microdit generate --captions {input.captions:q} --out {params.out:q} --checkpoint {params.weights:q}"
-        " {params.sampling} > {log:q} 2>&1"
+        "microdit generate --captions {input.captions:q} --out {params.out:q} --checkpoint {input.checkpoint:q}"
+        " --part {wildcards.part} --parts {params.parts} {params.sampling} > {log:q} 2>&1"
+
+
+rule merge_samples:
+    input:
+        lambda w: expand(f"{EVAL}/{SAMPLE_PARTS[w.images]}/{{part}}/generation.json", part=range(EVAL_PARTS)),
+    output:
+        manifest=f"{EVAL}/{{images}}/generation.json",
+    wildcard_constraints:
+        images=one_of(SAMPLE_PARTS),
+    params:
+        parts=lambda w, input: " ".join(f"--part {shlex.quote(os.path.dirname(path))}" for path in input),
+        out=lambda w, output: os.path.dirname(output.manifest),
+    log:
+        f"{RUN}/logs/eval/merge/{{images}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/merge/{{images}}.tsv"
+    resources:
+        mem_mb=1000,
+        runtime=30,
+        **placement(),
+    conda:
+        "../envs/microdit.yaml"
+    shell:
+        "microdit merge-samples {params.parts} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule fid:
@@ -99,6 +133,7 @@ rule fid:
         gpu=EVAL_GPUS,
         mem_mb=16000 if EVAL_GPUS else 4000,
         runtime=60,
+        **placement(EVAL_GPUS),
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -116,6 +151,7 @@ rule geneval_metadata:
     resources:
         mem_mb=1000,
         runtime=10,
+        **placement(),
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -124,31 +160,34 @@ rule geneval_metadata:
 
 rule geneval_generate:
     input:
-        checkpoint=f"{RUN}/train/{config['eval']['stage']}/final.safetensors",
+        checkpoint=evaluated_weights(),
         metadata=f"{EVAL}/geneval/evaluation_metadata.jsonl",
         vae=vae_input(),
     output:
-        manifest=f"{EVAL}/geneval/images/generation.json",
+        manifest=f"{EVAL}/{SAMPLE_PARTS['geneval/images']}/{{part}}/generation.json",
     params:
         out=lambda w, output: os.path.dirname(output.manifest),
-        weights=evaluated_weights(),
         sampling=sampling_options,
         per_prompt=GENEVAL_PER_PROMPT,
+        parts=EVAL_PARTS,
     log:
-        f"{RUN}/logs/eval/geneval_generate.log",
+        f"{RUN}/logs/eval/geneval_generate/{{part}}.log",
     benchmark:
-        f"{RUN}/benchmarks/eval/geneval_generate.tsv"
+        f"{RUN}/benchmarks/eval/geneval_generate/{{part}}.tsv"
     threads: 4 if EVAL_GPUS else 2
+    retries: GENERATION_RETRIES
     resources:
         gpu=EVAL_GPUS,
         mem_mb=32000 if EVAL_GPUS else 4000,
-        runtime=generation_minutes(GENEVAL_PROMPTS * GENEVAL_PER_PROMPT, config["eval"]["steps"],
+        runtime=generation_minutes(-(-GENEVAL_PROMPTS * GENEVAL_PER_PROMPT // EVAL_PARTS), config["eval"]["steps"],
                                    config["eval"]["resolution"]),
+        **placement(EVAL_GPUS),
     conda:
         "../envs/microdit.yaml"
     shell:
-        "microdit geneval-generate --metadata {input.metadata:q} --out {params.out:q} --checkpoint {params.weights:q}"
-        " --images-per-prompt {params.per_prompt} {params.sampling} > {log:q} 2>&1"
+        "microdit geneval-generate --metadata {input.metadata:q} --out {params.out:q} --checkpoint {input.checkpoint:q}"
+        " --images-per-prompt {params.per_prompt} --part {wildcards.part} --parts {params.parts} {params.sampling}"
+        " > {log:q} 2>&1"
 
 
 # GenEval's detector (mmdet 2.x, old torch) cannot share microdit's environment: the rule only works with conda
@@ -177,6 +216,7 @@ rule geneval_score:
         gpu=1,
         mem_mb=32000,
         runtime=30 + GENEVAL_PROMPTS * GENEVAL_PER_PROMPT // 60,  # about a second per image through the detector
+        **placement(1),
     conda:
         "../envs/geneval.yaml"
     shell:
@@ -197,6 +237,7 @@ rule geneval_summary:
     resources:
         mem_mb=1000,
         runtime=10,
+        **placement(),
     conda:
         "../envs/microdit.yaml"
     shell:

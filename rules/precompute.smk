@@ -28,6 +28,7 @@ rule precompute:
         gpu=LATENT_GPUS,
         mem_mb=24000 * LATENT_GPUS if LATENT_GPUS else 4000,
         runtime=lambda w: part_minutes(2880 if LATENT_GPUS else 120, int(w.parts)),
+        **placement(LATENT_GPUS),
     conda:
         "../envs/microdit.yaml"
     shell:

@@ -1,11 +1,10 @@
 # The run's HTML report: loss and lr curves, sample grids per stage with their prompts, FID / GenEval next to the
 # paper's numbers, the cost ledger (GPU-hours and dollars per stage) and the provenance of each number.
-# The curves come from each stage's metrics.jsonl, which is no declared file: Snakemake deletes a job's outputs
-# before it reruns it, and a rerun train job resumes its stage and appends to that log. train_stats.json, written
-# by the same job after its last metrics line, stands for it.
+# The curves come from each stage's metrics.jsonl.
 rule report:
     input:
         stats=expand(f"{RUN}/train/{{stage}}/train_stats.json", stage=STAGES),
+        metrics=expand(f"{RUN}/train/{{stage}}/metrics.jsonl", stage=STAGES),
         configs=expand(f"{RUN}/train/{{stage}}/stage.yaml", stage=STAGES),
         grids=expand(f"{RUN}/samples/{{stage}}.png", stage=STAGES),
         **evaluation_outputs(),
@@ -23,6 +22,7 @@ rule report:
     resources:
         mem_mb=4000,
         runtime=30,
+        **placement(),
     conda:
         "../envs/microdit.yaml"
     shell:

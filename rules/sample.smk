@@ -21,6 +21,7 @@ rule stage_samples:
         gpu=EVAL_GPUS,
         mem_mb=32000 if EVAL_GPUS else 4000,
         runtime=30,
+        **placement(EVAL_GPUS),
     conda:
         "../envs/microdit.yaml"
     shell:

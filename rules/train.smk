@@ -10,6 +10,10 @@
 # The held-out loss's latents are an input so that they exist first; re-encoding them (a change of their data, VAE
 # or text encoder) reruns the job, which re-exports from the checkpoints without training (the held-out loss
 # decides no weights), and what follows from the exports.
+# Every export is a declared output: a deleted one reruns the job, which exports it again from the last checkpoint.
+# The metrics log grows in checkpoints/ (Snakemake removes outputs before a rerun); metrics.jsonl is its export.
+# A stage that keeps an EMA (its YAML or `set`) also exports ema.safetensors: rule train_with_ema. (TRAIN_OUTPUTS:
+# rules/common.smk)
 rule train:
     input:
         base=lambda w: ancient(stage_yaml(w.stage)),
@@ -17,9 +21,9 @@ rule train:
         previous=lambda w: [f"{stage_dir(previous_stage(w.stage))}/final.safetensors"] if previous_stage(w.stage) else [],
         held_out=heldout_input,
     output:
-        final=f"{RUN}/train/{{stage}}/final.safetensors",
-        stats=f"{RUN}/train/{{stage}}/train_stats.json",
-        config=f"{RUN}/train/{{stage}}/stage.yaml",
+        **TRAIN_OUTPUTS,
+    wildcard_constraints:
+        stage=one_of(s for s in STAGES if not keeps_ema(s)),
     params:
         weights=lambda w: stage_weights(stage_yaml(w.stage), stage_overrides(w.stage)),
         overrides=lambda w, input: set_options(stage_overrides(w.stage)),
@@ -33,3 +37,11 @@ rule train:
     shell:
         "microdit train --config {input.base:q} {params.overrides} --resume auto 2>&1 "
         "| {{ trap '' TERM HUP INT; exec tee {log:q}; }}"
+
+
+use rule train as train_with_ema with:
+    output:
+        **TRAIN_OUTPUTS,
+        ema=f"{RUN}/train/{{stage}}/ema.safetensors",
+    wildcard_constraints:
+        stage=one_of(s for s in STAGES if keeps_ema(s)),

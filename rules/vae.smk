@@ -21,6 +21,7 @@ rule train_vae:
     resources:
         mem_mb=4000,
         runtime=60,
+        **placement(),
     conda:
         "../envs/microdit.yaml"
     shell:

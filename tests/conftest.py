@@ -33,3 +33,20 @@ def tiny_vae_dir(tmp_path_factory) -> Path:
     from microdit.tiny_vae import save_tiny_vae
 
     return Path(save_tiny_vae(tmp_path_factory.mktemp("tiny_vae")))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_vae_dir) -> Path:
+    """A random MicroDiT_Nano_2 export for 32 px images through the tiny VAE and MiniLM, as `microdit train` writes
+    one."""
+    import torch
+
+    from microdit.checkpoint import save_dit
+    from microdit.models.latent_diffusion import create_latent_diffusion
+
+    torch.manual_seed(0)
+    model = create_latent_diffusion(vae_name=str(tiny_vae_dir), text_encoder_name="minilm",
+                                    dit_arch="MicroDiT_Nano_2", latent_res=8, pos_interp_scale=0.5)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_dit(model.dit, path, "MicroDiT_Nano_2", extra={"vae": str(tiny_vae_dir), "text_encoder": "minilm"})
+    return path

@@ -1,5 +1,6 @@
-"""`microdit eval-captions | generate | fid-stats | fid | clip-score | geneval-metadata | geneval-generate |
-geneval-summary | report`: the evaluation steps, each with explicit input and output paths, as the Snakemake rules call them."""
+"""`microdit eval-captions | generate | merge-samples | fid-stats | fid | clip-score | geneval-metadata |
+geneval-generate | geneval-summary | report`: the evaluation steps, each with explicit input and output paths, as the
+Snakemake rules call them."""
 import json
 from pathlib import Path
 
@@ -17,8 +18,8 @@ DRAWING_DEFAULTS = {"batch_size": None, "compile": "none"}
 
 
 def register(subparsers) -> None:
-    for add in (add_captions, add_generate, add_fid_stats, add_fid, add_clip_score, add_geneval_metadata, add_geneval_generate,
-                add_geneval_summary, add_report):
+    for add in (add_captions, add_generate, add_merge_samples, add_fid_stats, add_fid, add_clip_score,
+                add_geneval_metadata, add_geneval_generate, add_geneval_summary, add_report):
         add(subparsers)
 
 
@@ -41,6 +42,9 @@ def add_sampling_args(p) -> None:
     p.add_argument("--world-size", type=positive_int,
                    help="number of processes (default: WORLD_SIZE, or SLURM_STEP_NUM_TASKS in an srun step, else 1)")
     p.add_argument("--device", default="auto", help="auto (this rank's GPU, else CPU), cpu, cuda:1, ...")
+    p.add_argument("--part", type=int, default=0, help="draw only this part's images (whole batches), 0-based")
+    p.add_argument("--parts", type=positive_int, default=1,
+                   help="number of parts (jobs) the images are shared out in; merge-samples joins their folders")
     add_speed_args(p)
 
 
@@ -112,12 +116,14 @@ def load_sampler(args):
                 "models": {"vae": model_identity(model.vae.name),
                            "text_encoder": model_identity(model.text_encoder.name)}}
     rank, world_size = distributed_rank(args.rank, args.world_size)
+    if args.parts > 1:  # a part's folder belongs to its share of the images
+        settings["part"] = {"index": args.part, "of": args.parts}
     return model, settings, rank, world_size
 
 
-def sampling_kwargs(settings: dict, rank: int, world_size: int) -> dict:
+def sampling_kwargs(settings: dict, rank: int, world_size: int, part: range) -> dict:
     return {"steps": settings["steps"], "guidance": settings["guidance"], "seed": settings["seed"],
-            "batch_size": settings["batch_size"], "rank": rank, "world_size": world_size}
+            "batch_size": settings["batch_size"], "rank": rank, "world_size": world_size, "part": part}
 
 
 def start_samples(out: Path, manifest: dict, rank: int) -> None:
@@ -145,16 +151,54 @@ def drawing_settings(manifest: dict) -> dict:
 
 def run_generate(args) -> None:
     from microdit.eval.captions import read_caption_file
-    from microdit.eval.generate import generate_images, image_name
+    from microdit.eval.generate import generate_images, image_name, part_range
 
     rows = read_caption_file(args.captions)
+    part = part_range(len(rows), args.batch_size, args.part, args.parts)
     model, settings, rank, world_size = load_sampler(args)
     out = Path(args.out)
     start_samples(out, {**settings, "captions": str(args.captions), "captions_sha256": sha256_file(args.captions),
                         "num_images": len(rows)}, rank)
     stats = generate_images(model, [r["caption"] for r in rows], lambda i: out / image_name(i),
-                            **sampling_kwargs(settings, rank, world_size))
+                            **sampling_kwargs(settings, rank, world_size, part))
     print(json.dumps({**stats, "rank": rank, "world_size": world_size, "out": str(out)}))
+
+
+def add_merge_samples(subparsers) -> None:
+    p = subparsers.add_parser("merge-samples", help="one folder of the images generate or geneval-generate drew in "
+                                                    "parts (--part/--parts), for fid or GenEval")
+    p.add_argument("--part", action="append", required=True, help="a part's folder, in part order (repeatable)")
+    p.add_argument("--out", required=True, help="folder of all the images (linked) and their generation.json")
+    p.set_defaults(func=run_merge_samples)
+
+
+def run_merge_samples(args) -> None:
+    from microdit.eval.generate import link_images
+
+    parts = [Path(part) for part in args.part]
+    merged = merged_manifest([read_json(part / MANIFEST, "generation manifest") for part in parts], parts)
+    out = Path(args.out)
+    start_samples(out, merged, rank=0)
+    files = sum(link_images(part, out, skip=(MANIFEST,)) for part in parts)
+    print(json.dumps({"files": files, "parts": len(parts), "out": str(out)}))
+
+
+def merged_manifest(manifests: list[dict], parts: list[Path]) -> dict:
+    """The manifest of all the parts' images: theirs less the part, once they are checked to be parts 0 .. P-1 of P
+    of one drawing (the same settings); the earlier drawing settings of any part are kept."""
+    for index, (manifest, part) in enumerate(zip(manifests, parts)):
+        expected = {"index": index, "of": len(parts)} if len(parts) > 1 else None
+        if manifest.get("part") != expected:
+            raise UserError(f"{part / MANIFEST}: part {manifest.get('part')}, expected {expected} (--part names the "
+                            "folders of one split, in order)")
+    drawn = [{k: v for k, v in m.items() if k not in ("part", "earlier_drawing_settings")} for m in manifests]
+    for settings, part in zip(drawn, parts):
+        if settings != drawn[0]:
+            raise UserError(f"{part / MANIFEST}: drawn with other settings than {parts[0] / MANIFEST}")
+    history = []
+    for entry in (entry for m in manifests for entry in m.get("earlier_drawing_settings", [])):
+        history += [entry] if entry not in history else []
+    return {**drawn[0], **({"earlier_drawing_settings": history} if history else {})}
 
 
 def add_fid_stats(subparsers) -> None:
@@ -276,14 +320,17 @@ def add_geneval_generate(subparsers) -> None:
 def run_geneval_generate(args) -> None:
     from microdit.eval.geneval import generate_geneval, read_metadata
 
+    from microdit.eval.generate import part_range
+
     metadata = read_metadata(args.metadata)[: args.num_prompts]
+    part = part_range(len(metadata) * args.images_per_prompt, args.batch_size, args.part, args.parts)
     model, settings, rank, world_size = load_sampler(args)
     out = Path(args.out)
     # the manifest lies outside the numbered folders, where the evaluator does not look
     start_samples(out, {**settings, "metadata_sha256": sha256_file(args.metadata), "num_prompts": len(metadata),
                         "images_per_prompt": args.images_per_prompt}, rank)
     stats = generate_geneval(model, metadata, out, args.images_per_prompt,
-                             **sampling_kwargs(settings, rank, world_size))
+                             **sampling_kwargs(settings, rank, world_size, part))
     print(json.dumps({**stats, "rank": rank, "world_size": world_size, "out": str(out)}))
 
 

@@ -2,12 +2,14 @@
 
 Image i is drawn from noise seeded with `image_seed(seed, i)` (on the CPU), so every image depends only on
 (checkpoint, captions, seed, steps, guidance, precision), never on the batch size, on how many GPUs ran or on how
-often the job was restarted (the batch size and the device can still change the rounding of the network's
-kernels). Images are cut into fixed batches (indices [b*B, (b+1)*B)) that belong to rank b mod world_size; a rerun
-skips images already written (each PNG is written atomically) and draws only the missing ones. The output folder
-is claimed for its settings (`claim_samples`): images drawn under other settings are moved aside, not reused.
+often the job was restarted, nor on how many jobs shared the images out (`part_range`, merged with `link_images`;
+the batch size and the device can still change the rounding of the network's kernels). Images are cut into fixed
+batches (indices [b*B, (b+1)*B)) that belong to rank b mod world_size; a rerun skips images already written (each
+PNG is written atomically) and draws only the missing ones. The output folder is claimed for its settings
+(`claim_samples`): images drawn under other settings are moved aside, not reused.
 """
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,12 +31,45 @@ def image_seed(seed: int, index: int) -> int:
     return seed * SEED_STRIDE + index
 
 
-def rank_batches(num_images: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[tuple[int, range]]:
-    """(batch number, image indices) of the batches this rank draws."""
+def rank_batches(num_images: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                 part: range | None = None) -> list[tuple[int, range]]:
+    """(batch number, image indices) of the batches this rank draws (of those starting in `part`, if given)."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     count = -(-num_images // batch_size)
-    return [(b, range(b * batch_size, min((b + 1) * batch_size, num_images))) for b in range(rank, count, world_size)]
+    batches = [(b, range(b * batch_size, min((b + 1) * batch_size, num_images))) for b in range(count)]
+    return [batch for batch in batches if part is None or batch[1].start in part][rank::world_size]
+
+
+def part_range(num_images: int, batch_size: int, part: int, parts: int) -> range:
+    """The images of part `part` of `parts` (a job's share): a run of whole batches, so that every image is drawn in
+    the batch it would be drawn in by one job (the batch can change the kernels' rounding)."""
+    if not 0 <= part < parts:
+        raise UserError(f"--part {part} of --parts {parts}: expected 0 <= part < parts")
+    count = -(-num_images // batch_size)
+    first, stop = count * part // parts, count * (part + 1) // parts
+    return range(first * batch_size, min(stop * batch_size, num_images))
+
+
+def link_images(part: Path, out: Path, skip: tuple[str, ...]) -> int:
+    """Hard-link (else copy) every file under a part's folder into `out` at the same relative path, each replacing
+    what was there at once; names in `skip` and hidden files (claim markers, unfinished writes) stay. Returns the
+    number of files."""
+    count = 0
+    for path in sorted(part.rglob("*")):
+        if path.is_dir() or path.name in skip or path.name.startswith("."):
+            continue
+        target = out / path.relative_to(part)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = target.with_name(f".{target.name}.linking")
+        staged.unlink(missing_ok=True)
+        try:
+            os.link(path, staged)
+        except OSError:  # another file system, or one without hard links
+            shutil.copyfile(path, staged)
+        os.replace(staged, target)
+        count += 1
+    return count
 
 
 def claim_samples(folder: str | os.PathLike, settings: dict, rank: int = 0, wait_s: float = 600.0,
@@ -64,10 +99,11 @@ def save_png(image: torch.Tensor, path: Path) -> None:
 
 
 def generate_images(model, captions: list[str], path_for: Callable[[int], Path], *, steps: int, guidance: float,
-                    seed: int, batch_size: int, rank: int = 0, world_size: int = 1) -> dict:
-    """Draw this rank's missing images; `model` is a LatentDiffusion (anything with its `generate`)."""
+                    seed: int, batch_size: int, rank: int = 0, world_size: int = 1, part: range | None = None) -> dict:
+    """Draw this rank's missing images (of `part`, if given); `model` is a LatentDiffusion (anything with its
+    `generate`)."""
     written = skipped = 0
-    batches = rank_batches(len(captions), batch_size, rank, world_size)
+    batches = rank_batches(len(captions), batch_size, rank, world_size, part)
     with progress(total=sum(len(indices) for _, indices in batches), desc=f"generate rank {rank}",
                   unit="img") as bar:
         for _, indices in batches:

@@ -99,15 +99,25 @@ def claim_checkpoints(out_dir: str | Path, digest: str) -> Path | None:
     return claim_folder(Path(out_dir) / CHECKPOINT_DIR, digest, FINGERPRINT)
 
 
+# The metrics log of a stage's attempts lives with the checkpoints it describes: Snakemake removes a job's declared
+# outputs before it reruns it, and a resumed stage appends to the log. `metrics.jsonl` beside it is its export.
+METRICS = "metrics.jsonl"
+
 # what a stage's run writes beside its checkpoints; set aside with them, so that a new run's log and grids are its own
-RUN_OUTPUTS = ("metrics.jsonl", "train_stats.json", "final.safetensors", "ema.safetensors", "stage.yaml", "samples",
-               "events.out.tfevents.*")
+RUN_OUTPUTS = (METRICS, "train_stats.json", "final.safetensors", "ema.safetensors", "stage.yaml", "samples")
+
+
+def metrics_log_path(out_dir: str | Path) -> Path:
+    return Path(out_dir) / CHECKPOINT_DIR / METRICS
 
 
 def set_aside_run_outputs(out_dir: str | Path, stale: Path) -> None:
-    for pattern in RUN_OUTPUTS:
-        for path in Path(out_dir).glob(pattern):
-            path.rename(stale / path.name)
+    for name in RUN_OUTPUTS:
+        path = Path(out_dir) / name
+        if name == METRICS and (stale / name).exists():
+            path.unlink(missing_ok=True)  # the export of the log that moved aside with the checkpoints
+        elif path.exists():
+            path.rename(stale / name)
 
 
 def set_aside_checkpoints(out_dir: str | Path) -> Path | None:

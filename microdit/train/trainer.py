@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from microdit.checkpoint import encoder_metadata, save_dit
 from microdit.diffusion.edm import EDMConfig, edm_loss
 from microdit.errors import UserError
-from microdit.files import read_jsonl, write_json
+from microdit.files import atomic_write, read_jsonl, write_json
 from microdit.models.dit import MicroDiT, create_dit
 from microdit.models.speed import apply_speed_options
 from microdit.progress import progress
@@ -91,7 +92,7 @@ class Trainer:
         self._build(init)
         self._restore(resume_from, init)
         self.end_step = self.stage_start + cfg.steps
-        self.log = MetricsLog(self.out_dir / "metrics.jsonl", info.is_main, first_step=self.step)
+        self.log = MetricsLog(ckpt.metrics_log_path(self.out_dir), info.is_main, first_step=self.step)
 
     def _build(self, init: InitConfig | None) -> None:
         """The model (compiled, with init mode weights' weights), its optimizer, its data and the held-out loss."""
@@ -160,8 +161,7 @@ class Trainer:
         """Train to the end of the stage and export; a stage already finished just returns its stats."""
         cfg, info = self.cfg, self.info
         stats_path = self.out_dir / "train_stats.json"
-        exports = (stats_path, self.out_dir / "final.safetensors", self.out_dir / "stage.yaml")
-        if self.step >= self.end_step and all(path.exists() for path in exports):
+        if self.step >= self.end_step and all(path.exists() for path in self.export_paths()):
             return json.loads(stats_path.read_text())
         throughput = Throughput(self.flops_per_sample, peak_flops(info.device), info.world_size)
         batches = iter(self.source)
@@ -265,7 +265,7 @@ class Trainer:
 
     def _logged_final_loss(self) -> float | None:
         """The loss logged at the last step (the metrics log has it before the last checkpoint is written)."""
-        path = self.out_dir / "metrics.jsonl"
+        path = ckpt.metrics_log_path(self.out_dir)
         lines = read_jsonl(path, "metrics log") if path.exists() else []
         return next((line["loss"] for line in reversed(lines) if line.get("step") == self.step and "loss" in line),
                     None)
@@ -290,6 +290,11 @@ class Trainer:
         copy.load_state_dict({**weights, **ema})
         return copy.eval()
 
+    def export_paths(self) -> list[Path]:
+        """What a finished stage exports (a missing one is exported again from the last checkpoint, untrained)."""
+        names = ["train_stats.json", "final.safetensors", "stage.yaml", ckpt.METRICS]
+        return [self.out_dir / name for name in names + (["ema.safetensors"] if self.ema is not None else [])]
+
     def _finish(self, throughput: Throughput, loss: float, first_step_s: float | None) -> dict:
         raw = self.export_model()
         ema = self.export_model(use_ema=True) if self.ema is not None else None
@@ -310,6 +315,8 @@ class Trainer:
             if ema is not None:
                 save_dit(ema, self.out_dir / "ema.safetensors", self.cfg.model.arch, kind="ema", extra=extra)
             write_json(stats, self.out_dir / "train_stats.json")
+            log = ckpt.metrics_log_path(self.out_dir)
+            atomic_write(self.out_dir / ckpt.METRICS, lambda tmp: shutil.copyfile(log, tmp))
             save_stage_config(self.cfg, self.out_dir / "stage.yaml")  # the settings these exports were made with
         barrier()
         return stats

@@ -5,7 +5,6 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
 from eval_helpers import noise_images, smooth_images, write_shards
 from microdit.errors import UserError
@@ -17,19 +16,6 @@ def microdit(*argv: str):
     commands.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args([str(a) for a in argv])
     return args.func(args)
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, tiny_vae_dir):
-    from microdit.checkpoint import save_dit
-    from microdit.models.latent_diffusion import create_latent_diffusion
-
-    torch.manual_seed(0)
-    model = create_latent_diffusion(vae_name=str(tiny_vae_dir), text_encoder_name="minilm",
-                                    dit_arch="MicroDiT_Nano_2", latent_res=8, pos_interp_scale=0.5)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_dit(model.dit, path, "MicroDiT_Nano_2", extra={"vae": str(tiny_vae_dir), "text_encoder": "minilm"})
-    return path
 
 
 @pytest.mark.slow

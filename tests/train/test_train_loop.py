@@ -38,7 +38,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
 
 
 def test_a_finished_stage_returns_its_stats_and_re_exports_what_is_missing(tmp_path):
-    cfg = tiny_config(tmp_path, steps=2)
+    cfg = tiny_config(tmp_path, steps=2, ema={"decay": 0.9})
     stats = run(cfg)
     final = tmp_path / "final.safetensors"
     written = final.stat().st_mtime_ns
@@ -46,6 +46,14 @@ def test_a_finished_stage_returns_its_stats_and_re_exports_what_is_missing(tmp_p
     (tmp_path / "stage.yaml").unlink()
     assert run(cfg)["global_step"] == 2 and load_stage_config(tmp_path / "stage.yaml") == cfg
     assert final.stat().st_mtime_ns != written and len(list_checkpoints(tmp_path)) == 1
+    # what the workflow reads, removed as Snakemake removes a job's outputs: exported again, none trained
+    ema, log = weights(tmp_path / "ema.safetensors"), (tmp_path / "metrics.jsonl").read_text()
+    for name in ("ema.safetensors", "metrics.jsonl"):
+        (tmp_path / name).unlink()
+    assert run(cfg)["global_step"] == 2 and (tmp_path / "metrics.jsonl").read_text() == log
+    assert {k: v.tolist() for k, v in weights(tmp_path / "ema.safetensors").items()} == {
+        k: v.tolist() for k, v in ema.items()}
+    assert [eval_json(line)["step"] for line in log.splitlines()] == [1, 2] and len(list_checkpoints(tmp_path)) == 1
 
 
 def test_checkpoints_of_another_config_are_set_aside_not_resumed(tmp_path):

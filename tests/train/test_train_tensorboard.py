@@ -14,7 +14,8 @@ def test_a_stage_writes_tensorboard_events_beside_its_metrics_log(tmp_path):
     cfg = tiny_config(out, steps=2, validation=validation(heldout_shards(tmp_path / "held_out"), every=1),
                       samples={"every": 1, "num": 4, "steps": 1})
     assert launch(cfg) == 0
-    events = EventAccumulator(str(out), size_guidance={"images": 0}).Reload()  # what `tensorboard --logdir` loads
+    # beside the live metrics log, kept with the checkpoints; what `tensorboard --logdir` finds below the run
+    events = EventAccumulator(str(out / "checkpoints"), size_guidance={"images": 0}).Reload()
     tags = events.Tags()
     assert set(tags["scalars"]) == {"loss", "lr", "grad_norm", "img_per_s", "val_loss"}  # no MFU or memory on a CPU
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

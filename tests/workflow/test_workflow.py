@@ -28,19 +28,21 @@ def snakemake(*args, cwd, check=True, timeout=600) -> subprocess.CompletedProces
     return result
 
 
-def test_paper_dag_dry_runs_with_every_rule(tmp_path):
-    out = snakemake("-n", "--profile", str(REPO / "profiles" / "slurm"), "--configfile",
-                    str(REPO / "config" / "paper.yaml"), cwd=tmp_path).stdout
+def test_paper_dag_dry_runs_with_every_rule(tmp_path, paper_filled):
+    out = snakemake("-n", "-p", "--profile", str(REPO / "profiles" / "slurm"), "--configfile",
+                    str(REPO / "config" / "paper.yaml"), str(paper_filled), cwd=tmp_path).stdout
     sampling = [line for line in out.splitlines() if "microdit generate" in line or "microdit geneval-gen" in line]
-    assert len(sampling) == 2 and all("--compile blocks" in line for line in sampling)  # measured 1.9x at 512 px
+    # eval.parts: 8 jobs each for FID-30K's and GenEval's images; compiled: measured 1.9x at 512 px
+    assert len(sampling) == 16 and all("--compile blocks" in line and "--parts 8" in line for line in sampling)
     table = out[out.index("Job stats"):].split("\n\n")[0].splitlines()[3:]
     counts = {rule: int(n) for rule, n in (line.split() for line in table) if rule != "total"}
     # 6 downloads (5 training sets + COCO) in 62 parts (cc12m 16, sa1b 20, textcaps 1, jdb 10, diffdb 14, COCO 1),
     # 7 converted datasets in 78 parts (cc12m's twice: all and min-res-512), each encoded per part and its parts'
-    # latents merged; 4 stages; COCO's latents are the held-out loss's
-    assert counts == {"download": 62, "convert": 78, "precompute": 78, "merge_parts": 7, "train": 4,
-                      "stage_samples": 4, "eval_captions": 1, "fid_reference_stats": 1, "generate_eval_samples": 1,
-                      "fid": 1, "geneval_metadata": 1, "geneval_generate": 1, "geneval_score": 1,
+    # latents merged; 4 stages (3 and 4 keep an EMA); COCO's latents are the held-out loss's
+    assert counts == {"download": 62, "convert": 78, "precompute": 78, "merge_parts": 7, "train": 2,
+                      "train_with_ema": 2, "stage_samples": 4, "eval_captions": 1, "fid_reference_stats": 1,
+                      "generate_eval_samples": 8, "merge_samples": 2, "fid": 1, "geneval_metadata": 1,
+                      "geneval_generate": 8, "geneval_score": 1,
                       "geneval_summary": 1, "report": 1, "all": 1}
     sa1b = [line for line in out.splitlines() if "microdit download sa1b" in line]
     assert sorted(int(line.split("--part ")[1].split()[0]) for line in sa1b) == list(range(20))

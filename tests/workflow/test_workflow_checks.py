@@ -1,5 +1,5 @@
 """The workflow's config checks, quoting, job sizes and rerun triggers: microdit.workflow directly, and Snakemake dry
-runs (seconds each) over a stand-in `microdit` that only creates each command's outputs."""
+runs (seconds each) over a stand-in `microdit` that only creates each command's outputs (conftest.py)."""
 import argparse
 import os
 import re
@@ -12,37 +12,11 @@ import pytest
 import yaml
 
 from microdit.workflow import (GENEVAL_PROMPTS, RULE_NAMES, cli_options, config_errors, download_threads,
-                               generation_minutes, own_sample_captions, part_minutes, schema_errors,
+                               generation_minutes, own_sample_captions, part_minutes, placeholders, schema_errors,
                                stage_setting_errors)
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = str(REPO / "config" / "schema.yaml")
-
-# creates what each command declares, nothing else: enough for Snakemake to see a finished run
-FAKE_MICRODIT = r'''#!/usr/bin/env python3
-import json, os, sys
-command, args = sys.argv[1], sys.argv[2:]
-def value(option):
-    return args[args.index(option) + 1]
-def write(path):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    open(path, "w").write(" ".join(sys.argv))
-if command in ("convert", "train-vae"):
-    os.makedirs(value("--out"), exist_ok=True)
-elif command == "download":
-    write(value("--summary"))
-elif command in ("precompute", "merge-parts"):
-    write(os.path.join(value("--out"), "index.json"))
-elif command in ("generate", "geneval-generate"):
-    write(os.path.join(value("--out"), "generation.json"))
-elif command == "train":
-    folder = json.loads(next(a for a in args if a.startswith("out_dir=")).partition("=")[2])
-    for name in ("final.safetensors", "train_stats.json", "stage.yaml"):
-        write(os.path.join(folder, name))
-else:
-    write(value("--out"))
-'''
-
 
 def load(name: str) -> dict:
     return yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())
@@ -77,9 +51,17 @@ def train_arguments(output: str) -> dict[str, list[str]]:
 
 
 # ------------------------------------------------------------------------------------------- cross-references
-def test_presets_are_consistent():
+def test_presets_are_consistent(paper_filled):
     assert config_errors(load("tiny"), str(REPO)) == []
-    assert config_errors(load("paper"), str(REPO)) == []
+    paper = load("paper")  # as shipped, only its placeholders are refused
+    assert [error.split(":")[0] for error in config_errors(paper, str(REPO))] == [key for key, _ in placeholders(paper)]
+
+    def fill(config: dict, overlay: dict) -> None:
+        for key, value in overlay.items():
+            fill(config[key], value) if isinstance(value, dict) else config.__setitem__(key, value)
+
+    fill(paper, yaml.safe_load(paper_filled.read_text()))
+    assert config_errors(paper, str(REPO)) == []
 
 
 def _rename_stage(config, old, new):
@@ -99,6 +81,7 @@ BROKEN = {
     "downloads.synthetic_eval.parts": lambda c: c["downloads"]["synthetic_eval"].update(parts=2),  # eval's: one
     "validation.dataset": lambda c: c["validation"].update(dataset="nosuch"),
     "eval.weights": lambda c: c["stages"]["stage4"].update(set={"ema": None}),  # ema asked of a stage without one
+    "eval.parts": lambda c: c["eval"].update(parts=5),  # 128 captions in 4 batches of 32
 }
 
 
@@ -175,9 +158,9 @@ def test_schema_errors_are_one_line_each_naming_the_key():
     config["vae"]["name"] = "also a hub VAE"
     assert schema_errors(config, SCHEMA) == [
         "sample: unknown key (expected one of: datasets, downloads, eval, latents, launch, report, run, samples, "
-        "seed, stages, store, text_encoder, vae, validation)",
+        "seed, slurm, stages, store, text_encoder, vae, validation)",
         "eval.guidance: unknown key (expected one of: batch_size, caption_seed, compile, download, features, geneval, "
-        "gpus, guidance_scale, inception_weights, mode, num_captions, resolution, seed, stage, steps, weights)",
+        "gpus, guidance_scale, inception_weights, mode, num_captions, parts, resolution, seed, stage, steps, weights)",
         "latents.resolutions.1: 'x' is not of type 'integer'",
         "vae: expected exactly one form (with name or train)"]
 
@@ -257,7 +240,7 @@ def test_a_malicious_option_key_stops_the_workflow_before_any_job(tmp_path):
 # ------------------------------------------------------------------------------------------ rules and jobs
 def test_rule_names_are_the_workflows():
     declared = {m.group(1) for path in [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
-                for m in re.finditer(r"^rule (\w+):", path.read_text(), re.MULTILINE)}
+                for m in re.finditer(r"^(?:rule|use rule \w+ as) (\w+)(?::| with:)", path.read_text(), re.MULTILINE)}
     assert declared == RULE_NAMES
 
 
@@ -282,7 +265,7 @@ def test_commands_follow_chain_vae_channels_gpus_and_pixel_cap(tmp_path):
     precomputes = shell_commands(result.stdout, "precompute")  # the training set and the held-out one
     assert len(precomputes) == 2 and all("--processes 2" in command for command in precomputes)
     counts = job_counts(result.stdout)
-    assert counts["train"] == 4
+    assert (counts["train"], counts["train_with_ema"]) == (2, 2)  # the tiny preset's stages 3 and 4 keep an EMA
     converts = shell_commands(result.stdout, "convert")
     assert sorted("--max-pixels 4000000" in command for command in converts) == [False, True]
 
@@ -301,13 +284,13 @@ def dry_run_jobs(output: str) -> dict:
     return jobs
 
 
-def test_job_sizes_fit_a_two_core_machine_for_tiny_and_ask_gpus_for_the_paper(tmp_path):
+def test_job_sizes_fit_a_two_core_machine_for_tiny_and_ask_gpus_for_the_paper(tmp_path, paper_filled):
     tiny = snakemake(tmp_path / "tiny", "-n", "--cores", "64", "--configfile", str(REPO / "config" / "tiny.yaml"))
     assert tiny.returncode == 0, tiny.stderr[-3000:]
     for rule, (threads, resources) in dry_run_jobs(tiny.stdout).items():
         assert threads <= 2 and "gpu=1" not in resources, (rule, threads, resources)
     paper = snakemake(tmp_path / "paper", "-n", "--cores", "64", "--configfile",
-                      str(REPO / "config" / "paper.yaml"))
+                      str(REPO / "config" / "paper.yaml"), str(paper_filled))
     assert paper.returncode == 0, paper.stderr[-3000:]
     jobs = dry_run_jobs(paper.stdout)
     for rule in ("precompute", "stage_samples", "generate_eval_samples", "geneval_generate", "geneval_score"):
@@ -335,17 +318,9 @@ def test_geneval_prompt_count_is_the_evaluators():
 
 
 # -------------------------------------------------------------------------------------------- rerun triggers
-def stand_in_microdit(folder: Path) -> Path:
-    """A folder holding FAKE_MICRODIT as `microdit`, to put first on PATH."""
-    folder.mkdir()
-    (folder / "microdit").write_text(FAKE_MICRODIT)
-    (folder / "microdit").chmod(0o755)
-    return folder
-
-
 @pytest.mark.slow  # a stand-in run of the whole tiny DAG (~15 s)
-def test_config_changes_rerun_the_rules_that_use_them(tmp_path):
-    fake = stand_in_microdit(tmp_path / "bin")
+def test_config_changes_rerun_the_rules_that_use_them(tmp_path, stand_in_microdit):
+    fake = stand_in_microdit
     config = load("tiny")
     config["vae"] = {"latent_channels": 4, "name": str(tmp_path / "vae_a")}
     base = write_config(tmp_path / "base.yaml", config)
@@ -356,7 +331,8 @@ def test_config_changes_rerun_the_rules_that_use_them(tmp_path):
 
     steps = write_config(tmp_path / "steps.yaml", {"eval": {"steps": 10}})
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base, steps, fake=fake)
-    assert job_counts(result.stdout) == {"generate_eval_samples": 1, "fid": 1, "report": 1, "all": 1}
+    assert job_counts(result.stdout) == {"generate_eval_samples": 1, "merge_samples": 1, "fid": 1, "report": 1,
+                                         "all": 1}
 
     vae = write_config(tmp_path / "vae.yaml", {"vae": {"name": str(tmp_path / "vae_b")}})
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base, vae, fake=fake)
@@ -373,8 +349,8 @@ DATA_RULES = {"download", "convert", "merge_parts", "train_vae", "precompute"}
 
 
 @pytest.mark.slow  # a stand-in run of the tiny data rules and three dry runs (~15 s)
-def test_runs_share_the_data_store(tmp_path):
-    fake = stand_in_microdit(tmp_path / "bin")
+def test_runs_share_the_data_store(tmp_path, stand_in_microdit):
+    fake = stand_in_microdit
     base = write_config(tmp_path / "base.yaml", load("tiny"))
     workdir = tmp_path / "run"
     done = snakemake(workdir, "data", "--cores", "2", "--configfile", base, fake=fake)
@@ -400,8 +376,24 @@ def test_runs_share_the_data_store(tmp_path):
 
 
 @pytest.mark.slow  # a stand-in run of the whole tiny DAG (~15 s)
-def test_a_stage_reruns_for_what_decides_its_weights_only(tmp_path):
-    fake = stand_in_microdit(tmp_path / "bin")
+def test_a_deleted_export_reruns_the_stage_job_that_declares_it(tmp_path, stand_in_microdit):
+    base = write_config(tmp_path / "base.yaml", load("tiny"))
+    workdir = tmp_path / "run"
+    assert snakemake(workdir, "--cores", "2", "--configfile", base, fake=stand_in_microdit).returncode == 0
+    (workdir / "results" / "tiny" / "train" / "stage4" / "ema.safetensors").unlink()
+    # its stage's job exports it again from its last checkpoint, training nothing (tests/train), when the stage is
+    # asked for or when a job that reads it runs: here the evaluation, after a change of its settings
+    result = snakemake(workdir, "stage4", "-n", "--cores", "2", "--configfile", base, fake=stand_in_microdit)
+    assert job_counts(result.stdout) == {"train_with_ema": 1, "stage4": 1} and "stage=stage4" in result.stdout
+    steps = write_config(tmp_path / "steps.yaml", {"eval": {"steps": 10}})
+    result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base, steps, fake=stand_in_microdit)
+    assert job_counts(result.stdout) == {"train_with_ema": 1, "stage_samples": 1, "generate_eval_samples": 1,
+                                         "merge_samples": 1, "fid": 1, "report": 1, "all": 1}
+
+
+@pytest.mark.slow  # a stand-in run of the whole tiny DAG (~15 s)
+def test_a_stage_reruns_for_what_decides_its_weights_only(tmp_path, stand_in_microdit):
+    fake = stand_in_microdit
     config = load("tiny")
     stage_yaml = tmp_path / "stage2.yaml"
     stage_yaml.write_text((REPO / config["stages"]["stage2"]["config"]).read_text())
@@ -420,14 +412,17 @@ def test_a_stage_reruns_for_what_decides_its_weights_only(tmp_path):
     # cosmetic: logging, launch, speed switches, in the stage YAML (a newer file) or in the workflow config
     stage_yaml.write_text(yaml.safe_dump({**settings, "log_every": 7, "compile": "blocks"}))
     assert "Nothing to be done" in plan({"stages": {"stage2": {"set": {"progress": True}}},
-                                         "launch": {"partition": "elsewhere"}})
+                                         "slurm": {"train": {"partition": "elsewhere"}}})
     # what decides the weights: stage 2 and the stages chained after it, nothing before it
     stage_yaml.write_text(yaml.safe_dump({**settings, "seed": 7}))
     counts = job_counts(plan())
-    assert counts["train"] == 3 and "precompute" not in counts and counts["report"] == 1
+    assert (counts["train"], counts["train_with_ema"]) == (1, 2)
+    assert "precompute" not in counts and counts["report"] == 1
     stage_yaml.write_text(yaml.safe_dump(settings))
     output = plan({"stages": {"stage2": {"set": {"optim.lr": 1e-5}}}})
-    assert job_counts(output)["train"] == 3 and "stage=stage2" in output and "stage=stage1" not in output
+    counts = job_counts(output)
+    assert (counts["train"], counts["train_with_ema"]) == (1, 2)
+    assert "stage=stage2" in output and "stage=stage1" not in output
 
 
 # --------------------------------------------------------------------------------------------- tiny VAE
