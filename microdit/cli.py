@@ -58,6 +58,7 @@ EXAMPLES = {
     "eval-captions": "microdit eval-captions --source data/coco2014 --out captions.jsonl --num 30000",
     "generate": "microdit generate --captions captions.jsonl --checkpoint results/paper/train/stage4/ema.safetensors "
                 "--out samples/",
+    "merge-samples": "microdit merge-samples --part eval/sample_parts/0 --part eval/sample_parts/1 --out eval/samples",
     "fid-stats": "microdit fid-stats --images data/coco2014 --out coco_256.npz --resolution 256",
     "fid": "microdit fid --samples samples/ --reference-stats coco_256.npz --out fid.json",
     "clip-score": "microdit clip-score --samples samples/ --captions captions.jsonl --out clip.json",
