@@ -20,6 +20,7 @@ COMMANDS = {
     "bench": "microdit.bench.command",
     **dict.fromkeys(("download", "convert", "precompute"), "microdit.data.commands"),
     "train-vae": "microdit.tiny_vae",
+    "score-shapes": "microdit.eval.score_shapes",
     "train": "microdit.train.commands",
     **dict.fromkeys(("eval-captions", "generate", "fid-stats", "fid", "clip-score", "geneval-metadata",
                      "geneval-generate", "geneval-summary", "report"), "microdit.eval.commands"),
