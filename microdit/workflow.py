@@ -18,7 +18,7 @@ from microdit.train.cosmetic import weight_settings
 RULE_NAMES = frozenset({
     "all", "eval", "data", "download", "convert", "train_vae", "precompute", "train",
     "stage_samples", "eval_captions", "fid_reference_stats", "generate_eval_samples", "fid", "geneval_metadata",
-    "geneval_generate", "geneval_score", "geneval_summary", "report"})
+    "geneval_generate", "geneval_score", "geneval_summary", "score_shapes", "score_shapes_ceiling", "report"})
 
 # results/<run>/data/downloads/<download>/ sits beside results/<run>/data/<dataset>/: a dataset of this name would
 # share its folder with the downloads
