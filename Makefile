@@ -34,6 +34,7 @@ DEMO_ARGS := --profile profiles/local --configfile config/tiny.yaml
 demo: $(STAMP)
 	$(BIN)/microdit unlock-stale --snakemake $(BIN)/snakemake -- $(DEMO_ARGS)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake $(DEMO_ARGS)
+	@echo "make demo: done; the report is $(abspath results/tiny/report.html)"
 
 clean-demo:
 	rm -rf results/tiny
