@@ -5,8 +5,9 @@ Detection: the background is the background colour most pixels are nearest to, m
 pixel), so that a slightly off background does not make the whole image foreground; foreground is every pixel
 farther than FOREGROUND_DISTANCE from it. Foreground is eroded by one pixel (it splits shapes that blur or JPEG
 joined) and cut into connected components; components under MIN_AREA of the image are noise. A component's colour
-is the palette colour nearest to its median pixel (its core outweighs its blurred rim); its shape is the template
-(square, inscribed ellipse, point-up triangle, all filling its bounding box) its mask overlaps best.
+is the palette colour nearest to its median pixel (its core outweighs its blurred rim); its shape is the point-up
+triangle when its bottom half clearly outweighs its top half, else the square or the inscribed ellipse of its
+bounding box, whichever its mask overlaps more.
 
 Judgement per image, in GenEval's categories:
   background  the detected background is the caption's;
@@ -26,8 +27,9 @@ from microdit.data.synthetic import BACKGROUNDS, COLORS, COUNT_WORDS, RELATIONS,
 
 CATEGORIES = ("background", "color", "shape", "count", "position")
 GROUP_CATEGORIES = ("color", "shape", "count")
-FOREGROUND_DISTANCE = 45.0  # RGB distance; the closest object/background pair of the palette (purple/gray) is 91
+FOREGROUND_DISTANCE = 35.0  # RGB distance; the closest object/background pair of the palette (purple/gray) is 91
 MAX_ELONGATION = 1.4  # bounding box long/short side over which a component is taken for shapes that touch
+TRIANGLE_LEAN = 0.25  # (bottom half - top half) / area over which a mask is a triangle: 0.5 sharp, 0 the others
 MIN_FIT = 0.75  # template overlap under which a component is taken for shapes that touch at a corner
 MAX_EROSION = 4  # pixels eroded at most to separate them
 MIN_AREA = 0.003  # of the image: about 12 px at 64x64; the smallest drawn shape there covers about 40 px eroded
@@ -72,7 +74,9 @@ def _nearest(pixels: np.ndarray, palette: dict[str, tuple]) -> tuple[list[str], 
 
 
 def _shape_of(mask: np.ndarray) -> tuple[str, float]:
-    """(the template a mask cropped to its bounding box overlaps best, their intersection over union)."""
+    """(shape, intersection over union with that shape's template) of a mask cropped to its bounding box. A mask
+    whose bottom half holds clearly more than its top half is the point-up triangle (3:1 when sharp), whatever blur
+    did to its corners; the others are the square or the circle, whichever template they overlap more."""
     height, width = mask.shape
     y, x = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
     u, v = x / width, y / height  # pixel centres in the unit box
@@ -81,9 +85,12 @@ def _shape_of(mask: np.ndarray) -> tuple[str, float]:
         "circle": (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25,
         "triangle": np.abs(u - 0.5) <= v / 2,  # apex at the top centre, base along the bottom
     }
-    iou = {name: (mask & t).sum() / (mask | t).sum() for name, t in templates.items()}
-    best = max(iou, key=iou.get)
-    return best, float(iou[best])
+    iou = {name: float((mask & t).sum() / (mask | t).sum()) for name, t in templates.items()}
+    bottom = mask[height // 2:].sum() - mask[:(height + 1) // 2].sum()
+    if bottom > TRIANGLE_LEAN * mask.sum():
+        return "triangle", iou["triangle"]
+    best = max(("square", "circle"), key=iou.get)
+    return best, iou[best]
 
 
 def _separate(mask: np.ndarray) -> list[np.ndarray]:
