@@ -35,6 +35,7 @@ DEMO_ARGS := --profile profiles/local --configfile config/tiny.yaml
 demo: $(STAMP)
 	$(BIN)/microdit unlock-stale --snakemake $(BIN)/snakemake -- $(DEMO_ARGS)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake $(DEMO_ARGS)
+	@echo "make demo: done; the report is $(abspath results/tiny/report.html)"
 
 # `snakemake --profile slurm` finds a named profile in ./slurm, $XDG_CONFIG_HOME/snakemake/ (else ~/.config/snakemake/)
 # or /etc/xdg/snakemake/: link this checkout's there (a link: edits of profiles/slurm apply). -T refuses to replace

@@ -52,11 +52,13 @@ LATENT_DATASETS = sorted({d for spec in config["stages"].values() for d in spec[
 rule all:
     input:
         f"{RUN}/report.html",
+        shape_score_outputs(),
 
 
 rule eval:
     input:
         list(evaluation_outputs().values()),
+        shape_score_outputs(),
 
 
 rule data:

@@ -20,6 +20,7 @@ COMMANDS = {
     "bench": "microdit.bench.command",
     **dict.fromkeys(("download", "convert", "precompute", "merge-parts"), "microdit.data.commands"),
     "train-vae": "microdit.tiny_vae",
+    "score-shapes": "microdit.eval.score_shapes",
     "train": "microdit.train.commands",
     **dict.fromkeys(("eval-captions", "generate", "fid-stats", "fid", "clip-score", "geneval-metadata",
                      "geneval-generate", "geneval-summary", "report"), "microdit.eval.commands"),
@@ -66,6 +67,7 @@ EXAMPLES = {
     "geneval-generate": "microdit geneval-generate --metadata evaluation_metadata.jsonl --checkpoint ema.safetensors "
                         "--out geneval/",
     "geneval-summary": "microdit geneval-summary --results geneval/results.jsonl --out geneval.json",
+    "score-shapes": "microdit score-shapes --captions eval/captions.jsonl --samples eval/samples --out shapes.json",
     "report": "microdit report --out report.html --stages stage1 --metrics stage1=results/tiny/train/stage1/metrics.jsonl",
     "unlock-stale": "microdit unlock-stale -- --profile profiles/local --configfile config/tiny.yaml",
     "plan": "microdit plan --configfile config/paper.yaml --gpu H100",
@@ -83,6 +85,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class ExampleFormatter(argparse.HelpFormatter):
+    """Wraps the description as usual but keeps the example's lines as they are (a command line wrapped is wrong)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("example:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def commands_of(subparsers) -> dict[str, tuple[argparse.ArgumentParser, str]]:
     """name -> (parser, its one-line help) of each command under a subparsers action."""
     helps = {choice.dest: choice.help for choice in subparsers._choices_actions}  # argparse keeps them only here
@@ -96,7 +107,8 @@ def describe(subparsers, path: str = "") -> None:
         parser.description = parser.description or help_text[:1].upper() + help_text[1:] + "."
         if key in EXAMPLES:
             parser.epilog = f"example:\n  {EXAMPLES[key]}"
-            parser.formatter_class = argparse.RawDescriptionHelpFormatter
+            if parser.formatter_class is argparse.HelpFormatter:
+                parser.formatter_class = ExampleFormatter
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
                 describe(action, f"{key} ")

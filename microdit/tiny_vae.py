@@ -1,7 +1,9 @@
 """The tiny preset's own VAE: a small diffusers AutoencoderKL trained on the preset's images, so that decoded
 samples are real pictures rather than noise, with no model hub involved.
 
-Loss: pixel MSE + a small KL term (the VAE is only a compressor here, no perceptual or adversarial loss). After
+Loss: pixel MSE + a small KL term (the VAE is only a compressor here, no perceptual or adversarial loss). The
+learning rate decays to zero on a cosine: with a constant one, the palette the decoder ends on depended on the step
+it stopped at (the colour accuracy of its reconstructions fell from 99 to 92 % between steps 1000 and 1200). After
 training, the scaling factor is set to 1 / std of the latents, as Stable Diffusion's VAEs do, so the denoiser sees
 roughly unit-variance latents (EDM's sigma_data assumption).
 """
@@ -51,6 +53,7 @@ def train_tiny_vae(images: torch.Tensor, steps: int, batch_size: int, lr: float,
                    kl_weight: float = 1e-6, latent_channels: int = 4, log=print):
     vae = build_tiny_vae(seed, latent_channels).train()
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     generator = torch.Generator().manual_seed(seed)
     for step in range(steps):
         batch = images[torch.randint(len(images), (min(batch_size, len(images)),), generator=generator)]
@@ -60,6 +63,7 @@ def train_tiny_vae(images: torch.Tensor, steps: int, batch_size: int, lr: float,
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        schedule.step()
         if step % 50 == 0 or step == steps - 1:
             log(f"vae step {step:4d}  loss {loss.item():.5f}")
     vae.eval()

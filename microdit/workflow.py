@@ -19,7 +19,8 @@ from microdit.train.cosmetic import weight_settings
 RULE_NAMES = frozenset({
     "all", "eval", "data", "download", "convert", "merge_parts", "train_vae", "precompute", "train", "train_with_ema",
     "stage_samples", "eval_captions", "fid_reference_stats", "generate_eval_samples", "merge_samples", "fid",
-    "geneval_metadata", "geneval_generate", "geneval_score", "geneval_summary", "report"})
+    "geneval_metadata", "geneval_generate", "geneval_score", "geneval_summary", "score_shapes", "score_shapes_ceiling",
+    "report"})
 
 # config/paper.yaml marks what each user must fill in (a path, a partition) as "<what it is>"
 PLACEHOLDER = re.compile(r"^<.*>$", re.DOTALL)

@@ -204,6 +204,14 @@ def evaluation_outputs() -> dict:
     return outputs
 
 
+def shape_score_outputs() -> list:
+    """The drawn-shapes scores (score-shapes) of the evaluation samples and of their two ceilings, the reference
+    images and their VAE reconstructions: only where the evaluation's captions are drawn ones."""
+    if not synthetic_download(config["eval"]["download"]):
+        return []
+    return [f"{EVAL}/shapes/{images}.json" for images in ("samples", "reference", "vae")]
+
+
 def report_options(wildcards) -> str:
     label = f"{config['run']} {config['eval']['stage']}"
     options = []

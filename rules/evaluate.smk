@@ -1,6 +1,7 @@
 # Evaluation of one stage's final weights: a seeded caption sample, generated images, reference statistics of the
 # real images, the Fréchet distance (FID with Inception; the tiny preset uses EfficientNet-Lite0 features and says
-# so), and GenEval where configured (its detector runs in GenEval's own environment on a GPU node).
+# so), GenEval where configured (its detector runs in GenEval's own environment on a GPU node), and where the
+# captions are drawn shapes (the tiny preset) their own GenEval: score-shapes on the samples and on two ceilings.
 from snakemake.logging import logger
 
 
@@ -242,4 +243,57 @@ rule geneval_summary:
         "../envs/microdit.yaml"
     shell:
         "microdit geneval-summary --results {input.results:q} --out {output:q} --manifest {input.manifest:q}"
+        " > {log:q} 2>&1"
+
+
+rule score_shapes:
+    input:
+        manifest=f"{EVAL}/samples/generation.json",
+        captions=f"{EVAL}/captions.jsonl",
+    output:
+        summary=f"{EVAL}/shapes/samples.json",
+        results=f"{EVAL}/shapes/samples.jsonl",
+    params:
+        samples=lambda w, input: os.path.dirname(input.manifest),
+    log:
+        f"{RUN}/logs/eval/shapes_samples.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/shapes_samples.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/microdit.yaml"
+    shell:
+        "microdit score-shapes --captions {input.captions:q} --samples {params.samples:q} --out {output.summary:q}"
+        " --results {output.results:q} > {log:q} 2>&1"
+
+
+# the ceilings: the captions' own images at the evaluation resolution, and those images through the VAE
+rule score_shapes_ceiling:
+    input:
+        source=eval_source,
+        captions=f"{EVAL}/captions.jsonl",
+        vae=lambda w: vae_input() if w.images == "vae" else [],
+    output:
+        summary=f"{EVAL}/shapes/{{images}}.json",
+        results=f"{EVAL}/shapes/{{images}}.jsonl",
+    wildcard_constraints:
+        images="reference|vae",
+    params:
+        reference=lambda w, input: os.path.dirname(input.source),
+        options=lambda w: cli_options({"resolution": config["eval"]["resolution"],
+                                       **({"vae": vae_argument()} if w.images == "vae" else {})}),
+    log:
+        f"{RUN}/logs/eval/shapes_{{images}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/shapes_{{images}}.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/microdit.yaml"
+    shell:
+        "microdit score-shapes --captions {input.captions:q} --reference {params.reference:q} {params.options}"
+        " --out {output.summary:q} --results {output.results:q}"
         " > {log:q} 2>&1"

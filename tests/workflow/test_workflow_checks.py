@@ -268,6 +268,12 @@ def test_commands_follow_chain_vae_channels_gpus_and_pixel_cap(tmp_path):
     assert (counts["train"], counts["train_with_ema"]) == (2, 2)  # the tiny preset's stages 3 and 4 keep an EMA
     converts = shell_commands(result.stdout, "convert")
     assert sorted("--max-pixels 4000000" in command for command in converts) == [False, True]
+    # the drawn shapes are scored in the samples and in their two ceilings (reference images, VAE reconstructions)
+    samples, reference, vae = sorted(shell_commands(result.stdout, "score-shapes"),
+                                     key=lambda c: ("--vae" in c, "--reference" in c))
+    assert "--samples results/tiny/eval/samples --out results/tiny/eval/shapes/samples.json" in samples
+    assert "--reference results/tiny/data/downloads/synthetic_eval --resolution 64 --out" in reference
+    assert "--resolution 64 --vae results/tiny/vae --out results/tiny/eval/shapes/vae.json" in vae
 
 
 def dry_run_jobs(output: str) -> dict:
