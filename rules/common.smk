@@ -223,4 +223,8 @@ def report_options(wildcards) -> str:
     options += [f"--sample-prompt {shlex.quote(prompt)}" for prompt in config["samples"]["prompts"]]
     for metric, path in evaluation_outputs().items():
         options.append(f"--{metric} {shlex.quote(f'{label}={path}')}")
+    shape_labels = {"samples": f"{label} samples", "reference": "reference images (ceiling)",
+                    "vae": "VAE reconstructions (ceiling)"}
+    for path in shape_score_outputs():
+        options.append(f"--shapes {shlex.quote(f'{shape_labels[os.path.basename(path)[:-5]]}={path}')}")
     return " ".join(options)

@@ -8,6 +8,7 @@ rule report:
         configs=expand(f"{RUN}/train/{{stage}}/stage.yaml", stage=STAGES),
         grids=expand(f"{RUN}/samples/{{stage}}.png", stage=STAGES),
         **evaluation_outputs(),
+        shapes=shape_score_outputs(),
     output:
         report(f"{RUN}/report.html", caption="../config/report_caption_report.rst", category="Report"),
     params:

@@ -381,6 +381,8 @@ def add_report(subparsers) -> None:
         p.add_argument(option, action="append", metavar="STAGE=PATH", help=f"a stage's {what} (repeatable)")
     p.add_argument("--fid", action="append", metavar="LABEL=PATH", help="fid.json of an evaluated model")
     p.add_argument("--geneval", action="append", metavar="LABEL=PATH", help="geneval.json of an evaluated model")
+    p.add_argument("--shapes", action="append", metavar="LABEL=PATH",
+                   help="a score-shapes summary: samples, or a ceiling (reference images, VAE reconstructions)")
     p.add_argument("--sample-prompt", action="append", default=[], metavar="TEXT",
                    help="a prompt of the sample grids, in grid order (repeatable)")
     p.add_argument("--price-per-gpu-hour", type=non_negative_float, default=PAPER_PRICE_PER_GPU_HOUR,
@@ -395,6 +397,7 @@ def run_report(args) -> None:
                           train_stats=parse_pairs(args.train_stats, "--train-stats"),
                           grids=parse_pairs(args.grid, "--grid"), fid=parse_pairs(args.fid, "--fid"),
                           geneval=parse_pairs(args.geneval, "--geneval"),
+                          shapes=parse_pairs(args.shapes, "--shapes"),
                           stage_configs=parse_pairs(args.stage_config, "--stage-config"),
                           sample_prompts=args.sample_prompt, price_per_gpu_hour=args.price_per_gpu_hour)
     write_report(inputs, args.out)

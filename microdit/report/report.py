@@ -35,6 +35,7 @@ class ReportInputs:
     grids: dict[str, Path] = field(default_factory=dict)        # stage -> sample grid PNG
     fid: dict[str, Path] = field(default_factory=dict)          # label -> fid.json
     geneval: dict[str, Path] = field(default_factory=dict)      # label -> geneval.json
+    shapes: dict[str, Path] = field(default_factory=dict)       # label -> score-shapes summary
     stage_configs: dict[str, Path] = field(default_factory=dict)  # stage -> its resolved stage.yaml
     sample_prompts: list[str] = field(default_factory=list)     # the grids' prompts, in grid order
     price_per_gpu_hour: float = PAPER_PRICE_PER_GPU_HOUR
@@ -125,7 +126,28 @@ def evaluation_section(inputs: ReportInputs) -> str:
                         fmt(100 * g["correct_prompts"], ".1f") + " %"] for label, g in genevals.items()]
         section += "<h3>GenEval by task</h3>" + table(
             ["model", *TASKS, "overall", "correct images", "correct prompts"], task_rows)
-    return section
+    return section + shapes_section(inputs)
+
+
+def shapes_section(inputs: ReportInputs) -> str:
+    """The drawn-shapes scores: what the samples follow of their captions, beside what the reference images and
+    their VAE reconstructions score (the ceilings a denoiser cannot pass)."""
+    from microdit.eval.shapes import CATEGORIES
+
+    if not inputs.shapes:
+        return ""
+    rows = []
+    for label, path in inputs.shapes.items():
+        summary = read_json(path, "score-shapes summary")
+        tasks = summary.get("tasks", {})
+        rows.append([esc(label)] + [fmt(100 * tasks[c]["accuracy"], ".1f") if c in tasks else "—" for c in CATEGORIES]
+                    + [fmt(100 * summary["correct_images"], ".1f") if "correct_images" in summary else "—",
+                       esc(summary.get("num_images", "—"))])
+    return ("<h3>Prompt following (drawn shapes, % correct)</h3>" +
+            table(["images", *CATEGORIES, "all right", "images scored"], rows) +
+            '<p class="note"><code>microdit score-shapes</code> finds the background and each caption group by '
+            "colour and judges each category as GenEval does. The reference images and their VAE reconstructions "
+            "are the ceilings: the denoiser's samples cannot keep more than the VAE does.</p>")
 
 
 def ledger_section(inputs: ReportInputs) -> str:
@@ -228,6 +250,9 @@ def summary_box(inputs: ReportInputs, frames: dict) -> str:
         items[esc(score.get("metric", "FID"))] = f"{fmt(score.get('value'), '.2f')} ({esc(label)})"
     for label, path in inputs.geneval.items():
         items["GenEval overall"] = f"{geneval_overall(read_geneval(path))} ({esc(label)})"
+    for label, path in list(inputs.shapes.items())[:1]:  # the samples' score comes first; the ceilings follow
+        score = read_json(path, "score-shapes summary")
+        items["drawn shapes, all right"] = f"{fmt(100 * score.get('correct_images'), '.1f')} % ({esc(label)})"
     if stats:
         gpu_hours = sum(float(s.get("gpu_count", 0)) * float(s.get("wall_time_s", 0)) / 3600 for s in stats.values())
         wall_minutes = sum(float(s.get("wall_time_s", 0)) for s in stats.values()) / 60

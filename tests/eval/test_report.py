@@ -164,3 +164,20 @@ def test_the_ledger_shows_the_plan_beside_what_was_spent(run_dir):
     assert ("<tr><td>stage1</td><td>H100</td><td>0.46</td><td>80.00</td><td>$1.71</td><td>$300.00</td>"
             "<td>175.04</td></tr>") in planned
     assert "<td>stage2</td>" not in planned
+
+
+def test_the_drawn_shapes_scores_stand_beside_their_ceilings(run_dir):
+    def summary(accuracy: float, correct: float) -> dict:
+        tasks = {c: {"accuracy": accuracy} for c in ("background", "color", "shape", "count", "position")}
+        return {"tasks": tasks, "correct_images": correct, "num_images": 128}
+
+    for name, accuracy, correct in (("samples", 0.5, 0.125), ("reference", 1.0, 1.0), ("vae", 0.97, 0.9)):
+        (run_dir / f"{name}.json").write_text(json.dumps(summary(accuracy, correct)))
+    out = run_dir / "report.html"
+    write_report(ReportInputs(title="t", stages=["stage4"], shapes={
+        "stage4 samples": run_dir / "samples.json", "reference images (ceiling)": run_dir / "reference.json",
+        "VAE reconstructions (ceiling)": run_dir / "vae.json"}), out)
+    text = out.read_text()
+    assert "<td>stage4 samples</td>" + "<td>50.0</td>" * 5 + "<td>12.5</td><td>128</td>" in text
+    assert "<td>VAE reconstructions (ceiling)</td>" + "<td>97.0</td>" * 5 + "<td>90.0</td>" in text
+    assert "<dt>drawn shapes, all right</dt><dd>12.5 % (stage4 samples)</dd>" in text
