@@ -22,7 +22,7 @@ COMMANDS = {
     "train-vae": "microdit.tiny_vae",
     "score-shapes": "microdit.eval.score_shapes",
     "train": "microdit.train.commands",
-    **dict.fromkeys(("eval-captions", "generate", "fid-stats", "fid", "clip-score", "geneval-metadata",
+    **dict.fromkeys(("eval-captions", "generate", "merge-samples", "fid-stats", "fid", "clip-score", "geneval-metadata",
                      "geneval-generate", "geneval-summary", "report"), "microdit.eval.commands"),
     "unlock-stale": "microdit.snakemake_lock",
     "plan": "microdit.plan",
@@ -31,8 +31,8 @@ COMMANDS = {
 
 # a worked example per command, shown at the end of its --help (paths as the tiny preset's run lays them out)
 EXAMPLES = {
-    "sample": "microdit sample --checkpoint results/tiny/train/stage4/ema.safetensors --prompt 'two red circles left of "
-              "a blue square on a white background' --out grid.png",
+    "sample": "microdit sample --checkpoint results/tiny/train/stage4/ema.safetensors "
+              "--prompt 'two red circles left of a blue square on a white background' --out grid.png",
     "checkpoint": "microdit checkpoint info results/tiny/train/stage4/final.safetensors",
     "checkpoint info": "microdit checkpoint info dit_4_channel_37M_real_and_synthetic_data.pt",
     "bench": "microdit bench train --stage config/stages/paper/stage1.yaml --steps 20",
@@ -51,8 +51,8 @@ EXAMPLES = {
     "download coco2014": "microdit download coco2014 --out data/coco2014",
     "download synthetic": "microdit download synthetic --out /tmp/shapes --num-samples 64 --seed 1",
     "convert": "microdit convert --input /tmp/shapes --out /tmp/shapes-mds --min-side 64 --resize-to 64",
-    "precompute": "microdit precompute --input /tmp/shapes-mds --out /tmp/shapes-latents --vae results/store/vae-<digest> "
-                  "--text-encoder minilm --resolutions 32 64",
+    "precompute": "microdit precompute --input /tmp/shapes-mds --out /tmp/shapes-latents "
+                  "--vae results/store/vae/vae-<digest> --text-encoder minilm --resolutions 32 64",
     "merge-parts": "microdit merge-parts --out results/store/latents/sa1b-<digest> part-0 part-1",
     "train-vae": "microdit train-vae --input /tmp/shapes-mds --out /tmp/vae --resolution 32 --steps 200",
     "train": "microdit train --config config/stages/tiny/stage1.yaml --set steps=20 --set launch.cluster=debug",
@@ -67,8 +67,10 @@ EXAMPLES = {
     "geneval-generate": "microdit geneval-generate --metadata evaluation_metadata.jsonl --checkpoint ema.safetensors "
                         "--out geneval/",
     "geneval-summary": "microdit geneval-summary --results geneval/results.jsonl --out geneval.json",
-    "score-shapes": "microdit score-shapes --captions eval/captions.jsonl --samples eval/samples --out shapes.json",
-    "report": "microdit report --out report.html --stages stage1 --metrics stage1=results/tiny/train/stage1/metrics.jsonl",
+    "score-shapes": "microdit score-shapes --captions results/tiny/eval/captions.jsonl "
+                    "--samples results/tiny/eval/samples --out results/tiny/eval/shapes/samples.json",
+    "report": "microdit report --out report.html --stages stage1 "
+              "--metrics stage1=results/tiny/train/stage1/metrics.jsonl",
     "unlock-stale": "microdit unlock-stale -- --profile profiles/local --configfile config/tiny.yaml",
     "plan": "microdit plan --configfile config/paper.yaml --gpu H100",
 }

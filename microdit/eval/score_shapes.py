@@ -1,7 +1,6 @@
 """`microdit score-shapes`: the drawn-shapes scorer (microdit/eval/shapes.py) over generated samples, over the
 reference images of their captions (the ceiling of the data), or over those images' VAE reconstructions (the
 ceiling the VAE leaves), written as a GenEval-shaped summary JSON and one JSON line per image."""
-import argparse
 import json
 from pathlib import Path
 
@@ -11,17 +10,11 @@ from microdit.arguments import positive_int
 from microdit.errors import UserError
 from microdit.files import read_json, write_json, write_jsonl
 
-EXAMPLE = """example:
-  microdit score-shapes --captions results/tiny/eval/captions.jsonl --samples results/tiny/eval/samples \\
-      --out results/tiny/eval/shapes/samples.json --results results/tiny/eval/shapes/samples.jsonl"""
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "score-shapes", help="GenEval-style accuracy of drawn-shapes images against their captions",
         description="Finds the background and each caption group's shapes by colour in every image and reports the "
-                    "accuracy of background colour, colour, shape, count and relative position (tiny preset).",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "accuracy of background colour, colour, shape, count and relative position (tiny preset).")
     p.add_argument("--captions", required=True, help="caption JSONL from eval-captions")
     images = p.add_mutually_exclusive_group(required=True)
     images.add_argument("--samples", help="directory written by generate: <index>.png per caption")
