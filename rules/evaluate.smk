@@ -262,6 +262,7 @@ rule score_shapes:
     resources:
         mem_mb=2000,
         runtime=10,
+        **placement(),
     conda:
         "../envs/microdit.yaml"
     shell:
@@ -291,6 +292,7 @@ rule score_shapes_ceiling:
     resources:
         mem_mb=2000,
         runtime=10,
+        **placement(),
     conda:
         "../envs/microdit.yaml"
     shell:

@@ -24,6 +24,9 @@ elif command in ("precompute", "merge-parts"):
     write(os.path.join(value("--out"), "index.json"))
 elif command in ("generate", "geneval-generate", "merge-samples"):
     write(os.path.join(value("--out"), "generation.json"))
+elif command == "score-shapes":
+    write(value("--out"))
+    write(value("--results"))
 elif command == "train":
     folder = json.loads(next(a for a in args if a.startswith("out_dir=")).partition("=")[2])
     for name in ("final.safetensors", "ema.safetensors", "train_stats.json", "stage.yaml", "metrics.jsonl"):
