@@ -77,7 +77,8 @@ def training_section(inputs: ReportInputs, frames: dict) -> str:
         rows.append([esc(stage), f"{first:,}–{last:,}", fmt(last_value(df, "loss"), ".4f"),
                      fmt(last_value(df, "val_loss"), ".4f") + (f" ({held_out} evaluations)" if held_out else ""),
                      fmt(last_value(df, "val_loss_ema"), ".4f"), lr_text(df)])
-    header = ["stage", "global steps logged", "last training loss", "last held-out loss", "held-out, EMA weights", "learning rate"]
+    header = ["stage", "global steps logged", "last training loss", "last held-out loss", "held-out, EMA weights",
+              "learning rate"]
     return ("<h2>Training</h2>" + figure + table(header, rows) +
             '<p class="note">Held-out loss: unmasked, each held-out sample at a fixed noise level, so the points of '
             "a stage are comparable with each other.</p>")
@@ -187,23 +188,28 @@ def plan_table(inputs: ReportInputs) -> str:
     the FLOPs per image its trainer counted), beside what it spent; only stages whose resolved config is given."""
     from microdit.plan import plan_of_run
 
-    rows = []
+    rows, unplanned = [], []
     for stage in inputs.stages:
         if stage in inputs.train_stats and stage in inputs.stage_configs:
             stats = read_json(inputs.train_stats[stage], "train_stats.json")
-            planned = plan_of_run(stage, inputs.stage_configs[stage], stats, inputs.price_per_gpu_hour)
+            try:
+                planned = plan_of_run(stage, inputs.stage_configs[stage], stats, inputs.price_per_gpu_hour)
+            except UserError as err:  # a config this code cannot plan (an older run's): the spend still shows
+                unplanned.append(f"{esc(stage)}: {esc(err)}")
+                continue
             spent = ledger_row(stage, stats, inputs.price_per_gpu_hour)
             if planned is not None and planned.gpu_hours is not None:
                 rows.append([esc(stage), esc(planned.gpu), f"{planned.gpu_hours:.2f}", f"{spent.gpu_hours:.2f}",
                              f"${planned.dollars:,.2f}", f"${spent.dollars:,.2f}",
                              f"{spent.gpu_hours / planned.gpu_hours:.2f}"])
+    note = f'<p class="note">Not planned: {"; ".join(unplanned)}.</p>' if unplanned else ""
     if not rows:
-        return ""
+        return note
     return ("<h3>Planned and spent</h3>" +
             table(["stage", "planned on", "planned GPU-hours", "spent GPU-hours", "planned $", "spent $",
                    "spent / planned"], rows) +
             '<p class="note">Planned: <code>microdit plan</code> from the throughput measured in '
-            "docs/benchmarks.md, for the stage's settings as it ran.</p>")
+            "docs/benchmarks.md, for the stage's settings as it ran.</p>" + note)
 
 
 def provenance_section(inputs: ReportInputs) -> str:
