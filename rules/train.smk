@@ -40,6 +40,7 @@ rule train:
 
 
 use rule train as train_with_ema with:
+    localrule: True  # not inherited from the rule it copies
     output:
         **TRAIN_OUTPUTS,
         ema=f"{RUN}/train/{{stage}}/ema.safetensors",

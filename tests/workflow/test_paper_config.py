@@ -1,6 +1,7 @@
 """What config/paper.yaml asks of its user and of a cluster: its placeholders filled in (refused before any job), a
 partition (and account) per kind of job from the config's `slurm` section; checked through Snakemake dry runs of
 the real Snakefile."""
+import json
 import os
 import shlex
 import subprocess
@@ -77,3 +78,23 @@ def test_placeholders_are_found_at_any_depth():
     config = {"a": {"b": ["x", "<a list item>"], "c": "<fill>"}, "d": "a <b> c", "e": 3}
     assert placeholders(config) == [("a.b.1", "<a list item>"), ("a.c", "<fill>")]
 
+
+
+def test_every_stage_driver_runs_where_snakemake_runs(tmp_path):
+    """A stage's job submits its own SLURM job and waits on it: as an sbatch job of its own it would hold a node's
+    share for days (a dry run prints no sign of it, so Snakemake's own rule table is read)."""
+    script = ("import json, pathlib, sys\n"
+              "from snakemake.api import SnakemakeApi\n"
+              "from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings\n"
+              "with SnakemakeApi(OutputSettings(quiet={'all'})) as api:\n"
+              "    api_workflow = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile="
+              "pathlib.Path(sys.argv[1]), config_settings=ConfigSettings(configfiles=[pathlib.Path(sys.argv[2])]),"
+              " workdir=pathlib.Path(sys.argv[3]))\n"
+              "    api_workflow.dag()\n"
+              "    workflow = api_workflow._workflow\n"
+              "    print(json.dumps([rule.name for rule in workflow.rules if rule.name in workflow._localrules]))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(REPO / "Snakefile"), str(REPO / "config" / "tiny.yaml"),
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    local = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert {"train", "train_with_ema", "merge_parts"} <= local and "precompute" not in local
