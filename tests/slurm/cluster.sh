@@ -318,6 +318,8 @@ cmd_start() {
     install_packages
     host="$(hostname -s)"
     write_configs "$host"
+    # a job on the second node names it as its rendezvous host (MASTER_ADDR): resolve it, as a cluster's DNS would
+    grep -qw "$(second_node "$host")" /etc/hosts || echo "127.0.0.1 $(second_node "$host")" >>/etc/hosts
     export SLURM_CONF="$SLURM_CONF_FILE"   # for the daemons started below (this process only)
 
     start_munge
