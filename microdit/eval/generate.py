@@ -19,6 +19,7 @@ import torch
 from microdit.errors import UserError
 from microdit.files import atomic_write, claim_folder, fingerprint, is_claimed
 from microdit.progress import progress
+from microdit.store import part_range as even_parts
 
 SEED_STRIDE = 1 << 20  # images per seed before two seeds' noise could coincide
 
@@ -46,9 +47,8 @@ def part_range(num_images: int, batch_size: int, part: int, parts: int) -> range
     the batch it would be drawn in by one job (the batch can change the kernels' rounding)."""
     if not 0 <= part < parts:
         raise UserError(f"--part {part} of --parts {parts}: expected 0 <= part < parts")
-    count = -(-num_images // batch_size)
-    first, stop = count * part // parts, count * (part + 1) // parts
-    return range(first * batch_size, min(stop * batch_size, num_images))
+    batches = even_parts(-(-num_images // batch_size), part, parts)
+    return range(batches.start * batch_size, min(batches.stop * batch_size, num_images))
 
 
 def link_images(part: Path, out: Path, skip: tuple[str, ...]) -> int:
