@@ -1,15 +1,6 @@
 """The trainer's step and the sampler at a stage config's shapes and settings: timed (`bench train`, `bench
-sample`), counted in FLOPs, and the step's memory predicted without running it (`bench memory`).
-
-The step is built from the trainer's own parts: its model and speed settings, AdamW with the MoE layers at half
-the learning rate (train/optim.py), the EMA (train/ema.py), the denoising loss under autocast, gradient clipping. It
-is one rank's step at the paper's layout (8 GPUs x micro batch = global batch: no accumulation), on one device
-without DDP/FSDP communication, on random latents and captions.
-
-MFU = training FLOPs per image x img/s / dense bf16 peak. The FLOPs are counted by torch.utils.flop_counter over
-one forward + backward of one image on the meta device: every matmul, attention and convolution the model runs (the
-mixer on all tokens, the backbone on the kept ones, each expert on its share); elementwise work, norms, the
-optimizer and recomputation are not counted.
+sample`), counted in FLOPs, and the step's memory predicted without running it (`bench memory`). The step is one
+rank's at the paper's layout (no accumulation, no communication); docs/benchmarks.md says what MFU counts.
 """
 import math
 from dataclasses import replace
