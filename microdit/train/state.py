@@ -13,7 +13,9 @@ import torch
 import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from microdit.checkpoint import RECOMPUTABLE_BUFFERS, CheckpointError, load_dit_state, read_checkpoint
+from microdit.checkpoint import (
+    RECOMPUTABLE_BUFFERS, CheckpointError, load_dit_state, read_checkpoint, shape_problems,
+)
 from microdit.errors import UserError
 from microdit.files import SETTINGS_MARKER, atomic_write, claim_folder, fingerprint, move_aside
 from microdit.provenance import provenance
@@ -206,13 +208,10 @@ def read_newest_valid(out_dir: str | Path, is_main: bool) -> tuple[Path, dict]:
 def check_state_fits(state: dict, model: nn.Module, source: str | Path) -> None:
     """A full state's model weights have this model's names and shapes (a full init at another resolution, or of
     another architecture, is named here rather than failing deep inside the loader)."""
-    expected = {name: tuple(t.shape) for name, t in unwrap(model).state_dict().items()}
-    found = {name: tuple(t.shape) for name, t in state["model"].items()}
-    wrong = [f"{name}: {found.get(name, 'missing')} instead of {shape}" for name, shape in expected.items()
-             if found.get(name) != shape] + [f"{name}: not in this model" for name in found if name not in expected]
-    if wrong:
-        hint = " (another resolution: continue with init mode 'weights')" if any("pos_embed" in w for w in wrong) else ""
-        raise CheckpointError(f"{source}: its model does not fit this stage's{hint}: " + "; ".join(wrong[:3]))
+    problems = shape_problems(unwrap(model).state_dict(), state["model"], max_listed=3)
+    if problems:
+        hint = " (another resolution: continue with init mode 'weights')" if "pos_embed" in problems else ""
+        raise CheckpointError(f"{source}: a full state of another model{hint}: {problems}")
 
 
 def load_full_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, source, info: DistInfo,
