@@ -43,13 +43,9 @@ def pipeline_from_checkpoint(checkpoint: str, vae: str | None = None, text_encod
                         f"{dit.config.caption_channels}-wide caption embeddings")
     dit.eval()
     apply_speed_options(dit, SpeedOptions(compile=compile_mode))
-    return LatentDiffusion(dit, vae_module, text_module, EDMConfig(), precision=resolve_precision(precision, device))
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return LatentDiffusion(dit, vae_module, text_module, EDMConfig(), precision=precision)
 
 
 def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:
