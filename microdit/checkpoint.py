@@ -296,7 +296,7 @@ def _fits_field(default, value, least: int) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
-def _shape_problems(expected: dict, state: dict, max_listed: int) -> str:
+def shape_problems(expected: dict, state: dict, max_listed: int) -> str:
     """'' if `state` fits the shapes of `expected` (recomputed buffers may be absent), else what does not."""
     missing = [k for k in expected if k not in state and k not in RECOMPUTABLE_BUFFERS]
     unexpected = [k for k in state if k not in expected]
@@ -314,7 +314,7 @@ def load_dit_state(dit: MicroDiT, state: dict, source: str = "state_dict", max_l
     """Strict load of finite weights. `pos_embed` and `mask_token` are recomputed buffers: used when present, kept
     when absent."""
     expected = dit.state_dict()
-    problems = _shape_problems(expected, state, max_listed)
+    problems = shape_problems(expected, state, max_listed)
     if problems:
         raise CheckpointError(f"{source}: {problems}")
     # NaN or inf weights load without complaint and then sample black images: name them instead
@@ -333,7 +333,7 @@ def load_dit(path: str | os.PathLike, latent_res: int | None = None, device="cpu
         arch, config = infer_config(state, metadata, latent_res)
         _check_config(config, state)
         dit = _meta_model(config)
-        problems = _shape_problems(dit.state_dict(), state, max_listed=5)
+        problems = shape_problems(dit.state_dict(), state, max_listed=5)
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
     if problems:

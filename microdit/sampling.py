@@ -43,19 +43,16 @@ def pipeline_from_checkpoint(checkpoint: str, vae: str | None = None, text_encod
                         f"{dit.config.caption_channels}-wide caption embeddings")
     dit.eval()
     apply_speed_options(dit, SpeedOptions(compile=compile_mode))
-    return LatentDiffusion(dit, vae_module, text_module, EDMConfig(), precision=resolve_precision(precision, device))
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return LatentDiffusion(dit, vae_module, text_module, EDMConfig(), precision=precision)
 
 
-def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:
-    """(B,3,H,W) in [0,1] -> one PNG, written atomically."""
+def save_image_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> torch.Tensor:
+    """(B,3,H,W) in [0,1] -> one PNG, written atomically; returns the grid, (3,H',W')."""
     from torchvision.utils import make_grid, save_image
 
     nrow = nrow or math.ceil(math.sqrt(images.shape[0]))
     grid = make_grid(images.float().cpu(), nrow=nrow, padding=2, pad_value=1.0)
     atomic_write(path, lambda tmp: save_image(grid, tmp, format="PNG"))
+    return grid

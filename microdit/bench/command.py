@@ -1,14 +1,7 @@
-"""`microdit bench {train,memory,sample,layers,loader,suite}`: speed and memory at the shapes and settings of stage
-configs, one JSON line per measurement.
-
-train   times the trainer's step (img/s, first-step seconds, peak memory, MFU);
-memory  predicts the eager step's peak memory on fake tensors: runs anywhere, no GPU, in seconds;
-sample  times the stage's sampler (its Heun steps and guidance) at a batch;
-layers  times the step's attention calls per SDPA backend and its MoE layers per dispatch (seconds of GPU time);
-loader  times the training data loader over MDS shards (synthetic ones with the paper's layout by default);
-suite   runs the prepared list of the above within a time budget (the one-call GPU run).
-Stage configs are read as `microdit train` reads them, `--set` overrides included; the default ones, the paper's
-(config/stages/paper/), are found from the repository root. Timings belong in docs/benchmarks.md, never in tests.
+"""`microdit bench MODE`: speed and memory at the shapes and settings of stage configs, one JSON line per
+measurement. Stage configs are read as `microdit train` reads them, `--set` overrides included; the default ones,
+the paper's (config/stages/paper/), are found from the repository root. Timings belong in docs/benchmarks.md,
+never in tests.
 """
 import argparse
 import json

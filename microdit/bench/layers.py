@@ -1,11 +1,6 @@
-"""`microdit bench layers`: the step's attention calls and MoE layers alone, forward + backward, at a stage's shapes.
-
-A step's profile (`bench train --profile`) says which kernels take the time; this says which form of a layer is
-fastest, in seconds of GPU time instead of a full step per variant: every scaled-dot-product-attention backend over
-every attention call the step makes (mixer and backbone self-attention, cross-attention over the caption tokens, the
-prompt block), and every MoE dispatch over every MoE layer. Which calls, with which shapes, strides and how often,
-is read off one forward of the real model on the meta device, so a variant's per-step total is what the step would
-spend in those layers with it (activation checkpointing's recomputation aside).
+"""`microdit bench layers`: which form of a layer is fastest, timed alone (forward + backward) instead of a full step
+per variant: every SDPA backend over the step's attention calls, every MoE dispatch over its MoE layers. The calls,
+with their shapes, strides and counts, are read off one forward of the real model on the meta device.
 """
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -78,13 +73,9 @@ def recorded_layer_calls(cfg: StageConfig) -> tuple[Counter, Counter]:
     return attention.calls, moe
 
 
-def _seconds_per_call(run, repeats: int, device: torch.device) -> float:
+def _warm_ms_per_call(run, repeats: int, device: torch.device) -> float:
     run()  # first call: kernel selection, cuDNN plans, compilation
-    return seconds_per_call(run, repeats, device)
-
-
-def _on_device(spec: TensorSpec, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return replace(spec, dtype=dtype).random(device)
+    return 1e3 * seconds_per_call(run, repeats, device)
 
 
 def time_attention(calls: Counter, backend: str, dtype: torch.dtype, device: torch.device, repeats: int) -> dict:
@@ -93,7 +84,7 @@ def time_attention(calls: Counter, backend: str, dtype: torch.dtype, device: tor
     the per-step total unknown (None)."""
     shapes, total, flops = [], 0.0, 0.0
     for (q_spec, k_spec, v_spec), count in calls.items():
-        q, k, v = (_on_device(spec, dtype, device) for spec in (q_spec, k_spec, v_spec))
+        q, k, v = (replace(spec, dtype=dtype).random(device) for spec in (q_spec, k_spec, v_spec))
         grad_out = torch.randn(q.shape[:-1] + v.shape[-1:], dtype=dtype, device=device)
         shape = {"q": list(q.shape), "k": list(k.shape), "calls_per_step": count}
         flops += count * attention_flops(q.shape, k.shape)
@@ -102,7 +93,7 @@ def time_attention(calls: Counter, backend: str, dtype: torch.dtype, device: tor
             torch.autograd.grad(attention(q, k, v, backend), (q, k, v), grad_out)
 
         try:
-            ms = 1e3 * _seconds_per_call(run, repeats, device)
+            ms = _warm_ms_per_call(run, repeats, device)
         except RuntimeError as error:  # "No available kernel", or a kernel's size limits
             shapes.append({**shape, "error": str(error).strip().splitlines()[0][:300]})
             total = None
@@ -129,7 +120,7 @@ def time_moe(calls: Counter, dispatch: str, dtype: torch.dtype, device: torch.de
         moe.dispatch = dispatch
         torch.nn.init.normal_(moe.w1, std=0.02)
         torch.nn.init.normal_(moe.w2, std=0.02)
-        x = _on_device(x_spec, dtype, device)
+        x = replace(x_spec, dtype=dtype).random(device)
         params = (x, *moe.parameters())
 
         def run():
@@ -137,7 +128,7 @@ def time_moe(calls: Counter, dispatch: str, dtype: torch.dtype, device: torch.de
                 out = moe(x)
             torch.autograd.grad(out, params, torch.ones_like(out))
 
-        ms = 1e3 * _seconds_per_call(run, repeats, device)
+        ms = _warm_ms_per_call(run, repeats, device)
         shapes.append({"x": list(x.shape), "hidden": hidden, "calls_per_step": count, "ms_per_call": round(ms, 4)})
         total += count * ms
     return {"ms_per_step": total, "shapes": shapes}

@@ -5,7 +5,6 @@ over a directory of MDS shards, or over synthetic shards with the paper's sample
 SDXL latents (4 x r/8 x r/8) and DFN5B caption latents (1 x 77 x 1024), float16, about 166 KB a sample at 256 px,
 so the bytes moved per image are the real ones. Compare img/s with `bench train` at the same stage.
 """
-import shutil
 import time
 from pathlib import Path
 
@@ -18,27 +17,29 @@ PAPER_CAPTION_SHAPE = (1, 77, 1024)
 
 
 def write_synthetic_shards(out: Path, samples: int, resolution: int, seed: int = 0) -> Path:
-    """`samples` random paper-layout samples as uncompressed MDS shards in `out` (reused when already there;
-    written to a temporary directory, then renamed, so an interrupted run leaves nothing that looks complete)."""
+    """`samples` random paper-layout samples as uncompressed MDS shards in `out` (reused when already there; written
+    whole or not at all, so an interrupted run leaves nothing that looks complete)."""
     from streaming import MDSWriter
 
     from microdit.data.mds import SIZE_LIMIT
+    from microdit.files import atomic_folder
 
     out = Path(out)
     if (out / "index.json").exists():
         return out
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     side = resolution // 8
     columns = {"caption": "str", "caption_latents": "ndarray:float16:" + ",".join(map(str, PAPER_CAPTION_SHAPE)),
                f"latents_{resolution}": f"ndarray:float16:4,{side},{side}"}
     rng = np.random.default_rng(seed)
-    with MDSWriter(out=str(tmp), columns=columns, compression=None, size_limit=SIZE_LIMIT) as writer:
-        for i in range(samples):
-            writer.write({"caption": f"synthetic {i}",
-                          "caption_latents": rng.standard_normal(PAPER_CAPTION_SHAPE).astype(np.float16),
-                          f"latents_{resolution}": rng.standard_normal((4, side, side)).astype(np.float16)})
-    tmp.rename(out)
+
+    def write(staging: Path) -> None:
+        with MDSWriter(out=str(staging), columns=columns, compression=None, size_limit=SIZE_LIMIT) as writer:
+            for i in range(samples):
+                writer.write({"caption": f"synthetic {i}",
+                              "caption_latents": rng.standard_normal(PAPER_CAPTION_SHAPE).astype(np.float16),
+                              f"latents_{resolution}": rng.standard_normal((4, side, side)).astype(np.float16)})
+
+    atomic_folder(out, write)
     return out
 
 

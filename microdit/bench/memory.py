@@ -1,17 +1,10 @@
-"""Peak training memory of a configuration, predicted on any machine without running it.
+"""Peak training memory of a configuration, predicted on any machine without running it: two training steps on fake
+tensors (shapes, no data), while a dispatch mode counts every storage from its creation until it is freed.
 
-The model, optimizer, EMA and batch are fake tensors (shapes and dtypes, no data) on the CPU, so a 1.16 B-parameter
-model at microbatch 256 costs seconds and no memory. Two training steps run; a dispatch mode counts the bytes of
-every storage from its creation until it is freed, so the peak is the high-water mark of live tensors: parameters,
-gradients, optimizer and EMA state, the activations autograd keeps for backward, and each kernel's temporaries.
-
-The steps run under CPU autocast, which keeps bf16 where CUDA autocast computes in fp32: `cuda_autocast_policy`
-applies CUDA's rule to the two such ops the model uses (layer_norm, softmax). That rule matters: an fp32 norm output
-makes the elementwise ops after it fp32, and with it this count of the authors' configuration (one-hot dispatch,
-fp32 norms, stage 1, microbatch 256) is 82.7 GiB against the 82.5 GiB they measured on an H200.
-
-What it cannot see: the CUDA caching allocator's rounding and fragmentation, cuBLAS / cuDNN workspaces, the CUDA
-context, and communication buffers.
+CUDA's autocast rule for norms and softmax matters (an fp32 norm makes the elementwise work after it fp32): with
+it, the authors' configuration (one-hot dispatch, fp32 norms, stage 1, microbatch 256) counts 82.7 GiB against the
+82.5 GiB they measured on an H200. What it cannot see: the caching allocator's rounding, cuBLAS / cuDNN
+workspaces, the CUDA context and communication buffers.
 """
 import contextlib
 import weakref
@@ -34,7 +27,8 @@ def cuda_autocast_policy():
     def in_fp32(op):
         def run(*args, **kwargs):
             if torch.is_autocast_enabled("cpu"):
-                args, kwargs = tree_map_only(torch.Tensor, _to_fp32, (args, kwargs))
+                args, kwargs = tree_map_only(torch.Tensor, lambda t: t.float() if t.is_floating_point() else t,
+                                             (args, kwargs))
             return op(*args, **kwargs)
         return run
 
@@ -43,10 +37,6 @@ def cuda_autocast_policy():
         yield
     finally:
         F.layer_norm, F.softmax, torch.Tensor.softmax = originals
-
-
-def _to_fp32(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.float() if tensor.is_floating_point() else tensor
 
 
 class LiveBytes(TorchDispatchMode):

@@ -35,10 +35,7 @@ def _settings(*settings: str) -> list[str]:
 
 def paper_suite(card: str) -> tuple:
     """(label, `microdit bench` arguments) for `card`, most important first (docs/benchmarks.md says what runs 1-5
-    settled): each paper stage as its config runs it at the card's microbatch, stage 1 and 2 profiled, the one-hot
-    dispatch beside the index one, the same-card baseline (the authors' configuration), the sampler as `generate`
-    runs it, flash attention, checkpointed blocks instead of the budget, whole-model compile at stages 2-4, and the
-    layers."""
+    settled)."""
     fits = CARD_FITS[card]
 
     def train(number: int, suffix: str = "", *extra: str, blocks: bool = False) -> tuple:

@@ -1,17 +1,7 @@
 """The trainer's step and the sampler at a stage config's shapes and settings: timed (`bench train`, `bench
-sample`), counted in FLOPs, and the step's memory predicted without running it (`bench memory`).
-
-The step is built from the trainer's own parts: its model and speed settings, AdamW with the MoE layers at half
-the learning rate (train/optim.py), the EMA (train/ema.py), the denoising loss under autocast, gradient clipping. It
-is one rank's step at the paper's layout (8 GPUs x micro batch = global batch: no accumulation), on one device
-without DDP/FSDP communication, on random latents and captions.
-
-MFU = training FLOPs per image x img/s / dense bf16 peak. The FLOPs are counted by torch.utils.flop_counter over
-one forward + backward of one image on the meta device: every matmul, attention and convolution the model runs (the
-mixer on all tokens, the backbone on the kept ones, each expert on its share); elementwise work, norms, the
-optimizer and recomputation are not counted.
+sample`), counted in FLOPs, and the step's memory predicted without running it (`bench memory`). The step is one
+rank's at the paper's layout (no accumulation, no communication); docs/benchmarks.md says what MFU counts.
 """
-import math
 from dataclasses import replace
 
 import torch
@@ -26,8 +16,8 @@ from microdit.models.speed import apply_speed_options
 from microdit.train.config import StageConfig
 from microdit.train.ema import EMA
 from microdit.train.metrics import memory_gib, train_flops_per_sample
-from microdit.train.optim import build_optimizer, set_lr
-from microdit.train.trainer import build_model, denoising_loss, example_batch
+from microdit.train.optim import apply_gradients, build_optimizer, set_lr
+from microdit.train.trainer import autocast, build_model, denoising_loss, example_batch
 
 WARMUP_STEPS = 3  # untimed before the timing, the first one timed alone (what a start pays, compiling included)
 STATE_DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
@@ -48,10 +38,6 @@ def training_loss(model, cfg: StageConfig, batch: dict) -> torch.Tensor:
     return denoising_loss(model, batch, edm, cfg.model.train_mask_ratio)
 
 
-def autocast(cfg: StageConfig, device_type: str):
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-
-
 def trainer_step(model: MicroDiT, cfg: StageConfig, batch: dict):
     """(step, optimizer, ema): step() is one optimizer step of the trainer on `batch`, then its EMA update. The
     groups train at the schedule's peak learning rate, each at its scale; the EMA averages as after its start."""
@@ -59,14 +45,11 @@ def trainer_step(model: MicroDiT, cfg: StageConfig, batch: dict):
     set_lr(optimizer, cfg.optim.lr)
     ema = EMA(model, cfg.ema) if cfg.ema is not None else None
     ema_step = cfg.ema.every * (cfg.ema.start_step + 1) if ema else 0  # past the start, on an averaging step
-    clip = cfg.optim.grad_clip or math.inf
 
     def step() -> None:
         with autocast(cfg, batch["latents"].device.type):
             training_loss(model, cfg, batch).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        apply_gradients(model, optimizer, cfg.optim.grad_clip)
         if ema is not None:
             ema.update(model, ema_step)
 

@@ -3,7 +3,7 @@
 Reads top-down: config -> blocks -> model (forward, CFG, unpatchify) -> init -> named variants.
 Matches the authors' parameter names, shapes and math (shared/reference/SPEC.md §1) so released checkpoints load.
 """
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,9 +44,6 @@ class MicroDiTConfig:
     @property
     def num_tokens(self) -> int:
         return self.grid_size ** 2
-
-    def replace(self, **changes) -> "MicroDiTConfig":
-        return MicroDiTConfig(**{**asdict(self), **changes})
 
 
 class DiTBlock(nn.Module):

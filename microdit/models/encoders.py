@@ -99,10 +99,7 @@ class OpenCLIPTextEncoder(TextEncoder):
         clip = self.clip
         device = clip.positional_embedding.device
         x = clip.token_embedding(input_ids.to(device)) + clip.positional_embedding
-        if not getattr(clip.transformer, "batch_first", True):  # open_clip < 2.26 is sequence-first
-            x = clip.transformer(x.transpose(0, 1), attn_mask=clip.attn_mask).transpose(0, 1)
-        else:
-            x = clip.transformer(x, attn_mask=clip.attn_mask)
+        x = clip.transformer(x, attn_mask=clip.attn_mask)  # batch-first since open_clip 2.26 (pyproject's floor)
         return clip.ln_final(x).unsqueeze(1)
 
 

@@ -1,9 +1,5 @@
 """LatentDiffusion: the MicroDiT denoiser between a frozen VAE and a frozen text encoder, sampled with EDM (the
-trainer, microdit/train, trains the denoiser alone on precomputed latents).
-
-    model = create_latent_diffusion(latent_res=64, in_channels=4, pos_interp_scale=2.0)
-    load_dit_weights(model.dit, "dit_4_channel_37M_real_and_synthetic_data.pt")
-    images = model.generate(prompt=["a corgi on a beach"], num_inference_steps=30, guidance_scale=5.0, seed=2024)
+trainer, microdit/train, trains the denoiser alone on precomputed latents). Use from Python: docs/commands.md.
 """
 import os
 
@@ -42,12 +38,6 @@ class LatentDiffusion(nn.Module):
     def latent_res(self) -> int:
         return self.dit.config.input_size
 
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        if self.text_encoder is None:
-            raise RuntimeError("this LatentDiffusion has no text encoder; pass caption embeddings instead")
-        return self.text_encoder.encode(list(prompts)).to(self.device)
-
     @property
     def device(self) -> torch.device:
         return self.dit.pos_embed.device
@@ -62,7 +52,9 @@ class LatentDiffusion(nn.Module):
         if caption_latents is None:
             if prompt is None:
                 raise ValueError("generate() needs `prompt` (a list of strings) or `caption_latents`")
-            caption_latents = self.encode_prompts(prompt)
+            if self.text_encoder is None:
+                raise RuntimeError("this LatentDiffusion has no text encoder; pass caption embeddings instead")
+            caption_latents = self.text_encoder.encode(list(prompt))
         caption_latents = caption_latents.to(self.device)
         noise = self.initial_noise(caption_latents.shape[0], seed)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):

@@ -5,6 +5,7 @@ from pathlib import Path
 import torch
 
 from microdit.models.latent_diffusion import sample_latents
+from microdit.sampling import save_image_grid
 from microdit.train.config import SamplesConfig
 
 
@@ -57,8 +58,6 @@ class SampleGrid:
 
     def save(self, latents: torch.Tensor, step: int) -> torch.Tensor:
         """Write the grid of these samples' images; returns it, (3,H,W) in [0,1]."""
-        from torchvision.utils import make_grid, save_image
-
         if self.cfg.vae:
             if self._vae is None:
                 from microdit.models.encoders import VAE
@@ -70,7 +69,4 @@ class SampleGrid:
             shown = latents[:, :3].float()
             low, high = shown.amin(dim=(1, 2, 3), keepdim=True), shown.amax(dim=(1, 2, 3), keepdim=True)
             images = (shown - low) / (high - low).clamp_min(1e-6)
-        grid = make_grid(images.float().cpu(), nrow=max(1, int(len(images) ** 0.5)))
-        self.folder.mkdir(parents=True, exist_ok=True)
-        save_image(grid, self.folder / f"step_{step:09d}.png")
-        return grid
+        return save_image_grid(images, self.folder / f"step_{step:09d}.png")

@@ -3,6 +3,7 @@
 Every error names the file and the dotted field (`stage1.yaml: optim.lr: expected a number, got 'fast'`), so a bad
 config fails in the launching shell rather than minutes later on a cluster node.
 """
+import contextlib
 import dataclasses
 import math
 import os
@@ -268,6 +269,11 @@ def _build(cls, raw, where: str):
     return cls(**kwargs)
 
 
+# a setting's type: what YAML values it accepts (never a bool for a number), and how an error names it
+SETTING_TYPES = {bool: (bool, "true or false"), int: (int, "an integer"), float: ((int, float), "a number"),
+                 str: (str, "a string"), list: (list, "a list"), dict: (dict, "a mapping")}
+
+
 def _coerce(hint, value, where: str):
     optional = isinstance(hint, types.UnionType) and type(None) in hint.__args__
     if optional:
@@ -277,16 +283,10 @@ def _coerce(hint, value, where: str):
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, f"{where}.")
     if hint is float and isinstance(value, str):
-        value = _number(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
-    ok = {bool: isinstance(value, bool),
-          int: isinstance(value, int) and not isinstance(value, bool),
-          float: isinstance(value, (int, float)) and not isinstance(value, bool),
-          str: isinstance(value, str),
-          list: isinstance(value, list),
-          dict: isinstance(value, dict)}[hint]
-    if not ok:
-        expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
-                    dict: "a mapping"}[hint]
+        with contextlib.suppress(ValueError):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+    accepted, expected = SETTING_TYPES[hint]
+    if not isinstance(value, accepted) or (hint in (int, float) and isinstance(value, bool)):
         raise UserError(f"{where}: expected {expected}, got {value!r}")
     if (bad := _non_finite(value, where)) is not None:  # YAML reads .nan and .inf as numbers; no bound refuses NaN
         raise UserError(f"{bad[0]}: expected a finite number, got {bad[1]}")
@@ -299,13 +299,6 @@ def _non_finite(value, where: str) -> tuple[str, float] | None:
         return where, value
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     return next((bad for key, item in items if (bad := _non_finite(item, f"{where}.{key}")) is not None), None)
-
-
-def _number(text: str):
-    try:
-        return float(text)
-    except ValueError:
-        return text
 
 
 def _check(condition: bool, where: str, message: str) -> None:

@@ -1,9 +1,8 @@
-"""Where training batches come from: a small protocol, a seeded synthetic source, and the hook to the MDS loader.
+"""Where training batches come from: a small protocol, a seeded synthetic source, and the MDS loader.
 
 A source yields this rank's microbatches in order, {"latents" (B,C,H,W), "caption_latents" (B,1,L,W),
 "drop_caption_mask" (B,)}, and can save / restore its position so a resumed run continues mid-epoch.
 """
-import importlib
 from typing import Iterator, Protocol
 
 import torch
@@ -11,7 +10,6 @@ import torch
 from microdit.errors import UserError
 from microdit.train.config import StageConfig
 
-MDS_LOADER_MODULE = "microdit.data.loader"
 _SEED_STRIDE = 0x9E3779B97F4A7C15  # odd 64-bit constant: consecutive sample ids map to well-spread generator seeds
 
 
@@ -85,7 +83,7 @@ def build_source(cfg: StageConfig, rank: int, world_size: int, accumulation: int
 
 
 def build_mds_source(cfg: StageConfig, accumulation: int) -> LatentsSource:
-    """Hook to the streaming MDS latents loader (microdit/data/loader.py), imported only when a stage asks for it.
+    """The streaming MDS latents loader (microdit/data/loader.py), imported only when a stage asks for it.
     `data.options` go to its build_latents_loader (datadirs, resolution, proportions, num_workers, ...); rank and
     world size reach mosaicml-streaming through the environment (microdit.train.distributed exports them).
 
@@ -94,19 +92,11 @@ def build_mds_source(cfg: StageConfig, accumulation: int) -> LatentsSource:
     the order, and a saved position, follow the global batch and the world size, not the microbatch (a memory knob
     that differs between stages which continue each other's stream). Microbatch k takes every accumulation-th sample
     from the k-th (microbatch_index)."""
+    from microdit.data.loader import build_latents_loader
+
     try:
-        loader = importlib.import_module(MDS_LOADER_MODULE)
-    except ModuleNotFoundError as err:
-        if err.name is not None and MDS_LOADER_MODULE.startswith(err.name):
-            raise UserError(f"data.kind: mds needs {MDS_LOADER_MODULE}, which is not installed in this tree; "
-                            "use data.kind: random or add the data pipeline") from None
-        raise
-    build = getattr(loader, "build_latents_loader", None)
-    if build is None:
-        raise UserError(f"{MDS_LOADER_MODULE} has no build_latents_loader(); cannot use data.kind: mds")
-    try:
-        batches = build(batch_size=cfg.micro_batch * accumulation, cap_drop_prob=cfg.data.cap_drop_prob,
-                        seed=cfg.seed, **cfg.data.options)
+        batches = build_latents_loader(batch_size=cfg.micro_batch * accumulation,
+                                       cap_drop_prob=cfg.data.cap_drop_prob, seed=cfg.seed, **cfg.data.options)
     except TypeError as err:
         raise UserError(f"data.options: {err}") from None
     return RenamedLatents(batches, accumulation, cfg.model.latent_shape, cfg.data.options.get("resolution"))

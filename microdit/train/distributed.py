@@ -22,7 +22,6 @@ LAYOUT_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MAS
 class DistInfo:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     device: torch.device = torch.device("cpu")
 
     @property
@@ -65,7 +64,7 @@ def init_distributed() -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
                                 rank=rank, world_size=world)
-    return DistInfo(rank, world, local, device)
+    return DistInfo(rank, world, device)
 
 
 def shutdown_distributed() -> None:

@@ -69,18 +69,10 @@ def executor_parameters(cfg: StageConfig) -> dict:
     optional = {"slurm_partition": launch.partition, "slurm_account": launch.account, "slurm_qos": launch.qos,
                 "slurm_constraint": launch.constraint}
     params.update({key: value for key, value in optional.items() if value})
-    if launch.sbatch_extra:
-        params["slurm_additional_parameters"] = sbatch_lines_to_parameters(launch.sbatch_extra)
+    if launch.sbatch_extra:  # ['--mail-type=END', '--exclusive'] -> {'mail-type': 'END', 'exclusive': True}
+        split = (line[2:].partition("=") for line in launch.sbatch_extra)
+        params["slurm_additional_parameters"] = {key: value if sep else True for key, sep, value in split}
     return params
-
-
-def sbatch_lines_to_parameters(lines: list[str]) -> dict:
-    """['--mail-type=END', '--exclusive'] -> {'mail-type': 'END', 'exclusive': True}; submitit quotes the values."""
-    out = {}
-    for line in lines:
-        key, sep, value = line[2:].partition("=")
-        out[key] = value if sep else True
-    return out
 
 
 def make_executor(cfg: StageConfig) -> submitit.AutoExecutor:

@@ -4,6 +4,8 @@ The reference selected "MoE parameters" by the substring 'moe' in their names, w
 called `mlp`), so its lr halving never happened (SPEC §7.1). Here the MoE layers are found by type, and
 `optim.moe_half_lr` (on by default) switches the halving on; off reproduces what the reference actually trained.
 """
+import math
+
 import torch
 import torch.nn as nn
 
@@ -38,3 +40,12 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"]
+
+
+def apply_gradients(model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float) -> torch.Tensor:
+    """Clip the global gradient norm to `grad_clip` (0: no clipping), step and clear the gradients; returns the
+    norm before clipping (a DTensor under FSDP)."""
+    norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm

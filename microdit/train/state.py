@@ -13,7 +13,9 @@ import torch
 import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from microdit.checkpoint import RECOMPUTABLE_BUFFERS, CheckpointError, load_dit_state, read_checkpoint
+from microdit.checkpoint import (
+    RECOMPUTABLE_BUFFERS, CheckpointError, load_dit_state, read_checkpoint, shape_problems,
+)
 from microdit.errors import UserError
 from microdit.files import SETTINGS_MARKER, atomic_write, claim_folder, fingerprint, move_aside
 from microdit.provenance import provenance
@@ -45,17 +47,6 @@ def newest_checkpoint(out_dir: str | Path) -> Path | None:
 def prune_checkpoints(out_dir: str | Path, keep: int) -> None:
     for old in list_checkpoints(out_dir)[:-keep]:
         old.unlink(missing_ok=True)
-
-
-def remove_dead_temp_files(out_dir: str | Path) -> list[Path]:
-    """Half-written checkpoints (atomic_write's temporary files) of a save that was killed: an exception removes
-    its own, a kill -9 or a lost node leaves one as big as a checkpoint. Only for rank 0 at the stage's start, before
-    any save: a stage folder has one job at a time (its driver's lock), in which rank 0 alone writes checkpoints,
-    so no live writer can own them then. Returns what was removed."""
-    found = sorted((Path(out_dir) / CHECKPOINT_DIR).glob(".step_*.pt.*.tmp"))
-    for path in found:
-        path.unlink(missing_ok=True)
-    return found
 
 
 def run_fingerprint(settings: dict) -> str:
@@ -93,12 +84,6 @@ def data_identity(data: dict) -> list | None:
     return identity
 
 
-def claim_checkpoints(out_dir: str | Path, digest: str) -> Path | None:
-    """Make the checkpoint folder belong to this config. Checkpoints written under another config (the user changed
-    the lr, the data, ...) must not be resumed: they are moved aside, never deleted. Returns where they went."""
-    return claim_folder(Path(out_dir) / CHECKPOINT_DIR, digest, FINGERPRINT)
-
-
 # The metrics log of a stage's attempts lives with the checkpoints it describes: Snakemake removes a job's declared
 # outputs before it reruns it, and a resumed stage appends to the log. `metrics.jsonl` beside it is its export.
 METRICS = "metrics.jsonl"
@@ -111,43 +96,38 @@ def metrics_log_path(out_dir: str | Path) -> Path:
     return Path(out_dir) / CHECKPOINT_DIR / METRICS
 
 
-def set_aside_run_outputs(out_dir: str | Path, stale: Path) -> None:
+def prepare_run_folder(out_dir: Path, settings: dict, resume: str) -> None:
+    """Rank 0, before a stage builds: clear what a killed save left, and move aside (never delete) the checkpoints,
+    log and exports of a run that this one must not resume: another config (settings), or `resume` other than auto."""
+    folder = Path(out_dir) / CHECKPOINT_DIR
+    # atomic_write's temporary files of a killed save (a kill -9 or a lost node leaves one as big as a checkpoint):
+    # no live writer owns them now, since one job at a time drives a stage folder and in it rank 0 alone saves
+    if removed := sorted(folder.glob(".step_*.pt.*.tmp")):
+        for path in removed:
+            path.unlink(missing_ok=True)
+        print(f"{out_dir}: removed {len(removed)} half-written checkpoint file(s) of a save that was killed, "
+              f"e.g. {removed[0].name}", file=sys.stderr, flush=True)
+    stale = claim_folder(folder, run_fingerprint(settings), FINGERPRINT)
+    if stale is not None:
+        print(f"{out_dir}: the config, the stage it starts from or its data changed since its checkpoints were "
+              f"written; they were moved to {stale} with that run's log and exports, and the stage starts afresh",
+              file=sys.stderr, flush=True)
+    elif resume != "auto" and list_checkpoints(out_dir):
+        # aside, so that pruning does not weigh the new run's checkpoints against them and a requeue resumes the
+        # new run, not the old one
+        stale = move_aside(folder)
+        folder.mkdir()
+        (stale / FINGERPRINT).replace(folder / FINGERPRINT)  # the config is the same: the marker stays
+        print(f"{out_dir}: starting afresh (resume {resume!r}); its checkpoints, log and exports were moved to {stale}",
+              file=sys.stderr, flush=True)
+    if stale is None:
+        return
     for name in RUN_OUTPUTS:
         path = Path(out_dir) / name
         if name == METRICS and (stale / name).exists():
             path.unlink(missing_ok=True)  # the export of the log that moved aside with the checkpoints
         elif path.exists():
             path.rename(stale / name)
-
-
-def set_aside_checkpoints(out_dir: str | Path) -> Path | None:
-    """A stage started afresh although it has checkpoints (`--resume none`): they are moved aside, so that pruning
-    does not weigh the new run's checkpoints against them and a requeue resumes the new run, not the old one."""
-    folder = Path(out_dir) / CHECKPOINT_DIR
-    if not list_checkpoints(out_dir):
-        return None
-    stale = move_aside(folder)
-    folder.mkdir()
-    (stale / FINGERPRINT).replace(folder / FINGERPRINT)  # the config is the same: the marker stays
-    return stale
-
-
-def prepare_run_folder(out_dir: Path, settings: dict, resume: str) -> None:
-    """Rank 0, before a stage builds: clear what a killed save left, and move aside (never delete) the checkpoints,
-    log and exports of a run that this one must not resume: another config (settings), or `resume` other than auto."""
-    if removed := remove_dead_temp_files(out_dir):
-        print(f"{out_dir}: removed {len(removed)} half-written checkpoint file(s) of a save that was killed, "
-              f"e.g. {removed[0].name}", file=sys.stderr, flush=True)
-    stale = claim_checkpoints(out_dir, run_fingerprint(settings))
-    if stale is not None:
-        print(f"{out_dir}: the config, the stage it starts from or its data changed since its checkpoints were "
-              f"written; they were moved to {stale} with that run's log and exports, and the stage starts afresh",
-              file=sys.stderr, flush=True)
-    elif resume != "auto" and (stale := set_aside_checkpoints(out_dir)) is not None:
-        print(f"{out_dir}: starting afresh (resume {resume!r}); its checkpoints, log and exports were moved to {stale}",
-              file=sys.stderr, flush=True)
-    if stale is not None:
-        set_aside_run_outputs(out_dir, stale)
 
 
 # ----------------------------------------------------------------------------------------------------- RNG
@@ -228,13 +208,10 @@ def read_newest_valid(out_dir: str | Path, is_main: bool) -> tuple[Path, dict]:
 def check_state_fits(state: dict, model: nn.Module, source: str | Path) -> None:
     """A full state's model weights have this model's names and shapes (a full init at another resolution, or of
     another architecture, is named here rather than failing deep inside the loader)."""
-    expected = {name: tuple(t.shape) for name, t in unwrap(model).state_dict().items()}
-    found = {name: tuple(t.shape) for name, t in state["model"].items()}
-    wrong = [f"{name}: {found.get(name, 'missing')} instead of {shape}" for name, shape in expected.items()
-             if found.get(name) != shape] + [f"{name}: not in this model" for name in found if name not in expected]
-    if wrong:
-        hint = " (another resolution: continue with init mode 'weights')" if any("pos_embed" in w for w in wrong) else ""
-        raise CheckpointError(f"{source}: its model does not fit this stage's{hint}: " + "; ".join(wrong[:3]))
+    problems = shape_problems(unwrap(model).state_dict(), state["model"], max_listed=3)
+    if problems:
+        hint = " (another resolution: continue with init mode 'weights')" if "pos_embed" in problems else ""
+        raise CheckpointError(f"{source}: a full state of another model{hint}: {problems}")
 
 
 def load_full_state(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, source, info: DistInfo,

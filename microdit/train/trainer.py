@@ -6,7 +6,6 @@ A step = `accumulation` microbatches per rank (global batch / (micro batch x wor
 clipped, one AdamW step, then the EMA. The noise of every microbatch is seeded from (seed, step, global microbatch
 index), so a step's result does not depend on how many ranks share it or on where a run was resumed.
 """
-import contextlib
 import json
 import math
 import os
@@ -36,7 +35,7 @@ from microdit.train.distributed import (
 )
 from microdit.train.ema import EMA
 from microdit.train.metrics import MetricsLog, Throughput, memory_gib, peak_flops, train_flops_per_sample
-from microdit.train.optim import build_optimizer, set_lr
+from microdit.train.optim import apply_gradients, build_optimizer, set_lr
 from microdit.train.schedules import lr_factor
 from microdit.train.validation import HeldOutLoss
 
@@ -69,6 +68,11 @@ def denoising_loss(model: nn.Module, batch: dict, edm: EDMConfig, mask_ratio: fl
     """EDM loss of one microbatch; a dropped caption becomes the all-zero (null) embedding."""
     keep = batch["drop_caption_mask"].reshape(-1, 1, 1, 1)
     return edm_loss(model, batch["latents"].float(), batch["caption_latents"].float() * keep, edm, mask_ratio)
+
+
+def autocast(cfg: StageConfig, device_type: str):
+    """bf16 autocast over fp32 master weights, or none (precision fp32)."""
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
 
 def example_batch(cfg: StageConfig, device: torch.device, size: int = 1) -> dict:
@@ -234,11 +238,7 @@ class Trainer:
                 (micro_loss / self.accumulation).backward()
             losses.append(micro_loss.detach().float())
         loss = mean_across_ranks(torch.stack(losses).mean())
-        clip = self.cfg.optim.grad_clip or math.inf
-        grad_norm = full_tensor(nn.utils.clip_grad_norm_(self.model.parameters(), clip))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss, grad_norm
+        return loss, full_tensor(apply_gradients(self.model, self.optimizer, self.cfg.optim.grad_clip))
 
     def _read_losses(self, window: list[tuple[int, torch.Tensor, torch.Tensor]]) -> list[float]:
         """The losses of (step, loss, gradient norm) triples as numbers, waiting for their steps. A non-finite loss
@@ -253,9 +253,7 @@ class Trainer:
         return [loss for loss, _ in values]
 
     def autocast(self):
-        if self.cfg.precision == "bf16":
-            return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.cfg, self.info.device.type)
 
     def _progress_bar(self):
         if not (self.cfg.progress and self.info.is_main):
