@@ -48,12 +48,6 @@ def one_of(names) -> str:
     return "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True)) or "(?!)"
 
 
-def wildcard_patterns(config: dict) -> dict[str, str]:
-    """The stage wildcard's regular expression: exactly the config's stage names (the data rules' wildcards are the
-    store's keys: rules/common.smk)."""
-    return {"stage": one_of(config["stages"])}
-
-
 def resolve_path(path: str, basedir: str) -> str:
     """A config path: relative to the working directory if it exists there, else to the workflow's folder
     (snakemake --directory elsewhere)."""
