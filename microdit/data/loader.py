@@ -1,12 +1,8 @@
-"""Training batches from precomputed latents (SPEC §4.4): one StreamingDataset over several latents datasets.
+"""Training batches from precomputed latents (SPEC §4.4, docs/data.md): one StreamingDataset over several latents
+datasets, which streaming shards over ranks and workers and resumes mid-epoch.
 
-Without proportions every dataset contributes its natural size per epoch, as the reference; with proportions the
-streams are mixed in those ratios. Streaming shards the samples over ranks (RANK/WORLD_SIZE) and dataloader
-workers, and StreamingDataLoader.state_dict()/load_state_dict() resume mid-epoch.
-
-Each sample: image_latents (C, h, w) at the chosen resolution, caption_latents (1, L, W), both float16 as stored, and
-drop_caption_mask (0.0 = caption dropped for classifier-free guidance, else 1.0), the argument of
-trainer.denoising_loss. The drop is drawn from (seed, epoch, sample id), so a resumed run drops the same captions.
+Each sample: image_latents (C, h, w), caption_latents (1, L, W), both float16 as stored, and drop_caption_mask (0.0 =
+caption dropped for classifier-free guidance), drawn from (seed, epoch, sample id): a resumed run drops the same ones.
 """
 import glob
 import logging
