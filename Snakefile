@@ -7,7 +7,7 @@ import os
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
-from microdit.workflow import config_errors, schema_errors, stage_setting_errors, wildcard_patterns
+from microdit.workflow import config_errors, one_of, schema_errors, stage_setting_errors
 
 min_version("9.27")  # the workflow profile, the profile keys and the executor plugin as tested (envs/requirements.txt)
 
@@ -24,7 +24,7 @@ if errors := config_errors(config, workflow.basedir):
 
 # a wildcard takes only the config's names: a typo'd target meets no rule (Snakemake's own error), not a KeyError
 wildcard_constraints:
-    **wildcard_patterns(config),
+    stage=one_of(config["stages"]),
 
 
 include: "rules/common.smk"

@@ -1,5 +1,6 @@
 """File helpers every step shares. Writes go to a temporary file (or folder) in the same directory and are renamed
 into place, so a crash never leaves half a file."""
+import contextlib
 import hashlib
 import json
 import os
@@ -67,16 +68,12 @@ def current_umask() -> int:
 
 def sync_folder(folder: Path) -> None:
     """Make a rename in `folder` durable (some filesystems cannot sync a folder: then there is nothing to do)."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_json(obj, path: str | os.PathLike) -> None:
@@ -114,12 +111,9 @@ def write_jsonl(rows: list[dict], path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def model_identity(name: str):

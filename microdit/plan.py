@@ -126,23 +126,16 @@ def plan_of_run(stage: str, stage_yaml: str | Path, stats: dict, price: float) -
 
 
 def stage_config(config: dict, stage: str, workflow_dir: str):
-    """A stage's settings as its job resolves them (stage YAML, the workflow's model shapes and launch, `set`)."""
-    import yaml
-
-    from microdit.train.config import set_setting, stage_config_from_dict
-    from microdit.workflow import model_settings, read_stage_yaml, resolve_path
+    """A stage's settings as its job resolves them, with the workflow's model shapes and launch."""
+    from microdit.workflow import model_settings, resolve_path, resolved_stage, stage_yaml_problem
 
     spec = config["stages"][stage]
     path = resolve_path(spec["config"], workflow_dir)
-    try:
-        settings = read_stage_yaml(path)
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"stages.{stage}.config: cannot read {path} ({str(err).splitlines()[0]})") from None
+    if problem := stage_yaml_problem(path):
+        raise UserError(f"stages.{stage}.config: {path}: {problem}")
     overrides = {**model_settings(config, stage), **{f"launch.{k}": v for k, v in config.get("launch", {}).items()},
                  **spec.get("set", {})}
-    for key, value in overrides.items():
-        set_setting(settings, key, value, f"stages.{stage}.set: {key}")
-    return stage_config_from_dict(settings, source=f"stages.{stage} ({path})")
+    return resolved_stage(stage, path, overrides)
 
 
 def plan(config: dict, workflow_dir: str, throughput: dict, gpu: str) -> list[PlanRow]:

@@ -1,10 +1,7 @@
 """`microdit unlock-stale [--snakemake PATH] -- SNAKEMAKE_ARGS`: clear the lock a killed Snakemake left behind.
 
-Snakemake locks its working directory (.snakemake/locks/) for a run and removes the lock when the run ends; a run
-killed with SIGKILL cannot, and every later run stops on the lock until someone runs `snakemake ... --unlock`. The
-lock records no process, so a stale one is told apart by looking: no Snakemake process on this machine has this
-directory as its working directory. Then the lock is removed with the same arguments; else nothing is touched and
-the message says what to run. `make demo` calls this before Snakemake.
+A run killed with SIGKILL leaves its lock (.snakemake/locks/), and every later run stops on it. The lock records no
+process, so a stale one is told apart by looking: no Snakemake process on this machine works in this directory.
 """
 import argparse
 import os

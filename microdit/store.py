@@ -80,11 +80,8 @@ class Store:
         return f"vae-{short_digest(settings)}"
 
     # ----------------------------------------------------------------------------------------------- parts
-    def parts(self, download: str) -> int:
-        return int(self.config["downloads"][download].get("parts", 1))
-
     def dataset_parts(self, dataset: str) -> int:
-        return self.parts(self.config["datasets"][dataset]["download"])
+        return int(self.config["downloads"][self.config["datasets"][dataset]["download"]].get("parts", 1))
 
     # ----------------------------------------------------------------------------------------------- paths
     def download_part(self, download: str, parts, part) -> str:

@@ -68,10 +68,9 @@ def train_tiny_vae(images: torch.Tensor, steps: int, batch_size: int, lr: float,
             log(f"vae step {step:4d}  loss {loss.item():.5f}")
     vae.eval()
     with torch.no_grad():
-        latents = torch.cat([vae.encode(images[i:i + 64]).latent_dist.mean for i in range(0, len(images), 64)])
-        reconstruction_mse = float(torch.cat([
-            vae.decode(vae.encode(images[i:i + 64]).latent_dist.mean).sample - images[i:i + 64]
-            for i in range(0, len(images), 64)]).square().mean())
+        latents = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in images.split(64)])
+        reconstruction = torch.cat([vae.decode(chunk).sample for chunk in latents.split(64)])
+    reconstruction_mse = float((reconstruction - images).square().mean())
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     return vae, {"steps": steps, "final_loss": loss.item(), "reconstruction_mse": reconstruction_mse,
                  "scaling_factor": vae.config.scaling_factor, "images": len(images)}

@@ -11,6 +11,7 @@ import shlex
 
 import yaml
 
+from microdit.errors import UserError
 from microdit.files import fingerprint
 from microdit.train.cosmetic import weight_settings
 
@@ -45,12 +46,6 @@ def one_of(names) -> str:
     """A wildcard's regular expression matching exactly these names (none: nothing)."""
     # the longest first: a name that is another's prefix must not win the match
     return "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True)) or "(?!)"
-
-
-def wildcard_patterns(config: dict) -> dict[str, str]:
-    """The stage wildcard's regular expression: exactly the config's stage names (the data rules' wildcards are the
-    store's keys: rules/common.smk)."""
-    return {"stage": one_of(config["stages"])}
 
 
 def resolve_path(path: str, basedir: str) -> str:
@@ -234,19 +229,23 @@ def own_sample_captions(base_yaml: str, overrides: dict) -> bool:
     return isinstance(samples, dict) and bool(samples.get("captions"))
 
 
-def stage_setting_errors(stage: str, base_yaml: str, overrides: dict) -> list[str]:
-    """What the trainer would refuse in a stage's resolved settings (its YAML with the workflow's overrides, as
-    `microdit train --config BASE --set ...` builds them), found when the workflow is parsed rather than when the
-    stage's job starts, after the jobs before it and after Snakemake has removed its old outputs. Imports torch (the
-    stage dataclasses name the model's variants), so it runs in Snakemake's main process only."""
-    from microdit.errors import UserError
+def resolved_stage(stage: str, base_yaml: str, overrides: dict):
+    """A stage's settings as its job resolves them (`microdit train --config BASE --set ...`: its YAML with the
+    workflow's overrides), validated. Imports torch (the stage dataclasses name the model's variants), so it runs in
+    Snakemake's main process and `microdit plan` only."""
     from microdit.train.config import set_setting, stage_config_from_dict
 
     settings = read_stage_yaml(base_yaml)
+    for key, value in overrides.items():
+        set_setting(settings, key, value, f"stages.{stage}.set: {key}")
+    return stage_config_from_dict(settings, source=f"stages.{stage} ({base_yaml} with the workflow's settings)")
+
+
+def stage_setting_errors(stage: str, base_yaml: str, overrides: dict) -> list[str]:
+    """What the trainer would refuse in a stage's resolved settings, found when the workflow is parsed rather than
+    when the stage's job starts, after the jobs before it and after Snakemake has removed its old outputs."""
     try:
-        for key, value in overrides.items():
-            set_setting(settings, key, value, f"stages.{stage}.set: {key}")
-        stage_config_from_dict(settings, source=f"stages.{stage} ({base_yaml} with the workflow's settings)")
+        resolved_stage(stage, base_yaml, overrides)
     except UserError as err:
         return [str(err)]
     return []

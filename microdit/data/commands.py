@@ -1,12 +1,5 @@
-"""`microdit download | convert | precompute`: the data steps, each with explicit input and output paths.
-
-  microdit download SOURCE --out WDS_DIR [--subset small] [--part I --parts N] [source options]
-  microdit convert --input WDS_DIR --out MDS_DIR [--min-side 256] [--resize-to 512] [--clean-captions]
-  microdit precompute --input MDS_DIR --out LATENTS_DIR --vae VAE_DIR --text-encoder NAME [--resolutions 256 512]
-  microdit merge-parts --out MDS_DIR PART_DIR...
-
-Each prints a JSON summary on stdout; logs go to stderr.
-"""
+"""`microdit download | convert | precompute | merge-parts`: the data steps, each with explicit input and output
+paths. Each prints a JSON summary on stdout; logs go to stderr."""
 import json
 import logging
 from pathlib import Path

@@ -1,13 +1,6 @@
-"""Download shards (img2dataset layout) -> MDS image dataset, applying the SPEC §4.1 filter.
-
-Rules: skip an image whose short side is below `min_side` (256; 512 for the separate min-res-512 split); resize the
-short side to `resize_to` (512) with bicubic antialiasing when it is larger; never flip. width/height store the saved
-size (fixing the reference's CC12M bug, SPEC §7.10). Unreadable images, images over `max_pixels` (checked before
-decoding) and missing, empty or non-UTF-8 captions are skipped, logged and counted by reason in
-<out>/convert_stats.json, as are samples whose key is not unique in its tar.
-
-Workers take every n-th input tar and each writes <tmp>/<tar name>/; the indexes are merged and the finished
-directory is renamed onto <out>, so <out> is either complete or absent.
+"""Download shards (img2dataset layout) -> MDS image dataset, applying the SPEC §4.1 filter (docs/data.md): skip
+images whose short side is below `min_side`, resize larger ones to `resize_to`, never flip. width/height store the
+saved size (fixing the reference's CC12M bug, SPEC §7.10). Bad samples are skipped, logged and counted by reason.
 """
 import json
 import logging

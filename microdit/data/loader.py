@@ -1,12 +1,8 @@
-"""Training batches from precomputed latents (SPEC §4.4): one StreamingDataset over several latents datasets.
+"""Training batches from precomputed latents (SPEC §4.4, docs/data.md): one StreamingDataset over several latents
+datasets, which streaming shards over ranks and workers and resumes mid-epoch.
 
-Without proportions every dataset contributes its natural size per epoch, as the reference; with proportions the
-streams are mixed in those ratios. Streaming shards the samples over ranks (RANK/WORLD_SIZE) and dataloader
-workers, and StreamingDataLoader.state_dict()/load_state_dict() resume mid-epoch.
-
-Each sample: image_latents (C, h, w) at the chosen resolution, caption_latents (1, L, W), both float16 as stored, and
-drop_caption_mask (0.0 = caption dropped for classifier-free guidance, else 1.0), the argument of
-trainer.denoising_loss. The drop is drawn from (seed, epoch, sample id), so a resumed run drops the same captions.
+Each sample: image_latents (C, h, w), caption_latents (1, L, W), both float16 as stored, and drop_caption_mask (0.0 =
+caption dropped for classifier-free guidance), drawn from (seed, epoch, sample id): a resumed run drops the same ones.
 """
 import glob
 import logging
@@ -24,8 +20,6 @@ from microdit.errors import UserError
 
 log = logging.getLogger(__name__)
 
-REFERENCE_CAPTION_SHAPE = (1, 77, 1024)  # only used for datasets that store caption_latents as raw bytes
-REFERENCE_VAE_DOWNSAMPLE = 8
 STREAMING_SHM = re.compile(r"/dev/shm/\d{6}_\w+")
 
 
@@ -57,17 +51,10 @@ def clean_stale_shared_memory() -> bool:
     return True
 
 
-def to_array(value, shape: tuple) -> np.ndarray:
-    """Our ndarray columns decode with their shape; the reference's are raw fp16 bytes."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return np.frombuffer(value, dtype=np.float16).reshape(shape)
-    return value
-
-
 class LatentsDataset(StreamingDataset):
     def __init__(self, datadirs: Sequence[str], resolution: int, cap_drop_prob: float = 0.0,
                  proportions: Sequence[float] | None = None, batch_size: int | None = None, shuffle: bool = True,
-                 seed: int = 9176, caption_shape: tuple = REFERENCE_CAPTION_SHAPE, **streaming_kwargs):
+                 seed: int = 9176, **streaming_kwargs):
         if not 0.0 <= cap_drop_prob <= 1.0:
             raise ValueError(f"cap_drop_prob {cap_drop_prob}: expected a probability in [0, 1]")
         if proportions is not None and len(proportions) != len(datadirs):
@@ -82,9 +69,6 @@ class LatentsDataset(StreamingDataset):
         super().__init__(streams=streams, batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed,
                          **streaming_kwargs)
         self.column = f"latents_{resolution}"
-        side = resolution // REFERENCE_VAE_DOWNSAMPLE
-        self.latent_shape = (-1, side, side)
-        self.caption_shape = caption_shape
         self.cap_drop_prob = cap_drop_prob
         self.seed = seed
 
@@ -99,9 +83,8 @@ class LatentsDataset(StreamingDataset):
         # decoded arrays are read-only views of the shard: copy before handing them to torch. They stay in their
         # stored dtype (float16): half the bytes through workers, collation and pinning; the trainer converts on
         # the device, where it costs nothing (docs/benchmarks.md, `bench loader`)
-        latents = np.array(to_array(sample[self.column], self.latent_shape))
-        caption = np.array(to_array(sample["caption_latents"], self.caption_shape))
-        return {"image_latents": torch.from_numpy(latents), "caption_latents": torch.from_numpy(caption),
+        return {"image_latents": torch.from_numpy(np.array(sample[self.column])),
+                "caption_latents": torch.from_numpy(np.array(sample["caption_latents"])),
                 "drop_caption_mask": torch.tensor(self.drop_mask(sample_id), dtype=torch.float32)}
 
 

@@ -1,23 +1,18 @@
-"""MDS image dataset -> MDS latents dataset (SPEC §4.3): the only data training reads.
+"""MDS image dataset -> MDS latents dataset (SPEC §4.3, docs/data.md): per sample its caption, the text encoder's
+states of it and, per resolution, one VAE posterior sample of the resized and center-cropped image, all fp16.
 
-Per sample and resolution r: Resize(r, bicubic, antialias) of the short side, CenterCrop(r), [-1, 1], one VAE posterior
-sample times the scaling factor (stored fp16, shape (C, r/f, r/f)); the caption through the text encoder (fp16,
-(1, L, W)). Columns: caption, caption_latents, latents_<r>.
-
-Work unit = one input shard. Unit u goes to process u % world and is written to <out>/<u:05d>/ through a temporary
-directory, so a finished unit is never recomputed after a crash. Its noise generator is seeded from the seed and the
-input shard's name (not seed + rank as the reference), which keeps the output byte-identical whatever the number of
-processes, restarts or parts of a dataset (convert names a shard by its download shard, whichever part holds it).
-When every unit exists, the unit indexes are merged into <out>/index.json and throughput goes to
-<out>/precompute_stats.json.
+Work unit = one input shard, written to <out>/<unit>/ through a temporary folder, so a finished unit is never
+recomputed after a crash. Its noise is seeded from the seed and the input shard's name (not seed + rank as the
+reference): the output is byte-identical whatever the number of processes, restarts or parts of a dataset.
 """
 import json
 import logging
+import multiprocessing
 import os
-import re
 import shutil
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,7 +21,7 @@ import torch
 
 from microdit.data.mds import (INDEX, SIZE_LIMIT, iter_samples, merge_parts, missing_columns, shard_path,
                                shard_readers)
-from microdit.errors import FULL_DISK, UserError
+from microdit.errors import UserError
 from microdit.files import claim_folder, fingerprint, model_identity, write_json
 from microdit.progress import progress as progress_bar
 from microdit.provenance import provenance
@@ -195,21 +190,6 @@ def merge(in_dir: str, out_dir: str, config: Config) -> dict:
     return stats
 
 
-def _spawned_rank(rank: int, world: int, in_dir: str, out_dir: str, config: Config) -> None:
-    device = f"cuda:{rank}" if torch.cuda.is_available() else "cpu"
-    run_rank(in_dir, out_dir, config, rank, world, device)
-
-
-def worker_failure(err: Exception) -> Exception:
-    """A worker's full disk as the OSError it met, which the CLI reports in one line like any step's; anything else
-    as the worker raised it. A worker's exception reaches the parent as its traceback's text only."""
-    raised = [line for line in str(err).splitlines() if line.strip()][-1]
-    found = re.fullmatch(r"OSError: \[Errno (\d+)\] (.+?)(?:: '(.*)')?", raised)
-    if found and int(found[1]) in FULL_DISK:
-        return OSError(int(found[1]), found[2], found[3])
-    return err
-
-
 def input_identity(in_dir: str) -> dict:
     """What the latents are computed from: the input dataset's index and its shard files' sizes and modification
     times (a new convert writes new files, even where sizes happen to agree)."""
@@ -235,20 +215,20 @@ def precompute(in_dir: str, out_dir: str, config: Config, processes: int = 1, de
     check_columns(in_dir, config)
     models = {"vae": model_identity(config.vae), "text_encoder": model_identity(config.text_encoder)}
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    on_gpu = torch.cuda.is_available() if processes > 1 else device.startswith("cuda")
+    # the VAE encodes in bf16 on GPUs and in fp32 on the CPU: units of one kind must not complete the other's
     settings = {"config": asdict(config), "input": input_identity(in_dir), "models": models,
-                "unit_seeds": "seed and input shard name"}  # units seeded by seed + number before this are not ours
-    if not (torch.cuda.is_available() if processes > 1 else device.startswith("cuda")):
-        # the VAE encodes in fp32 here and in bf16 on GPUs: units of one kind must not complete the other's. (GPU
-        # runs stay unmarked, so that latents encoded before this mark keep their fingerprint.)
-        settings["encoded_on"] = "cpu, fp32"
+                "vae_dtype": "bf16" if on_gpu else "fp32"}
     stale = claim_folder(out_dir, fingerprint(settings))
     if stale is not None:
         log.warning("%s: its units were encoded from another input, config or device; moved to %s", out_dir, stale)
     if processes > 1:
-        try:
-            torch.multiprocessing.spawn(_spawned_rank, args=(processes, in_dir, out_dir, config), nprocs=processes)
-        except torch.multiprocessing.ProcessRaisedException as err:
-            raise worker_failure(err) from None
+        # spawned, as CUDA needs; a worker's exception comes back as itself (a full disk: the CLI's one line)
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            ranks = [pool.submit(run_rank, in_dir, out_dir, config, rank, processes,
+                                 f"cuda:{rank}" if on_gpu else "cpu") for rank in range(processes)]
+            for rank in ranks:
+                rank.result()
     else:
         run_rank(in_dir, out_dir, config, device=device)
     return merge(in_dir, out_dir, config)

@@ -53,14 +53,6 @@ def finished_shards(out_dir: str | os.PathLike) -> set[int]:
     return {int(n) for n in names if n.isdigit() and tar_path(out_dir, int(n)).is_file()}
 
 
-def pending_shards(out_dir: str | os.PathLike, shard_ids: Iterable[int]) -> list[int]:
-    done = finished_shards(out_dir)
-    skipped = [i for i in shard_ids if i in done]
-    if skipped:
-        log.info("%s: %d finished shards skipped", out_dir, len(skipped))
-    return [i for i in shard_ids if i not in done]
-
-
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     # Fixed owner/time/mode so the same samples always give the same tar bytes.
     info = tarfile.TarInfo(name)
@@ -107,10 +99,6 @@ def write_stats(out_dir: str | os.PathLike, shard_id: int, stats: dict) -> dict:
     """The last step of a shard: from now on it counts as finished."""
     atomic_write(stats_path(out_dir, shard_id), lambda tmp: Path(tmp).write_text(json.dumps(stats, indent=1)))
     return stats
-
-
-def count_samples(path: str | os.PathLike, skipped: dict[str, int] | None = None) -> int:
-    return sum(1 for _ in read_shard(path, skipped))
 
 
 def list_shards(in_dir: str | os.PathLike) -> list[Path]:

@@ -18,13 +18,11 @@ from microdit.train.data import sample_generator
 from microdit.train.distributed import mean_across_ranks, reshard
 
 
-def read_heldout(datadirs: list[str], resolution: int, num: int,
-                 caption_shape: tuple) -> list[tuple[np.ndarray, np.ndarray]]:
+def read_heldout(datadirs: list[str], resolution: int, num: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(latents, caption latents) of the first `num` samples of the directories, in order."""
-    from microdit.data.loader import REFERENCE_VAE_DOWNSAMPLE, to_array
     from microdit.data.mds import INDEX, iter_samples, missing_columns, shard_readers
 
-    column, side = f"latents_{resolution}", resolution // REFERENCE_VAE_DOWNSAMPLE
+    column = f"latents_{resolution}"
     samples = []
     for datadir in datadirs:
         missing, columns = missing_columns(datadir, [column, "caption_latents"])
@@ -33,8 +31,7 @@ def read_heldout(datadirs: list[str], resolution: int, num: int,
                             f"(its columns: {', '.join(columns)}); expected precompute's latents at {resolution} px")
         for reader in shard_readers(datadir):
             for sample in iter_samples(reader):
-                samples.append((to_array(sample[column], (-1, side, side)),
-                                to_array(sample["caption_latents"], caption_shape)))
+                samples.append((sample[column], sample["caption_latents"]))
                 if len(samples) == num:
                     return samples
     return samples
@@ -55,7 +52,7 @@ class HeldOutLoss:
         v, m = cfg.validation, cfg.model
         resolution = v.resolution or cfg.data.options["resolution"]
         caption_shape = (1, cfg.data.caption_len, m.caption_channels)
-        samples = read_heldout(v.datadirs, resolution, v.num, caption_shape)
+        samples = read_heldout(v.datadirs, resolution, v.num)
         if samples and (samples[0][0].shape != m.latent_shape
                         or samples[0][1].shape != caption_shape):
             raise UserError(f"validation.datadirs: held-out latents {samples[0][0].shape} with captions "

@@ -76,7 +76,7 @@ def test_a_really_full_disk_is_one_line_too(tmp_path):
 
 @pytest.mark.skipif(not can_mount_a_small_disk(), reason="needs unprivileged user and mount namespaces (unshare)")
 def test_a_full_disk_in_a_precompute_worker_is_one_line_too(wds_and_mds, tiny_vae_dirs, tmp_path):
-    """Two worker processes, whose exceptions reach precompute as text, write to a 16 KiB tmpfs."""
+    """Two worker processes write to a 16 KiB tmpfs."""
     disk = tmp_path / "disk"
     disk.mkdir()
     script = (f"mount -t tmpfs -o size=16k tmpfs {disk} && exec {sys.executable} -m microdit.cli precompute "

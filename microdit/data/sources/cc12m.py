@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from microdit.files import atomic_write
-from microdit.data.shards import STATS_SUFFIX, count_samples, tar_path, write_stats
+from microdit.data.shards import STATS_SUFFIX, read_shard, tar_path, write_stats
 from microdit.arguments import positive_int
 from microdit.data.sources.common import check_parts, run_shards, select_part, select_subset
 from microdit.errors import UserError
@@ -125,7 +125,7 @@ def hub_shard(out: Path, shard_id: int) -> dict:
     path = hub_download(HUB_REPO, f"cc12m-train-{shard_id:04d}.tar", out / "_hub")
     os.replace(path, tar_path(out, shard_id))
     skipped: dict[str, int] = {}
-    count = count_samples(tar_path(out, shard_id), skipped)
+    count = sum(1 for _ in read_shard(tar_path(out, shard_id), skipped))
     return write_stats(out, shard_id, {"count": count + sum(skipped.values()), "successes": count,
                                        "skipped": skipped})
 

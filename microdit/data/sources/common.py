@@ -9,7 +9,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
-from microdit.data.shards import IMAGE_EXTS, Sample, pending_shards, write_shard
+from microdit.data.shards import IMAGE_EXTS, Sample, finished_shards, write_shard
 from microdit.errors import UserError
 from microdit.store import part_range
 
@@ -95,7 +95,10 @@ def run_shards(out: str | os.PathLike, shard_ids: list[int], make_shard: Callabl
     """Call make_shard(id) for every shard not finished yet; returns {'done': n, 'skipped_finished': n}."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    todo = pending_shards(out, shard_ids)
+    done = finished_shards(out)
+    todo = [i for i in shard_ids if i not in done]
+    if len(todo) < len(shard_ids):
+        log.info("%s: %d finished shards skipped", out, len(shard_ids) - len(todo))
     for shard_id in todo:
         stats = make_shard(shard_id)
         log.info("%s: shard %d: %d samples", out, shard_id, stats["successes"])
