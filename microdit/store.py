@@ -60,6 +60,7 @@ class Store:
         settings = {"mds": mds, "vae": self.vae_identity(),
                     "text_encoder": pinned_name(self.config["text_encoder"]["name"],
                                                 self.config["text_encoder"].get("revision")),
+                    "context_length": self.config["text_encoder"]["context_length"],
                     "resolutions": sorted(latents["resolutions"]), "batch_size": latents["batch_size"],
                     "seed": latents["seed"],
                     # the VAE encodes in bf16 on GPUs and fp32 on the CPU (microdit.data.precompute)

@@ -14,6 +14,7 @@ rule precompute:
         vae=vae_argument,
         vae_subfolder=cli_options({"vae-subfolder": config["vae"]["subfolder"]}) if config["vae"].get("subfolder") else "",
         text_encoder=TEXT_ENCODER,
+        max_length=config["text_encoder"]["context_length"],
         resolutions=" ".join(str(int(r)) for r in config["latents"]["resolutions"]),
         batch_size=config["latents"]["batch_size"],
         seed=config["latents"]["seed"],
@@ -33,5 +34,5 @@ rule precompute:
         "../envs/microdit.yaml"
     shell:
         "microdit precompute --input {input.mds:q} --out {params.out:q} --vae {params.vae:q} {params.vae_subfolder}"
-        " --text-encoder {params.text_encoder:q} --resolutions {params.resolutions} --batch-size {params.batch_size}"
+        " --text-encoder {params.text_encoder:q} --max-length {params.max_length} --resolutions {params.resolutions} --batch-size {params.batch_size}"
         " --seed {params.seed} --processes {params.processes} > {log:q} 2>&1"

@@ -50,6 +50,7 @@ DATA = [
     (lambda c: c["latents"].update(seed=1), {"latents", "eval latents"}),
     (lambda c: c["latents"].update(gpus=1), {"latents", "eval latents"}),  # bf16 on GPUs, fp32 on the CPU
     (lambda c: c["text_encoder"].update(name="hf:elsewhere"), {"latents", "eval latents"}),
+    (lambda c: c["text_encoder"].update(context_length=32), {"latents", "eval latents"}),  # caption tokens kept
 ]
 
 

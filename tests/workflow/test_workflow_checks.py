@@ -249,6 +249,7 @@ def test_commands_follow_chain_vae_channels_gpus_and_pixel_cap(tmp_path):
     config["vae"]["latent_channels"] = 16
     config["datasets"]["synthetic"]["convert"]["max_pixels"] = 4_000_000
     config["latents"]["gpus"] = 2
+    config["text_encoder"]["context_length"] = 32
     config["stages"]["stage2"]["chain"] = False
     config["stages"]["stage3"].update(chain=False, set={"steps": 3, "init.from": "elsewhere", "init.mode": "weights"})
     result = snakemake(tmp_path, "-n", "-p", "--cores", "64", "--configfile",
@@ -263,7 +264,7 @@ def test_commands_follow_chain_vae_channels_gpus_and_pixel_cap(tmp_path):
     (train_vae,) = shell_commands(result.stdout, "train-vae")
     assert "--latent-channels 16" in train_vae
     precomputes = shell_commands(result.stdout, "precompute")  # the training set and the held-out one
-    assert len(precomputes) == 2 and all("--processes 2" in command for command in precomputes)
+    assert len(precomputes) == 2 and all("--processes 2" in c and "--max-length 32" in c for c in precomputes)
     counts = job_counts(result.stdout)
     assert (counts["train"], counts["train_with_ema"]) == (2, 2)  # the tiny preset's stages 3 and 4 keep an EMA
     converts = shell_commands(result.stdout, "convert")
