@@ -52,13 +52,11 @@ LATENT_DATASETS = sorted({d for spec in config["stages"].values() for d in spec[
 rule all:
     input:
         f"{RUN}/report.html",
-        shape_score_outputs(),
 
 
 rule eval:
     input:
-        list(evaluation_outputs().values()),
-        shape_score_outputs(),
+        all_evaluation_outputs(),
 
 
 rule data:

@@ -21,9 +21,11 @@ COMMANDS = {
     **dict.fromkeys(("download", "convert", "precompute", "merge-parts"), "microdit.data.commands"),
     "train-vae": "microdit.tiny_vae",
     "score-shapes": "microdit.eval.score_shapes",
+    "reference-images": "microdit.eval.reference_images",
+    "report": "microdit.report.command",
     "train": "microdit.train.commands",
     **dict.fromkeys(("eval-captions", "generate", "merge-samples", "fid-stats", "fid", "clip-score", "geneval-metadata",
-                     "geneval-generate", "geneval-summary", "report"), "microdit.eval.commands"),
+                     "geneval-generate", "geneval-summary"), "microdit.eval.commands"),
     "unlock-stale": "microdit.snakemake_lock",
     "plan": "microdit.plan",
 }
@@ -57,10 +59,12 @@ EXAMPLES = {
     "train-vae": "microdit train-vae --input /tmp/shapes-mds --out /tmp/vae --resolution 32 --steps 200",
     "train": "microdit train --config config/stages/tiny/stage1.yaml --set steps=20 --set launch.cluster=debug",
     "eval-captions": "microdit eval-captions --source data/coco2014 --out captions.jsonl --num 30000",
+    "reference-images": "microdit reference-images --source data/coco2014 --captions captions.jsonl "
+                        "--resolution 256 --vae stabilityai/sdxl-vae --out reference/256px/vae",
     "generate": "microdit generate --captions captions.jsonl --checkpoint results/paper/train/stage4/ema.safetensors "
                 "--out samples/",
     "merge-samples": "microdit merge-samples --part eval/sample_parts/0 --part eval/sample_parts/1 --out eval/samples",
-    "fid-stats": "microdit fid-stats --images data/coco2014 --out coco_256.npz --resolution 256",
+    "fid-stats": "microdit fid-stats --images data/coco2014 --out coco_256.npz --resolution 256 --halves halves.json",
     "fid": "microdit fid --samples samples/ --reference-stats coco_256.npz --out fid.json",
     "clip-score": "microdit clip-score --samples samples/ --captions captions.jsonl --out clip.json",
     "geneval-metadata": "microdit geneval-metadata --out evaluation_metadata.jsonl",

@@ -145,12 +145,14 @@ def plan(config: dict, workflow_dir: str, throughput: dict, gpu: str) -> list[Pl
     configs = {stage: stage_config(config, stage, workflow_dir) for stage in config["stages"]}
     rows = [training_row(stage, cfg, throughput, gpu, price) for stage, cfg in configs.items()]
     ev = config["eval"]
-    arch, gpus = configs[ev["stage"]].model.arch, int(ev.get("gpus", 0))
-    draw = (ev["resolution"], ev["steps"], gpus, throughput, gpu, price)
-    rows.append(sampling_row("eval: FID images", arch, int(ev["num_captions"]), *draw))
-    if "geneval" in ev:
-        images = GENEVAL_PROMPTS * int(ev["geneval"].get("images_per_prompt", 4))
-        rows.append(sampling_row("eval: GenEval images", arch, images, *draw))
+    gpus = int(ev.get("gpus", 0))
+    for stage in ev["stages"]:  # each evaluated stage samples at its own resolution
+        arch, which = configs[stage].model.arch, "" if len(ev["stages"]) == 1 else f" ({stage})"
+        draw = (config["stages"][stage]["resolution"], ev["steps"], gpus, throughput, gpu, price)
+        rows.append(sampling_row(f"eval: FID images{which}", arch, int(ev["num_captions"]), *draw))
+        if "geneval" in ev:
+            images = GENEVAL_PROMPTS * int(ev["geneval"].get("images_per_prompt", 4))
+            rows.append(sampling_row(f"eval: GenEval images{which}", arch, images, *draw))
     return rows
 
 

@@ -160,23 +160,45 @@ def stage_overrides(stage: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- evaluation, report
+# results/<run>/eval/: the captions (and their shuffled twin) shared by every evaluated stage; <stage>/ each stage's
+# images and scores; reference/<res>px/ what the reference images give at a resolution, shared by the stages there.
 EVAL = f"{RUN}/eval"
+EVAL_STAGES = config["eval"]["stages"]
 EVAL_PARTS = config["eval"].get("parts", 1)
 # the folder of all the images each evaluation scores (merge_samples) -> the folder of the parts' folders (never
-# under it: the Fréchet distance reads every image below its folder)
-SAMPLE_PARTS = {"samples": "sample_parts", "geneval/images": "geneval/image_parts"}
+# under it: the Fréchet distance reads every image below its folder); `shuffled`: the shuffled-caption floor
+SAMPLE_PARTS = {"samples": "sample_parts", "shuffled": "shuffled_parts", "geneval/images": "geneval/image_parts"}
 GENEVAL_PER_PROMPT = config["eval"].get("geneval", {}).get("images_per_prompt", 4)
+GRID_CAPTIONS = 8  # the report's labelled grid: the first captions' samples beside their reference images
+CLIP = config["eval"].get("clip")
 
 
-def evaluated_weights() -> str:
-    """The evaluated stage's export that is sampled (`eval.weights`): final (raw) or ema, both declared outputs of
-    the stage's train job."""
-    name = "ema" if config["eval"].get("weights", "raw") == "ema" else "final"
-    return f"{stage_dir(config['eval']['stage'])}/{name}.safetensors"
+def eval_resolution(stage: str) -> int:
+    """A stage is evaluated at its own training resolution."""
+    return config["stages"][stage]["resolution"]
 
 
-def eval_source(wildcards) -> str:
+EVAL_RESOLUTIONS = sorted({eval_resolution(stage) for stage in EVAL_STAGES})
+
+
+def reference_dir(resolution) -> str:
+    return f"{EVAL}/reference/{resolution}px"
+
+
+def evaluated_weights(stage: str) -> str:
+    """The stage's export that is sampled: its EMA (`eval.weights: ema`) where it keeps one, else its final (raw)
+    weights; both are declared outputs of the stage's train job."""
+    ema = config["eval"].get("weights", "raw") == "ema" and keeps_ema(stage)
+    return f"{stage_dir(stage)}/{'ema' if ema else 'final'}.safetensors"
+
+
+def eval_source(wildcards=None) -> str:
     return download_part_summary(config["eval"]["download"], 1, 0)  # one part (the config check)
+
+
+def drawn_captions() -> bool:
+    """The evaluation's captions describe drawn shapes (the tiny preset): score-shapes can check them."""
+    return synthetic_download(config["eval"]["download"])
 
 
 def feature_options(w=None) -> str:
@@ -189,7 +211,7 @@ def feature_options(w=None) -> str:
 
 def sampling_options(wildcards) -> str:
     ev = config["eval"]
-    options = {"vae": vae_argument(), "text-encoder": TEXT_ENCODER, "resolution": ev["resolution"],
+    options = {"vae": vae_argument(), "text-encoder": TEXT_ENCODER, "resolution": eval_resolution(wildcards.stage),
                "steps": ev["steps"], "guidance": ev["guidance_scale"], "seed": ev["seed"],
                "batch-size": ev["batch_size"]}
     if ev.get("compile", "none") != "none":  # absent when off: runs made before the key keep their parameters
@@ -197,34 +219,73 @@ def sampling_options(wildcards) -> str:
     return cli_options(options)
 
 
-def evaluation_outputs() -> dict:
-    outputs = {"fid": f"{EVAL}/fid.json"}
+def generation_runtime(images: int):
+    """The SLURM time limit of a sampling job drawing `images` images of a stage (its resolution)."""
+    return lambda w: generation_minutes(-(-images // EVAL_PARTS), config["eval"]["steps"], eval_resolution(w.stage))
+
+
+def evaluation_outputs(stage: str) -> dict:
+    """metric -> the score file of one evaluated stage."""
+    outputs = {"fid": f"{EVAL}/{stage}/fid.json"}
+    if CLIP:
+        outputs["clip"] = f"{EVAL}/{stage}/clip.json"
     if "geneval" in config["eval"]:
-        outputs["geneval"] = f"{EVAL}/geneval.json"
+        outputs["geneval"] = f"{EVAL}/{stage}/geneval.json"
     return outputs
 
 
-def shape_score_outputs() -> list:
-    """The drawn-shapes scores (score-shapes) of the evaluation samples and of their two ceilings, the reference
-    images and their VAE reconstructions: only where the evaluation's captions are drawn ones."""
-    if not synthetic_download(config["eval"]["download"]):
-        return []
-    return [f"{EVAL}/shapes/{images}.json" for images in ("samples", "reference", "vae")]
+def fd_context_outputs() -> dict:
+    """What the Fréchet distance is read against, per resolution: the reference images' two halves, and their VAE
+    reconstructions."""
+    return {f"{kind}, {res} px": f"{reference_dir(res)}/fd_{name}.json" for res in EVAL_RESOLUTIONS
+            for kind, name in (("reference vs reference (two halves)", "halves"), ("VAE reconstructions", "vae"))}
+
+
+def shape_score_outputs() -> dict:
+    """The drawn-shapes scores (score-shapes) as the report's options name them: each stage's samples, its floor
+    (the same weights with shuffled captions) and, per resolution, the two ceilings (the reference images and their
+    VAE reconstructions); nothing unless the evaluation's captions are drawn ones."""
+    if not drawn_captions():
+        return {}
+    outputs = {}
+    for stage in EVAL_STAGES:
+        outputs[f"--shapes {stage}"] = f"{EVAL}/{stage}/shapes/samples.json"
+        outputs[f"--shapes-floor {stage}"] = f"{EVAL}/{stage}/shapes/shuffled.json"
+    for res in EVAL_RESOLUTIONS:
+        for images, label in (("reference", "reference images"), ("vae", "VAE reconstructions")):
+            outputs[f"--shapes-ceiling {label}, {res} px"] = f"{reference_dir(res)}/shapes/{images}.json"
+    return outputs
+
+
+def all_evaluation_outputs() -> list:
+    return ([path for stage in EVAL_STAGES for path in evaluation_outputs(stage).values()]
+            + list(fd_context_outputs().values()) + list(shape_score_outputs().values()))
+
+
+def grid_reference_dir() -> str:
+    """The reference images beside the report's sample grid: at the highest evaluated resolution."""
+    return f"{reference_dir(EVAL_RESOLUTIONS[-1])}/grid"
+
+
+def pair(option: str, name: str, path: str) -> str:
+    return f"{option} {shlex.quote(f'{name}={path}')}"
 
 
 def report_options(wildcards) -> str:
-    label = f"{config['run']} {config['eval']['stage']}"
     options = []
     for stage in STAGES:
-        options += [f"--metrics {shlex.quote(f'{stage}={stage_dir(stage)}/metrics.jsonl')}",
-                    f"--train-stats {shlex.quote(f'{stage}={stage_dir(stage)}/train_stats.json')}",
-                    f"--grid {shlex.quote(f'{stage}={RUN}/samples/{stage}.png')}",
-                    f"--stage-config {shlex.quote(f'{stage}={stage_dir(stage)}/stage.yaml')}"]
+        options += [pair("--metrics", stage, f"{stage_dir(stage)}/metrics.jsonl"),
+                    pair("--train-stats", stage, f"{stage_dir(stage)}/train_stats.json"),
+                    pair("--grid", stage, f"{RUN}/samples/{stage}.png"),
+                    pair("--stage-config", stage, f"{stage_dir(stage)}/stage.yaml")]
     options += [f"--sample-prompt {shlex.quote(prompt)}" for prompt in config["samples"]["prompts"]]
-    for metric, path in evaluation_outputs().items():
-        options.append(f"--{metric} {shlex.quote(f'{label}={path}')}")
-    shape_labels = {"samples": f"{label} samples", "reference": "reference images (ceiling)",
-                    "vae": "VAE reconstructions (ceiling)"}
-    for path in shape_score_outputs():
-        options.append(f"--shapes {shlex.quote(f'{shape_labels[os.path.basename(path)[:-5]]}={path}')}")
+    for stage in EVAL_STAGES:
+        options += [pair(f"--{metric}", stage, path) for metric, path in evaluation_outputs(stage).items()]
+        options.append(pair("--eval-samples", stage, f"{EVAL}/{stage}/samples"))
+    options += [pair("--fd-context", label, path) for label, path in fd_context_outputs().items()]
+    for key, path in shape_score_outputs().items():
+        option, _, label = key.partition(" ")
+        options.append(pair(option, label, path))
+    options += [f"--eval-captions {shlex.quote(f'{EVAL}/captions.jsonl')}",
+                f"--grid-reference {shlex.quote(grid_reference_dir())}", f"--grid-captions {GRID_CAPTIONS}"]
     return " ".join(options)

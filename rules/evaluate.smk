@@ -1,8 +1,14 @@
-# Evaluation of one stage's final weights: a seeded caption sample, generated images, reference statistics of the
-# real images, the Fréchet distance (FID with Inception; the tiny preset uses EfficientNet-Lite0 features and says
-# so), GenEval where configured (its detector runs in GenEval's own environment on a GPU node), and where the
-# captions are drawn shapes (the tiny preset) their own GenEval: score-shapes on the samples and on two ceilings.
+# Evaluation of each stage in `eval.stages` at its own resolution: a seeded caption sample shared by the stages,
+# generated images, the Fréchet distance (FID with Inception; the tiny preset uses EfficientNet-Lite0 features and
+# says so) against reference statistics of that resolution, read beside two context values (the reference images'
+# two halves, their VAE reconstructions), the CLIP score where configured, GenEval where configured (its detector
+# runs in GenEval's own environment on a GPU node), and where the captions are drawn shapes (the tiny preset) their
+# own GenEval: score-shapes on the samples, on a floor (the same weights with shuffled captions) and on two ceilings.
 from snakemake.logging import logger
+
+
+wildcard_constraints:
+    res=r"\d+",
 
 
 rule eval_captions:
@@ -29,20 +35,48 @@ rule eval_captions:
         " > {log:q} 2>&1"
 
 
+# the floor's prompts: the same caption sample, each caption moved to another image by a seeded derangement
+rule eval_captions_shuffled:
+    input:
+        eval_source,
+    output:
+        f"{EVAL}/captions_shuffled.jsonl",
+    params:
+        source=lambda w, input: os.path.dirname(input[0]),
+        num=config["eval"]["num_captions"],
+        seed=config["eval"]["caption_seed"],
+        shuffle=config["eval"].get("shuffle_seed", 0),
+    log:
+        f"{RUN}/logs/eval/captions_shuffled.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/captions_shuffled.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        **placement(),
+    conda:
+        "../envs/microdit.yaml"
+    shell:
+        "microdit eval-captions --source {params.source:q} --out {output:q} --num {params.num} --seed {params.seed}"
+        " --shuffle {params.shuffle} > {log:q} 2>&1"
+
+
+# the statistics of the captions' reference images at one resolution, and the Fréchet distance between two random
+# halves of them (what two sets of real images score: the number a perfect model is read against)
 rule fid_reference_stats:
     input:
         source=eval_source,
         captions=f"{EVAL}/captions.jsonl",
     output:
-        f"{EVAL}/reference_stats.npz",
+        stats=f"{EVAL}/reference/{{res}}px/stats.npz",
+        halves=f"{EVAL}/reference/{{res}}px/fd_halves.json",
     params:
         images=lambda w, input: os.path.dirname(input.source),
-        resolution=config["eval"]["resolution"],
         features=feature_options,
     log:
-        f"{RUN}/logs/eval/reference_stats.log",
+        f"{RUN}/logs/eval/reference_stats_{{res}}px.log",
     benchmark:
-        f"{RUN}/benchmarks/eval/reference_stats.tsv"
+        f"{RUN}/benchmarks/eval/reference_stats_{{res}}px.tsv"
     threads: 4 if EVAL_GPUS else 2
     resources:
         gpu=EVAL_GPUS,
@@ -52,38 +86,99 @@ rule fid_reference_stats:
     conda:
         "../envs/microdit.yaml"
     shell:
-        "microdit fid-stats --images {params.images:q} --captions {input.captions:q} --resolution {params.resolution}"
-        " --out {output:q} {params.features} > {log:q} 2>&1"
+        "microdit fid-stats --images {params.images:q} --captions {input.captions:q} --resolution {wildcards.res}"
+        " --out {output.stats:q} --halves {output.halves:q} {params.features} > {log:q} 2>&1"
+
+
+# the reference images as the statistics see them (centre-cropped to the resolution), named by caption index:
+# `grid`, the first few for the report's labelled grid; `vae`, all of them through the VAE
+rule reference_images:
+    input:
+        source=eval_source,
+        captions=f"{EVAL}/captions.jsonl",
+        vae=lambda w: vae_input() if w.images == "vae" else [],
+    output:
+        manifest=f"{EVAL}/reference/{{res}}px/{{images}}/generation.json",
+    wildcard_constraints:
+        images="grid|vae",
+    params:
+        source=lambda w, input: os.path.dirname(input.source),
+        out=lambda w, output: os.path.dirname(output.manifest),
+        options=lambda w: cli_options({"vae": vae_argument()} if w.images == "vae" else {"num": GRID_CAPTIONS}),
+    log:
+        f"{RUN}/logs/eval/reference_{{images}}_{{res}}px.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/reference_{{images}}_{{res}}px.tsv"
+    threads: 4 if EVAL_GPUS else 2
+    resources:
+        gpu=lambda w: EVAL_GPUS if w.images == "vae" else 0,
+        mem_mb=16000 if EVAL_GPUS else 4000,
+        runtime=60,
+        **placement(EVAL_GPUS),
+    conda:
+        "../envs/microdit.yaml"
+    shell:
+        "microdit reference-images --source {params.source:q} --captions {input.captions:q}"
+        " --resolution {wildcards.res} --out {params.out:q} {params.options} > {log:q} 2>&1"
+
+
+# the Fréchet distance of the VAE's reconstructions: how far the VAE alone moves the reference images
+rule fid_vae:
+    input:
+        manifest=f"{EVAL}/reference/{{res}}px/vae/generation.json",
+        reference=f"{EVAL}/reference/{{res}}px/stats.npz",
+    output:
+        f"{EVAL}/reference/{{res}}px/fd_vae.json",
+    params:
+        samples=lambda w, input: os.path.dirname(input.manifest),
+        features=feature_options,
+    log:
+        f"{RUN}/logs/eval/fd_vae_{{res}}px.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/fd_vae_{{res}}px.tsv"
+    threads: 4 if EVAL_GPUS else 2
+    resources:
+        gpu=EVAL_GPUS,
+        mem_mb=16000 if EVAL_GPUS else 4000,
+        runtime=60,
+        **placement(EVAL_GPUS),
+    conda:
+        "../envs/microdit.yaml"
+    shell:
+        "microdit fid --samples {params.samples:q} --reference-stats {input.reference:q} --out {output:q}"
+        " {params.features} > {log:q} 2>&1"
 
 
 # The images are drawn in `eval.parts` jobs, each a range of whole batches into its own folder (image i is seeded by
 # i alone: the split changes no image), which merge_samples joins into one folder for FID and GenEval. A job cut
-# short (time limit, preemption, a lost node) is retried and draws only the images still missing.
+# short (time limit, preemption, a lost node) is retried and draws only the images still missing. The shuffled
+# captions' images (the floor) are drawn the same way, image i from the same noise as the true caption's.
 GENERATION_RETRIES = 2
 
 
 rule generate_eval_samples:
     input:
-        checkpoint=evaluated_weights(),
-        captions=f"{EVAL}/captions.jsonl",
+        checkpoint=lambda w: evaluated_weights(w.stage),
+        captions=lambda w: f"{EVAL}/captions{'_shuffled' if w.parts_dir == SAMPLE_PARTS['shuffled'] else ''}.jsonl",
         vae=vae_input(),
     output:
-        manifest=f"{EVAL}/{SAMPLE_PARTS['samples']}/{{part}}/generation.json",
+        manifest=f"{EVAL}/{{stage}}/{{parts_dir}}/{{part}}/generation.json",
+    wildcard_constraints:
+        parts_dir=one_of([SAMPLE_PARTS["samples"], SAMPLE_PARTS["shuffled"]]),
     params:
         out=lambda w, output: os.path.dirname(output.manifest),
         sampling=sampling_options,
         parts=EVAL_PARTS,
     log:
-        f"{RUN}/logs/eval/generate/{{part}}.log",
+        f"{RUN}/logs/eval/{{stage}}/generate_{{parts_dir}}/{{part}}.log",
     benchmark:
-        f"{RUN}/benchmarks/eval/generate/{{part}}.tsv"
+        f"{RUN}/benchmarks/eval/{{stage}}/generate_{{parts_dir}}/{{part}}.tsv"
     threads: 4 if EVAL_GPUS else 2
     retries: GENERATION_RETRIES
     resources:
         gpu=EVAL_GPUS,
         mem_mb=32000 if EVAL_GPUS else 4000,
-        runtime=generation_minutes(-(-config["eval"]["num_captions"] // EVAL_PARTS), config["eval"]["steps"],
-                                   config["eval"]["resolution"]),
+        runtime=generation_runtime(config["eval"]["num_captions"]),
         **placement(EVAL_GPUS),
     conda:
         "../envs/microdit.yaml"
@@ -94,18 +189,18 @@ rule generate_eval_samples:
 
 rule merge_samples:
     input:
-        lambda w: expand(f"{EVAL}/{SAMPLE_PARTS[w.images]}/{{part}}/generation.json", part=range(EVAL_PARTS)),
+        lambda w: expand(f"{EVAL}/{w.stage}/{SAMPLE_PARTS[w.images]}/{{part}}/generation.json", part=range(EVAL_PARTS)),
     output:
-        manifest=f"{EVAL}/{{images}}/generation.json",
+        manifest=f"{EVAL}/{{stage}}/{{images}}/generation.json",
     wildcard_constraints:
         images=one_of(SAMPLE_PARTS),
     params:
         parts=lambda w, input: " ".join(f"--part {shlex.quote(os.path.dirname(path))}" for path in input),
         out=lambda w, output: os.path.dirname(output.manifest),
     log:
-        f"{RUN}/logs/eval/merge/{{images}}.log",
+        f"{RUN}/logs/eval/{{stage}}/merge/{{images}}.log",
     benchmark:
-        f"{RUN}/benchmarks/eval/merge/{{images}}.tsv"
+        f"{RUN}/benchmarks/eval/{{stage}}/merge/{{images}}.tsv"
     resources:
         mem_mb=1000,
         runtime=30,
@@ -118,17 +213,17 @@ rule merge_samples:
 
 rule fid:
     input:
-        manifest=f"{EVAL}/samples/generation.json",
-        reference=f"{EVAL}/reference_stats.npz",
+        manifest=f"{EVAL}/{{stage}}/samples/generation.json",
+        reference=lambda w: f"{reference_dir(eval_resolution(w.stage))}/stats.npz",
     output:
-        report(f"{EVAL}/fid.json", caption="../config/report_caption_fid.rst", category="Evaluation"),
+        report(f"{EVAL}/{{stage}}/fid.json", caption="../config/report_caption_fid.rst", category="Evaluation"),
     params:
         samples=lambda w, input: os.path.dirname(input.manifest),
         features=feature_options,
     log:
-        f"{RUN}/logs/eval/fid.log",
+        f"{RUN}/logs/eval/{{stage}}/fid.log",
     benchmark:
-        f"{RUN}/benchmarks/eval/fid.tsv"
+        f"{RUN}/benchmarks/eval/{{stage}}/fid.tsv"
     threads: 4 if EVAL_GPUS else 2
     resources:
         gpu=EVAL_GPUS,
@@ -140,6 +235,32 @@ rule fid:
     shell:
         "microdit fid --samples {params.samples:q} --reference-stats {input.reference:q} --out {output:q}"
         " {params.features} > {log:q} 2>&1"
+
+
+rule clip_score:
+    input:
+        manifest=f"{EVAL}/{{stage}}/samples/generation.json",
+        captions=f"{EVAL}/captions.jsonl",
+    output:
+        f"{EVAL}/{{stage}}/clip.json",
+    params:
+        samples=lambda w, input: os.path.dirname(input.manifest),
+        model=lambda w: cli_options({"model": CLIP["model"], "pretrained": CLIP.get("pretrained", "")}),
+    log:
+        f"{RUN}/logs/eval/{{stage}}/clip.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/{{stage}}/clip.tsv"
+    threads: 4 if EVAL_GPUS else 2
+    resources:
+        gpu=EVAL_GPUS,
+        mem_mb=16000 if EVAL_GPUS else 4000,
+        runtime=60,
+        **placement(EVAL_GPUS),
+    conda:
+        "../envs/microdit.yaml"
+    shell:
+        "microdit clip-score --samples {params.samples:q} --captions {input.captions:q} --out {output:q}"
+        " {params.model} > {log:q} 2>&1"
 
 
 rule geneval_metadata:
@@ -161,27 +282,26 @@ rule geneval_metadata:
 
 rule geneval_generate:
     input:
-        checkpoint=evaluated_weights(),
+        checkpoint=lambda w: evaluated_weights(w.stage),
         metadata=f"{EVAL}/geneval/evaluation_metadata.jsonl",
         vae=vae_input(),
     output:
-        manifest=f"{EVAL}/{SAMPLE_PARTS['geneval/images']}/{{part}}/generation.json",
+        manifest=f"{EVAL}/{{stage}}/{SAMPLE_PARTS['geneval/images']}/{{part}}/generation.json",
     params:
         out=lambda w, output: os.path.dirname(output.manifest),
         sampling=sampling_options,
         per_prompt=GENEVAL_PER_PROMPT,
         parts=EVAL_PARTS,
     log:
-        f"{RUN}/logs/eval/geneval_generate/{{part}}.log",
+        f"{RUN}/logs/eval/{{stage}}/geneval_generate/{{part}}.log",
     benchmark:
-        f"{RUN}/benchmarks/eval/geneval_generate/{{part}}.tsv"
+        f"{RUN}/benchmarks/eval/{{stage}}/geneval_generate/{{part}}.tsv"
     threads: 4 if EVAL_GPUS else 2
     retries: GENERATION_RETRIES
     resources:
         gpu=EVAL_GPUS,
         mem_mb=32000 if EVAL_GPUS else 4000,
-        runtime=generation_minutes(-(-GENEVAL_PROMPTS * GENEVAL_PER_PROMPT // EVAL_PARTS), config["eval"]["steps"],
-                                   config["eval"]["resolution"]),
+        runtime=generation_runtime(GENEVAL_PROMPTS * GENEVAL_PER_PROMPT),
         **placement(EVAL_GPUS),
     conda:
         "../envs/microdit.yaml"
@@ -201,17 +321,17 @@ if "geneval" in config["eval"] and workflow.is_main_process and not any(
 
 rule geneval_score:
     input:
-        f"{EVAL}/geneval/images/generation.json",
+        f"{EVAL}/{{stage}}/geneval/images/generation.json",
     output:
-        f"{EVAL}/geneval/results.jsonl",
+        f"{EVAL}/{{stage}}/geneval/results.jsonl",
     params:
         images=lambda w, input: os.path.dirname(input[0]),
         evaluator=lambda w: os.path.join(config["eval"]["geneval"]["repo"], "evaluation", "evaluate_images.py"),
         detector=lambda w: config["eval"]["geneval"]["detector"],
     log:
-        f"{RUN}/logs/eval/geneval_score.log",
+        f"{RUN}/logs/eval/{{stage}}/geneval_score.log",
     benchmark:
-        f"{RUN}/benchmarks/eval/geneval_score.tsv"
+        f"{RUN}/benchmarks/eval/{{stage}}/geneval_score.tsv"
     threads: 4
     resources:
         gpu=1,
@@ -227,14 +347,14 @@ rule geneval_score:
 
 rule geneval_summary:
     input:
-        results=f"{EVAL}/geneval/results.jsonl",
-        manifest=f"{EVAL}/geneval/images/generation.json",
+        results=f"{EVAL}/{{stage}}/geneval/results.jsonl",
+        manifest=f"{EVAL}/{{stage}}/geneval/images/generation.json",
     output:
-        report(f"{EVAL}/geneval.json", caption="../config/report_caption_geneval.rst", category="Evaluation"),
+        report(f"{EVAL}/{{stage}}/geneval.json", caption="../config/report_caption_geneval.rst", category="Evaluation"),
     log:
-        f"{RUN}/logs/eval/geneval_summary.log",
+        f"{RUN}/logs/eval/{{stage}}/geneval_summary.log",
     benchmark:
-        f"{RUN}/benchmarks/eval/geneval_summary.tsv"
+        f"{RUN}/benchmarks/eval/{{stage}}/geneval_summary.tsv"
     resources:
         mem_mb=1000,
         runtime=10,
@@ -246,19 +366,22 @@ rule geneval_summary:
         " > {log:q} 2>&1"
 
 
+# a stage's samples, and its floor (the images drawn for the shuffled captions), scored against the TRUE captions
 rule score_shapes:
     input:
-        manifest=f"{EVAL}/samples/generation.json",
+        manifest=f"{EVAL}/{{stage}}/{{images}}/generation.json",
         captions=f"{EVAL}/captions.jsonl",
     output:
-        summary=f"{EVAL}/shapes/samples.json",
-        results=f"{EVAL}/shapes/samples.jsonl",
+        summary=f"{EVAL}/{{stage}}/shapes/{{images}}.json",
+        results=f"{EVAL}/{{stage}}/shapes/{{images}}.jsonl",
+    wildcard_constraints:
+        images="samples|shuffled",
     params:
         samples=lambda w, input: os.path.dirname(input.manifest),
     log:
-        f"{RUN}/logs/eval/shapes_samples.log",
+        f"{RUN}/logs/eval/{{stage}}/shapes_{{images}}.log",
     benchmark:
-        f"{RUN}/benchmarks/eval/shapes_samples.tsv"
+        f"{RUN}/benchmarks/eval/{{stage}}/shapes_{{images}}.tsv"
     resources:
         mem_mb=2000,
         runtime=10,
@@ -270,25 +393,24 @@ rule score_shapes:
         " --results {output.results:q} > {log:q} 2>&1"
 
 
-# the ceilings: the captions' own images at the evaluation resolution, and those images through the VAE
+# the ceilings at a resolution: the captions' own images, and those images through the VAE
 rule score_shapes_ceiling:
     input:
         source=eval_source,
         captions=f"{EVAL}/captions.jsonl",
         vae=lambda w: vae_input() if w.images == "vae" else [],
     output:
-        summary=f"{EVAL}/shapes/{{images}}.json",
-        results=f"{EVAL}/shapes/{{images}}.jsonl",
+        summary=f"{EVAL}/reference/{{res}}px/shapes/{{images}}.json",
+        results=f"{EVAL}/reference/{{res}}px/shapes/{{images}}.jsonl",
     wildcard_constraints:
         images="reference|vae",
     params:
         reference=lambda w, input: os.path.dirname(input.source),
-        options=lambda w: cli_options({"resolution": config["eval"]["resolution"],
-                                       **({"vae": vae_argument()} if w.images == "vae" else {})}),
+        options=lambda w: cli_options({"resolution": w.res, **({"vae": vae_argument()} if w.images == "vae" else {})}),
     log:
-        f"{RUN}/logs/eval/shapes_{{images}}.log",
+        f"{RUN}/logs/eval/shapes_{{images}}_{{res}}px.log",
     benchmark:
-        f"{RUN}/benchmarks/eval/shapes_{{images}}.tsv"
+        f"{RUN}/benchmarks/eval/shapes_{{images}}_{{res}}px.tsv"
     resources:
         mem_mb=2000,
         runtime=10,

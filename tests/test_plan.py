@@ -55,7 +55,7 @@ def test_cpu_jobs_are_not_planned(capsys):
 def test_a_shape_never_measured_is_named(tmp_path, capsys):
     config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     config["stages"] = {"stage2": {**config["stages"]["stage2"], "set": {"model.train_mask_ratio": 0.5}}}
-    config["eval"]["stage"] = "stage2"
+    config["eval"]["stages"] = ["stage2"]
     (tmp_path / "paper.yaml").write_text(yaml.safe_dump(config))
     main(["plan", "--configfile", str(tmp_path / "paper.yaml"), "--workflow-dir", str(REPO)])
     out = capsys.readouterr().out

@@ -68,6 +68,20 @@ def sample_captions(captions: dict[str, str], num: int, seed: int) -> list[dict]
     return [{"index": i, "image_id": key, "caption": captions[key]} for i, key in enumerate(keys)]
 
 
+def derange(rows: list[dict], seed: int) -> list[dict]:
+    """The rows with every caption moved to another row (`caption_of`: the index it came from), by a seeded random
+    single cycle (Sattolo's algorithm), so that no row keeps its own caption: the prompts of the shuffled-caption
+    floor, whose images are scored against the rows' true captions."""
+    if len(rows) < 2:
+        raise UserError(f"shuffling needs at least 2 captions, got {len(rows)}")
+    order = list(range(len(rows)))
+    rng = random.Random(seed)
+    for i in range(len(order) - 1, 0, -1):
+        j = rng.randrange(i)
+        order[i], order[j] = order[j], order[i]
+    return [{**row, "caption": rows[k]["caption"], "caption_of": rows[k]["index"]} for row, k in zip(rows, order)]
+
+
 def read_caption_file(path: str | os.PathLike) -> list[dict]:
     """The rows of a caption file, checked to be numbered 0..N-1 in order (generation names images by index)."""
     try:

@@ -10,14 +10,18 @@ from microdit.errors import UserError
 
 
 def load_clip(model_name: str, pretrained: str | None, device="cpu"):
+    """An open_clip model by architecture and weights tag, or `hf-hub:<repo>@<revision>` at that revision."""
     import open_clip
 
+    from microdit.hub import open_clip_source
+
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained or None)
+        source = open_clip_source(model_name)
+        model, _, preprocess = open_clip.create_model_and_transforms(source, pretrained=pretrained or None)
     except (RuntimeError, OSError, ValueError) as err:
         raise UserError(f"CLIP {model_name} ({pretrained}) is not available: {str(err).splitlines()[0]}; "
                         "it needs the model hub or its cache") from None
-    return model.eval().to(device), preprocess, open_clip.get_tokenizer(model_name)
+    return model.eval().to(device), preprocess, open_clip.get_tokenizer(source)
 
 
 @torch.no_grad()

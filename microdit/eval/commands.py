@@ -1,5 +1,5 @@
 """`microdit eval-captions | generate | merge-samples | fid-stats | fid | clip-score | geneval-metadata |
-geneval-generate | geneval-summary | report`: the evaluation steps, each with explicit input and output paths, as the
+geneval-generate | geneval-summary`: the evaluation steps, each with explicit input and output paths, as the
 Snakemake rules call them."""
 import json
 from pathlib import Path
@@ -19,7 +19,7 @@ DRAWING_DEFAULTS = {"batch_size": None, "compile": "none"}
 
 def register(subparsers) -> None:
     for add in (add_captions, add_generate, add_merge_samples, add_fid_stats, add_fid, add_clip_score,
-                add_geneval_metadata, add_geneval_generate, add_geneval_summary, add_report):
+                add_geneval_metadata, add_geneval_generate, add_geneval_summary):
         add(subparsers)
 
 
@@ -75,14 +75,19 @@ def add_captions(subparsers) -> None:
     p.add_argument("--out", required=True, help="caption JSONL to write")
     p.add_argument("--num", type=positive_int, required=True, help="number of captions (30000 in the paper preset)")
     p.add_argument("--seed", type=int, default=0, help="seed of the caption sample (default 0)")
+    p.add_argument("--shuffle", type=int, metavar="SEED",
+                   help="the same sample with each caption moved to another image by a derangement of this seed "
+                        "(the prompts of the shuffled-caption floor)")
     p.set_defaults(func=run_captions)
 
 
 def run_captions(args) -> None:
-    from microdit.eval.captions import read_source_captions, sample_captions
+    from microdit.eval.captions import derange, read_source_captions, sample_captions
 
     skipped: dict[str, int] = {}
     rows = sample_captions(read_source_captions(args.source, skipped), args.num, args.seed)
+    if args.shuffle is not None:
+        rows = derange(rows, args.shuffle)
     write_jsonl(rows, args.out)
     print(json.dumps({"captions": len(rows), "skipped": skipped, "out": args.out}))
 
@@ -207,6 +212,8 @@ def add_fid_stats(subparsers) -> None:
     p.add_argument("--out", required=True, help=".npz to write (in the results tree)")
     p.add_argument("--resolution", type=positive_int, required=True, help="center-crop size = the evaluation resolution")
     p.add_argument("--captions", help="caption JSONL: use only the images it names (default: all)")
+    p.add_argument("--halves", help="also write the Fréchet distance between two random halves of the images "
+                                    "(JSON): what two sets of real images score")
     add_max_pixels(p)
     add_feature_args(p)
     p.set_defaults(func=run_fid_stats)
@@ -228,7 +235,7 @@ def run_fid_stats(args) -> None:
         keys = {row["image_id"] for row in rows}
     extractor = build_extractor(args.features, args.mode, device, args.inception_weights)
     meta = compute_reference_stats(args.images, args.out, extractor, args.mode, args.resolution, device,
-                                   args.batch_size, keys, args.max_pixels)
+                                   args.batch_size, keys, args.max_pixels, args.halves)
     print(json.dumps({**meta, "out": args.out}))
 
 
@@ -356,49 +363,3 @@ def run_geneval_summary(args) -> None:
         summary["generation"] = manifest
     write_json({**summary, "provenance": provenance()}, args.out)
     print(json.dumps({"overall": summary["overall"], "out": args.out}))
-
-
-def parse_pairs(pairs: list[str] | None, option: str) -> dict[str, Path]:
-    """['stage1=path', ...] -> {'stage1': Path('path')}."""
-    result = {}
-    for pair in pairs or []:
-        name, sep, path = pair.partition("=")
-        if not sep or not name or not path:
-            raise UserError(f"{option} {pair!r}: expected NAME=PATH")
-        result[name] = Path(path)
-    return result
-
-
-def add_report(subparsers) -> None:
-    from microdit.report.ledger import PAPER_PRICE_PER_GPU_HOUR
-
-    p = subparsers.add_parser("report", help="self-contained report.html of a run")
-    p.add_argument("--out", required=True, help="report.html to write")
-    p.add_argument("--title", default="MicroDiT run", help="the page's heading")
-    p.add_argument("--stages", nargs="+", required=True, help="stage names, in order")
-    for option, what in (("--metrics", "metrics JSONL"), ("--train-stats", "train_stats.json"),
-                         ("--grid", "sample grid PNG"), ("--stage-config", "resolved stage.yaml")):
-        p.add_argument(option, action="append", metavar="STAGE=PATH", help=f"a stage's {what} (repeatable)")
-    p.add_argument("--fid", action="append", metavar="LABEL=PATH", help="fid.json of an evaluated model")
-    p.add_argument("--geneval", action="append", metavar="LABEL=PATH", help="geneval.json of an evaluated model")
-    p.add_argument("--shapes", action="append", metavar="LABEL=PATH",
-                   help="a score-shapes summary: samples, or a ceiling (reference images, VAE reconstructions)")
-    p.add_argument("--sample-prompt", action="append", default=[], metavar="TEXT",
-                   help="a prompt of the sample grids, in grid order (repeatable)")
-    p.add_argument("--price-per-gpu-hour", type=non_negative_float, default=PAPER_PRICE_PER_GPU_HOUR,
-                   help=f"dollars per GPU-hour for the ledger (default: the paper's {PAPER_PRICE_PER_GPU_HOUR})")
-    p.set_defaults(func=run_report)
-
-
-def run_report(args) -> None:
-    from microdit.report.report import ReportInputs, write_report
-
-    inputs = ReportInputs(title=args.title, stages=args.stages, metrics=parse_pairs(args.metrics, "--metrics"),
-                          train_stats=parse_pairs(args.train_stats, "--train-stats"),
-                          grids=parse_pairs(args.grid, "--grid"), fid=parse_pairs(args.fid, "--fid"),
-                          geneval=parse_pairs(args.geneval, "--geneval"),
-                          shapes=parse_pairs(args.shapes, "--shapes"),
-                          stage_configs=parse_pairs(args.stage_config, "--stage-config"),
-                          sample_prompts=args.sample_prompt, price_per_gpu_hour=args.price_per_gpu_hour)
-    write_report(inputs, args.out)
-    print(json.dumps({"out": args.out}))

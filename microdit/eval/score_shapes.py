@@ -40,6 +40,8 @@ def run(args) -> None:
         images = reference_images(args.reference, rows, args.captions, args.resolution)
         scored = {"kind": "reference", "reference": args.reference, "resolution": args.resolution}
         if args.vae:
+            from microdit.eval.reference_images import reconstructions
+
             images, scored = reconstructions(images, args.vae), {**scored, "kind": "vae", "vae": args.vae}
     results = []
     for row, image in zip(rows, images):
@@ -75,47 +77,10 @@ def sample_images(folder: str, rows: list[dict]):
 
 
 def reference_images(shards: str, rows: list[dict], captions: str, resolution: int) -> list[np.ndarray]:
-    """The captions' images from the download, short side resized to `resolution` as convert does."""
+    """The captions' images from the download, short side resized to `resolution` as convert does (not cropped:
+    a crop would cut off shapes that the caption counts)."""
     from microdit.data.convert import resize_short_side
-    from microdit.data.images import decode_image
-    from microdit.data.shards import IMAGE_EXTS, finished_shards, read_shard, tar_path
+    from microdit.eval.reference_images import caption_images
 
-    if any("image_id" not in r for r in rows):
-        raise UserError(f"{captions}: --reference needs the 'image_id' of every line (eval-captions writes it)")
-    wanted = {r["image_id"] for r in rows}
-    found = {}
-    for shard_id in sorted(finished_shards(shards)):
-        for key, files in read_shard(tar_path(shards, shard_id)):
-            data = next((files[ext] for ext in IMAGE_EXTS if ext in files), None)
-            if key in wanted and data is not None:
-                image, reason = decode_image(data)
-                if image is None:
-                    raise UserError(f"{shards}: image {key} cannot be scored ({reason})")
-                if min(image.size) > resolution:
-                    image = resize_short_side(image, resolution)
-                found[key] = np.asarray(image)
-    missing = sorted(wanted - set(found))
-    if missing:
-        raise UserError(f"{shards}: {len(missing)} of the captions' images are not in the download "
-                        f"(first {missing[0]})")
-    return [found[r["image_id"]] for r in rows]
-
-
-def reconstructions(images: list[np.ndarray], vae_dir: str):
-    """Each image through the VAE's encoder (posterior mean) and decoder, at its own size: padded by its edge
-    pixels to a multiple of the VAE's downsampling, cropped back after."""
-    import torch
-    import torch.nn.functional as F
-
-    from microdit.models.encoders import VAE
-
-    vae = VAE(vae_dir)
-    factor = vae.downsample
-    for image in images:
-        height, width = image.shape[:2]
-        x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1  # (1,3,H,W) in [-1, 1]
-        x = F.pad(x, (0, -width % factor, 0, -height % factor), mode="replicate")  # (1,3,H',W')
-        with torch.no_grad():
-            decoded = vae.vae.decode(vae.vae.encode(x).latent_dist.mode()).sample  # (1,3,H',W')
-        pixels = ((decoded[0, :, :height, :width].clamp(-1, 1) + 1) * 127.5).round().byte()  # (3,H,W)
-        yield pixels.permute(1, 2, 0).numpy()
+    return [np.asarray(resize_short_side(image, resolution) if min(image.size) > resolution else image)
+            for image in caption_images(shards, rows, captions)]

@@ -1,11 +1,14 @@
-"""report.html: a summary, the stages' loss curves on one step axis, each prompt's samples per stage, FID / GenEval
-next to the paper's numbers, the cost ledger and the provenance of it all, in one self-contained page (images
+"""report.html: a summary, the stages' loss curves on one step axis, each prompt's samples per stage, the evaluated
+stages' scores side by side (FID or Fréchet distance with its context, CLIP score, GenEval, the drawn-shapes scores
+between their floor and ceilings) next to the paper's numbers, evaluation samples labelled with their captions
+beside the reference images, the cost ledger and the provenance of it all, in one self-contained page (images
 inlined as base64) built only from declared inputs.
 
 Optional inputs may be absent (a stage without a grid shows "no samples"); an input that is named but unreadable is
 an error, so a broken upstream step is not silently hidden.
 """
 import datetime
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -14,7 +17,9 @@ from pathlib import Path
 from microdit.errors import UserError
 from microdit.eval.geneval import TASKS
 from microdit.files import atomic_write, read_json
-from microdit.report.html import STYLE, esc, fmt, png_tag, shown_path, table
+from PIL import Image
+
+from microdit.report.html import STYLE, esc, fmt, png_tag, read_bytes, shown_path, table
 from microdit.report.ledger import PAPER_PRICE_PER_GPU_HOUR, PAPER_TOTAL_DOLLARS, ledger_row, totals
 from microdit.report.samples import samples_section
 
@@ -33,9 +38,17 @@ class ReportInputs:
     metrics: dict[str, Path] = field(default_factory=dict)      # stage -> metrics JSONL
     train_stats: dict[str, Path] = field(default_factory=dict)  # stage -> train_stats.json
     grids: dict[str, Path] = field(default_factory=dict)        # stage -> sample grid PNG
-    fid: dict[str, Path] = field(default_factory=dict)          # label -> fid.json
-    geneval: dict[str, Path] = field(default_factory=dict)      # label -> geneval.json
-    shapes: dict[str, Path] = field(default_factory=dict)       # label -> score-shapes summary
+    fid: dict[str, Path] = field(default_factory=dict)          # evaluated stage -> fid.json
+    clip: dict[str, Path] = field(default_factory=dict)         # evaluated stage -> clip.json
+    geneval: dict[str, Path] = field(default_factory=dict)      # evaluated stage -> geneval.json
+    fd_context: dict[str, Path] = field(default_factory=dict)   # label -> a Fréchet distance to read the others by
+    shapes: dict[str, Path] = field(default_factory=dict)       # evaluated stage -> score-shapes of its samples
+    shapes_floor: dict[str, Path] = field(default_factory=dict)  # evaluated stage -> ... of its shuffled captions
+    shapes_ceiling: dict[str, Path] = field(default_factory=dict)  # label -> ... of reference images, VAE
+    eval_samples: dict[str, Path] = field(default_factory=dict)  # evaluated stage -> its samples folder
+    eval_captions: Path | None = None                           # their caption JSONL
+    grid_reference: Path | None = None                          # the captions' reference images, by index
+    grid_captions: int = 8                                      # captions in the labelled grid
     stage_configs: dict[str, Path] = field(default_factory=dict)  # stage -> its resolved stage.yaml
     sample_prompts: list[str] = field(default_factory=list)     # the grids' prompts, in grid order
     price_per_gpu_hour: float = PAPER_PRICE_PER_GPU_HOUR
@@ -84,16 +97,38 @@ def training_section(inputs: ReportInputs, frames: dict) -> str:
             "a stage are comparable with each other.</p>")
 
 
-def evaluation_rows(inputs: ReportInputs) -> tuple[list[list[str]], dict[str, dict]]:
-    fids = {label: read_json(path, "fid.json") for label, path in inputs.fid.items()}
-    genevals = {label: read_geneval(path) for label, path in inputs.geneval.items()}
+def weights_name(score: dict) -> str:
+    """Which export a score's images were drawn with, from the checkpoint its manifest names."""
+    stem = Path(score.get("checkpoint", "")).stem
+    return {"ema": "EMA", "final": "raw"}.get(stem, esc(stem) or "—")
+
+
+def evaluation_table(inputs: ReportInputs) -> tuple[str, dict[str, dict]]:
+    """One table: a row per evaluated stage, a column per metric (CLIP score and GenEval only where computed), and
+    below the stages the values the Fréchet distance is read against."""
+    fids = {stage: read_json(path, "fid.json") for stage, path in inputs.fid.items()}
+    clips = {stage: read_json(path, "clip.json") for stage, path in inputs.clip.items()}
+    genevals = {stage: read_geneval(path) for stage, path in inputs.geneval.items()}
+    context = {label: read_json(path, "Fréchet distance") for label, path in inputs.fd_context.items()}
+    stages = list(dict.fromkeys([*fids, *clips, *genevals]))
+    if not stages:
+        return '<p class="missing">no evaluation results</p>', genevals
+    metric = next((f["metric"] for f in [*fids.values(), *context.values()] if "metric" in f), "FID")
+    header = ["stage", "weights", esc(metric)] + (["CLIP score"] if clips else []) + (
+        ["GenEval"] if genevals else []) + ["images", "px", "steps", "guidance"]
     rows = []
-    for label in list(dict.fromkeys([*fids, *genevals])):
-        f, g = fids.get(label, {}), genevals.get(label, {})
-        rows.append([esc(label), esc(f.get("metric", "—")), fmt(f.get("value"), ".2f"), esc(f.get("num_images", "—")),
-                     esc(f.get("resolution", "—")), esc(f.get("steps", "—")), esc(f.get("guidance", "—")),
-                     geneval_overall(g) if g else "—"])
-    return rows, genevals
+    for stage in stages:
+        f, c, g = fids.get(stage, {}), clips.get(stage), genevals.get(stage)
+        drawn = f or c or {}
+        rows.append([esc(stage), weights_name(drawn), fmt(f.get("value"), ".2f")]
+                    + ([fmt(c.get("value"), ".2f") if c else "—"] if clips else [])
+                    + ([geneval_overall(g) if g else "—"] if genevals else [])
+                    + [esc(drawn.get(key, "—")) for key in ("num_images", "resolution", "steps", "guidance")])
+    for label, score in context.items():
+        rows.append([f"<em>{esc(label)}</em>", "—", fmt(score.get("value"), ".2f")]
+                    + ["—"] * (bool(clips) + bool(genevals))
+                    + [esc(score.get("num_images", "—")), esc(score.get("resolution", "—")), "—", "—"])
+    return table(header, rows), genevals
 
 
 def read_geneval(path) -> dict:
@@ -112,33 +147,47 @@ def geneval_overall(summary: dict) -> str:
 
 
 def evaluation_section(inputs: ReportInputs) -> str:
-    rows, genevals = evaluation_rows(inputs)
-    ours = (table(["model", "metric", "value", "images", "px", "steps", "guidance", "GenEval"], rows) if rows
-            else '<p class="missing">no evaluation results</p>')
+    ours, genevals = evaluation_table(inputs)
     paper = table(["released model", "FID (COCO 30K)", "GenEval"],
                   [[esc(name), f"{fid:.2f}", f"{gen:.2f}"] for name, fid, gen in PAPER_MODELS])
     section = (f'<h2>Evaluation</h2><div class="side"><div><h3>This run</h3>{ours}</div>'
                f"<div><h3>Paper (README of the released models)</h3>{paper}</div></div>"
-               '<p class="note">Only Inception scores from clean-fid are FIDs. The tiny preset reports a Fréchet '
-               "distance in EfficientNet-Lite0 feature space, which is not comparable with FID.</p>")
+               '<p class="note">Each stage is evaluated at its own resolution, on the same captions, against the '
+               "reference statistics of that resolution. Only Inception scores from clean-fid are FIDs; the tiny "
+               "preset reports a Fréchet distance in EfficientNet-Lite0 feature space, not comparable with FID.</p>")
+    if inputs.fd_context:
+        section += ('<p class="note">Read the Fréchet distance against the rows in italics. <em>Reference vs '
+                    "reference</em>: two random halves of the reference images against each other, what images "
+                    "indistinguishable from the reference score with half as many images (the distance grows as "
+                    "sets shrink, so a perfect model would score somewhat lower at the full count). <em>VAE "
+                    "reconstructions</em>: the reference images through the VAE against their own statistics, what "
+                    "the VAE alone costs (the same images, so lower than any independent set would score).</p>")
     if genevals:
         task_rows = [[esc(label)] + [fmt(g.get("tasks", {}).get(t, {}).get("accuracy"), ".2f") for t in TASKS]
                      + [geneval_overall(g), fmt(100 * g["correct_images"], ".1f") + " %",
                         fmt(100 * g["correct_prompts"], ".1f") + " %"] for label, g in genevals.items()]
         section += "<h3>GenEval by task</h3>" + table(
-            ["model", *TASKS, "overall", "correct images", "correct prompts"], task_rows)
-    return section + shapes_section(inputs)
+            ["stage", *TASKS, "overall", "correct images", "correct prompts"], task_rows)
+    return section + shapes_section(inputs) + eval_grid_section(inputs)
 
 
 def shapes_section(inputs: ReportInputs) -> str:
-    """The drawn-shapes scores: what the samples follow of their captions, beside what the reference images and
-    their VAE reconstructions score (the ceilings a denoiser cannot pass)."""
+    """The drawn-shapes scores: what each stage's samples follow of their captions, above its floor (the same
+    weights drawing other captions' prompts, scored against the true ones), below the ceilings (the reference images
+    and their VAE reconstructions, which a denoiser cannot pass)."""
     from microdit.eval.shapes import CATEGORIES
 
-    if not inputs.shapes:
+    scored = []
+    for stage in inputs.stages:
+        if stage in inputs.shapes:
+            scored.append((f"{stage} samples", inputs.shapes[stage]))
+        if stage in inputs.shapes_floor:
+            scored.append((f"{stage}, shuffled captions (floor)", inputs.shapes_floor[stage]))
+    scored += [(f"{label} (ceiling)", path) for label, path in inputs.shapes_ceiling.items()]
+    if not scored:
         return ""
     rows = []
-    for label, path in inputs.shapes.items():
+    for label, path in scored:
         summary = read_json(path, "score-shapes summary")
         tasks = summary.get("tasks", {})
         rows.append([esc(label)] + [fmt(100 * tasks[c]["accuracy"], ".1f") if c in tasks else "—" for c in CATEGORIES]
@@ -147,8 +196,36 @@ def shapes_section(inputs: ReportInputs) -> str:
     return ("<h3>Prompt following (drawn shapes, % correct)</h3>" +
             table(["images", *CATEGORIES, "all right", "images scored"], rows) +
             '<p class="note"><code>microdit score-shapes</code> finds the background and each caption group by '
-            "colour and judges each category as GenEval does. The reference images and their VAE reconstructions "
-            "are the ceilings: the denoiser's samples cannot keep more than the VAE does.</p>")
+            "colour and judges each category as GenEval does, always against the true captions. The floor: the "
+            "same weights and noise, each image drawn for another image's caption (a seeded derangement), so a "
+            "stage that follows its prompts scores well above it. The ceilings: the reference images and their "
+            "VAE reconstructions at that resolution; the samples cannot keep more than the VAE does.</p>")
+
+
+def eval_grid_section(inputs: ReportInputs) -> str:
+    """The first captions' evaluation samples of each stage, labelled with the caption, beside its reference image,
+    each shown at 256 px (nearest-neighbour: a 32 px sample is not smoothed into something it is not)."""
+    from microdit.eval.captions import read_caption_file
+    from microdit.eval.generate import image_name
+    from microdit.report.samples import cell
+
+    if not inputs.eval_samples or inputs.eval_captions is None:
+        return ""
+    body = ""
+    for row in read_caption_file(inputs.eval_captions)[: inputs.grid_captions]:
+        name = image_name(row["index"])
+        cells = []
+        if inputs.grid_reference is not None:
+            cells.append(cell(read_bytes(Path(inputs.grid_reference) / name, "reference image"), "reference"))
+        for stage in (s for s in inputs.stages if s in inputs.eval_samples):
+            data = read_bytes(inputs.eval_samples[stage] / name, "evaluation sample")
+            with Image.open(io.BytesIO(data)) as image:
+                cells.append(cell(data, f"{stage}, {image.width} px"))
+        body += (f'<figure><figcaption>“{esc(row["caption"])}”</figcaption>'
+                 f'<div class="cells">{"".join(cells)}</div></figure>')
+    return ("<h3>Evaluation samples beside their reference images</h3>"
+            f'<p class="note">The first {inputs.grid_captions} evaluation captions: the reference image the caption '
+            "was drawn for, then each evaluated stage's sample for it.</p>" + body)
 
 
 def ledger_section(inputs: ReportInputs) -> str:
@@ -236,6 +313,12 @@ def provenance_section(inputs: ReportInputs) -> str:
     return section + f'<p class="note">Written by {esc(code_version())}.</p>'
 
 
+def last_stage(scores: dict, stages: list[str]) -> list[tuple[str, Path]]:
+    """[(stage, path)] of the last of `stages` that has a score (else the last label given), or []."""
+    ordered = [name for name in stages if name in scores] or list(scores)
+    return [(ordered[-1], scores[ordered[-1]])] if ordered else []
+
+
 def summary_box(inputs: ReportInputs, frames: dict) -> str:
     """The run in a few lines: what, when, which code, and its headline numbers."""
     from microdit.provenance import code_version
@@ -251,14 +334,17 @@ def summary_box(inputs: ReportInputs, frames: dict) -> str:
         ema = last_value(last, "val_loss_ema")
         items["held-out loss"] = (fmt(last_value(last, "val_loss"), ".4f") +
                                   (f" (EMA weights {fmt(ema, '.4f')})" if ema is not None else "") + ", last stage")
-    for label, path in inputs.fid.items():
+    # the headline numbers are the last evaluated stage's; the table below has every stage's
+    for label, path in last_stage(inputs.fid, inputs.stages):
         score = read_json(path, "fid.json")
         items[esc(score.get("metric", "FID"))] = f"{fmt(score.get('value'), '.2f')} ({esc(label)})"
-    for label, path in inputs.geneval.items():
+    for label, path in last_stage(inputs.clip, inputs.stages):
+        items["CLIP score"] = f"{fmt(read_json(path, 'clip.json').get('value'), '.2f')} ({esc(label)})"
+    for label, path in last_stage(inputs.geneval, inputs.stages):
         items["GenEval overall"] = f"{geneval_overall(read_geneval(path))} ({esc(label)})"
-    for label, path in list(inputs.shapes.items())[:1]:  # the samples' score comes first; the ceilings follow
+    for label, path in last_stage(inputs.shapes, inputs.stages):
         score = read_json(path, "score-shapes summary")
-        items["drawn shapes, all right"] = f"{fmt(100 * score.get('correct_images'), '.1f')} % ({esc(label)})"
+        items["drawn shapes, all right"] = f"{fmt(100 * score.get('correct_images'), '.1f')} % ({esc(label)} samples)"
     if stats:
         gpu_hours = sum(float(s.get("gpu_count", 0)) * float(s.get("wall_time_s", 0)) / 3600 for s in stats.values())
         wall_minutes = sum(float(s.get("wall_time_s", 0)) for s in stats.values()) / 60
@@ -282,7 +368,8 @@ def build_report(inputs: ReportInputs) -> str:
 def write_report(inputs: ReportInputs, out: str | os.PathLike) -> None:
     unknown = {name: sorted(set(paths) - set(inputs.stages)) for name, paths in
                (("metrics", inputs.metrics), ("train-stats", inputs.train_stats), ("grid", inputs.grids),
-                ("stage-config", inputs.stage_configs))}
+                ("stage-config", inputs.stage_configs), ("eval-samples", inputs.eval_samples),
+                ("shapes", inputs.shapes), ("shapes-floor", inputs.shapes_floor))}
     unknown = {k: v for k, v in unknown.items() if v}
     if unknown:
         raise UserError(f"inputs for stages not in --stages {inputs.stages}: {json.dumps(unknown)}")

@@ -166,18 +166,52 @@ def test_the_ledger_shows_the_plan_beside_what_was_spent(run_dir):
     assert "<td>stage2</td>" not in planned
 
 
-def test_the_drawn_shapes_scores_stand_beside_their_ceilings(run_dir):
+def test_the_drawn_shapes_scores_stand_between_their_floor_and_ceilings(run_dir):
     def summary(accuracy: float, correct: float) -> dict:
         tasks = {c: {"accuracy": accuracy} for c in ("background", "color", "shape", "count", "position")}
         return {"tasks": tasks, "correct_images": correct, "num_images": 128}
 
-    for name, accuracy, correct in (("samples", 0.5, 0.125), ("reference", 1.0, 1.0), ("vae", 0.97, 0.9)):
+    for name, accuracy, correct in (("s2", 0.3, 0.0), ("s4", 0.5, 0.125), ("floor4", 0.25, 0.0),
+                                    ("reference", 1.0, 1.0), ("vae", 0.97, 0.9)):
         (run_dir / f"{name}.json").write_text(json.dumps(summary(accuracy, correct)))
     out = run_dir / "report.html"
-    write_report(ReportInputs(title="t", stages=["stage4"], shapes={
-        "stage4 samples": run_dir / "samples.json", "reference images (ceiling)": run_dir / "reference.json",
-        "VAE reconstructions (ceiling)": run_dir / "vae.json"}), out)
+    write_report(ReportInputs(title="t", stages=["stage2", "stage4"],
+                              shapes={"stage4": run_dir / "s4.json", "stage2": run_dir / "s2.json"},
+                              shapes_floor={"stage4": run_dir / "floor4.json"}, shapes_ceiling={
+                                  "reference images, 64 px": run_dir / "reference.json",
+                                  "VAE reconstructions, 64 px": run_dir / "vae.json"}), out)
     text = out.read_text()
+    table = text[text.index("Prompt following"):]
+    rows = re.findall(r"<tr><td>([^<]+)</td>", table)
+    assert rows[:5] == ["stage2 samples", "stage4 samples", "stage4, shuffled captions (floor)",
+                        "reference images, 64 px (ceiling)", "VAE reconstructions, 64 px (ceiling)"]
     assert "<td>stage4 samples</td>" + "<td>50.0</td>" * 5 + "<td>12.5</td><td>128</td>" in text
-    assert "<td>VAE reconstructions (ceiling)</td>" + "<td>97.0</td>" * 5 + "<td>90.0</td>" in text
+    assert "<td>stage4, shuffled captions (floor)</td>" + "<td>25.0</td>" * 5 + "<td>0.0</td>" in text
+    assert "<td>VAE reconstructions, 64 px (ceiling)</td>" + "<td>97.0</td>" * 5 + "<td>90.0</td>" in text
+    # the headline is the last evaluated stage's
     assert "<dt>drawn shapes, all right</dt><dd>12.5 % (stage4 samples)</dd>" in text
+
+
+def test_stages_stand_side_by_side_with_the_distance_context_and_clip_only_where_computed(run_dir):
+    fid = json.loads((run_dir / "fid.json").read_text())
+    for stage, value in (("stage1", 80.5), ("stage2", 42.125)):
+        (run_dir / f"fid_{stage}.json").write_text(json.dumps(
+            {**fid, "value": value, "checkpoint": f"results/t/train/{stage}/{'ema' if stage == 'stage2' else 'final'}"
+                                                  ".safetensors"}))
+    (run_dir / "halves.json").write_text(json.dumps({"metric": fid["metric"], "value": 30.25, "num_images": 64,
+                                                     "resolution": 64}))
+    out = run_dir / "report.html"
+    inputs = dict(title="t", stages=["stage1", "stage2"],
+                  fid={s: run_dir / f"fid_{s}.json" for s in ("stage1", "stage2")}, fd_context={"reference vs reference (two halves), 64 px": run_dir / "halves.json"})
+    write_report(ReportInputs(**inputs), out)
+    text = out.read_text()
+    assert "<td>stage1</td><td>raw</td><td>80.50</td><td>64</td>" in text
+    assert "<td>stage2</td><td>EMA</td><td>42.12</td><td>64</td>" in text
+    assert "<td><em>reference vs reference (two halves), 64 px</em></td><td>—</td><td>30.25</td><td>64</td>" in text
+    assert "CLIP score" not in text and "Reference vs reference</em>: two random halves" in text
+    (run_dir / "clip.json").write_text(json.dumps({"metric": "CLIP score", "value": 27.5}))
+    write_report(ReportInputs(**inputs, clip={"stage2": run_dir / "clip.json"}), out)
+    text = out.read_text()
+    assert "<td>stage1</td><td>raw</td><td>80.50</td><td>—</td>" in text
+    assert "<td>stage2</td><td>EMA</td><td>42.12</td><td>27.50</td>" in text
+    assert "<dt>CLIP score</dt><dd>27.50 (stage2)</dd>" in text

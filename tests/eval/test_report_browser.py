@@ -45,7 +45,8 @@ def rendered(page: Path, width: int) -> dict:
 
 @pytest.fixture
 def report_page(run_dir, tmp_path) -> Path:
-    """A report written by `microdit report` from a run's files: curves, a cut grid per stage, scores, configs."""
+    """A report written by `microdit report` from a run's files: curves, a cut grid per stage, scores of two
+    evaluated stages, their labelled samples beside the reference images, configs."""
     prompts = ["a red circle left of two blue squares on a white background", "three green triangles above a "
                "yellow circle on a black background", "a purple square below a red triangle on a beige background"]
     for stage in ("stage1", "stage2"):
@@ -55,10 +56,20 @@ def report_page(run_dir, tmp_path) -> Path:
             f"steps: 1000\nglobal_batch: 2048\ninit: {{from: {Path.cwd() / 'results/x/train' / stage}}}\n"
             "data: {options: {datadirs: [" + ", ".join([str(Path.cwd() / "results/store/a/very/long/path")] * 3)
             + "]}}\n")
+    # two evaluated stages at 32 and 64 px, the first 8 captions' samples beside their 64 px reference images
+    captions = run_dir / "captions.jsonl"
+    captions.write_text("".join(json.dumps({"index": i, "caption": prompts[i % 3] + " " + "very " * i + "long"})
+                                + "\n" for i in range(10)))
+    for folder, size in (("stage1_samples", 32), ("stage2_samples", 64), ("grid", 64)):
+        (run_dir / folder).mkdir()
+        for i in range(10 if folder != "grid" else 8):
+            save_image_grid(torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(i)),
+                            run_dir / folder / f"{i:06d}.png")
     out = tmp_path / "report.html"
-    options = []
+    options = ["--fid", f"stage1={run_dir / 'fid.json'}", "--eval-captions", str(captions), "--grid-reference",
+               str(run_dir / "grid"), "--fd-context", f"reference vs reference, 64 px={run_dir / 'fid.json'}"]
     for stage in ("stage1", "stage2"):
-        options += ["--metrics", f"{stage}={run_dir / f'{stage}_metrics.jsonl'}", "--train-stats",
+        options += ["--eval-samples", f"{stage}={run_dir / f'{stage}_samples'}", "--metrics", f"{stage}={run_dir / f'{stage}_metrics.jsonl'}", "--train-stats",
                     f"{stage}={run_dir / f'{stage}_stats.json'}", "--grid", f"{stage}={run_dir / f'{stage}_grid.png'}",
                     "--stage-config", f"{stage}={run_dir / f'{stage}.yaml'}"]
     options += [arg for p in prompts for arg in ("--sample-prompt", p)]
@@ -71,7 +82,8 @@ def report_page(run_dir, tmp_path) -> Path:
 @pytest.mark.parametrize("width", [1280, 800])
 def test_the_report_renders_with_every_image_and_no_sideways_scrolling(report_page, width):
     seen = rendered(report_page, width)
-    assert seen["images"] == 1 + 2 * 3 and seen["broken"] == [] and seen["overflow"] <= 0
+    # the curves, 3 prompts x 2 stages, and 8 captions x (a reference + 2 stages' samples)
+    assert seen["images"] == 1 + 2 * 3 + 8 * 3 and seen["broken"] == [] and seen["overflow"] <= 0
 
 
 def test_the_browser_check_sees_a_broken_image_and_a_page_too_wide(tmp_path):

@@ -22,8 +22,11 @@ elif command == "download":
     write(value("--summary"))
 elif command in ("precompute", "merge-parts"):
     write(os.path.join(value("--out"), "index.json"))
-elif command in ("generate", "geneval-generate", "merge-samples"):
+elif command in ("generate", "geneval-generate", "merge-samples", "reference-images"):
     write(os.path.join(value("--out"), "generation.json"))
+elif command == "fid-stats":
+    write(value("--out"))
+    write(value("--halves"))
 elif command == "score-shapes":
     write(value("--out"))
     write(value("--results"))

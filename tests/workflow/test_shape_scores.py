@@ -10,8 +10,9 @@ from test_workflow import miniature_config, snakemake
 @pytest.mark.slow
 def test_workflow_scores_the_reference_images(tmp_path):
     config = miniature_config(tmp_path)
-    snakemake("results/tiny/eval/shapes/reference.json", "--configfile", str(config), "--cores", "2", cwd=tmp_path)
-    shapes = tmp_path / "results" / "tiny" / "eval" / "shapes"
+    snakemake("results/tiny/eval/reference/64px/shapes/reference.json", "--configfile", str(config), "--cores", "2",
+              cwd=tmp_path)
+    shapes = tmp_path / "results" / "tiny" / "eval" / "reference" / "64px" / "shapes"
     reference = json.loads((shapes / "reference.json").read_text())
     assert reference["num_images"] == 128
     scored = reference["scored"]

@@ -38,12 +38,13 @@ def test_paper_dag_dry_runs_with_every_rule(tmp_path, paper_filled):
     counts = {rule: int(n) for rule, n in (line.split() for line in table) if rule != "total"}
     # 6 downloads (5 training sets + COCO) in 62 parts (cc12m 16, sa1b 20, textcaps 1, jdb 10, diffdb 14, COCO 1),
     # 7 converted datasets in 78 parts (cc12m's twice: all and min-res-512), each encoded per part and its parts'
-    # latents merged; 4 stages (3 and 4 keep an EMA); COCO's latents are the held-out loss's
+    # latents merged; 4 stages (3 and 4 keep an EMA); COCO's latents are the held-out loss's; stage 4 evaluated:
+    # FID beside its two context values (the reference's halves, its VAE reconstructions), CLIP score, GenEval
     assert counts == {"download": 62, "convert": 78, "precompute": 78, "merge_parts": 7, "train": 2,
                       "train_with_ema": 2, "stage_samples": 4, "eval_captions": 1, "fid_reference_stats": 1,
                       "generate_eval_samples": 8, "merge_samples": 2, "fid": 1, "geneval_metadata": 1,
-                      "geneval_generate": 8, "geneval_score": 1,
-                      "geneval_summary": 1, "report": 1, "all": 1}
+                      "geneval_generate": 8, "geneval_score": 1, "geneval_summary": 1, "clip_score": 1,
+                      "reference_images": 2, "fid_vae": 1, "report": 1, "all": 1}
     sa1b = [line for line in out.splitlines() if "microdit download sa1b" in line]
     assert sorted(int(line.split("--part ")[1].split()[0]) for line in sa1b) == list(range(20))
     assert all("--parts 20" in line for line in sa1b)
@@ -101,15 +102,23 @@ def artifact_digests(results: Path) -> dict:
     return digests
 
 
+# the first run also draws stage 2's shuffled-caption floor (few captions and steps) and scores it against the true
+# captions (the Fréchet distance's jobs, sized to the suite's time: the dry runs of test_workflow_checks.py)
+STAGE2_FLOOR = "results/tiny/eval/stage2/shapes/shuffled.json"
+
+
 @pytest.mark.slow
 def test_two_runs_give_byte_identical_data_latents_and_weights(tmp_path):
     config = miniature_config(tmp_path)
+    settings = yaml.safe_load(config.read_text())
+    settings["eval"].update(stages=["stage2"], num_captions=16, steps=2, batch_size=8)
+    config.write_text(yaml.safe_dump(settings))
     runs = []
     # the second run stops at the latents: training adds only the trainer, whose determinism the loop tests check
-    for name, target in (("first", "stage2"), ("second", "data")):
+    for name, targets in (("first", ["stage2", STAGE2_FLOOR]), ("second", ["data"])):
         workdir = tmp_path / name
         workdir.mkdir()
-        snakemake(target, "--configfile", str(config), "--cores", "2", cwd=workdir)
+        snakemake(*targets, "--configfile", str(config), "--cores", "2", cwd=workdir)
         runs.append(artifact_digests(workdir / "results"))
     first, second = runs
     assert any(k.startswith("store/latents/synthetic-") for k in first)
@@ -117,6 +126,12 @@ def test_two_runs_give_byte_identical_data_latents_and_weights(tmp_path):
     assert {"tiny/train/stage1/final.safetensors", "tiny/train/stage2/final.safetensors",
             "tiny/train/stage2/metrics.jsonl"} <= set(first)
     assert {k: v for k, v in first.items() if not k.startswith("tiny/train/")} == second
+
+    floor = json.loads((tmp_path / "first" / STAGE2_FLOOR).read_text())
+    assert floor["captions"] == "results/tiny/eval/captions.jsonl" and floor["num_images"] == 16
+    drawn = floor["generation"]
+    assert drawn["captions"] == "results/tiny/eval/captions_shuffled.jsonl" and drawn["resolution"] == 32
+    assert drawn["checkpoint"] == "results/tiny/train/stage2/final.safetensors"  # stage 2 keeps no EMA
 
     # forcing a finished stage re-exports it from its last checkpoint without training (a cosmetic change reruns
     # nothing at all: tests/workflow/test_workflow_checks.py)

@@ -66,6 +66,7 @@ def test_presets_are_consistent(paper_filled):
 
 def _rename_stage(config, old, new):
     config["stages"] = {new if k == old else k: v for k, v in config["stages"].items()}
+    config["eval"]["stages"] = [new if k == old else k for k in config["eval"]["stages"]]
 
 
 BROKEN = {
@@ -73,14 +74,12 @@ BROKEN = {
     "eval.download": lambda c: c["eval"].update(download="nosuch"),
     "stages.stage2.datasets": lambda c: c["stages"]["stage2"].update(datasets=["synthetic", "nosuch"]),
     "vae.train.dataset": lambda c: c["vae"]["train"].update(dataset="nosuch"),
-    "eval.stage": lambda c: c["eval"].update(stage="nosuch"),
+    "eval.stages": lambda c: c["eval"].update(stages=["stage4", "nosuch"]),
     "stages.stage1.resolution": lambda c: c["stages"]["stage1"].update(resolution=48),
     "stages.stage1.config": lambda c: c["stages"]["stage1"].update(config="config/stages/tiny/nosuch.yaml"),
     "stages.train": lambda c: _rename_stage(c, "stage1", "train"),
-    "eval.resolution": lambda c: c["eval"].update(resolution=32),
     "downloads.synthetic_eval.parts": lambda c: c["downloads"]["synthetic_eval"].update(parts=2),  # eval's: one
     "validation.dataset": lambda c: c["validation"].update(dataset="nosuch"),
-    "eval.weights": lambda c: c["stages"]["stage4"].update(set={"ema": None}),  # ema asked of a stage without one
     "eval.parts": lambda c: c["eval"].update(parts=5),  # 128 captions in 4 batches of 32
 }
 
@@ -95,19 +94,27 @@ def test_a_broken_reference_is_named(key):
     assert "nosuch" in error or "expected" in error or "rename" in error
 
 
-def test_the_ema_export_is_evaluated_when_asked(tmp_path):
+def test_each_stage_is_sampled_from_its_ema_export_where_it_keeps_one(tmp_path):
     config = load("tiny")
-    config["eval"]["stage"], config["eval"]["resolution"] = "stage2", 32
+    config["eval"]["stages"] = ["stage1", "stage2"]
     config["stages"]["stage2"]["set"] = {"ema.decay": 0.9}  # stage 2's YAML has none: set adds one
     assert config_errors(config, str(REPO)) == []
-    result = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--configfile", write_config(tmp_path / "c.yaml", config))
-    (generate,) = shell_commands(result.stdout, "generate")
-    assert "--checkpoint results/tiny/train/stage2/ema.safetensors" in generate
-    assert "--compile" not in generate  # the tiny preset samples on the CPU, where compiling takes minutes
+
+    def generated() -> dict:
+        result = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--configfile",
+                           write_config(tmp_path / "c.yaml", config))
+        commands = shell_commands(result.stdout, "generate")
+        assert not any("--compile" in c for c in commands)  # the tiny preset samples on the CPU: compiling is slow
+        return {re.search(r"--out results/tiny/eval/(\w+/\w+)/0", c)[1]: re.search(r"--checkpoint (\S+)", c)[1]
+                for c in commands}
+
+    # each stage draws its samples and its floor's (shuffled captions) with the same weights, at its resolution
+    assert generated() == {"stage1/sample_parts": "results/tiny/train/stage1/final.safetensors",
+                           "stage1/shuffled_parts": "results/tiny/train/stage1/final.safetensors",
+                           "stage2/sample_parts": "results/tiny/train/stage2/ema.safetensors",
+                           "stage2/shuffled_parts": "results/tiny/train/stage2/ema.safetensors"}
     config["eval"]["weights"] = "raw"
-    result = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--configfile", write_config(tmp_path / "c.yaml", config))
-    (generate,) = shell_commands(result.stdout, "generate")
-    assert "--checkpoint results/tiny/train/stage2/final.safetensors" in generate
+    assert set(generated().values()) == {f"results/tiny/train/stage{i}/final.safetensors" for i in (1, 2)}
 
 
 def test_a_stage_yaml_that_is_no_mapping_of_settings_is_named(tmp_path):
@@ -159,8 +166,9 @@ def test_schema_errors_are_one_line_each_naming_the_key():
     assert schema_errors(config, SCHEMA) == [
         "sample: unknown key (expected one of: datasets, downloads, eval, latents, launch, report, run, samples, "
         "seed, slurm, stages, store, text_encoder, vae, validation)",
-        "eval.guidance: unknown key (expected one of: batch_size, caption_seed, compile, download, features, geneval, "
-        "gpus, guidance_scale, inception_weights, mode, num_captions, parts, resolution, seed, stage, steps, weights)",
+        "eval.guidance: unknown key (expected one of: batch_size, caption_seed, clip, compile, download, features, "
+        "geneval, gpus, guidance_scale, inception_weights, mode, num_captions, parts, seed, shuffle_seed, stages, steps, "
+        "weights)",
         "latents.resolutions.1: 'x' is not of type 'integer'",
         "vae: expected exactly one form (with name or train)"]
 
@@ -269,12 +277,21 @@ def test_commands_follow_chain_vae_channels_gpus_and_pixel_cap(tmp_path):
     assert (counts["train"], counts["train_with_ema"]) == (2, 2)  # the tiny preset's stages 3 and 4 keep an EMA
     converts = shell_commands(result.stdout, "convert")
     assert sorted("--max-pixels 4000000" in command for command in converts) == [False, True]
-    # the drawn shapes are scored in the samples and in their two ceilings (reference images, VAE reconstructions)
-    samples, reference, vae = sorted(shell_commands(result.stdout, "score-shapes"),
-                                     key=lambda c: ("--vae" in c, "--reference" in c))
-    assert "--samples results/tiny/eval/samples --out results/tiny/eval/shapes/samples.json" in samples
-    assert re.search(r"--reference results/store/downloads/synthetic-\w+/parts1/0 --resolution 64 --out", reference)
-    assert re.search(r"--resolution 64 --vae results/store/vae/vae-\w+ --out results/tiny/eval/shapes/vae.json", vae)
+    # the drawn shapes are scored in each stage's samples and floor, and per resolution in the two ceilings
+    # (reference images, VAE reconstructions); each stage's Fréchet distance reads its resolution's statistics
+    scores = shell_commands(result.stdout, "score-shapes")
+    assert len(scores) == 4 * 2 + 2 * 2
+    assert any("--samples results/tiny/eval/stage4/shuffled --out results/tiny/eval/stage4/shapes/shuffled.json"
+               in c and "--captions results/tiny/eval/captions.jsonl" in c for c in scores)  # the true captions
+    assert any(re.search(r"--reference results/store/downloads/synthetic-\w+/parts1/0 --resolution 32 --out "
+                         r"results/tiny/eval/reference/32px/shapes/reference.json", c) for c in scores)
+    assert any(re.search(r"--resolution 64 --vae results/store/vae/vae-\w+ --out "
+                         r"results/tiny/eval/reference/64px/shapes/vae.json", c) for c in scores)
+    fids = shell_commands(result.stdout, "fid")
+    assert any("eval/stage2/samples --reference-stats results/tiny/eval/reference/32px/stats.npz" in c for c in fids)
+    assert any("eval/stage3/samples --reference-stats results/tiny/eval/reference/64px/stats.npz" in c for c in fids)
+    assert any("reference/64px/vae --reference-stats results/tiny/eval/reference/64px/stats.npz" in c for c in fids)
+    assert not shell_commands(result.stdout, "clip-score")  # clip: null, offline
 
 
 def dry_run_jobs(output: str) -> dict:
@@ -330,6 +347,7 @@ def test_config_changes_rerun_the_rules_that_use_them(tmp_path, stand_in_microdi
     fake = stand_in_microdit
     config = load("tiny")
     config["vae"] = {"latent_channels": 4, "name": str(tmp_path / "vae_a")}
+    config["eval"]["stages"] = ["stage4"]  # one evaluated stage keeps the stand-in run short
     base = write_config(tmp_path / "base.yaml", config)
     workdir = tmp_path / "run"
     done = snakemake(workdir, "--cores", "2", "--configfile", base, fake=fake)
@@ -338,13 +356,14 @@ def test_config_changes_rerun_the_rules_that_use_them(tmp_path, stand_in_microdi
 
     steps = write_config(tmp_path / "steps.yaml", {"eval": {"steps": 10}})
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base, steps, fake=fake)
-    assert job_counts(result.stdout) == {"generate_eval_samples": 1, "merge_samples": 1, "fid": 1, "score_shapes": 1,
-                                         "report": 1, "all": 1}
+    assert job_counts(result.stdout) == {"generate_eval_samples": 2, "merge_samples": 2, "fid": 1, "score_shapes": 2,
+                                         "report": 1, "all": 1}  # the samples and the shuffled captions' floor
 
     vae = write_config(tmp_path / "vae.yaml", {"vae": {"name": str(tmp_path / "vae_b")}})
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base, vae, fake=fake)
     counts = job_counts(result.stdout)
-    assert counts["precompute"] == 2 and counts["stage_samples"] == 4 and counts["generate_eval_samples"] == 1
+    assert counts["precompute"] == 2 and counts["stage_samples"] == 4 and counts["generate_eval_samples"] == 2
+    assert counts["reference_images"] == 1 and counts["fid_vae"] == 1  # the VAE's reconstructions, 64 px
 
     # the held-out loss is watched, not trained on: its settings rerun no stage
     watched = write_config(tmp_path / "watched.yaml", {"validation": {"every": 5, "num": 16}})
@@ -384,7 +403,9 @@ def test_runs_share_the_data_store(tmp_path, stand_in_microdit):
 
 @pytest.mark.slow  # a stand-in run of the whole tiny DAG (~15 s)
 def test_a_deleted_export_reruns_the_stage_job_that_declares_it(tmp_path, stand_in_microdit):
-    base = write_config(tmp_path / "base.yaml", load("tiny"))
+    config = load("tiny")
+    config["eval"]["stages"] = ["stage4"]
+    base = write_config(tmp_path / "base.yaml", config)
     workdir = tmp_path / "run"
     assert snakemake(workdir, "--cores", "2", "--configfile", base, fake=stand_in_microdit).returncode == 0
     (workdir / "results" / "tiny" / "train" / "stage4" / "ema.safetensors").unlink()
@@ -394,8 +415,8 @@ def test_a_deleted_export_reruns_the_stage_job_that_declares_it(tmp_path, stand_
     assert job_counts(result.stdout) == {"train_with_ema": 1, "stage4": 1} and "stage=stage4" in result.stdout
     steps = write_config(tmp_path / "steps.yaml", {"eval": {"steps": 10}})
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base, steps, fake=stand_in_microdit)
-    assert job_counts(result.stdout) == {"train_with_ema": 1, "stage_samples": 1, "generate_eval_samples": 1,
-                                         "merge_samples": 1, "fid": 1, "score_shapes": 1, "report": 1,
+    assert job_counts(result.stdout) == {"train_with_ema": 1, "stage_samples": 1, "generate_eval_samples": 2,
+                                         "merge_samples": 2, "fid": 1, "score_shapes": 2, "report": 1,
                                          "all": 1}
 
 
@@ -403,6 +424,7 @@ def test_a_deleted_export_reruns_the_stage_job_that_declares_it(tmp_path, stand_
 def test_a_stage_reruns_for_what_decides_its_weights_only(tmp_path, stand_in_microdit):
     fake = stand_in_microdit
     config = load("tiny")
+    config["eval"]["stages"] = ["stage4"]
     stage_yaml = tmp_path / "stage2.yaml"
     stage_yaml.write_text((REPO / config["stages"]["stage2"]["config"]).read_text())
     config["stages"]["stage2"]["config"] = str(stage_yaml)
