@@ -21,7 +21,7 @@ RULE_NAMES = frozenset({
     "all", "eval", "data", "download", "convert", "merge_parts", "train_vae", "precompute", "train", "train_with_ema",
     "stage_samples", "eval_captions", "fid_reference_stats", "generate_eval_samples", "merge_samples", "fid",
     "geneval_metadata", "geneval_generate", "geneval_score", "geneval_summary", "score_shapes", "score_shapes_ceiling",
-    "eval_captions_shuffled", "reference_images", "fid_vae", "clip_score", "report"})
+    "eval_captions_shuffled", "reference_images", "reference_grid", "fid_vae", "clip_score", "report"})
 
 # config/paper.yaml marks what each user must fill in (a path, a partition) as "<what it is>"
 PLACEHOLDER = re.compile(r"^<.*>$", re.DOTALL)

@@ -91,27 +91,25 @@ rule fid_reference_stats:
 
 
 # the reference images as the statistics see them (centre-cropped to the resolution), named by caption index:
-# `grid`, the first few for the report's labelled grid; `vae`, all of them through the VAE
+# `vae`, all of them through the VAE (a GPU job at the paper's size); `grid`, the first few for the report's grid
 rule reference_images:
     input:
         source=eval_source,
         captions=f"{EVAL}/captions.jsonl",
-        vae=lambda w: vae_input() if w.images == "vae" else [],
+        vae=vae_input(),
     output:
-        manifest=f"{EVAL}/reference/{{res}}px/{{images}}/generation.json",
-    wildcard_constraints:
-        images="grid|vae",
+        manifest=f"{EVAL}/reference/{{res}}px/vae/generation.json",
     params:
         source=lambda w, input: os.path.dirname(input.source),
         out=lambda w, output: os.path.dirname(output.manifest),
-        options=lambda w: cli_options({"vae": vae_argument()} if w.images == "vae" else {"num": GRID_CAPTIONS}),
+        options=lambda w: cli_options({"vae": vae_argument()}),
     log:
-        f"{RUN}/logs/eval/reference_{{images}}_{{res}}px.log",
+        f"{RUN}/logs/eval/reference_vae_{{res}}px.log",
     benchmark:
-        f"{RUN}/benchmarks/eval/reference_{{images}}_{{res}}px.tsv"
+        f"{RUN}/benchmarks/eval/reference_vae_{{res}}px.tsv"
     threads: 4 if EVAL_GPUS else 2
     resources:
-        gpu=lambda w: EVAL_GPUS if w.images == "vae" else 0,
+        gpu=EVAL_GPUS,
         mem_mb=16000 if EVAL_GPUS else 4000,
         runtime=60,
         **placement(EVAL_GPUS),
@@ -120,6 +118,27 @@ rule reference_images:
     shell:
         "microdit reference-images --source {params.source:q} --captions {input.captions:q}"
         " --resolution {wildcards.res} --out {params.out:q} {params.options} > {log:q} 2>&1"
+
+
+use rule reference_images as reference_grid with:
+    input:
+        source=eval_source,
+        captions=f"{EVAL}/captions.jsonl",
+    output:
+        manifest=f"{EVAL}/reference/{{res}}px/grid/generation.json",
+    params:
+        source=lambda w, input: os.path.dirname(input.source),
+        out=lambda w, output: os.path.dirname(output.manifest),
+        options=cli_options({"num": GRID_CAPTIONS}),
+    log:
+        f"{RUN}/logs/eval/reference_grid_{{res}}px.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/reference_grid_{{res}}px.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+        **placement(),
 
 
 # the Fréchet distance of the VAE's reconstructions: how far the VAE alone moves the reference images

@@ -44,7 +44,7 @@ def test_paper_dag_dry_runs_with_every_rule(tmp_path, paper_filled):
                       "train_with_ema": 2, "stage_samples": 4, "eval_captions": 1, "fid_reference_stats": 1,
                       "generate_eval_samples": 8, "merge_samples": 2, "fid": 1, "geneval_metadata": 1,
                       "geneval_generate": 8, "geneval_score": 1, "geneval_summary": 1, "clip_score": 1,
-                      "reference_images": 2, "fid_vae": 1, "report": 1, "all": 1}
+                      "reference_images": 1, "reference_grid": 1, "fid_vae": 1, "report": 1, "all": 1}
     sa1b = [line for line in out.splitlines() if "microdit download sa1b" in line]
     assert sorted(int(line.split("--part ")[1].split()[0]) for line in sa1b) == list(range(20))
     assert all("--parts 20" in line for line in sa1b)
