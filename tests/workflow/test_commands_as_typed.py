@@ -29,6 +29,13 @@ def test_bare_snakemake_plans_the_tiny_preset(tmp_path):
     assert "slurm_partition" not in result.stdout  # the tiny preset names no partition: the cluster's default
 
 
+def test_the_long_tiny_preset_plans_over_the_tiny_one(tmp_path):
+    result = typed(SNAKEMAKE, "--configfile", "config/tiny.yaml", "config/tiny-long.yaml", "-n", "-d", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "results/tiny-long/report.html" in result.stdout
+    assert "results/tiny-long/train/stage4/ema.safetensors" in result.stdout
+
+
 def test_the_slurm_profile_plans_after_make_profiles(tmp_path):
     xdg = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
     setup = typed("make", "profiles", env=xdg)

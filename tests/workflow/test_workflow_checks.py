@@ -258,6 +258,7 @@ def test_commands_follow_chain_vae_channels_gpus_and_pixel_cap(tmp_path):
     config["datasets"]["synthetic"]["convert"]["max_pixels"] = 4_000_000
     config["latents"]["gpus"] = 2
     config["text_encoder"]["context_length"] = 32
+    config["eval"]["stages"] = ["stage1", "stage2", "stage3", "stage4"]  # two per resolution share its references
     config["stages"]["stage2"]["chain"] = False
     config["stages"]["stage3"].update(chain=False, set={"steps": 3, "init.from": "elsewhere", "init.mode": "weights"})
     result = snakemake(tmp_path, "-n", "-p", "--cores", "64", "--configfile",
