@@ -133,7 +133,7 @@ def test_sample_grids_show_the_prompts_encoded_and_decoded(tmp_path, tiny_vae_di
     expected = create_text_encoder("minilm", cfg.data.caption_len).encode(prompts[:2])
     assert torch.equal(grid.captions(trainer.raw), expected)
     with Image.open(tmp_path / "samples" / "step_000000002.png") as image:
-        assert image.size == (32 + 4, 2 * (32 + 2) + 2)  # two decoded 32 px images (the tiny VAE upsamples 4x)
+        assert image.size == (2 * (32 + 2) + 2, 32 + 4)  # two decoded 32 px images side by side (the VAE upsamples 4x)
     with pytest.raises(UserError, match="prompts and captions both given"):
         tiny_config(tmp_path, samples={"every": 2, "prompts": ["a"], "captions": str(tmp_path / "c.safetensors")})
     tiny_config(tmp_path, samples={"prompts": ["a"], "captions": "c.safetensors"})  # no grids: nothing to refuse
