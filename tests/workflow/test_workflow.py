@@ -102,20 +102,12 @@ def artifact_digests(results: Path) -> dict:
     return digests
 
 
-# the first run also draws stage 2's shuffled-caption floor (few captions and steps) and scores it against the true
-# captions (the Fréchet distance's jobs, sized to the suite's time: the dry runs of test_workflow_checks.py)
-STAGE2_FLOOR = "results/tiny/eval/stage2/shapes/shuffled.json"
-
-
 @pytest.mark.slow
 def test_two_runs_give_byte_identical_data_latents_and_weights(tmp_path):
     config = miniature_config(tmp_path)
-    settings = yaml.safe_load(config.read_text())
-    settings["eval"].update(stages=["stage2"], num_captions=16, steps=2, batch_size=8)
-    config.write_text(yaml.safe_dump(settings))
     runs = []
     # the second run stops at the latents: training adds only the trainer, whose determinism the loop tests check
-    for name, targets in (("first", ["stage2", STAGE2_FLOOR]), ("second", ["data"])):
+    for name, targets in (("first", ["stage2"]), ("second", ["data"])):
         workdir = tmp_path / name
         workdir.mkdir()
         snakemake(*targets, "--configfile", str(config), "--cores", "2", cwd=workdir)
@@ -126,12 +118,6 @@ def test_two_runs_give_byte_identical_data_latents_and_weights(tmp_path):
     assert {"tiny/train/stage1/final.safetensors", "tiny/train/stage2/final.safetensors",
             "tiny/train/stage2/metrics.jsonl"} <= set(first)
     assert {k: v for k, v in first.items() if not k.startswith("tiny/train/")} == second
-
-    floor = json.loads((tmp_path / "first" / STAGE2_FLOOR).read_text())
-    assert floor["captions"] == "results/tiny/eval/captions.jsonl" and floor["num_images"] == 16
-    drawn = floor["generation"]
-    assert drawn["captions"] == "results/tiny/eval/captions_shuffled.jsonl" and drawn["resolution"] == 32
-    assert drawn["checkpoint"] == "results/tiny/train/stage2/final.safetensors"  # stage 2 keeps no EMA
 
     # forcing a finished stage re-exports it from its last checkpoint without training (a cosmetic change reruns
     # nothing at all: tests/workflow/test_workflow_checks.py)

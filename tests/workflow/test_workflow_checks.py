@@ -284,6 +284,9 @@ def test_commands_follow_chain_vae_channels_gpus_and_pixel_cap(tmp_path):
     assert len(scores) == 4 * 2 + 2 * 2
     assert any("--samples results/tiny/eval/stage4/shuffled --out results/tiny/eval/stage4/shapes/shuffled.json"
                in c and "--captions results/tiny/eval/captions.jsonl" in c for c in scores)  # the true captions
+    # the floor is drawn from the deranged captions
+    assert any("--captions results/tiny/eval/captions_shuffled.jsonl --out results/tiny/eval/stage4/shuffled_parts/0"
+               in c for c in shell_commands(result.stdout, "generate"))
     assert any(re.search(r"--reference results/store/downloads/synthetic-\w+/parts1/0 --resolution 32 --out "
                          r"results/tiny/eval/reference/32px/shapes/reference.json", c) for c in scores)
     assert any(re.search(r"--resolution 64 --vae results/store/vae/vae-\w+ --out "
