@@ -2,6 +2,7 @@
 text (count, rate, ETA) every MICRODIT_PROGRESS_EVERY seconds (30 by default), where a redrawn bar would be one
 endless line of carriage returns."""
 import os
+import re
 import sys
 from typing import IO, Iterable
 
@@ -21,7 +22,9 @@ class LogLines:
 
     def write(self, text: str) -> None:
         line = text.replace("\r", "").rstrip()
-        count = line.rsplit(" [", 1)[0]  # "desc:  40%|####      | 4/10" before " [elapsed<left, rate]"
+        # "desc:  40%| 4/10" from "desc:  40%|####      | 4/10 [elapsed<left, rate]": the bar's width varies with
+        # the length of the rate, so a count's closing redraw may draw another bar
+        count = re.sub(r"\|.*\|", "|", line.rsplit(" [", 1)[0])
         if line and count != self.last_count:
             self.stream.write(line + "\n")
             self.last_count = count
