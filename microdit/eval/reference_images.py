@@ -8,9 +8,7 @@ Also the images of a caption file read from the download by `image_id` (shared w
 their VAE reconstructions.
 """
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from PIL import Image
 
 from microdit.arguments import positive_int
 from microdit.errors import UserError
-from microdit.files import sha256_file, write_json
+from microdit.files import atomic_folder, sha256_file, write_json
 
 
 def register(subparsers) -> None:
@@ -58,22 +56,9 @@ def run(args) -> None:
             Image.fromarray(image).save(folder / image_name(row["index"]))
         write_json(manifest, folder / "generation.json")
 
-    replace_folder(Path(args.out), write)
+    shutil.rmtree(args.out, ignore_errors=True)  # a folder of other settings never mixes with the new images
+    atomic_folder(args.out, write)
     print(json.dumps({"images": len(rows), "kind": manifest["kind"], "out": args.out}))
-
-
-def replace_folder(out: Path, write) -> None:
-    """Fill a scratch folder beside `out`, then put it in `out`'s place: a folder of a run cut short or of other
-    settings (more captions, another VAE) never mixes with the new images."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write(scratch)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(scratch, out)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def caption_images(shards: str, rows: list[dict], captions: str) -> list[Image.Image]:
