@@ -53,6 +53,20 @@ def start_without_requeue_delay(job_id: str) -> None:
     slurm("scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
 
+def first_checkpoint(stage: Path, timeout_s: float) -> None:
+    """Wait for the stage's first checkpoint; a timeout says where the job stood (queue, accounting, its logs)."""
+    try:
+        wait_until(lambda: any((stage / "checkpoints").glob("step_*.pt")), f"{stage.name}'s first checkpoint",
+                   timeout_s)
+    except AssertionError as timeout:
+        queue = subprocess.run(["squeue", "-a", "-o", "%i %T %R %M"], capture_output=True, text=True).stdout
+        accounting = subprocess.run(["sacct", "-a", "-X", "-S", "now-15minutes", "-o",
+                                     "JobID,JobName%30,State,Elapsed,NodeList"],
+                                    capture_output=True, text=True).stdout
+        logs = "".join(f"--- {log}\n{log.read_text()[-2000:]}\n" for log in sorted(stage.glob("submitit/*/*_log.*")))
+        raise AssertionError(f"{timeout}\nsqueue:\n{queue}\nsacct:\n{accounting}\n{logs}") from None
+
+
 def mds_stage(tmp_path, **changes) -> dict:
     # streaming's sample order follows its canonical node count, the node count by default: pinned, it is the same
     # on one node and on two
@@ -98,8 +112,7 @@ def test_a_requeued_job_resumes_and_ends_with_the_uninterrupted_weights(tmp_path
                                                                  **TOPOLOGY}, **settings), tmp_path / "stage.yaml")
     driver = subprocess.Popen([str(BIN / "microdit"), "train", "--config", str(tmp_path / "stage.yaml")],
                               stderr=subprocess.PIPE, text=True)
-    checkpoints = tmp_path / "requeued" / "checkpoints"
-    wait_until(lambda: any(checkpoints.glob("step_*.pt")), "a checkpoint", 180)
+    first_checkpoint(tmp_path / "requeued", 300)
     job_id = json.loads((tmp_path / "requeued" / "job.json").read_text())["job_id"]
     slurm("scontrol", "requeue", job_id)
     start_without_requeue_delay(job_id)
@@ -130,7 +143,7 @@ def test_a_killed_snakemake_driver_is_followed_by_one_that_waits_on_the_same_job
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_until(lambda: any((stage / "checkpoints").glob("step_*.pt")), "stage 1's first checkpoint", 600)
+        first_checkpoint(stage, 600)
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the driver's whole tree, as a dropped ssh session takes it down
         first.wait()
