@@ -114,6 +114,12 @@ VAE_DIR = STORE.vae_dir() if "train" in config["vae"] else None
 TEXT_ENCODER = pinned_name(config["text_encoder"]["name"], config["text_encoder"].get("revision"))
 LATENT_GPUS = config["latents"].get("gpus", 0)
 EVAL_GPUS = config["eval"].get("gpus", 0)  # of each sampling job: stage grids, evaluation images, their features
+# One core per evaluation job without a GPU: two of them, or one beside a training stage, share a 2-core machine (at
+# two threads each they queued one by one behind the stages, and the tiny demo ran its 45 jobs serially)
+EVAL_THREADS = 4 if EVAL_GPUS else 1
+# The chain from images to the last stage's weights (convert, VAE, latents, stages) goes first where cores are
+# short: every evaluation waits on it, none of it on an evaluation
+CHAIN_PRIORITY = 10
 
 
 def vae_argument(wildcards=None) -> str:

@@ -14,6 +14,7 @@ rule convert:
         clean=lambda w: "--clean-captions" if convert_rules(w).get("clean_captions") else "",
         max_pixels=lambda w: (f"--max-pixels {convert_rules(w)['max_pixels']}"
                               if "max_pixels" in convert_rules(w) else ""),
+    priority: CHAIN_PRIORITY
     log:
         f"{STORE.root}/logs/convert/{{mds}}/parts{{parts}}/{{part}}.log",
     benchmark:
@@ -44,6 +45,7 @@ rule merge_parts:
     params:
         out=lambda w: f"{STORE.root}/{w.kind}/{w.key}/parts{w.parts}",
         parts=lambda w: " ".join(map(shlex.quote, part_folders(w))),
+    priority: CHAIN_PRIORITY
     log:
         f"{STORE.root}/logs/merge_parts/{{kind}}/{{key}}/parts{{parts}}.log",
     wildcard_constraints:

@@ -77,7 +77,7 @@ rule fid_reference_stats:
         f"{RUN}/logs/eval/reference_stats_{{res}}px.log",
     benchmark:
         f"{RUN}/benchmarks/eval/reference_stats_{{res}}px.tsv"
-    threads: 4 if EVAL_GPUS else 2
+    threads: EVAL_THREADS
     resources:
         gpu=EVAL_GPUS,
         mem_mb=16000 if EVAL_GPUS else 4000,
@@ -107,7 +107,7 @@ rule reference_images:
         f"{RUN}/logs/eval/reference_vae_{{res}}px.log",
     benchmark:
         f"{RUN}/benchmarks/eval/reference_vae_{{res}}px.tsv"
-    threads: 4 if EVAL_GPUS else 2
+    threads: EVAL_THREADS
     resources:
         gpu=EVAL_GPUS,
         mem_mb=16000 if EVAL_GPUS else 4000,
@@ -155,7 +155,7 @@ rule fid_vae:
         f"{RUN}/logs/eval/fd_vae_{{res}}px.log",
     benchmark:
         f"{RUN}/benchmarks/eval/fd_vae_{{res}}px.tsv"
-    threads: 4 if EVAL_GPUS else 2
+    threads: EVAL_THREADS
     resources:
         gpu=EVAL_GPUS,
         mem_mb=16000 if EVAL_GPUS else 4000,
@@ -192,7 +192,7 @@ rule generate_eval_samples:
         f"{RUN}/logs/eval/{{stage}}/generate_{{parts_dir}}/{{part}}.log",
     benchmark:
         f"{RUN}/benchmarks/eval/{{stage}}/generate_{{parts_dir}}/{{part}}.tsv"
-    threads: 4 if EVAL_GPUS else 2
+    threads: EVAL_THREADS
     retries: GENERATION_RETRIES
     resources:
         gpu=EVAL_GPUS,
@@ -243,7 +243,7 @@ rule fid:
         f"{RUN}/logs/eval/{{stage}}/fid.log",
     benchmark:
         f"{RUN}/benchmarks/eval/{{stage}}/fid.tsv"
-    threads: 4 if EVAL_GPUS else 2
+    threads: EVAL_THREADS
     resources:
         gpu=EVAL_GPUS,
         mem_mb=16000 if EVAL_GPUS else 4000,
@@ -269,7 +269,7 @@ rule clip_score:
         f"{RUN}/logs/eval/{{stage}}/clip.log",
     benchmark:
         f"{RUN}/benchmarks/eval/{{stage}}/clip.tsv"
-    threads: 4 if EVAL_GPUS else 2
+    threads: EVAL_THREADS
     resources:
         gpu=EVAL_GPUS,
         mem_mb=16000 if EVAL_GPUS else 4000,
@@ -315,7 +315,7 @@ rule geneval_generate:
         f"{RUN}/logs/eval/{{stage}}/geneval_generate/{{part}}.log",
     benchmark:
         f"{RUN}/benchmarks/eval/{{stage}}/geneval_generate/{{part}}.tsv"
-    threads: 4 if EVAL_GPUS else 2
+    threads: EVAL_THREADS
     retries: GENERATION_RETRIES
     resources:
         gpu=EVAL_GPUS,

@@ -19,6 +19,7 @@ rule precompute:
         batch_size=config["latents"]["batch_size"],
         seed=config["latents"]["seed"],
         processes=lambda w, resources: max(1, resources.gpu),
+    priority: CHAIN_PRIORITY
     log:
         f"{STORE.root}/logs/precompute/{{latents}}/parts{{parts}}/{{part}}.log",
     benchmark:

@@ -16,7 +16,7 @@ rule stage_samples:
         f"{RUN}/logs/samples/{{stage}}.log",
     benchmark:
         f"{RUN}/benchmarks/samples/{{stage}}.tsv"
-    threads: 4 if EVAL_GPUS else 2
+    threads: EVAL_THREADS
     resources:
         gpu=EVAL_GPUS,
         mem_mb=32000 if EVAL_GPUS else 4000,

@@ -27,6 +27,7 @@ rule train:
     params:
         weights=lambda w: stage_weights(stage_yaml(w.stage), stage_overrides(w.stage)),
         overrides=lambda w, input: set_options(stage_overrides(w.stage)),
+    priority: CHAIN_PRIORITY
     log:
         f"{RUN}/logs/train/{{stage}}.log",
     benchmark:

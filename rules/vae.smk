@@ -11,6 +11,7 @@ rule train_vae:
         options=lambda w: cli_options({"latent-channels": config["vae"]["latent_channels"],
                                        **{k: v for k, v in config["vae"]["train"].items() if k != "dataset"}}),
         seed=config["seed"],
+    priority: CHAIN_PRIORITY
     log:
         f"{STORE.root}/logs/train_vae/{{vae}}.log",
     benchmark:
