@@ -19,7 +19,7 @@ rule convert:
         f"{STORE.root}/logs/convert/{{mds}}/parts{{parts}}/{{part}}.log",
     benchmark:
         f"{STORE.root}/benchmarks/convert/{{mds}}/parts{{parts}}/{{part}}.tsv"
-    threads: lambda w: 2 if synthetic_dataset(STORE.dataset_with_mds(w.mds)) else 16
+    threads: lambda w: 1 if synthetic_dataset(STORE.dataset_with_mds(w.mds)) else 16  # a second job fills core 2
     retries: DATA_RETRIES
     resources:
         mem_mb=lambda w: 2000 if synthetic_dataset(STORE.dataset_with_mds(w.mds)) else 16000,

@@ -24,7 +24,7 @@ rule precompute:
         f"{STORE.root}/logs/precompute/{{latents}}/parts{{parts}}/{{part}}.log",
     benchmark:
         f"{STORE.root}/benchmarks/precompute/{{latents}}/parts{{parts}}/{{part}}.tsv"
-    threads: 8 * LATENT_GPUS if LATENT_GPUS else 2
+    threads: 8 * LATENT_GPUS if LATENT_GPUS else 1  # without GPUs, the training and held-out sets side by side
     retries: DATA_RETRIES
     resources:
         gpu=LATENT_GPUS,
