@@ -105,7 +105,7 @@ def register(subparsers) -> None:
     p.add_argument("--resolution", type=int, default=32, help="training crop size (the VAE is convolutional)")
     p.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (default 16)")
-    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default 2e-3)")
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
     p.add_argument("--latent-channels", type=int, default=4, choices=(4, 16),
                    help="channels of the latent space (the denoiser's in_channels)")
     p.add_argument("--max-images", type=int, default=512, help="images read from the dataset (default 512)")
