@@ -35,9 +35,10 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     sync_folder(path.parent)
 
 
-def atomic_folder(path: str | os.PathLike, fill) -> None:
-    """Call fill(staging folder), then rename it onto `path` (absent or empty), so the folder is complete or
-    absent. What fill wrote gets the umask's permissions, as atomic_write's files do."""
+def atomic_folder(path: str | os.PathLike, fill, replace: bool = False) -> None:
+    """Call fill(staging folder), then rename it onto `path` (absent or empty; with `replace`, any folder there is
+    removed only once fill has succeeded), so the folder is complete or absent. What fill wrote gets the umask's
+    permissions, as atomic_write's files do."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -47,6 +48,8 @@ def atomic_folder(path: str | os.PathLike, fill) -> None:
         for item in [staging, *staging.rglob("*")]:
             if not item.is_symlink():
                 os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+        if replace and path.exists():
+            shutil.rmtree(path)
         os.replace(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from microdit.files import atomic_write, model_identity, write_json
+from microdit.files import atomic_folder, atomic_write, model_identity, write_json
 
 
 def test_a_write_is_synced_before_its_rename_and_the_rename_after_it(tmp_path, monkeypatch):
@@ -27,6 +27,21 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write(tmp_path / "stats.json", half_written)
     assert os.listdir(tmp_path) == ["stats.json"] and (tmp_path / "stats.json").read_text().startswith('{\n  "step": 1')
+
+
+def test_a_replaced_folder_is_kept_until_its_successor_is_whole(tmp_path):
+    out = tmp_path / "images"
+    atomic_folder(out, lambda folder: (folder / "old.png").write_text("old"))
+
+    def fail(folder):
+        (folder / "new.png").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_folder(out, fail, replace=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["images"] and [p.name for p in out.iterdir()] == ["old.png"]
+    atomic_folder(out, lambda folder: (folder / "new.png").write_text("new"), replace=True)
+    assert [p.name for p in out.iterdir()] == ["new.png"]
 
 
 def test_a_local_model_is_known_by_its_contents_and_a_hub_id_by_its_name(tmp_path):

@@ -8,7 +8,6 @@ Also the images of a caption file read from the download by `image_id` (shared w
 their VAE reconstructions.
 """
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +55,7 @@ def run(args) -> None:
             Image.fromarray(image).save(folder / image_name(row["index"]))
         write_json(manifest, folder / "generation.json")
 
-    shutil.rmtree(args.out, ignore_errors=True)  # a folder of other settings never mixes with the new images
-    atomic_folder(args.out, write)
+    atomic_folder(args.out, write, replace=True)  # a folder of other settings never mixes with the new images
     print(json.dumps({"images": len(rows), "kind": manifest["kind"], "out": args.out}))
 
 
