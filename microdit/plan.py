@@ -60,21 +60,6 @@ def peak(gpu: str) -> float:
     return PEAK_BF16_FLOPS[gpu]
 
 
-def training_flops(cfg) -> float:
-    """The trainer's count of one image's forward + backward FLOPs, on the meta device (no compute, no memory)."""
-    import torch
-
-    from microdit.diffusion.edm import EDMConfig
-    from microdit.train.metrics import train_flops_per_sample
-    from microdit.train.trainer import build_model, denoising_loss, example_batch
-
-    with torch.device("meta"):
-        model = build_model(cfg)
-        batch = example_batch(cfg, torch.device("meta"))
-    edm = EDMConfig(p_mean=cfg.model.p_mean, p_std=cfg.model.p_std)
-    return train_flops_per_sample(lambda b: denoising_loss(model, b, edm, cfg.model.train_mask_ratio), batch)
-
-
 def training_row(name: str, cfg, throughput: dict, gpu: str, price: float, flops: float | None = None) -> PlanRow:
     """A stage's plan from its resolved stage config; `flops` per image when already counted (train_stats)."""
     m, launch = cfg.model, cfg.launch
@@ -87,7 +72,10 @@ def training_row(name: str, cfg, throughput: dict, gpu: str, price: float, flops
         return PlanRow(name, gpus, images, None, price, gpu, why)
     measured = throughput["measured"]
     utilisation = found["img_per_s"] * found["gflop_per_image"] * 1e9 / peak(measured["gpu"])
-    flops = flops or training_flops(cfg)
+    if not flops:
+        from microdit.bench.timing import training_flops_per_image
+
+        flops = training_flops_per_image(cfg)
     return PlanRow(name, gpus, images, utilisation * peak(gpu) / flops, price, gpu,
                    f"{utilisation:.1%} MFU at {flops / 1e9:,.1f} GFLOP/image ({found['route']}; {measured['gpu']}, "
                    f"{found['run']})")
