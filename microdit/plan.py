@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from microdit.errors import UserError
+from microdit.files import read_yaml
 
 THROUGHPUT = Path(__file__).resolve().parents[1] / "docs" / "bench-runs" / "2026-11-27-h200-throughput.yaml"
 
@@ -41,12 +42,7 @@ class PlanRow:
 
 
 def read_throughput(path: str | Path = THROUGHPUT) -> dict:
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"{path}: cannot read the measured throughput ({str(err).splitlines()[0]})") from None
+    data = read_yaml(path, "measured throughput")
     if not isinstance(data, dict) or not {"measured", "training", "sampling"} <= set(data):
         raise UserError(f"{path}: expected the keys measured, training and sampling")
     return data
@@ -178,12 +174,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> None:
-    import yaml
-
-    try:
-        config = yaml.safe_load(Path(args.configfile).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"{args.configfile}: cannot read the config ({str(err).splitlines()[0]})") from None
+    config = read_yaml(args.configfile, "config")
     throughput = read_throughput(args.throughput)
     try:
         rows = plan(config, args.workflow_dir, throughput, args.gpu)
