@@ -3,23 +3,21 @@ import argparse
 import math
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+def number_type(convert, accepts, expected: str):
+    """The argparse type of the numbers that `convert` reads from the text and `accepts`; any other text is the
+    usage error "expected <expected>, got '<text>'"."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0 (float() also reads 'nan' and 'inf')."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+positive_int = number_type(int, lambda value: value >= 1, "an integer >= 1")
+# finite: float() also reads 'nan' and 'inf'
+non_negative_float = number_type(float, lambda value: math.isfinite(value) and value >= 0, "a finite number >= 0")

@@ -93,6 +93,15 @@ def read_json(path: str | os.PathLike, what: str = "JSON file"):
         raise UserError(f"{path}: not a valid {what} ({err})") from None
 
 
+def read_yaml(path: str | os.PathLike, what: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"{path}: cannot read the {what} ({str(err).splitlines()[0]})") from None
+
+
 def read_jsonl(path: str | os.PathLike, what: str = "JSON lines file") -> list:
     """One object per non-empty line; a broken line is an error naming the file and the line."""
     try:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from microdit.errors import UserError
+from microdit.files import read_yaml
 
 THROUGHPUT = Path(__file__).resolve().parents[1] / "docs" / "bench-runs" / "2026-11-27-h200-throughput.yaml"
 
@@ -41,12 +42,7 @@ class PlanRow:
 
 
 def read_throughput(path: str | Path = THROUGHPUT) -> dict:
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"{path}: cannot read the measured throughput ({str(err).splitlines()[0]})") from None
+    data = read_yaml(path, "measured throughput")
     if not isinstance(data, dict) or not {"measured", "training", "sampling"} <= set(data):
         raise UserError(f"{path}: expected the keys measured, training and sampling")
     return data
@@ -58,21 +54,6 @@ def peak(gpu: str) -> float:
     if gpu not in PEAK_BF16_FLOPS:
         raise UserError(f"GPU {gpu!r}: no dense bf16 peak known; one of {', '.join(PEAK_BF16_FLOPS)}")
     return PEAK_BF16_FLOPS[gpu]
-
-
-def training_flops(cfg) -> float:
-    """The trainer's count of one image's forward + backward FLOPs, on the meta device (no compute, no memory)."""
-    import torch
-
-    from microdit.diffusion.edm import EDMConfig
-    from microdit.train.metrics import train_flops_per_sample
-    from microdit.train.trainer import build_model, denoising_loss, example_batch
-
-    with torch.device("meta"):
-        model = build_model(cfg)
-        batch = example_batch(cfg, torch.device("meta"))
-    edm = EDMConfig(p_mean=cfg.model.p_mean, p_std=cfg.model.p_std)
-    return train_flops_per_sample(lambda b: denoising_loss(model, b, edm, cfg.model.train_mask_ratio), batch)
 
 
 def training_row(name: str, cfg, throughput: dict, gpu: str, price: float, flops: float | None = None) -> PlanRow:
@@ -87,7 +68,10 @@ def training_row(name: str, cfg, throughput: dict, gpu: str, price: float, flops
         return PlanRow(name, gpus, images, None, price, gpu, why)
     measured = throughput["measured"]
     utilisation = found["img_per_s"] * found["gflop_per_image"] * 1e9 / peak(measured["gpu"])
-    flops = flops or training_flops(cfg)
+    if not flops:
+        from microdit.bench.timing import training_flops_per_image
+
+        flops = training_flops_per_image(cfg)
     return PlanRow(name, gpus, images, utilisation * peak(gpu) / flops, price, gpu,
                    f"{utilisation:.1%} MFU at {flops / 1e9:,.1f} GFLOP/image ({found['route']}; {measured['gpu']}, "
                    f"{found['run']})")
@@ -190,12 +174,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> None:
-    import yaml
-
-    try:
-        config = yaml.safe_load(Path(args.configfile).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"{args.configfile}: cannot read the config ({str(err).splitlines()[0]})") from None
+    config = read_yaml(args.configfile, "config")
     throughput = read_throughput(args.throughput)
     try:
         rows = plan(config, args.workflow_dir, throughput, args.gpu)

@@ -75,6 +75,8 @@ def time_training(cfg: StageConfig, device: torch.device, steps: int, profile: b
 
 
 def training_flops_per_image(cfg: StageConfig) -> float:
+    """The trainer's count of one image's forward + backward FLOPs, on the meta device (no compute, no memory);
+    `bench train` and `plan` both use it, so their numbers agree."""
     with torch.device("meta"):
         model = build_model(cfg).train()
     return train_flops_per_sample(lambda batch: training_loss(model, cfg, batch),

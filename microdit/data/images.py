@@ -5,11 +5,12 @@ The pixel cap is checked on the header, before any pixel is decoded. Pillow's ow
 warns up to twice its limit (89.5 MP; refused from 179 MP), so without a cap of our own an image of 150 MP was
 decoded in full: about 0.5 GB as RGB, more while decoding, in every worker.
 """
-import argparse
 import io
 import warnings
 
 from PIL import Image
+
+from microdit.arguments import number_type
 
 MAX_PIXELS = 50_000_000  # 50 MP: far above any training or reference image the recipe uses (SA-1B's are ~3.4 MP)
 
@@ -31,16 +32,9 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image
         return None, "bad_image"
 
 
-def max_pixels_arg(text: str) -> int:
-    """argparse type of --max-pixels: a positive integer up to Pillow's decompression-bomb limit."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= Image.MAX_IMAGE_PIXELS:
-        raise argparse.ArgumentTypeError(f"expected an integer from 1 to Pillow's limit {Image.MAX_IMAGE_PIXELS}, "
-                                         f"got {text!r}")
-    return value
+# --max-pixels: a positive integer up to Pillow's decompression-bomb limit
+max_pixels_arg = number_type(int, lambda value: 1 <= value <= Image.MAX_IMAGE_PIXELS,
+                             f"an integer from 1 to Pillow's limit {Image.MAX_IMAGE_PIXELS}")
 
 
 def add_max_pixels(parser) -> None:

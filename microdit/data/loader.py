@@ -88,10 +88,6 @@ class LatentsDataset(StreamingDataset):
                 "drop_caption_mask": torch.tensor(self.drop_mask(sample_id), dtype=torch.float32)}
 
 
-def collate(samples: list[dict]) -> dict[str, torch.Tensor]:
-    return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
-
-
 def build_latents_loader(datadirs: Sequence[str], resolution: int, batch_size: int, cap_drop_prob: float = 0.0,
                          proportions: Sequence[float] | None = None, shuffle: bool = True, seed: int = 9176,
                          num_workers: int = 2, drop_last: bool = True, clean_shared_memory: bool = True,
@@ -102,7 +98,7 @@ def build_latents_loader(datadirs: Sequence[str], resolution: int, batch_size: i
         clean_stale_shared_memory()
     dataset = LatentsDataset(datadirs, resolution, cap_drop_prob, proportions, batch_size, shuffle, seed,
                              **streaming_kwargs)
-    return StreamingDataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
+    return StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                                drop_last=drop_last, persistent_workers=num_workers > 0,
                                prefetch_factor=2 if num_workers > 0 else None,
                                pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory)

@@ -90,13 +90,12 @@ def write_shard(out_dir: str | os.PathLike, shard_id: int, samples: Iterable[Sam
                 count += 1
 
     atomic_write(tar_path(out_dir, shard_id), write_tar)
-    skipped = dict(skipped)
-    return write_stats(out_dir, shard_id, {"count": count + sum(skipped.values()), "successes": count,
-                                           "skipped": skipped})
+    return write_stats(out_dir, shard_id, count, dict(skipped))
 
 
-def write_stats(out_dir: str | os.PathLike, shard_id: int, stats: dict) -> dict:
+def write_stats(out_dir: str | os.PathLike, shard_id: int, successes: int, skipped: dict[str, int]) -> dict:
     """The last step of a shard: from now on it counts as finished."""
+    stats = {"count": successes + sum(skipped.values()), "successes": successes, "skipped": skipped}
     atomic_write(stats_path(out_dir, shard_id), lambda tmp: Path(tmp).write_text(json.dumps(stats, indent=1)))
     return stats
 

@@ -4,7 +4,6 @@
 Input: a directory of webdataset shards (what `microdit download coco2014` writes: the first caption of each image),
 or COCO's own `captions_val2014.json`.
 """
-import json
 import logging
 import os
 import random
@@ -14,6 +13,7 @@ from pathlib import Path
 from microdit.data.captions import decode_caption
 from microdit.data.shards import finished_shards, tar_path
 from microdit.errors import UserError
+from microdit.files import read_json, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,7 @@ def shard_captions(wds_dir: str | os.PathLike, skipped: dict[str, int] | None = 
 def annotation_captions(path: str | os.PathLike) -> dict[str, str]:
     from microdit.data.sources.coco2014 import first_captions
 
-    try:
-        annotations = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not a readable JSON file ({err})") from None
-    return first_captions(annotations, str(path))
+    return first_captions(read_json(path, "COCO captions JSON"), str(path))
 
 
 def read_source_captions(source: str | os.PathLike, skipped: dict[str, int] | None = None) -> dict[str, str]:
@@ -84,10 +80,7 @@ def derange(rows: list[dict], seed: int) -> list[dict]:
 
 def read_caption_file(path: str | os.PathLike) -> list[dict]:
     """The rows of a caption file, checked to be numbered 0..N-1 in order (generation names images by index)."""
-    try:
-        rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not a caption JSONL file ({err})") from None
+    rows = read_jsonl(path, "caption JSONL file")
     if not rows or any(not isinstance(r, dict) or r.get("index") != i or not isinstance(r.get("caption"), str)
                        for i, r in enumerate(rows)):
         raise UserError(f"{path}: expected lines {{\"index\": 0, 1, ..., \"caption\": str}} in order")

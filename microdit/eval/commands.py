@@ -285,14 +285,11 @@ def add_clip_score(subparsers) -> None:
 def run_clip_score(args) -> None:
     from microdit.eval.captions import read_caption_file
     from microdit.eval.clip_score import clip_score
-    from microdit.eval.generate import image_name
+    from microdit.eval.generate import generated_images
     from microdit.sampling import pick_device
 
     rows = read_caption_file(args.captions)
-    paths = [Path(args.samples) / image_name(r["index"]) for r in rows]
-    absent = [p.name for p in paths if not p.is_file()]
-    if absent:
-        raise UserError(f"{args.samples}: {len(absent)} images missing (first {absent[0]}); rerun generate")
+    paths = generated_images(args.samples, rows)
     value = clip_score(paths, [r["caption"] for r in rows], args.model, args.pretrained,
                        pick_device(args.device), args.batch_size)
     write_json({"metric": "CLIP score", "value": value, "model": args.model, "pretrained": args.pretrained or None,

@@ -8,9 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-NAME = "efficientnet_lite0"
 LABEL = "Fréchet distance (EfficientNet-Lite0 features)"
-FEATURE_DIM = 1280
 INPUT_SIZE = 224  # the resolution it was trained at; clean-fid hands over 299 x 299
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

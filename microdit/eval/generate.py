@@ -28,6 +28,14 @@ def image_name(index: int) -> str:
     return f"{index:06d}.png"
 
 
+def generated_images(folder: str | os.PathLike, rows: list[dict]) -> list[Path]:
+    """The generated image of each caption row; a scorer refuses a folder missing any."""
+    paths = [Path(folder) / image_name(r["index"]) for r in rows]
+    if absent := [p.name for p in paths if not p.is_file()]:
+        raise UserError(f"{folder}: {len(absent)} images missing (first {absent[0]}); rerun generate")
+    return paths
+
+
 def image_seed(seed: int, index: int) -> int:
     return seed * SEED_STRIDE + index
 

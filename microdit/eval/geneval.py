@@ -46,19 +46,10 @@ def fetch_metadata(out: str | os.PathLike, source: str | None = None) -> Path:
 
 
 def read_metadata(path: str | os.PathLike) -> list[dict]:
-    rows = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read the GenEval metadata ({err.strerror or err})") from None
-    for number, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: not JSON ({err})") from None
+    rows = read_jsonl(path, "GenEval metadata")
+    for number, row in enumerate(rows, 1):
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or row.get("tag") not in TASKS:
             raise UserError(f"{path}:{number}: expected an object with a 'prompt' and a 'tag' in {TASKS}")
-        rows.append(row)
     return rows
 
 

@@ -80,10 +80,6 @@ def stage_images(images: Iterable[tuple[str, bytes, Path | None]], dest: Path, m
     return count
 
 
-def is_shard_dir(path: Path) -> bool:
-    return bool(finished_shards(path))
-
-
 @contextmanager
 def reference_folder(source: str | os.PathLike, scratch_parent: Path, keys: set[str] | None = None,
                      max_pixels: int = MAX_PIXELS, skipped: dict[str, int] | None = None):
@@ -93,7 +89,7 @@ def reference_folder(source: str | os.PathLike, scratch_parent: Path, keys: set[
     skipped = {} if skipped is None else skipped
     if not source.is_dir():
         raise UserError(f"{source}: not a directory of images or of webdataset shards")
-    shards = is_shard_dir(source)
+    shards = bool(finished_shards(source))
     if keys is not None and not shards:
         raise UserError(f"{source}: --captions selects images by key, which needs webdataset shards")
     scratch_parent.mkdir(parents=True, exist_ok=True)

@@ -65,13 +65,9 @@ def run(args) -> None:
 def sample_images(folder: str, rows: list[dict]):
     from PIL import Image
 
-    from microdit.eval.generate import image_name
+    from microdit.eval.generate import generated_images
 
-    paths = [Path(folder) / image_name(r["index"]) for r in rows]
-    absent = [p.name for p in paths if not p.is_file()]
-    if absent:
-        raise UserError(f"{folder}: {len(absent)} images missing (first {absent[0]}); rerun generate")
-    for path in paths:
+    for path in generated_images(folder, rows):
         with Image.open(path) as image:
             yield np.asarray(image.convert("RGB"))
 

@@ -159,10 +159,6 @@ class MicroDiT(nn.Module):
         self.final_layer = FinalLayer(cfg.dim, patch_out, cfg.norm_eps)
         self.initialize_weights()
 
-    @property
-    def in_channels(self) -> int:
-        return self.config.in_channels
-
     # ----------------------------------------------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: "torch.Tensor | CaptionContext", cfg: float = 1.0,
                 mask_ratio: float = 0.0) -> dict:

@@ -67,7 +67,7 @@ class LatentDiffusion(nn.Module):
         return self.vae.decode(latents)
 
     def initial_noise(self, batch: int, seed: int | list[int] | None) -> torch.Tensor:
-        shape = (self.dit.in_channels, self.latent_res, self.latent_res)
+        shape = (self.dit.config.in_channels, self.latent_res, self.latent_res)
         if isinstance(seed, (list, tuple)):
             if len(seed) != batch:
                 raise ValueError(f"{len(seed)} seeds for a batch of {batch}")

@@ -3,7 +3,7 @@ code that wrote it (microdit/provenance.py, which every artifact's own record co
 from pathlib import Path
 
 from microdit.errors import UserError
-from microdit.files import sha256_file
+from microdit.files import read_yaml, sha256_file
 
 # the stage settings a reader checks first, as dotted paths into a stage.yaml
 STAGE_FIELDS = ("steps", "global_batch", "micro_batch", "seed", "model.arch", "model.latent_res",
@@ -16,12 +16,7 @@ SCORE_FIELDS = ("metric", "feature_extractor", "checkpoint", "checkpoint_sha256"
 
 
 def read_stage_config(path: Path) -> dict:
-    import yaml
-
-    try:
-        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"{path}: cannot read the stage config ({str(err).splitlines()[0]})") from None
+    config = read_yaml(path, "stage config")
     if not isinstance(config, dict):
         raise UserError(f"{path}: a stage config is a mapping of settings")
     return config

@@ -31,7 +31,7 @@ class SampleGrid:
         dit = dit.to(device)
         captions = self.captions(dit).to(device)
         generator = torch.Generator().manual_seed(self.cfg.seed)
-        noise = torch.randn(captions.shape[0], dit.in_channels, dit.config.input_size, dit.config.input_size,
+        noise = torch.randn(captions.shape[0], dit.config.in_channels, dit.config.input_size, dit.config.input_size,
                             generator=generator).to(device)
         with trainer.autocast():
             latents = sample_latents(dit, noise, captions, trainer.edm, self.cfg.steps, self.cfg.guidance_scale)

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from microdit.errors import UserError
+from microdit.files import read_yaml
 from microdit.models.dit import VARIANTS, MicroDiTConfig
 from microdit.models.speed import SpeedOptions
 
@@ -175,12 +176,7 @@ class StageConfig:
 def load_stage_config(path: str | Path, overrides: list[str] = ()) -> StageConfig:
     """Read a stage YAML, apply `key.sub=value` overrides (values parsed as YAML), build and validate."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
+    raw = read_yaml(path, "stage config")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of stage settings at the top level")
     for item in overrides:

@@ -1,9 +1,9 @@
-"""Where training batches come from: a small protocol, a seeded synthetic source, and the MDS loader.
+"""Where training batches come from: a seeded synthetic source, or the MDS loader.
 
 A source yields this rank's microbatches in order, {"latents" (B,C,H,W), "caption_latents" (B,1,L,W),
 "drop_caption_mask" (B,)}, and can save / restore its position so a resumed run continues mid-epoch.
 """
-from typing import Iterator, Protocol
+from typing import Iterator
 
 import torch
 
@@ -24,14 +24,6 @@ def microbatch_index(k: int, rank: int, world_size: int) -> int:
 def sample_generator(seed: int, index: int) -> torch.Generator:
     """A CPU generator of sample `index` alone: what it draws does not depend on batching or ranks."""
     return torch.Generator().manual_seed((seed + index * _SEED_STRIDE) % 2 ** 63)
-
-
-class LatentsSource(Protocol):
-    def __iter__(self) -> Iterator[dict]: ...
-
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state: dict) -> None: ...
 
 
 class RandomLatents:
@@ -74,7 +66,7 @@ class RandomLatents:
         self.step = int(state["step"])
 
 
-def build_source(cfg: StageConfig, rank: int, world_size: int, accumulation: int) -> LatentsSource:
+def build_source(cfg: StageConfig, rank: int, world_size: int, accumulation: int) -> "RandomLatents | RenamedLatents":
     m, d = cfg.model, cfg.data
     if d.kind == "random":
         return RandomLatents(m.latent_shape, (1, d.caption_len, m.caption_channels),
@@ -82,7 +74,7 @@ def build_source(cfg: StageConfig, rank: int, world_size: int, accumulation: int
     return build_mds_source(cfg, accumulation)
 
 
-def build_mds_source(cfg: StageConfig, accumulation: int) -> LatentsSource:
+def build_mds_source(cfg: StageConfig, accumulation: int) -> "RenamedLatents":
     """The streaming MDS latents loader (microdit/data/loader.py), imported only when a stage asks for it.
     `data.options` go to its build_latents_loader (datadirs, resolution, proportions, num_workers, ...); rank and
     world size reach mosaicml-streaming through the environment (microdit.train.distributed exports them).

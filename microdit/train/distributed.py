@@ -28,10 +28,6 @@ class DistInfo:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
 
 def export_layout() -> bool:
     """Put this process's rank, world, local rank, local world and rendezvous address into the environment (torch's
@@ -75,7 +71,7 @@ def shutdown_distributed() -> None:
 def wrap_model(model: nn.Module, strategy: str, info: DistInfo) -> nn.Module:
     """DDP, or FSDP2 with parameters kept gathered between forward and backward (like the reference's SHARD_GRAD_OP).
     The returned module's forward is the model's; under DDP reach the model itself through `.module`."""
-    if not info.enabled:
+    if info.world_size == 1:
         return model
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard

@@ -15,17 +15,13 @@ from microdit.train.config import OptimConfig
 MOE_LR_SCALE = 0.5
 
 
-def moe_parameter_ids(model: nn.Module) -> set[int]:
-    """ids of every parameter inside an ExpertChoiceMoE layer (experts w1, w2 and the router gate)."""
-    return {id(p) for module in model.modules() if isinstance(module, ExpertChoiceMoE) for p in module.parameters()}
-
-
 def param_groups(model: nn.Module, moe_half_lr: bool) -> list[dict]:
     """Groups carry `lr_scale`, the multiple of the scheduled lr they train at."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not moe_half_lr:
         return [{"params": params, "lr_scale": 1.0, "name": "all"}]
-    moe = moe_parameter_ids(model)
+    # every parameter inside an ExpertChoiceMoE layer: the experts' w1, w2 and the router gate
+    moe = {id(p) for module in model.modules() if isinstance(module, ExpertChoiceMoE) for p in module.parameters()}
     groups = [{"params": [p for p in params if id(p) not in moe], "lr_scale": 1.0, "name": "dense"},
               {"params": [p for p in params if id(p) in moe], "lr_scale": MOE_LR_SCALE, "name": "moe"}]
     return [g for g in groups if g["params"]]

@@ -22,14 +22,10 @@ def cosine_with_warmup(step: int, warmup_steps: int, t_max: int, alpha_f: float)
     return alpha_f + (1 - alpha_f) * 0.5 * (1 + math.cos(math.pi * tau))
 
 
-def constant_with_warmup(step: int, warmup_steps: int, alpha: float) -> float:
-    return alpha * linear_warmup(step, warmup_steps)
-
-
 def lr_factor(schedule: ScheduleConfig, step: int, t_max: int) -> float:
     """Multiplier of the base lr at global `step`; t_max is the step the stage ends at (Composer's max_duration)."""
     if schedule.kind == "cosine_warmup":
         return cosine_with_warmup(step, schedule.warmup_steps, t_max, schedule.alpha_f)
     if schedule.kind == "constant_warmup":
-        return constant_with_warmup(step, schedule.warmup_steps, schedule.alpha)
+        return schedule.alpha * linear_warmup(step, schedule.warmup_steps)
     return schedule.alpha

@@ -126,8 +126,7 @@ def hub_shard(out: Path, shard_id: int) -> dict:
     os.replace(path, tar_path(out, shard_id))
     skipped: dict[str, int] = {}
     count = sum(1 for _ in read_shard(tar_path(out, shard_id), skipped))
-    return write_stats(out, shard_id, {"count": count + sum(skipped.values()), "successes": count,
-                                       "skipped": skipped})
+    return write_stats(out, shard_id, count, skipped)
 
 
 def download(args) -> dict:

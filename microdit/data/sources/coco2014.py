@@ -32,11 +32,6 @@ def first_captions(annotations: dict, source: str = "annotations") -> dict[str, 
     return captions
 
 
-def read_captions(annotations_zip: str | Path) -> dict[str, str]:
-    with zipfile.ZipFile(annotations_zip) as archive:
-        return first_captions(json.loads(archive.read(CAPTIONS_MEMBER)), f"{annotations_zip}:{CAPTIONS_MEMBER}")
-
-
 def image_shards(image_names: list[str], subset: str, shard_size: int) -> list[list[str]]:
     names = select_subset(sorted(image_names), subset)
     return [names[i:i + shard_size] for i in range(0, len(names), shard_size)]
@@ -53,7 +48,9 @@ def download(args) -> dict:
 
     out = Path(args.out)
     raw = out / "_raw"
-    captions = read_captions(http_download(ANNOTATIONS_URL, raw / "annotations_trainval2014.zip"))
+    annotations_zip = http_download(ANNOTATIONS_URL, raw / "annotations_trainval2014.zip")
+    with zipfile.ZipFile(annotations_zip) as archive:
+        captions = first_captions(json.loads(archive.read(CAPTIONS_MEMBER)), f"{annotations_zip}:{CAPTIONS_MEMBER}")
     images_zip = http_download(IMAGES_URL, raw / "val2014.zip")
     with zipfile.ZipFile(images_zip) as archive:
         names = [n for n in archive.namelist() if image_stem(n)]
