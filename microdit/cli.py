@@ -56,7 +56,7 @@ EXAMPLES = {
     "precompute": "microdit precompute --input /tmp/shapes-mds --out /tmp/shapes-latents "
                   "--vae results/store/vae/vae-<digest> --text-encoder minilm --resolutions 32 64",
     "merge-parts": "microdit merge-parts --out results/store/latents/sa1b-<digest> part-0 part-1",
-    "train-vae": "microdit train-vae --input /tmp/shapes-mds --out /tmp/vae --resolution 32 --steps 200",
+    "train-vae": "microdit train-vae --input /tmp/shapes-mds --out /tmp/vae --resolutions 32 64 --steps 200",
     "train": "microdit train --config config/stages/tiny/stage1.yaml --set steps=20 --set launch.cluster=debug",
     "eval-captions": "microdit eval-captions --source data/coco2014 --out captions.jsonl --num 30000",
     "reference-images": "microdit reference-images --source data/coco2014 --captions captions.jsonl "

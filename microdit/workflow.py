@@ -37,9 +37,12 @@ SECONDS_PER_IMAGE_STEP_512 = 0.04
 
 
 def cli_options(options: dict) -> str:
-    """{'num-samples': 64} -> "--num-samples 64", option and value shell-quoted (config strings never reach the
-    shell raw, keys included)."""
-    return " ".join(f"{shlex.quote(f'--{key}')} {shlex.quote(str(value))}" for key, value in options.items())
+    """{'num-samples': 64, 'sizes': [32, 64]} -> "--num-samples 64 --sizes 32 64", options and values shell-quoted
+    (config strings never reach the shell raw, keys included)."""
+    words = []
+    for key, value in options.items():
+        words += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value)])]
+    return " ".join(shlex.quote(word) for word in words)
 
 
 def one_of(names) -> str:

@@ -234,6 +234,7 @@ def test_cli_options_quote_keys_and_values(tmp_path):
     echoed = subprocess.run(["bash", "-c", f"printf '%s\\n' {line}"], capture_output=True, text=True, check=True)
     assert echoed.stdout.splitlines() == shlex.split(line) and not marker.exists()
     assert cli_options({"num-samples": 64}) == "--num-samples 64"
+    assert cli_options({"resolutions": [32, "6 4"]}) == "--resolutions 32 '6 4'"  # a list: one word per item
 
 
 def test_a_malicious_option_key_stops_the_workflow_before_any_job(tmp_path):
@@ -470,7 +471,27 @@ def test_train_vae_makes_the_configured_latent_channels():
     args = parser.parse_args(["train-vae", "--input", "i", "--out", "o", "--latent-channels", "16"])
     assert args.latent_channels == 16
     images = torch.rand(4, 3, 16, 16) * 2 - 1
-    vae, _ = train_tiny_vae(images, steps=1, batch_size=2, lr=1e-3, seed=0, latent_channels=16, log=lambda *_: None)
+    vae, _ = train_tiny_vae([images], steps=1, batch_size=2, lr=1e-3, seed=0, latent_channels=16, log=lambda *_: None)
     assert vae.config.latent_channels == 16
     with torch.no_grad():
         assert vae.encode(images[:1]).latent_dist.mean.shape[1] == 16
+
+
+def test_train_vae_takes_its_resolutions_in_turn_at_the_same_pixels_a_step(monkeypatch):
+    import torch
+    from diffusers import AutoencoderKL
+
+    from microdit.tiny_vae import train_tiny_vae
+
+    seen, encode = [], AutoencoderKL.encode
+
+    def recording(self, x, *args, **kwargs):
+        if self.training:
+            seen.append(tuple(x.shape))
+        return encode(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(AutoencoderKL, "encode", recording)
+    small, large = torch.rand(8, 3, 8, 8) * 2 - 1, torch.rand(8, 3, 16, 16) * 2 - 1
+    _, stats = train_tiny_vae([small, large], steps=4, batch_size=8, lr=1e-3, seed=0, log=lambda *_: None)
+    assert seen == [(8, 3, 8, 8), (2, 3, 16, 16)] * 2
+    assert set(stats["reconstruction_mse"]) == {8, 16}
