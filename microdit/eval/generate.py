@@ -36,6 +36,16 @@ def generated_images(folder: str | os.PathLike, rows: list[dict]) -> list[Path]:
     return paths
 
 
+def generated_pixels(folder: str | os.PathLike, rows: list[dict]):
+    """The generated image of each caption row as HxWx3 uint8, read one at a time."""
+    import numpy as np
+    from PIL import Image
+
+    for path in generated_images(folder, rows):
+        with Image.open(path) as image:
+            yield np.asarray(image.convert("RGB"))
+
+
 def image_seed(seed: int, index: int) -> int:
     return seed * SEED_STRIDE + index
 

@@ -84,6 +84,15 @@ def caption_images(shards: str, rows: list[dict], captions: str) -> list[Image.I
     return [found[r["image_id"]] for r in rows]
 
 
+def resized_caption_images(shards: str, rows: list[dict], captions: str, resolution: int) -> list[np.ndarray]:
+    """The captions' images, short side resized to `resolution` as convert does (not cropped: a crop would cut off
+    shapes that a drawn caption counts)."""
+    from microdit.data.convert import resize_short_side
+
+    return [np.asarray(resize_short_side(image, resolution) if min(image.size) > resolution else image)
+            for image in caption_images(shards, rows, captions)]
+
+
 def reconstructions(images, vae_name: str, device="cpu"):
     """Each image (HxWx3 uint8) through the VAE's encoder (posterior mean) and decoder, at its own size: padded by
     its edge pixels to a multiple of the VAE's downsampling, cropped back after."""

@@ -4,11 +4,10 @@ ceiling the VAE leaves), written as a GenEval-shaped summary JSON and one JSON l
 import json
 from pathlib import Path
 
-import numpy as np
-
 from microdit.arguments import positive_int
 from microdit.errors import UserError
 from microdit.files import read_json, write_json, write_jsonl
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -29,15 +28,17 @@ def register(subparsers) -> None:
 
 def run(args) -> None:
     from microdit.eval.captions import read_caption_file
+    from microdit.eval.generate import generated_pixels
+    from microdit.eval.reference_images import resized_caption_images
     from microdit.eval.shapes import score_image, summarize
 
     if args.vae and not args.reference:
         raise UserError("--vae: reconstructs the reference images; pass --reference too")
     rows = read_caption_file(args.captions)
     if args.samples:
-        images, scored = sample_images(args.samples, rows), {"kind": "samples", "samples": args.samples}
+        images, scored = generated_pixels(args.samples, rows), {"kind": "samples", "samples": args.samples}
     else:
-        images = reference_images(args.reference, rows, args.captions, args.resolution)
+        images = resized_caption_images(args.reference, rows, args.captions, args.resolution)
         scored = {"kind": "reference", "reference": args.reference, "resolution": args.resolution}
         if args.vae:
             from microdit.eval.reference_images import reconstructions
@@ -61,22 +62,3 @@ def run(args) -> None:
     print(json.dumps({"overall": summary["overall"], **{k: v["accuracy"] for k, v in summary["tasks"].items()},
                       "out": args.out}))
 
-
-def sample_images(folder: str, rows: list[dict]):
-    from PIL import Image
-
-    from microdit.eval.generate import generated_images
-
-    for path in generated_images(folder, rows):
-        with Image.open(path) as image:
-            yield np.asarray(image.convert("RGB"))
-
-
-def reference_images(shards: str, rows: list[dict], captions: str, resolution: int) -> list[np.ndarray]:
-    """The captions' images from the download, short side resized to `resolution` as convert does (not cropped:
-    a crop would cut off shapes that the caption counts)."""
-    from microdit.data.convert import resize_short_side
-    from microdit.eval.reference_images import caption_images
-
-    return [np.asarray(resize_short_side(image, resolution) if min(image.size) > resolution else image)
-            for image in caption_images(shards, rows, captions)]
