@@ -20,6 +20,7 @@ COMMANDS = {
     "bench": "microdit.bench.command",
     **dict.fromkeys(("download", "convert", "precompute", "merge-parts"), "microdit.data.commands"),
     "train-vae": "microdit.tiny_vae",
+    "train-clip": "microdit.tiny_clip",
     "score-shapes": "microdit.eval.score_shapes",
     "reference-images": "microdit.eval.reference_images",
     "report": "microdit.report.command",
@@ -57,6 +58,7 @@ EXAMPLES = {
                   "--vae results/store/vae/vae-<digest> --text-encoder minilm --resolutions 32 64",
     "merge-parts": "microdit merge-parts --out results/store/latents/sa1b-<digest> part-0 part-1",
     "train-vae": "microdit train-vae --input /tmp/shapes-mds --out /tmp/vae --resolutions 32 64 --steps 200",
+    "train-clip": "microdit train-clip --input /tmp/shapes-mds --out /tmp/clip --resolutions 32 64 --steps 150",
     "train": "microdit train --config config/stages/tiny/stage1.yaml --set steps=20 --set launch.cluster=debug",
     "eval-captions": "microdit eval-captions --source data/coco2014 --out captions.jsonl --num 30000",
     "reference-images": "microdit reference-images --source data/coco2014 --captions captions.jsonl "
@@ -66,7 +68,8 @@ EXAMPLES = {
     "merge-samples": "microdit merge-samples --part eval/sample_parts/0 --part eval/sample_parts/1 --out eval/samples",
     "fid-stats": "microdit fid-stats --images data/coco2014 --out coco_256.npz --resolution 256 --halves halves.json",
     "fid": "microdit fid --samples samples/ --reference-stats coco_256.npz --out fid.json",
-    "clip-score": "microdit clip-score --samples samples/ --captions captions.jsonl --out clip.json",
+    "clip-score": "microdit clip-score --samples samples/ --captions captions.jsonl --out clip.json "
+                  "--model local-dir:results/tiny/eval/clip_model",
     "geneval-metadata": "microdit geneval-metadata --out evaluation_metadata.jsonl",
     "geneval-generate": "microdit geneval-generate --metadata evaluation_metadata.jsonl --checkpoint ema.safetensors "
                         "--out geneval/",
