@@ -21,7 +21,8 @@ RULE_NAMES = frozenset({
     "all", "eval", "data", "download", "convert", "merge_parts", "train_vae", "precompute", "train", "train_with_ema",
     "stage_samples", "eval_captions", "fid_reference_stats", "generate_eval_samples", "merge_samples", "fid",
     "geneval_metadata", "geneval_generate", "geneval_score", "geneval_summary", "score_shapes", "score_shapes_ceiling",
-    "eval_captions_shuffled", "reference_images", "reference_grid", "fid_vae", "clip_score", "report"})
+    "eval_captions_shuffled", "reference_images", "reference_grid", "fid_vae", "train_clip", "clip_score",
+    "clip_score_floor", "clip_score_ceiling", "report"})
 
 # config/paper.yaml marks what each user must fill in (a path, a partition) as "<what it is>"
 PLACEHOLDER = re.compile(r"^<.*>$", re.DOTALL)
@@ -118,9 +119,11 @@ def config_errors(config: dict, basedir: str) -> list[str]:
     elif downloads[config["eval"]["download"]].get("parts", 1) != 1:
         errors.append(f"downloads.{config['eval']['download']}.parts: the evaluation reads its images and captions "
                       f"from one folder (expected 1, or no parts key)")
-    if "train" in config["vae"] and config["vae"]["train"]["dataset"] not in datasets:
-        errors.append(_unknown("vae.train.dataset", config["vae"]["train"]["dataset"], datasets,
-                               "a key of datasets"))
+    dataset_keys = {"vae.train.dataset": config["vae"].get("train", {}).get("dataset"),
+                    "eval.clip.train.dataset": (config["eval"].get("clip") or {}).get("train", {}).get("dataset"),
+                    "validation.dataset": config.get("validation", {}).get("dataset")}
+    errors += [_unknown(key, name, datasets, "a key of datasets")
+               for key, name in dataset_keys.items() if name is not None and name not in datasets]
     resolutions = config["latents"]["resolutions"]
     for name, spec in stages.items():
         if name in RULE_NAMES:
@@ -139,8 +142,6 @@ def config_errors(config: dict, basedir: str) -> list[str]:
                           f"directory or to {basedir})")
         elif problem := stage_yaml_problem(resolve_path(spec["config"], basedir)):
             errors.append(f"stages.{name}.config: {spec['config']}: {problem}")
-    if "validation" in config and config["validation"]["dataset"] not in datasets:
-        errors.append(_unknown("validation.dataset", config["validation"]["dataset"], datasets, "a key of datasets"))
     batches = -(-config["eval"]["num_captions"] // config["eval"]["batch_size"])
     if config["eval"].get("parts", 1) > batches:
         errors.append(f"eval.parts: {config['eval']['parts']} parts of {batches} batches (num_captions / batch_size): "

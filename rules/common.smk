@@ -177,6 +177,7 @@ SAMPLE_PARTS = {"samples": "sample_parts", "shuffled": "shuffled_parts", "geneva
 GENEVAL_PER_PROMPT = config["eval"].get("geneval", {}).get("images_per_prompt", 4)
 GRID_CAPTIONS = 8  # the report's labelled grid: the first captions' samples beside their reference images
 CLIP = config["eval"].get("clip")
+CLIP_MODEL = f"{EVAL}/clip_model" if CLIP and "train" in CLIP else None  # the preset's own CLIP (train-clip)
 
 
 def eval_resolution(stage: str) -> int:
@@ -242,9 +243,9 @@ def evaluation_outputs(stage: str) -> dict:
 
 def fd_context_outputs() -> dict:
     """What the Fréchet distance is read against, per resolution: the reference images' two halves, and their VAE
-    reconstructions."""
+    reconstructions (labelled as the CLIP score's ceilings, which share their rows)."""
     return {f"{kind}, {res} px": f"{reference_dir(res)}/fd_{name}.json" for res in EVAL_RESOLUTIONS
-            for kind, name in (("reference vs reference (two halves)", "halves"), ("VAE reconstructions", "vae"))}
+            for kind, name in (("reference images", "halves"), ("VAE reconstructions", "vae"))}
 
 
 def shape_score_outputs() -> dict:
@@ -263,9 +264,28 @@ def shape_score_outputs() -> dict:
     return outputs
 
 
+def clip_options(wildcards=None) -> str:
+    if CLIP_MODEL:
+        return cli_options({"model": f"local-dir:{CLIP_MODEL}"})
+    return cli_options({"model": CLIP["model"], "pretrained": CLIP.get("pretrained", "")})
+
+
+def clip_context_outputs() -> dict:
+    """The CLIP scores a stage's is read against, as the report's options name them, where the captions are drawn
+    ones (the floor's images exist only there): each stage's floor and, per resolution, the two ceilings."""
+    if not (CLIP and drawn_captions()):
+        return {}
+    outputs = {f"--clip-floor {stage}": f"{EVAL}/{stage}/clip_shuffled.json" for stage in EVAL_STAGES}
+    for res in EVAL_RESOLUTIONS:
+        for images, label in (("reference", "reference images"), ("vae", "VAE reconstructions")):
+            outputs[f"--clip-ceiling {label}, {res} px"] = f"{reference_dir(res)}/clip_{images}.json"
+    return outputs
+
+
 def all_evaluation_outputs() -> list:
     return ([path for stage in EVAL_STAGES for path in evaluation_outputs(stage).values()]
-            + list(fd_context_outputs().values()) + list(shape_score_outputs().values()))
+            + list(fd_context_outputs().values()) + list(shape_score_outputs().values())
+            + list(clip_context_outputs().values()))
 
 
 def grid_reference_dir() -> str:
@@ -289,7 +309,7 @@ def report_options(wildcards) -> str:
         options += [pair(f"--{metric}", stage, path) for metric, path in evaluation_outputs(stage).items()]
         options.append(pair("--eval-samples", stage, f"{EVAL}/{stage}/samples"))
     options += [pair("--fd-context", label, path) for label, path in fd_context_outputs().items()]
-    for key, path in shape_score_outputs().items():
+    for key, path in {**shape_score_outputs(), **clip_context_outputs()}.items():
         option, _, label = key.partition(" ")
         options.append(pair(option, label, path))
     options += [f"--eval-captions {shlex.quote(f'{EVAL}/captions.jsonl')}",

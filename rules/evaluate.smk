@@ -256,15 +256,44 @@ rule fid:
         " {params.features} > {log:q} 2>&1"
 
 
+# the preset's own CLIP (eval.clip.train), trained on its images at the evaluated resolutions: the tiny preset's
+# CLIP score with no model hub. Its images are `ancient` as the VAE's are (a store folder's bytes are fixed by its name)
+rule train_clip:
+    input:
+        lambda w: ancient(f"{STORE.mds_dir(CLIP['train']['dataset'])}/index.json"),
+    output:
+        directory(f"{EVAL}/clip_model"),
+    params:
+        images=lambda w, input: os.path.dirname(input[0]),
+        options=lambda w: cli_options({"resolutions": EVAL_RESOLUTIONS,
+                                       **{k: v for k, v in CLIP["train"].items() if k != "dataset"}}),
+        seed=config["seed"],
+    log:
+        f"{RUN}/logs/eval/train_clip.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/train_clip.tsv"
+    threads: EVAL_THREADS
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        **placement(),
+    conda:
+        "../envs/microdit.yaml"
+    shell:
+        "microdit train-clip --input {params.images:q} --out {output:q} --seed {params.seed} {params.options}"
+        " > {log:q} 2>&1"
+
+
 rule clip_score:
     input:
-        manifest=f"{EVAL}/{{stage}}/samples/generation.json",
+        images=f"{EVAL}/{{stage}}/samples/generation.json",
         captions=f"{EVAL}/captions.jsonl",
+        model=[CLIP_MODEL] if CLIP_MODEL else [],
     output:
         f"{EVAL}/{{stage}}/clip.json",
     params:
-        samples=lambda w, input: os.path.dirname(input.manifest),
-        model=lambda w: cli_options({"model": CLIP["model"], "pretrained": CLIP.get("pretrained", "")}),
+        images=lambda w, input: cli_options({"samples": os.path.dirname(input.images)}),
+        model=clip_options,
     log:
         f"{RUN}/logs/eval/{{stage}}/clip.log",
     benchmark:
@@ -278,8 +307,40 @@ rule clip_score:
     conda:
         "../envs/microdit.yaml"
     shell:
-        "microdit clip-score --samples {params.samples:q} --captions {input.captions:q} --out {output:q}"
-        " {params.model} > {log:q} 2>&1"
+        "microdit clip-score {params.images} --captions {input.captions:q} --out {output:q} {params.model}"
+        " > {log:q} 2>&1"
+
+
+# the floor: the images drawn for the shuffled captions, scored against the TRUE captions
+use rule clip_score as clip_score_floor with:
+    input:
+        images=f"{EVAL}/{{stage}}/shuffled/generation.json",
+        captions=f"{EVAL}/captions.jsonl",
+        model=[CLIP_MODEL] if CLIP_MODEL else [],
+    output:
+        f"{EVAL}/{{stage}}/clip_shuffled.json",
+    log:
+        f"{RUN}/logs/eval/{{stage}}/clip_shuffled.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/{{stage}}/clip_shuffled.tsv"
+
+
+# the ceilings at a resolution: the captions' own images, and their VAE reconstructions
+use rule clip_score as clip_score_ceiling with:
+    input:
+        images=lambda w: eval_source() if w.images == "reference" else f"{reference_dir(w.res)}/vae/generation.json",
+        captions=f"{EVAL}/captions.jsonl",
+        model=[CLIP_MODEL] if CLIP_MODEL else [],
+    output:
+        f"{EVAL}/reference/{{res}}px/clip_{{images,reference|vae}}.json",
+    params:
+        images=lambda w, input: cli_options({"reference": os.path.dirname(input.images), "resolution": w.res}
+                                            if w.images == "reference" else {"samples": os.path.dirname(input.images)}),
+        model=clip_options,
+    log:
+        f"{RUN}/logs/eval/clip_{{images}}_{{res}}px.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/clip_{{images}}_{{res}}px.tsv"
 
 
 rule geneval_metadata:

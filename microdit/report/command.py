@@ -25,6 +25,8 @@ PAIRED = {
     "--stage-config": ("stage_configs", "STAGE", "a stage's resolved stage.yaml"),
     "--fid": ("fid", "STAGE", "fid.json of an evaluated stage (FID or the Fréchet distance)"),
     "--clip": ("clip", "STAGE", "clip.json of an evaluated stage"),
+    "--clip-floor": ("clip_floor", "STAGE", "clip.json of the stage's shuffled-caption samples"),
+    "--clip-ceiling": ("clip_ceiling", "LABEL", "clip.json of a ceiling (reference images, VAE reconstructions)"),
     "--geneval": ("geneval", "STAGE", "geneval.json of an evaluated stage"),
     "--fd-context": ("fd_context", "LABEL", "a Fréchet distance to read the stages' against (reference halves, "
                                             "VAE reconstructions): fid-stats --halves or fid output"),

@@ -40,6 +40,8 @@ class ReportInputs:
     grids: dict[str, Path] = field(default_factory=dict)        # stage -> sample grid PNG
     fid: dict[str, Path] = field(default_factory=dict)          # evaluated stage -> fid.json
     clip: dict[str, Path] = field(default_factory=dict)         # evaluated stage -> clip.json
+    clip_floor: dict[str, Path] = field(default_factory=dict)   # evaluated stage -> ... of its shuffled captions
+    clip_ceiling: dict[str, Path] = field(default_factory=dict)  # label -> ... of reference images, VAE
     geneval: dict[str, Path] = field(default_factory=dict)      # evaluated stage -> geneval.json
     fd_context: dict[str, Path] = field(default_factory=dict)   # label -> a Fréchet distance to read the others by
     shapes: dict[str, Path] = field(default_factory=dict)       # evaluated stage -> score-shapes of its samples
@@ -104,29 +106,38 @@ def weights_name(score: dict) -> str:
 
 
 def evaluation_table(inputs: ReportInputs) -> tuple[str, dict[str, dict]]:
-    """One table: a row per evaluated stage, a column per metric (CLIP score and GenEval only where computed), and
-    below the stages the values the Fréchet distance is read against."""
+    """One table: a row per evaluated stage, a column per metric (CLIP score, its shuffled-caption floor and GenEval
+    only where computed), and below the stages the values the stages' are read against (the Fréchet distance's
+    context, the CLIP score's ceilings), a row per label."""
     fids = {stage: read_json(path, "fid.json") for stage, path in inputs.fid.items()}
     clips = {stage: read_json(path, "clip.json") for stage, path in inputs.clip.items()}
+    floors = {stage: read_json(path, "clip.json") for stage, path in inputs.clip_floor.items()}
     genevals = {stage: read_geneval(path) for stage, path in inputs.geneval.items()}
     context = {label: read_json(path, "Fréchet distance") for label, path in inputs.fd_context.items()}
+    ceilings = {label: read_json(path, "clip.json") for label, path in inputs.clip_ceiling.items()}
     stages = list(dict.fromkeys([*fids, *clips, *genevals]))
     if not stages:
         return '<p class="missing">no evaluation results</p>', genevals
     metric = next((f["metric"] for f in [*fids.values(), *context.values()] if "metric" in f), "FID")
-    header = ["stage", "weights", esc(metric)] + (["CLIP score"] if clips else []) + (
-        ["GenEval"] if genevals else []) + ["images", "px", "steps", "guidance"]
+    header = (["stage", "weights", esc(metric)] + (["CLIP score"] if clips else [])
+              + (["CLIP score, shuffled captions"] if floors else []) + (["GenEval"] if genevals else [])
+              + ["images", "px", "steps", "guidance"])
+
+    def value(scores: dict, key: str) -> list[str]:  # the column's cell, if the table has the column
+        return [fmt(scores[key].get("value"), ".2f") if key in scores else "—"] if scores else []
+
     rows = []
     for stage in stages:
-        f, c, g = fids.get(stage, {}), clips.get(stage), genevals.get(stage)
-        drawn = f or c or {}
-        rows.append([esc(stage), weights_name(drawn), fmt(f.get("value"), ".2f")]
-                    + ([fmt(c.get("value"), ".2f") if c else "—"] if clips else [])
-                    + ([geneval_overall(g) if g else "—"] if genevals else [])
+        drawn = fids.get(stage) or clips.get(stage) or {}
+        rows.append([esc(stage), weights_name(drawn), fmt(fids.get(stage, {}).get("value"), ".2f")]
+                    + value(clips, stage) + value(floors, stage)
+                    + ([geneval_overall(genevals[stage]) if stage in genevals else "—"] if genevals else [])
                     + [esc(drawn.get(key, "—")) for key in ("num_images", "resolution", "steps", "guidance")])
-    for label, score in context.items():
-        rows.append([f"<em>{esc(label)}</em>", "—", fmt(score.get("value"), ".2f")]
-                    + ["—"] * (bool(clips) + bool(genevals))
+    for label in dict.fromkeys([*context, *ceilings]):
+        score = context.get(label) or ceilings[label]
+        rows.append([f"<em>{esc(label)}</em>", "—", fmt(context.get(label, {}).get("value"), ".2f")]
+                    + [fmt(ceilings[label].get("value"), ".2f") if label in ceilings else "—"] * bool(clips)
+                    + ["—"] * (bool(floors) + bool(genevals))
                     + [esc(score.get("num_images", "—")), esc(score.get("resolution", "—")), "—", "—"])
     return table(header, rows), genevals
 
@@ -156,12 +167,15 @@ def evaluation_section(inputs: ReportInputs) -> str:
                "reference statistics of that resolution. Only Inception scores from clean-fid are FIDs; the tiny "
                "preset reports a Fréchet distance in EfficientNet-Lite0 feature space, not comparable with FID.</p>")
     if inputs.fd_context:
-        section += ('<p class="note">Read the Fréchet distance against the rows in italics. <em>Reference vs '
-                    "reference</em>: two random halves of the reference images against each other, what images "
+        section += ('<p class="note">Read the Fréchet distance against the rows in italics. <em>Reference '
+                    "images</em>: two random halves of the reference images against each other, what images "
                     "indistinguishable from the reference score with half as many images (the distance grows as "
                     "sets shrink, so a perfect model would score somewhat lower at the full count). <em>VAE "
                     "reconstructions</em>: the reference images through the VAE against their own statistics, what "
                     "the VAE alone costs (the same images, so lower than any independent set would score).</p>")
+    if inputs.clip:
+        section += clip_note(read_json(next(iter(inputs.clip.values())), "clip.json").get("model", ""),
+                             bool(inputs.clip_floor))
     if genevals:
         task_rows = [[esc(label)] + [fmt(g.get("tasks", {}).get(t, {}).get("accuracy"), ".2f") for t in TASKS]
                      + [geneval_overall(g), fmt(100 * g["correct_images"], ".1f") + " %",
@@ -169,6 +183,17 @@ def evaluation_section(inputs: ReportInputs) -> str:
         section += "<h3>GenEval by task</h3>" + table(
             ["stage", *TASKS, "overall", "correct images", "correct prompts"], task_rows)
     return section + shapes_section(inputs) + eval_grid_section(inputs)
+
+
+def clip_note(model: str, floors: bool) -> str:
+    trained = model.startswith("local-dir:")
+    return ('<p class="note">CLIP score: 100 × the cosine of each image\'s and its caption\'s embeddings, floored at '
+            f"0, averaged, by {esc(model)}"
+            + (": the preset's own small CLIP (<code>microdit train-clip</code>, on its training images), so the "
+               "scores compare within this run only, never with published CLIP scores" if trained else "")
+            + (". Shuffled captions: the floor's images (each drawn for another caption) against the true captions; "
+               "the ceilings in italics: the reference images and their VAE reconstructions" if floors else "")
+            + ".</p>")
 
 
 def shapes_section(inputs: ReportInputs) -> str:

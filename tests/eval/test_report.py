@@ -202,16 +202,46 @@ def test_stages_stand_side_by_side_with_the_distance_context_and_clip_only_where
                                                      "resolution": 64}))
     out = run_dir / "report.html"
     inputs = dict(title="t", stages=["stage1", "stage2"],
-                  fid={s: run_dir / f"fid_{s}.json" for s in ("stage1", "stage2")}, fd_context={"reference vs reference (two halves), 64 px": run_dir / "halves.json"})
+                  fid={s: run_dir / f"fid_{s}.json" for s in ("stage1", "stage2")},
+                  fd_context={"reference images, 64 px": run_dir / "halves.json"})
     write_report(ReportInputs(**inputs), out)
     text = out.read_text()
     assert "<td>stage1</td><td>raw</td><td>80.50</td><td>64</td>" in text
     assert "<td>stage2</td><td>EMA</td><td>42.12</td><td>64</td>" in text
-    assert "<td><em>reference vs reference (two halves), 64 px</em></td><td>—</td><td>30.25</td><td>64</td>" in text
-    assert "CLIP score" not in text and "Reference vs reference</em>: two random halves" in text
-    (run_dir / "clip.json").write_text(json.dumps({"metric": "CLIP score", "value": 27.5}))
+    assert "<td><em>reference images, 64 px</em></td><td>—</td><td>30.25</td><td>64</td>" in text
+    assert "CLIP score" not in text and "Reference images</em>: two random halves" in text
+    (run_dir / "clip.json").write_text(json.dumps({"metric": "CLIP score", "value": 27.5, "model": "ViT-L-14"}))
     write_report(ReportInputs(**inputs, clip={"stage2": run_dir / "clip.json"}), out)
     text = out.read_text()
     assert "<td>stage1</td><td>raw</td><td>80.50</td><td>—</td>" in text
     assert "<td>stage2</td><td>EMA</td><td>42.12</td><td>27.50</td>" in text
+    assert "<td><em>reference images, 64 px</em></td><td>—</td><td>30.25</td><td>—</td><td>64</td>" in text
     assert "<dt>CLIP score</dt><dd>27.50 (stage2)</dd>" in text
+    assert "by ViT-L-14." in text and "train-clip" not in text
+
+
+def test_the_clip_score_stands_between_its_floor_and_ceilings_sharing_the_distance_context_rows(run_dir):
+    fid = json.loads((run_dir / "fid.json").read_text())
+    scores = {"fid_stage2": {**fid, "value": 42.0}, "halves": {"metric": fid["metric"], "value": 30.25,
+                                                               "num_images": 64, "resolution": 64},
+              "clip": {"metric": "CLIP score", "value": 36.4, "model": "local-dir:results/t/eval/clip_model"},
+              "floor": {"metric": "CLIP score", "value": 17.3}, "ceiling": {"metric": "CLIP score", "value": 91.8,
+                                                                           "num_images": 128, "resolution": 64},
+              "vae": {"metric": "CLIP score", "value": 90.1}}
+    for name, score in scores.items():
+        (run_dir / f"{name}.json").write_text(json.dumps(score))
+    out = run_dir / "report.html"
+    write_report(ReportInputs(title="t", stages=["stage2"], fid={"stage2": run_dir / "fid_stage2.json"},
+                              fd_context={"reference images, 64 px": run_dir / "halves.json"},
+                              clip={"stage2": run_dir / "clip.json"}, clip_floor={"stage2": run_dir / "floor.json"},
+                              clip_ceiling={"reference images, 64 px": run_dir / "ceiling.json",
+                                            "VAE reconstructions, 64 px": run_dir / "vae.json"}), out)
+    text = out.read_text()
+    assert "<th>CLIP score</th><th>CLIP score, shuffled captions</th>" in text
+    assert "<td>stage2</td><td>—</td><td>42.00</td><td>36.40</td><td>17.30</td>" in text
+    # one row per label: the Fréchet distance's context and the CLIP ceiling of the same images side by side
+    assert ("<td><em>reference images, 64 px</em></td><td>—</td><td>30.25</td><td>91.80</td><td>—</td><td>64</td>"
+            in text)
+    assert "<td><em>VAE reconstructions, 64 px</em></td><td>—</td><td>—</td><td>90.10</td><td>—</td>" in text
+    assert text.count("reference images, 64 px</em>") == 1
+    assert "the preset's own small CLIP (<code>microdit train-clip</code>" in text and "Shuffled captions" in text

@@ -16,7 +16,7 @@ def value(option):
 def write(path):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     open(path, "w").write(" ".join(sys.argv))
-if command in ("convert", "train-vae"):
+if command in ("convert", "train-vae", "train-clip"):
     os.makedirs(value("--out"), exist_ok=True)
 elif command == "download":
     write(value("--summary"))

@@ -296,7 +296,18 @@ def test_commands_follow_chain_vae_channels_gpus_and_pixel_cap(tmp_path):
     assert any("eval/stage2/samples --reference-stats results/tiny/eval/reference/32px/stats.npz" in c for c in fids)
     assert any("eval/stage3/samples --reference-stats results/tiny/eval/reference/64px/stats.npz" in c for c in fids)
     assert any("reference/64px/vae --reference-stats results/tiny/eval/reference/64px/stats.npz" in c for c in fids)
-    assert not shell_commands(result.stdout, "clip-score")  # clip: null, offline
+    # the preset's own CLIP, trained at the evaluated resolutions, scores each stage, its floor and the two ceilings
+    (train_clip,) = shell_commands(result.stdout, "train-clip")
+    assert re.search(r"--input results/store/mds/synthetic-\w+/parts1 --out results/tiny/eval/clip_model "
+                     r"--seed 0 --resolutions 32 64 --steps \d+", train_clip)
+    clips = shell_commands(result.stdout, "clip-score")
+    assert len(clips) == 4 * 2 + 2 * 2 and all("--model local-dir:results/tiny/eval/clip_model" in c for c in clips)
+    assert any("--samples results/tiny/eval/stage4/shuffled --captions results/tiny/eval/captions.jsonl --out "
+               "results/tiny/eval/stage4/clip_shuffled.json" in c for c in clips)
+    assert any(re.search(r"--reference results/store/downloads/synthetic-\w+/parts1/0 --resolution 32 --captions "
+                         r"\S+ --out results/tiny/eval/reference/32px/clip_reference.json", c) for c in clips)
+    assert any("--samples results/tiny/eval/reference/64px/vae --captions results/tiny/eval/captions.jsonl --out "
+               "results/tiny/eval/reference/64px/clip_vae.json" in c for c in clips)
 
 
 def dry_run_jobs(output: str) -> dict:
@@ -362,13 +373,15 @@ def test_config_changes_rerun_the_rules_that_use_them(tmp_path, stand_in_microdi
     steps = write_config(tmp_path / "steps.yaml", {"eval": {"steps": 10}})
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base, steps, fake=fake)
     assert job_counts(result.stdout) == {"generate_eval_samples": 2, "merge_samples": 2, "fid": 1, "score_shapes": 2,
-                                         "report": 1, "all": 1}  # the samples and the shuffled captions' floor
+                                         "clip_score": 1, "clip_score_floor": 1, "report": 1,
+                                         "all": 1}  # the samples and the shuffled captions' floor
 
     vae = write_config(tmp_path / "vae.yaml", {"vae": {"name": str(tmp_path / "vae_b")}})
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base, vae, fake=fake)
     counts = job_counts(result.stdout)
     assert counts["precompute"] == 2 and counts["stage_samples"] == 4 and counts["generate_eval_samples"] == 2
     assert counts["reference_images"] == 1 and counts["fid_vae"] == 1  # the VAE's reconstructions, 64 px
+    assert counts["clip_score_ceiling"] == 1 and "train_clip" not in counts  # its CLIP score; the CLIP stays
 
     # the held-out loss is watched, not trained on: its settings rerun no stage
     watched = write_config(tmp_path / "watched.yaml", {"validation": {"every": 5, "num": 16}})
@@ -421,8 +434,8 @@ def test_a_deleted_export_reruns_the_stage_job_that_declares_it(tmp_path, stand_
     steps = write_config(tmp_path / "steps.yaml", {"eval": {"steps": 10}})
     result = snakemake(workdir, "-n", "--cores", "2", "--configfile", base, steps, fake=stand_in_microdit)
     assert job_counts(result.stdout) == {"train_with_ema": 1, "stage_samples": 1, "generate_eval_samples": 2,
-                                         "merge_samples": 2, "fid": 1, "score_shapes": 2, "report": 1,
-                                         "all": 1}
+                                         "merge_samples": 2, "fid": 1, "score_shapes": 2, "clip_score": 1,
+                                         "clip_score_floor": 1, "report": 1, "all": 1}
 
 
 @pytest.mark.slow  # a stand-in run of the whole tiny DAG (~15 s)
