@@ -47,6 +47,17 @@ def test_the_slurm_profile_plans_after_make_profiles(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Using profiles slurm and workflow specific profile profiles/default" in result.stderr
     assert "Job stats" in result.stdout and "rule train:" in result.stdout
+    assert "Shell command: microdit train --config" in result.stdout  # the driver's log shows each job's command
+
+
+def test_the_demos_profile_prints_no_shell_commands(tmp_path):
+    """`make demo` runs `--profile profiles/local`: its jobs' rule, files and log, not their commands (a stage's
+    overrides made lines of over a thousand characters), although the workflow profile is read after it."""
+    result = typed(SNAKEMAKE, "--profile", "profiles/local", "--configfile", "config/tiny.yaml", "-n", "-d",
+                   str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rule train:" in result.stdout and "log: results/tiny/logs/" in result.stdout
+    assert "Shell command" not in result.stdout
 
 
 def test_a_typo_in_a_target_meets_no_rule(tmp_path):
