@@ -9,12 +9,13 @@ from microdit.errors import UserError
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1180px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.92em; max-width: 100%; }
-table.wide { table-layout: fixed; width: 100%; }
-th, td { border: 1px solid #ddd; padding: 0.3em 0.6em; text-align: right; overflow-wrap: anywhere; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.92em; }
+.scroll { overflow-x: auto; max-width: 100%; }
+table.wide { table-layout: fixed; width: 100%; } table.wide td { overflow-wrap: anywhere; }
+th, td { border: 1px solid #ddd; padding: 0.3em 0.6em; text-align: right; overflow-wrap: break-word; }
 th:first-child, td:first-child { text-align: left; } th { background: #f4f4f4; }
 tr.total td { font-weight: bold; background: #fafafa; }
-.side { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
+.side { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; } .side > * { min-width: 0; }
 .missing { color: #888; font-style: italic; } .note { color: #555; font-size: 0.9em; }
 .summary { background: #f6f8fa; border: 1px solid #d8dee4; border-radius: 6px; padding: 0.6em 1.2em; }
 .summary dl { display: grid; grid-template-columns: max-content 1fr; gap: 0.25em 1.2em; margin: 0.4em 0; }
@@ -43,7 +44,9 @@ def table(header: list[str], rows: list[list[str]], total: list[str] | None = No
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     if total:
         body += '<tr class="total">' + "".join(f"<td>{c}</td>" for c in total) + "</tr>"
-    return f'<table{" class=wide" if wide else ""}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    # words wrap whole; a table still wider than the page scrolls in its own box, not the page
+    return (f'<div class="scroll"><table{" class=wide" if wide else ""}><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
 
 
 def read_bytes(path: Path, what: str) -> bytes:

@@ -66,14 +66,21 @@ def report_page(run_dir, tmp_path) -> Path:
             save_image_grid(torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(i)),
                             run_dir / folder / f"{i:06d}.png")
     out = tmp_path / "report.html"
+    (run_dir / "clip.json").write_text(json.dumps({"metric": "CLIP score", "value": 36.4, "model": "local-dir:x"}))
     options = ["--fid", f"stage1={run_dir / 'fid.json'}", "--eval-captions", str(captions), "--grid-reference",
-               str(run_dir / "grid"), "--fd-context", f"reference vs reference, 64 px={run_dir / 'fid.json'}"]
+               str(run_dir / "grid"), "--fd-context", f"reference images, 64 px={run_dir / 'fid.json'}",
+               "--clip-ceiling", f"reference images, 64 px={run_dir / 'clip.json'}",
+               "--clip-ceiling", f"VAE reconstructions, 64 px={run_dir / 'clip.json'}"]  # the widest table
     for stage in ("stage1", "stage2"):
-        options += ["--eval-samples", f"{stage}={run_dir / f'{stage}_samples'}", "--metrics", f"{stage}={run_dir / f'{stage}_metrics.jsonl'}", "--train-stats",
-                    f"{stage}={run_dir / f'{stage}_stats.json'}", "--grid", f"{stage}={run_dir / f'{stage}_grid.png'}",
-                    "--stage-config", f"{stage}={run_dir / f'{stage}.yaml'}"]
+        options += ["--eval-samples", f"{stage}={run_dir / f'{stage}_samples'}",
+                    "--metrics", f"{stage}={run_dir / f'{stage}_metrics.jsonl'}",
+                    "--train-stats", f"{stage}={run_dir / f'{stage}_stats.json'}",
+                    "--grid", f"{stage}={run_dir / f'{stage}_grid.png'}",
+                    "--stage-config", f"{stage}={run_dir / f'{stage}.yaml'}",
+                    "--clip", f"{stage}={run_dir / 'clip.json'}", "--clip-floor", f"{stage}={run_dir / 'clip.json'}"]
     options += [arg for p in prompts for arg in ("--sample-prompt", p)]
-    subprocess.run([Path(sys.executable).with_name("microdit"), "report", "--out", str(out), "--stages", "stage1", "stage2",
+    subprocess.run([Path(sys.executable).with_name("microdit"), "report", "--out", str(out), "--stages", "stage1",
+                    "stage2",
                     "--fid", f"stage2={run_dir / 'fid.json'}", "--geneval", f"stage2={run_dir / 'geneval.json'}",
                     *options], check=True, capture_output=True)
     return out
