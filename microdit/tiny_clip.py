@@ -54,22 +54,21 @@ def train_tiny_clip(model, images: torch.Tensor, tokens: torch.Tensor, steps: in
     """AdamW on open_clip's contrastive loss, one-cycle learning rate, batches drawn without replacement."""
     from open_clip import ClipLoss
 
+    from microdit.tiny_vae import fit
+
     loss_fn = ClipLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for step in range(steps):
+
+    def loss_at(step: int) -> torch.Tensor:
         batch = torch.randperm(len(images), generator=generator)[:batch_size]
-        loss = loss_fn(*model(images[batch], tokens[batch]))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
-        if step % 50 == 0 or step == steps - 1:
-            log(f"clip step {step:4d}  loss {loss.item():.4f}")
+        return loss_fn(*model(images[batch], tokens[batch]))
+
+    model.train()
+    final_loss = fit(loss_at, steps, optimizer, schedule, "clip", log)
     model.eval()
-    return {"steps": steps, "final_loss": loss.item(), "pairs": len(images)}
+    return {"steps": steps, "final_loss": final_loss, "pairs": len(images)}
 
 
 def run(args) -> None:

@@ -62,19 +62,16 @@ def train_tiny_vae(images: list[torch.Tensor], steps: int, batch_size: int, lr: 
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     generator = torch.Generator().manual_seed(seed)
     smallest = images[0].shape[-1]
-    for step in range(steps):
+
+    def loss_at(step: int) -> torch.Tensor:
         pool = images[step % len(images)]
         size = min(len(pool), max(1, batch_size * smallest ** 2 // pool.shape[-1] ** 2))
         batch = pool[torch.randint(len(pool), (size,), generator=generator)]
         posterior = vae.encode(batch).latent_dist
         reconstruction = vae.decode(posterior.sample(generator)).sample
-        loss = (reconstruction - batch).square().mean() + kl_weight * posterior.kl().mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
-        if step % 50 == 0 or step == steps - 1:
-            log(f"vae step {step:4d}  loss {loss.item():.5f}")
+        return (reconstruction - batch).square().mean() + kl_weight * posterior.kl().mean()
+
+    final_loss = fit(loss_at, steps, optimizer, schedule, "vae", log)
     vae.eval()
     reconstruction_mse, latents = {}, []
     with torch.no_grad():
@@ -84,8 +81,22 @@ def train_tiny_vae(images: list[torch.Tensor], steps: int, batch_size: int, lr: 
             reconstruction_mse[pool.shape[-1]] = float((decoded - pool).square().mean())
             latents.append(means.flatten())
     vae.register_to_config(scaling_factor=float(1.0 / torch.cat(latents).std()))
-    return vae, {"steps": steps, "final_loss": loss.item(), "reconstruction_mse": reconstruction_mse,
+    return vae, {"steps": steps, "final_loss": final_loss, "reconstruction_mse": reconstruction_mse,
                  "scaling_factor": vae.config.scaling_factor, "images": len(images[0])}
+
+
+def fit(loss_at, steps: int, optimizer, schedule, name: str, log=print) -> float:
+    """`steps` optimizer steps on loss_at(step), the schedule stepped after each, logged every 50; the last loss
+    (the preset's small models, this VAE and its CLIP, train this way)."""
+    for step in range(steps):
+        loss = loss_at(step)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        if step % 50 == 0 or step == steps - 1:
+            log(f"{name} step {step:4d}  loss {loss.item():.5f}")
+    return loss.item()
 
 
 def run(args) -> None:
