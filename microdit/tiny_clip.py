@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from microdit.arguments import positive_int
-from microdit.data.mds import iter_samples, shard_readers
+from microdit.data.mds import iter_samples, missing_columns, shard_readers
 from microdit.errors import UserError
 from microdit.files import atomic_folder
 
@@ -37,6 +37,10 @@ def load_pairs(mds_dir: str | os.PathLike, resolutions: list[int], preprocess, l
     """(images as the model takes them, captions): each image once per resolution, resized as its samples are."""
     from microdit.eval.reference_stats import center_crop
 
+    missing, found = missing_columns(mds_dir, ["jpg", "caption"])
+    if missing:
+        raise UserError(f"{mds_dir}: no {' or '.join(missing)} column (it has {', '.join(found)}); expected images "
+                        "with captions, as `microdit convert` writes them")
     images, captions = [], []
     samples = (sample for reader in shard_readers(mds_dir) for sample in iter_samples(reader))
     for sample in itertools.islice(samples, limit):
