@@ -69,7 +69,7 @@ EXAMPLES = {
     "fid-stats": "microdit fid-stats --images data/coco2014 --out coco_256.npz --resolution 256 --halves halves.json",
     "fid": "microdit fid --samples samples/ --reference-stats coco_256.npz --out fid.json",
     "clip-score": "microdit clip-score --samples samples/ --captions captions.jsonl --out clip.json "
-                  "--model local-dir:results/tiny/eval/clip_model",
+                  "--model local-dir:results/tiny/eval/clip_model --pretrained ''",
     "geneval-metadata": "microdit geneval-metadata --out evaluation_metadata.jsonl",
     "geneval-generate": "microdit geneval-generate --metadata evaluation_metadata.jsonl --checkpoint ema.safetensors "
                         "--out geneval/",

@@ -265,8 +265,9 @@ def shape_score_outputs() -> dict:
 
 
 def clip_options(wildcards=None) -> str:
+    """The CLIP score's model: the preset's own folder (its weights in it: no tag), or the configured one."""
     if CLIP_MODEL:
-        return cli_options({"model": f"local-dir:{CLIP_MODEL}"})
+        return cli_options({"model": f"local-dir:{CLIP_MODEL}", "pretrained": ""})
     return cli_options({"model": CLIP["model"], "pretrained": CLIP.get("pretrained", "")})
 
 

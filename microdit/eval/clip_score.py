@@ -20,9 +20,7 @@ def load_clip(model_name: str, pretrained: str | None, device="cpu"):
 
     try:
         source = open_clip_source(model_name)
-        local = source.startswith("local-dir:")  # its folder holds the weights: no tag to ask for
-        model, _, preprocess = open_clip.create_model_and_transforms(source, pretrained=None if local else
-                                                                     pretrained or None)
+        model, _, preprocess = open_clip.create_model_and_transforms(source, pretrained=pretrained or None)
         tokenizer = open_clip.get_tokenizer(source)
     except (RuntimeError, OSError, ValueError) as err:
         raise UserError(f"CLIP {model_name} ({pretrained}) is not available: {str(err).splitlines()[0]}; "

@@ -283,7 +283,8 @@ def add_clip_score(subparsers) -> None:
     p.add_argument("--out", required=True, help="clip.json to write")
     p.add_argument("--model", default="ViT-L-14",
                    help="open_clip architecture, hf-hub:<repo>@<revision>, or local-dir:<folder> (train-clip's)")
-    p.add_argument("--pretrained", default="openai", help="open_clip weights tag; '' for random weights (tests)")
+    p.add_argument("--pretrained", default="openai",
+                   help="open_clip weights tag; '' with a local-dir: model, or for random weights (tests)")
     p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per feature batch (default 64)")
     p.set_defaults(func=run_clip_score)
