@@ -264,6 +264,10 @@ def shape_score_outputs() -> dict:
     return outputs
 
 
+def clip_model_input():
+    return [CLIP_MODEL] if CLIP_MODEL else []
+
+
 def clip_options(wildcards=None) -> str:
     """The CLIP score's model: the preset's own folder (its weights in it: no tag), or the configured one."""
     if CLIP_MODEL:

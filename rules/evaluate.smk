@@ -288,7 +288,7 @@ rule clip_score:
     input:
         images=f"{EVAL}/{{stage}}/samples/generation.json",
         captions=f"{EVAL}/captions.jsonl",
-        model=[CLIP_MODEL] if CLIP_MODEL else [],
+        model=clip_model_input(),
     output:
         f"{EVAL}/{{stage}}/clip.json",
     params:
@@ -316,7 +316,7 @@ use rule clip_score as clip_score_floor with:
     input:
         images=f"{EVAL}/{{stage}}/shuffled/generation.json",
         captions=f"{EVAL}/captions.jsonl",
-        model=[CLIP_MODEL] if CLIP_MODEL else [],
+        model=clip_model_input(),
     output:
         f"{EVAL}/{{stage}}/clip_shuffled.json",
     log:
@@ -330,7 +330,7 @@ use rule clip_score as clip_score_ceiling with:
     input:
         images=lambda w: eval_source() if w.images == "reference" else f"{reference_dir(w.res)}/vae/generation.json",
         captions=f"{EVAL}/captions.jsonl",
-        model=[CLIP_MODEL] if CLIP_MODEL else [],
+        model=clip_model_input(),
     output:
         f"{EVAL}/reference/{{res}}px/clip_{{images,reference|vae}}.json",
     params:
