@@ -3,6 +3,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -110,6 +111,17 @@ def test_sample_command_writes_a_grid_from_our_checkpoint(tiny_pipeline, tiny_va
                  "--images-per-prompt", "2", "--steps", "3", "--out", str(out), "--device", "cpu"]) == 0
     with Image.open(out) as grid:
         assert grid.format == "PNG" and grid.size == (2 * 32 + 3 * 2, 2 * 32 + 3 * 2)
+        fourth = np.asarray(grid.convert("RGB"))[36:68, 36:68]  # row 2, column 2: the blue square's second image
+    # image i is seeded by seed + i, as --seed says: the fourth image alone at seed 2024 + 3 is the same picture
+    single = tmp_path / "single.png"
+    assert main(["sample", "--checkpoint", str(path), "--prompt", "a blue square", "--seed", "2027", "--steps", "3",
+                 "--out", str(single), "--device", "cpu"]) == 0
+    with Image.open(single) as grid:
+        alone = np.asarray(grid.convert("RGB")).astype(int)  # a grid of one image is the image
+    assert np.abs(alone - fourth).max() <= 1  # another batch: float rounding may move a pixel by one level
+    assert main(["sample", "--checkpoint", str(path), "--prompt", "x", "--resolution", "64", "--out",
+                 str(tmp_path / "g.png"), "--device", "cpu"]) == 2
+    assert "generates 32 px" in capsys.readouterr().err and not (tmp_path / "g.png").exists()
 
 
 def test_sample_with_wrong_text_encoder_width_is_a_clear_error(tiny_pipeline, tiny_vae_dir, tmp_path, capsys):

@@ -23,29 +23,46 @@ def register(subparsers) -> None:
         add(subparsers)
 
 
-def add_sampling_args(p) -> None:
-    p.add_argument("--checkpoint", required=True, help="DiT weights (.pt or .safetensors)")
+def add_sampling_args(p, shared_out: bool = True) -> None:
+    """The options of drawing from a checkpoint; `shared_out`: the images are shared out in batches over ranks and
+    parts (generate, geneval-generate), not one grid (sample)."""
+    p.add_argument("--checkpoint", required=True, help="DiT weights: .pt (the authors' state_dict) or .safetensors")
     p.add_argument("--vae", help="AutoencoderKL id or directory (default: the one our exports record, else the "
                                  "paper's for the checkpoint's latent channels)")
     p.add_argument("--text-encoder", help="openclip:<name>, hf:<dir>, minilm (default: the one our exports record, "
                                           "else the paper's DFN5B CLIP-H)")
-    p.add_argument("--resolution", type=int, help="image size in pixels (checked against the model; needed for "
-                                                  "files without pos_embed)")
+    p.add_argument("--resolution", type=positive_int, help="image size in pixels, checked against the model (files "
+                                                           "without pos_embed: 512 unless given)")
     p.add_argument("--steps", type=positive_int, default=30, help="EDM Heun steps (default 30)")
     p.add_argument("--guidance", type=non_negative_float, default=5.0,
                    help="classifier-free guidance scale; 1 or less: none (default 5.0)")
-    p.add_argument("--seed", type=int, default=2024, help="seed of caption i's noise is seed + i (default 2024)")
+    p.add_argument("--seed", type=int, default=2024, help="image i's noise is seeded by seed + i (default 2024)")
+    p.add_argument("--device", default="auto", help="auto (this rank's GPU, else CPU), cpu, cuda:1, ...")
+    add_speed_args(p)
+    if not shared_out:
+        return
     p.add_argument("--batch-size", type=positive_int, default=32,
                    help="images per batch (image i's noise is its own: the batch size does not choose the images)")
     p.add_argument("--rank", type=int, help="this process's share (default: RANK, or SLURM_PROCID in an srun step, "
                                             "else 0)")
     p.add_argument("--world-size", type=positive_int,
                    help="number of processes (default: WORLD_SIZE, or SLURM_STEP_NUM_TASKS in an srun step, else 1)")
-    p.add_argument("--device", default="auto", help="auto (this rank's GPU, else CPU), cpu, cuda:1, ...")
     p.add_argument("--part", type=int, default=0, help="draw only this part's images (whole batches), 0-based")
     p.add_argument("--parts", type=positive_int, default=1,
                    help="number of parts (jobs) the images are shared out in; merge-samples joins their folders")
-    add_speed_args(p)
+
+
+def load_pipeline(args):
+    """The pipeline of the sampling options, its image size checked against --resolution."""
+    from microdit.sampling import pipeline_from_checkpoint
+
+    latent_res = args.resolution // 8 if args.resolution else None  # only read for files without pos_embed
+    model = pipeline_from_checkpoint(args.checkpoint, args.vae, args.text_encoder, latent_res, args.device,
+                                     args.precision, args.compile)
+    resolution = model.latent_res * model.vae.downsample
+    if args.resolution and args.resolution != resolution:
+        raise UserError(f"--resolution {args.resolution}: {args.checkpoint} with this VAE generates {resolution} px")
+    return model
 
 
 def add_speed_args(p) -> None:
@@ -105,17 +122,11 @@ def load_sampler(args):
     from microdit.checkpoint import weights_digest
     from microdit.eval.generate import distributed_rank
     from microdit.files import model_identity
-    from microdit.sampling import pipeline_from_checkpoint
 
-    latent_res = args.resolution // 8 if args.resolution else None  # only read for files without pos_embed
-    model = pipeline_from_checkpoint(args.checkpoint, args.vae, args.text_encoder, latent_res, args.device,
-                                     args.precision, args.compile)
-    resolution = model.latent_res * model.vae.downsample
-    if args.resolution and args.resolution != resolution:
-        raise UserError(f"--resolution {args.resolution}: {args.checkpoint} with this VAE generates {resolution} px")
+    model = load_pipeline(args)
     settings = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": weights_digest(args.checkpoint),
-                "resolution": resolution, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
-                "batch_size": args.batch_size, "compile": args.compile, "sampler": "EDM Heun",
+                "resolution": model.latent_res * model.vae.downsample, "steps": args.steps, "guidance": args.guidance,
+                "seed": args.seed, "batch_size": args.batch_size, "compile": args.compile, "sampler": "EDM Heun",
                 "precision": model.precision,
                 "vae": model.vae.name, "text_encoder": model.text_encoder.name,
                 "models": {"vae": model_identity(model.vae.name),
