@@ -282,14 +282,12 @@ def run_fid(args) -> None:
 
 
 def add_clip_score(subparsers) -> None:
+    from microdit.eval.reference_images import add_scored_images_args
+
     p = subparsers.add_parser("clip-score", help="CLIP score of images vs their captions -> clip.json",
                               description="Mean CLIP score (100 x cosine, floored at 0) of each caption's image: "
                                           "generated samples, or the captions' own reference images.")
-    images = p.add_mutually_exclusive_group(required=True)
-    images.add_argument("--samples", help="directory written by generate: <index>.png per caption")
-    images.add_argument("--reference", help="the captions' download (webdataset shards): their images by image_id")
-    p.add_argument("--resolution", type=positive_int, default=64,
-                   help="with --reference: short side the images are resized to, as convert does (default 64)")
+    add_scored_images_args(p)
     p.add_argument("--captions", required=True, help="the caption JSONL the images belong to")
     p.add_argument("--out", required=True, help="clip.json to write")
     p.add_argument("--model", default="ViT-L-14",
@@ -304,16 +302,11 @@ def add_clip_score(subparsers) -> None:
 def run_clip_score(args) -> None:
     from microdit.eval.captions import read_caption_file
     from microdit.eval.clip_score import clip_score
-    from microdit.eval.generate import generated_pixels
-    from microdit.eval.reference_images import resized_caption_images
+    from microdit.eval.reference_images import scored_images
     from microdit.sampling import pick_device
 
     rows = read_caption_file(args.captions)
-    if args.samples:
-        images, scored = generated_pixels(args.samples, rows), {"samples": str(args.samples)}
-    else:
-        images = resized_caption_images(args.reference, rows, args.captions, args.resolution)
-        scored = {"reference": str(args.reference), "resolution": args.resolution}
+    images, scored = scored_images(args, rows)
     value = clip_score(images, [r["caption"] for r in rows], args.model, args.pretrained,
                        pick_device(args.device), args.batch_size)
     write_json({"metric": "CLIP score", "value": value, "model": args.model, "pretrained": args.pretrained or None,

@@ -4,8 +4,8 @@ named by its index as `generate` names samples, or those images through a VAE. T
 folder (a generation.json with `num_images` and `resolution`), so `microdit fid` scores the VAE's reconstructions
 against the statistics and the report shows each sample beside its caption's reference image.
 
-Also the images of a caption file read from the download by `image_id` (shared with score-shapes' ceilings) and
-their VAE reconstructions.
+Also the images of a caption file read from the download by `image_id` and their VAE reconstructions, and the
+images the scorers (clip-score, score-shapes) read: samples or those reference images.
 """
 import json
 from pathlib import Path
@@ -91,6 +91,25 @@ def resized_caption_images(shards: str, rows: list[dict], captions: str, resolut
 
     return [np.asarray(resize_short_side(image, resolution) if min(image.size) > resolution else image)
             for image in caption_images(shards, rows, captions)]
+
+
+def add_scored_images_args(p) -> None:
+    """The images a scorer of caption-image pairs reads (clip-score, score-shapes): samples or reference images."""
+    images = p.add_mutually_exclusive_group(required=True)
+    images.add_argument("--samples", help="directory written by generate: <index>.png per caption")
+    images.add_argument("--reference", help="the captions' download (webdataset shards): their images by image_id")
+    p.add_argument("--resolution", type=positive_int, default=64,
+                   help="with --reference: short side the images are resized to, as convert does (default 64)")
+
+
+def scored_images(args, rows: list[dict]) -> tuple:
+    """(each caption row's image as HxWx3 uint8, what they are for the score's JSON) of add_scored_images_args."""
+    if args.samples:
+        from microdit.eval.generate import generated_pixels
+
+        return generated_pixels(args.samples, rows), {"kind": "samples", "samples": str(args.samples)}
+    images = resized_caption_images(args.reference, rows, args.captions, args.resolution)
+    return images, {"kind": "reference", "reference": str(args.reference), "resolution": args.resolution}
 
 
 def reconstructions(images, vae_name: str, device="cpu"):

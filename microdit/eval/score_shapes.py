@@ -4,23 +4,20 @@ ceiling the VAE leaves), written as a GenEval-shaped summary JSON and one JSON l
 import json
 from pathlib import Path
 
-from microdit.arguments import positive_int
 from microdit.errors import UserError
 from microdit.files import read_json, write_json, write_jsonl
 
 
 def register(subparsers) -> None:
+    from microdit.eval.reference_images import add_scored_images_args
+
     p = subparsers.add_parser(
         "score-shapes", help="GenEval-style accuracy of drawn-shapes images against their captions",
         description="Finds the background and each caption group's shapes by colour in every image and reports the "
                     "accuracy of background colour, colour, shape, count and relative position (tiny preset).")
     p.add_argument("--captions", required=True, help="caption JSONL from eval-captions")
-    images = p.add_mutually_exclusive_group(required=True)
-    images.add_argument("--samples", help="directory written by generate: <index>.png per caption")
-    images.add_argument("--reference", help="the captions' download (webdataset shards): their images by image_id")
+    add_scored_images_args(p)
     p.add_argument("--vae", help="with --reference: score the images' reconstructions through this VAE directory")
-    p.add_argument("--resolution", type=positive_int, default=64,
-                   help="with --reference: short side the images are resized to, as convert does (default 64)")
     p.add_argument("--out", required=True, help="summary JSON to write")
     p.add_argument("--results", help="JSONL to write: each image's verdict and what was detected")
     p.set_defaults(func=run)
@@ -28,22 +25,15 @@ def register(subparsers) -> None:
 
 def run(args) -> None:
     from microdit.eval.captions import read_caption_file
-    from microdit.eval.generate import generated_pixels
-    from microdit.eval.reference_images import resized_caption_images
+    from microdit.eval.reference_images import reconstructions, scored_images
     from microdit.eval.shapes import score_image, summarize
 
     if args.vae and not args.reference:
         raise UserError("--vae: reconstructs the reference images; pass --reference too")
     rows = read_caption_file(args.captions)
-    if args.samples:
-        images, scored = generated_pixels(args.samples, rows), {"kind": "samples", "samples": args.samples}
-    else:
-        images = resized_caption_images(args.reference, rows, args.captions, args.resolution)
-        scored = {"kind": "reference", "reference": args.reference, "resolution": args.resolution}
-        if args.vae:
-            from microdit.eval.reference_images import reconstructions
-
-            images, scored = reconstructions(images, args.vae), {**scored, "kind": "vae", "vae": args.vae}
+    images, scored = scored_images(args, rows)
+    if args.vae:
+        images, scored = reconstructions(images, args.vae), {**scored, "kind": "vae", "vae": args.vae}
     results = []
     for row, image in zip(rows, images):
         result = score_image(row["caption"], image)
