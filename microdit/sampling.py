@@ -9,7 +9,7 @@ from microdit.diffusion.edm import EDMConfig
 from microdit.errors import UserError
 from microdit.files import atomic_write
 from microdit.models.encoders import VAE, create_text_encoder
-from microdit.models.latent_diffusion import PAPER_TEXT_ENCODER, LatentDiffusion, paper_vae, resolve_vae_subfolder
+from microdit.models.latent_diffusion import PAPER_TEXT_ENCODER, LatentDiffusion, paper_vae
 from microdit.models.speed import SpeedOptions, apply_speed_options
 
 
@@ -35,8 +35,7 @@ def pipeline_from_checkpoint(checkpoint: str, vae: str | None = None, text_encod
     vae_name = vae or metadata.get("vae") or paper_vae(dit.config.in_channels)
     text_name = text_encoder or metadata.get("text_encoder") or PAPER_TEXT_ENCODER
     # our files' latents were shifted when their VAE has a shift factor; the authors' never were
-    vae_module = VAE(vae_name, resolve_vae_subfolder(vae_name, metadata.get("vae_subfolder", "auto")),
-                     shift=metadata.get("format") == "microdit").to(device)
+    vae_module = VAE(vae_name, shift=metadata.get("format") == "microdit").to(device)
     text_module = create_text_encoder(text_name).to(device)
     if text_module.width != dit.config.caption_channels:
         raise UserError(f"text encoder {text_name!r} gives width {text_module.width} but {checkpoint} expects "

@@ -119,9 +119,8 @@ def reconstructions(images, vae_name: str, device="cpu"):
     import torch.nn.functional as F
 
     from microdit.models.encoders import VAE
-    from microdit.models.latent_diffusion import resolve_vae_subfolder
 
-    vae = VAE(vae_name, resolve_vae_subfolder(vae_name, "auto")).to(device)
+    vae = VAE(vae_name).to(device)
     factor = vae.downsample
     for image in images:
         height, width = image.shape[:2]

@@ -20,14 +20,18 @@ OPENCLIP_PREFIX, HF_PREFIX, MINILM = "openclip:", "hf:", "minilm"
 
 class VAE(nn.Module):
     """Image <-> latent with the VAE's own scaling (and optional shift) factor: z = (sample - shift) * scale.
-    `shift=False` ignores a shift factor, as the authors' latents did (scaled only, SPEC §2.1)."""
+    `shift=False` ignores a shift factor, as the authors' latents did (scaled only, SPEC §2.1). subfolder "auto":
+    'vae' for a diffusers pipeline (the SDXL id, or a local copy with a vae/ folder), none for a standalone VAE."""
 
-    def __init__(self, name_or_path: str, subfolder: str | None = None, shift: bool = True):
+    def __init__(self, name_or_path: str, subfolder: str | None = "auto", shift: bool = True):
         super().__init__()
         from diffusers import AutoencoderKL
 
         self.name = name_or_path
         name, revision = split_revision(name_or_path)
+        if subfolder == "auto":
+            pipeline = os.path.isdir(os.path.join(name, "vae")) if os.path.isdir(name) else "stable-diffusion" in name
+            subfolder = "vae" if pipeline else None
         try:
             self.vae = AutoencoderKL.from_pretrained(name, subfolder=subfolder or None, revision=revision)
         except OSError as err:  # diffusers' word for a missing directory, an unknown id and no network alike

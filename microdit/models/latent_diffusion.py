@@ -1,7 +1,6 @@
 """LatentDiffusion: the MicroDiT denoiser between a frozen VAE and a frozen text encoder, sampled with EDM (the
 trainer, microdit/train, trains the denoiser alone on precomputed latents). Use from Python: docs/commands.md.
 """
-import os
 
 import torch
 import torch.nn as nn
@@ -30,9 +29,6 @@ class LatentDiffusion(nn.Module):
         self.dit, self.vae, self.text_encoder = dit, vae, text_encoder
         self.edm = edm
         self.precision = precision  # the denoiser's, when sampling: fp32, or bf16 autocast
-        for frozen in (vae, text_encoder):
-            if frozen is not None:
-                frozen.requires_grad_(False)
 
     @property
     def latent_res(self) -> int:
@@ -94,9 +90,9 @@ def create_latent_diffusion(vae_name: str | None = PAPER_VAE, text_encoder_name:
                             pos_interp_scale: float = 1.0, p_mean: float = -0.6, p_std: float = 1.2,
                             vae_subfolder: str | None = "auto",
                             caption_channels: int | None = None, **dit_overrides) -> LatentDiffusion:
-    """Build the whole model. `vae_subfolder="auto"` uses 'vae' for diffusers pipeline repos (the SDXL id) and none
-    for standalone VAE repos or local directories. `in_channels` / `caption_channels` default to the encoders'."""
-    vae = VAE(vae_name, resolve_vae_subfolder(vae_name, vae_subfolder)) if vae_name else None
+    """Build the whole model (`vae_subfolder`: as VAE takes it). `in_channels` / `caption_channels` default to the
+    encoders'."""
+    vae = VAE(vae_name, vae_subfolder) if vae_name else None
     text_encoder = create_text_encoder(text_encoder_name) if text_encoder_name else None
     in_channels = in_channels or (vae.latent_channels if vae else 4)
     caption_channels = caption_channels or (text_encoder.width if text_encoder else 1024)
@@ -110,9 +106,3 @@ def paper_vae(in_channels: int) -> str:
     return PAPER_VAE_16_CHANNELS if in_channels == 16 else PAPER_VAE
 
 
-def resolve_vae_subfolder(name: str, subfolder: str | None) -> str | None:
-    if subfolder != "auto":
-        return subfolder
-    if os.path.isdir(name):
-        return "vae" if os.path.isdir(os.path.join(name, "vae")) else None
-    return "vae" if "stable-diffusion" in name else None

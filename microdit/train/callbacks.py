@@ -61,9 +61,8 @@ class SampleGrid:
         if self.cfg.vae:
             if self._vae is None:
                 from microdit.models.encoders import VAE
-                from microdit.models.latent_diffusion import resolve_vae_subfolder
 
-                self._vae = VAE(self.cfg.vae, resolve_vae_subfolder(self.cfg.vae, "auto")).to(latents.device)
+                self._vae = VAE(self.cfg.vae).to(latents.device)
             images = self._vae.decode(latents)
         else:
             shown = latents[:, :3].float()
