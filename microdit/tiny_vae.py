@@ -2,7 +2,8 @@
 samples are real pictures rather than noise, with no model hub involved.
 
 It trains at each resolution the stages see, in turn: trained at 32 px alone, its 64 px reconstructions kept only
-88 % of the held-out colours and 69 % of the counts (score-shapes); at 32 and 64 px in turn, 99 % and 82 %. Loss:
+88 % of the held-out colours and 69 % of the counts (score-shapes); at 32 and 64 px in turn, 99 % and 82 %, and
+100 % and 98 % on 4,096 images for 6,000 steps (tiny-long; small triangles had come back round). Loss:
 pixel MSE + a small KL term (the VAE is only a compressor here, no perceptual or adversarial loss; an L1 loss lost
 the colours: 46 %). The learning rate decays to zero on a cosine: with a constant one, the palette the decoder ends
 on depended on the step it stopped at (the colour accuracy of its reconstructions fell from 99 to 92 % between steps
