@@ -192,6 +192,21 @@ def test_speed_options_are_validated():
     assert all(m.low_precision for m in dit.modules() if isinstance(m, LayerNorm))
 
 
+def test_a_process_that_compiles_nothing_never_imports_the_compiler():
+    """The compiler's modules take 1.5 s to import: every `microdit` command paid that at start, compiling or not."""
+    script = "\n".join([
+        "import sys",
+        "import microdit.eval.generate, microdit.sampling, microdit.train.launch, microdit.train.trainer",
+        "from microdit.cli import build_parser",
+        "from microdit.models.dit import create_dit",
+        "from microdit.models.speed import SpeedOptions, apply_speed_options",
+        "build_parser()",
+        "apply_speed_options(create_dit('MicroDiT_Nano_2', input_size=8, caption_channels=32), SpeedOptions())",
+        "print(sorted(m for m in sys.modules if m.startswith(('torch._inductor', 'torch._dynamo'))))"])
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
+
+
 def test_activation_budget_makes_compiled_blocks_keep_less_with_the_same_gradients():
     """Below 1, the compiler's partitioner saves fewer activations for backward and recomputes the rest; the values
     and gradients do not change. (A partitioner like inductor's, without its code generation: fast on the CPU.)"""

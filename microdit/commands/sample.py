@@ -1,7 +1,6 @@
 """`microdit sample`: images from a checkpoint (the authors' .pt or our .safetensors) for a few prompts."""
 from microdit.arguments import positive_int
 from microdit.eval.commands import add_sampling_args, load_pipeline
-from microdit.sampling import save_image_grid
 
 
 def register(subparsers) -> None:
@@ -15,6 +14,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> None:
+    from microdit.sampling import save_image_grid
+
     model = load_pipeline(args)
     prompts = [p for p in args.prompt for _ in range(args.images_per_prompt)]
     images = model.generate(prompt=prompts, num_inference_steps=args.steps, guidance_scale=args.guidance,

@@ -8,8 +8,6 @@ normalised activations, as the authors trained).
 from dataclasses import dataclass
 
 import torch
-import torch._functorch.config as functorch_config
-import torch._inductor.config as inductor_config
 from torch.utils.checkpoint import checkpoint
 
 from microdit.models.dit import DiTBlock, MicroDiT
@@ -49,7 +47,6 @@ class SpeedOptions:
 def apply_speed_options(dit: MicroDiT, options: SpeedOptions) -> None:
     """Switch `dit` in place, from outside: the model itself knows nothing of these. Compilation last, so that it
     sees the other switches."""
-    set_activation_budget(options.activation_budget)
     for module in dit.modules():
         if isinstance(module, LayerNorm):
             module.low_precision = options.low_precision_norm
@@ -59,6 +56,8 @@ def apply_speed_options(dit: MicroDiT, options: SpeedOptions) -> None:
             module.backend = options.attention_backend
     for block in [*dit.patch_mixer, *dit.blocks][:options.checkpoint_blocks]:
         block.__class__ = RecomputedDiTBlock
+    if options.compile != "none":
+        set_activation_budget(options.activation_budget)
     if options.compile == "model":
         dit.compile()  # in place: parameter names stay free of `_orig_mod.`
     elif options.compile == "blocks":
@@ -100,6 +99,8 @@ def set_activation_budget(budget: float) -> None:
     (elementwise work and norms before matmuls): a finer knob than recomputing whole blocks. 1 keeps them all, 0
     recomputes the whole graph. A process-wide compiler setting, read as each graph compiles and part of the compile
     cache's key, so it is set for every model this process compiles from now on (always set: never inherited)."""
+    import torch._functorch.config as functorch_config  # the compiler's modules cost 1.5 s to import: when used
+
     functorch_config.activation_memory_budget = budget
 
 
@@ -107,4 +108,6 @@ def keep_compiling_within(cpus: int) -> None:
     """Size the compiler's kernel-build pool (inductor's compile_threads: one per visible CPU, up to 32) by the
     `cpus` a task was allotted: a task that SLURM did not bind to its CPUs sees the whole node, and each of a node's
     ranks would start up to 32 build processes. Not part of any compiled graph's cache key."""
+    import torch._inductor.config as inductor_config
+
     inductor_config.compile_threads = max(1, min(inductor_config.compile_threads or 1, cpus))

@@ -43,7 +43,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         # N tasks on one machine must not each take every core
         if not torch.cuda.is_available():
             torch.set_num_threads(cfg.launch.cpus_per_task)
-        keep_compiling_within(cfg.launch.cpus_per_task)
+        if cfg.compile != "none":
+            keep_compiling_within(cfg.launch.cpus_per_task)
         info = init_distributed()
         try:
             grid = SampleGrid(cfg.samples, cfg.out_dir, cfg.data.text_encoder, cfg.data.caption_len)

@@ -71,8 +71,8 @@ def test_slurm_parameters():
 
 
 def test_a_task_keeps_its_threads_and_the_compilers_build_pool_to_its_cpus(tmp_path, monkeypatch):
-    """A task that its cluster does not bind to its CPUs sees the whole node; the build pool, which every
-    precompiling worker inherits, is sized by what the task was allotted."""
+    """A task that its cluster does not bind to its CPUs sees the whole node; a compiling task's kernel-build pool
+    is sized by what the task was allotted (a task that compiles nothing leaves the compiler unimported)."""
     import torch._inductor.config as inductor_config
 
     import microdit.train.trainer as trainer_module
@@ -83,7 +83,7 @@ def test_a_task_keeps_its_threads_and_the_compilers_build_pool_to_its_cpus(tmp_p
 
     class Recorder:
         def __init__(self, cfg, info, resume, callbacks):
-            seen.update(threads=torch.get_num_threads(), builds=inductor_config.compile_threads)
+            seen[cfg.compile] = {"threads": torch.get_num_threads(), "builds": inductor_config.compile_threads}
 
         def run(self) -> dict:
             return {}
@@ -92,10 +92,12 @@ def test_a_task_keeps_its_threads_and_the_compilers_build_pool_to_its_cpus(tmp_p
     threads = torch.get_num_threads()
     try:
         with inductor_config.patch(compile_threads=32):
-            TrainJob(to_dict(tiny_config(tmp_path, launch={"cpus_per_task": 1})), resume="none")()
+            for compile_mode in ("none", "blocks"):
+                config = tiny_config(tmp_path / compile_mode, compile=compile_mode, launch={"cpus_per_task": 1})
+                TrainJob(to_dict(config), resume="none")()
     finally:
         torch.set_num_threads(threads)
-    assert seen == {"threads": 1, "builds": 1}
+    assert seen == {"none": {"threads": 1, "builds": 32}, "blocks": {"threads": 1, "builds": 1}}
 
 
 def test_failure_reason_is_the_exception_line():
