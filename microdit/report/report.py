@@ -105,10 +105,10 @@ def weights_name(score: dict) -> str:
     return {"ema": "EMA", "final": "raw"}.get(stem, esc(stem) or "—")
 
 
-def evaluation_table(inputs: ReportInputs) -> tuple[str, dict[str, dict]]:
+def evaluation_table(inputs: ReportInputs) -> tuple[str, dict[str, dict], dict[str, dict]]:
     """One table: a row per evaluated stage, a column per metric (CLIP score, its shuffled-caption floor and GenEval
     only where computed), and below the stages the values the stages' are read against (the Fréchet distance's
-    context, the CLIP score's ceilings), a row per label."""
+    context, the CLIP score's ceilings), a row per label; with the GenEval and CLIP summaries read for it."""
     fids = {stage: read_json(path, "fid.json") for stage, path in inputs.fid.items()}
     clips = {stage: read_json(path, "clip.json") for stage, path in inputs.clip.items()}
     floors = {stage: read_json(path, "clip.json") for stage, path in inputs.clip_floor.items()}
@@ -117,7 +117,7 @@ def evaluation_table(inputs: ReportInputs) -> tuple[str, dict[str, dict]]:
     ceilings = {label: read_json(path, "clip.json") for label, path in inputs.clip_ceiling.items()}
     stages = list(dict.fromkeys([*fids, *clips, *genevals]))
     if not stages:
-        return '<p class="missing">no evaluation results</p>', genevals
+        return '<p class="missing">no evaluation results</p>', genevals, clips
     metric = next((f["metric"] for f in [*fids.values(), *context.values()] if "metric" in f), "FID")
     header = (["stage", "weights", esc(metric)] + (["CLIP score"] if clips else [])
               + (["CLIP score, shuffled captions"] if floors else []) + (["GenEval"] if genevals else [])
@@ -139,7 +139,7 @@ def evaluation_table(inputs: ReportInputs) -> tuple[str, dict[str, dict]]:
                     + [fmt(ceilings[label].get("value"), ".2f") if label in ceilings else "—"] * bool(clips)
                     + ["—"] * (bool(floors) + bool(genevals))
                     + [esc(score.get("num_images", "—")), esc(score.get("resolution", "—")), "—", "—"])
-    return table(header, rows), genevals
+    return table(header, rows), genevals, clips
 
 
 def read_geneval(path) -> dict:
@@ -158,7 +158,7 @@ def geneval_overall(summary: dict) -> str:
 
 
 def evaluation_section(inputs: ReportInputs) -> str:
-    ours, genevals = evaluation_table(inputs)
+    ours, genevals, clips = evaluation_table(inputs)
     paper = table(["released model", "FID (COCO 30K)", "GenEval"],
                   [[esc(name), f"{fid:.2f}", f"{gen:.2f}"] for name, fid, gen in PAPER_MODELS])
     section = (f'<h2>Evaluation</h2><div class="side"><div><h3>This run</h3>{ours}</div>'
@@ -173,9 +173,8 @@ def evaluation_section(inputs: ReportInputs) -> str:
                     "sets shrink, so a perfect model would score somewhat lower at the full count). <em>VAE "
                     "reconstructions</em>: the reference images through the VAE against their own statistics, what "
                     "the VAE alone costs (the same images, so lower than any independent set would score).</p>")
-    if inputs.clip:
-        section += clip_note(read_json(next(iter(inputs.clip.values())), "clip.json").get("model", ""),
-                             bool(inputs.clip_floor))
+    if clips:
+        section += clip_note(next(iter(clips.values())).get("model", ""), bool(inputs.clip_floor))
     if genevals:
         task_rows = [[esc(label)] + [fmt(g.get("tasks", {}).get(t, {}).get("accuracy"), ".2f") for t in TASKS]
                      + [geneval_overall(g), fmt(100 * g["correct_images"], ".1f") + " %",
