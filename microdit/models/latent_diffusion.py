@@ -17,12 +17,12 @@ PRECISIONS = ("fp32", "bf16")
 
 
 class LatentDiffusion(nn.Module):
-    def __init__(self, dit: MicroDiT, vae: VAE | None, text_encoder: nn.Module | None, edm: EDMConfig,
+    def __init__(self, dit: MicroDiT, vae: VAE, text_encoder: nn.Module, edm: EDMConfig,
                  precision: str = "fp32"):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}; expected one of {PRECISIONS}")
-        if vae is not None and vae.latent_channels != dit.config.in_channels:
+        if vae.latent_channels != dit.config.in_channels:
             # caught here, not by the VAE decode after a whole sampling run
             raise UserError(f"the VAE has {vae.latent_channels} latent channels but the denoiser takes "
                             f"{dit.config.in_channels}")
@@ -39,27 +39,15 @@ class LatentDiffusion(nn.Module):
         return self.dit.pos_embed.device
 
     @torch.no_grad()
-    def generate(self, prompt: list[str] | None = None, caption_latents: torch.Tensor | None = None,
-                 guidance_scale: float = 5.0, num_inference_steps: int = 30, seed: int | list[int] | None = None,
-                 return_only_latents: bool = False) -> torch.Tensor:
-        """Images (B,3,H,W) in [0,1] (or scaled latents). seed=None draws fresh noise; any integer, 0 included,
-        makes the result reproducible (the original ignored seed=0); a list gives each image a seed of its own, so
-        that an image's noise depends neither on its batch nor on the device."""
-        if caption_latents is None:
-            if prompt is None:
-                raise ValueError("generate() needs `prompt` (a list of strings) or `caption_latents`")
-            if self.text_encoder is None:
-                raise RuntimeError("this LatentDiffusion has no text encoder; pass caption embeddings instead")
-            caption_latents = self.text_encoder.encode(list(prompt))
-        caption_latents = caption_latents.to(self.device)
-        noise = self.initial_noise(caption_latents.shape[0], seed)
+    def generate(self, prompt: list[str], guidance_scale: float = 5.0, num_inference_steps: int = 30,
+                 seed: int | list[int] | None = None) -> torch.Tensor:
+        """Images (B,3,H,W) in [0,1]. seed=None draws fresh noise; any integer, 0 included, makes the result
+        reproducible (the original ignored seed=0); a list gives each image a seed of its own, so that an image's
+        noise depends neither on its batch nor on the device."""
+        captions = self.text_encoder.encode(list(prompt)).to(self.device)  # (B, L, caption_channels)
+        noise = self.initial_noise(captions.shape[0], seed)  # (B, C, H, W)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            latents = sample_latents(self.dit, noise, caption_latents.float(), self.edm, num_inference_steps,
-                                     guidance_scale)
-        if return_only_latents:
-            return latents
-        if self.vae is None:
-            raise RuntimeError("this LatentDiffusion has no VAE; use return_only_latents=True")
+            latents = sample_latents(self.dit, noise, captions.float(), self.edm, num_inference_steps, guidance_scale)
         return self.vae.decode(latents)
 
     def initial_noise(self, batch: int, seed: int | list[int] | None) -> torch.Tensor:
@@ -85,17 +73,17 @@ def sample_latents(dit: MicroDiT, noise: torch.Tensor, captions: torch.Tensor, e
     return heun_sampler(dit, noise, context, edm, num_steps, guidance_scale, state_dtype)
 
 
-def create_latent_diffusion(vae_name: str | None = PAPER_VAE, text_encoder_name: str | None = PAPER_TEXT_ENCODER,
+def create_latent_diffusion(vae_name: str = PAPER_VAE, text_encoder_name: str = PAPER_TEXT_ENCODER,
                             dit_arch: str = "MicroDiT_XL_2", latent_res: int = 32, in_channels: int | None = None,
                             pos_interp_scale: float = 1.0, p_mean: float = -0.6, p_std: float = 1.2,
                             vae_subfolder: str | None = "auto",
                             caption_channels: int | None = None, **dit_overrides) -> LatentDiffusion:
     """Build the whole model (`vae_subfolder`: as VAE takes it). `in_channels` / `caption_channels` default to the
     encoders'."""
-    vae = VAE(vae_name, vae_subfolder) if vae_name else None
-    text_encoder = create_text_encoder(text_encoder_name) if text_encoder_name else None
-    in_channels = in_channels or (vae.latent_channels if vae else 4)
-    caption_channels = caption_channels or (text_encoder.width if text_encoder else 1024)
+    vae = VAE(vae_name, vae_subfolder)
+    text_encoder = create_text_encoder(text_encoder_name)
+    in_channels = in_channels or vae.latent_channels
+    caption_channels = caption_channels or text_encoder.width
     dit = create_dit(dit_arch, input_size=latent_res, in_channels=in_channels, pos_interp_scale=pos_interp_scale,
                      caption_channels=caption_channels, **dit_overrides)
     return LatentDiffusion(dit, vae, text_encoder, EDMConfig(p_mean=p_mean, p_std=p_std))
