@@ -77,9 +77,7 @@ class LatentsDataset(StreamingDataset):
         return 0.0 if draw < self.cap_drop_prob else 1.0
 
     def get_item(self, sample_id: int, retry: int = 7) -> dict:
-        sample = super().get_item(sample_id, retry)
-        if self.column not in sample:
-            raise KeyError(f"sample {sample_id} has no {self.column}; columns: {sorted(sample)}")
+        sample = super().get_item(sample_id, retry)  # its columns were checked on every shard's index
         # decoded arrays are read-only views of the shard: copy before handing them to torch. They stay in their
         # stored dtype (float16): half the bytes through workers, collation and pinning; the trainer converts on
         # the device, where it costs nothing (docs/benchmarks.md, `bench loader`)
