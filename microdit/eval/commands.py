@@ -59,9 +59,9 @@ def load_pipeline(args):
     latent_res = args.resolution // 8 if args.resolution else None  # only read for files without pos_embed
     model = pipeline_from_checkpoint(args.checkpoint, args.vae, args.text_encoder, latent_res, args.device,
                                      args.precision, args.compile)
-    resolution = model.latent_res * model.vae.downsample
-    if args.resolution and args.resolution != resolution:
-        raise UserError(f"--resolution {args.resolution}: {args.checkpoint} with this VAE generates {resolution} px")
+    if args.resolution and args.resolution != model.resolution:
+        raise UserError(f"--resolution {args.resolution}: {args.checkpoint} with this VAE generates "
+                        f"{model.resolution} px")
     return model
 
 
@@ -125,8 +125,8 @@ def load_sampler(args):
 
     model = load_pipeline(args)
     settings = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": weights_digest(args.checkpoint),
-                "resolution": model.latent_res * model.vae.downsample, "steps": args.steps, "guidance": args.guidance,
-                "seed": args.seed, "batch_size": args.batch_size, "compile": args.compile, "sampler": "EDM Heun",
+                "resolution": model.resolution, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+                "batch_size": args.batch_size, "compile": args.compile, "sampler": "EDM Heun",
                 "precision": model.precision,
                 "vae": model.vae.name, "text_encoder": model.text_encoder.name,
                 "models": {"vae": model_identity(model.vae.name),

@@ -35,6 +35,11 @@ class LatentDiffusion(nn.Module):
         return self.dit.config.input_size
 
     @property
+    def resolution(self) -> int:
+        """The side of the images it generates, in pixels."""
+        return self.latent_res * self.vae.downsample
+
+    @property
     def device(self) -> torch.device:
         return self.dit.pos_embed.device
 
