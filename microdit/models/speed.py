@@ -98,7 +98,7 @@ def set_activation_budget(budget: float) -> None:
     `budget` of the activations it would otherwise save for backward and recomputes the rest, cheapest first
     (elementwise work and norms before matmuls): a finer knob than recomputing whole blocks. 1 keeps them all, 0
     recomputes the whole graph. A process-wide compiler setting, read as each graph compiles and part of the compile
-    cache's key, so it is set for every model this process compiles from now on (always set: never inherited)."""
+    cache's key, so `apply_speed_options` sets it before every compile (never inherited from an earlier one)."""
     import torch._functorch.config as functorch_config  # the compiler's modules cost 1.5 s to import: when used
 
     functorch_config.activation_memory_budget = budget
